@@ -1,0 +1,194 @@
+"""The `clipbot` command: run | worker | whatis | models | plugins.
+
+User mistakes (bad file, bad option, offline, no worker) exit with code 2 and one line on
+stderr; nothing prints a traceback unless --verbose is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clipbot", description="CLIP for your team's chat.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log more, show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="start the bot (default: local chat in this terminal)")
+    run.add_argument("--adapter", choices=["local"], default="local", help="chat platform to serve")
+
+    worker = sub.add_parser("worker", help="run a worker for the Redis engine (needs CLIPBOT_BROKER_URL)")
+    worker.add_argument("--queues", help="comma-separated queues (default: CLIPBOT_WORKER_QUEUES)")
+    worker.add_argument("--concurrency", type=int, help="child processes (default: CLIPBOT_WORKER_CONCURRENCY)")
+    worker.add_argument("--pool", choices=["prefork", "solo", "threads"], default="prefork")
+
+    whatis = sub.add_parser("whatis", help="classify an image (CLIP zero-shot)")
+    whatis.add_argument("image", help="path to an image file")
+    whatis.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, person" (default: ImageNet-1k)')
+    whatis.add_argument("--top", type=int, help="how many labels to return")
+    whatis.add_argument("--json", action="store_true", help='print {"model": ..., "labels": [...]} as JSON')
+
+    models = sub.add_parser("models", help="list or download model weights")
+    models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    models_sub.add_parser("list", help="show the configured model and the offline presets")
+    pull = models_sub.add_parser("pull", help="download and verify the configured weights")
+    pull.add_argument("--clip", help="CLIP spec to pull (default: CLIPBOT_CLIP_MODEL)")
+
+    sub.add_parser("plugins", help="list the loaded plugins and their commands")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings()
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
+            if args.command in ("run", "worker") else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return _COMMANDS[args.command](args, settings)
+    except UserError as exc:
+        print(f"clipbot: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"clipbot: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)",
+              file=sys.stderr)
+        return 1
+
+
+def _settings() -> Any:
+    from pydantic import ValidationError
+
+    from bot.config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "CLIPBOT_" + str(first["loc"][0]).upper() if first.get("loc") else "a setting"
+        raise UserError(f"invalid setting {field}: {first['msg']}") from None
+
+
+@contextmanager
+def app(settings: Any, *, start_worker: bool = True) -> Iterator[Any]:
+    """Plugins, engine and dispatcher for these settings; the embedded worker runs inside."""
+    from bot.dispatch import Dispatcher
+    from bot.plugins import build_plugin_manager
+    from engine.app import create_engine
+
+    engine = create_engine(settings)
+    dispatcher = Dispatcher(build_plugin_manager(settings), engine, settings)
+    if engine.embedded and start_worker:
+        engine.start_embedded(dispatcher.task_modules())
+    try:
+        yield dispatcher
+    finally:
+        engine.stop()
+
+
+def _run(args: argparse.Namespace, settings: Any) -> int:
+    from bot.adapters.local import LocalAdapter
+
+    with app(settings) as dispatcher:
+        asyncio.run(LocalAdapter(dispatcher).repl())
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Any) -> int:
+    from bot.dispatch import Dispatcher
+    from bot.plugins import build_plugin_manager
+    from engine.app import create_engine
+    from engine.worker import run_worker
+
+    if settings.embedded:
+        raise UserError("`clipbot worker` needs CLIPBOT_BROKER_URL (e.g. redis://localhost:6379/0); "
+                        "without it, `clipbot run` runs everything in one process.")
+    engine = create_engine(settings)
+    dispatcher = Dispatcher(build_plugin_manager(settings), engine, settings)
+    queues = [q.strip() for q in args.queues.split(",")] if args.queues else settings.worker_queues
+    return run_worker(engine, dispatcher.task_modules(), queues=queues,
+                      concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
+                      loglevel="DEBUG" if args.verbose else settings.log_level)
+
+
+def _whatis(args: argparse.Namespace, settings: Any) -> int:
+    from engine.images import inspect_image
+    from plugins.whatis import classify_image, format_answer
+    from plugins.whatis.labels import parse_labels
+
+    path = Path(args.image)
+    if not path.is_file():
+        raise UserError(f"no such file: {args.image}")
+    if path.stat().st_size > settings.max_image_bytes:
+        raise UserError(f"{args.image} is larger than the {settings.max_image_bytes / 1e6:.0f} MB limit")
+    data = path.read_bytes()
+    inspect_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    labels = parse_labels(args.labels, max_labels=settings.whatis_max_labels) if args.labels is not None else None
+    top = args.top if args.top is not None else settings.whatis_top
+    if labels is not None:
+        top = min(top, len(labels))
+    with app(settings) as dispatcher:
+        key = dispatcher.engine.blobs.put(data)
+        result = asyncio.run(classify_image(dispatcher.engine, key, labels, top))
+    if args.json:
+        print(json.dumps({"model": result["model"], "labels": result["labels"]}))
+    else:
+        print(format_answer(result, "your labels" if labels else "ImageNet-1k", settings.whatis_threshold)[0])
+    return 0
+
+
+def _models(args: argparse.Namespace, settings: Any) -> int:
+    from engine.models.clip import parse_clip_spec, pull_clip
+    from engine.models.presets import PRESETS
+
+    if args.action == "list":
+        print(f"configured CLIP: {settings.clip_model} (cache: {settings.models_dir})")
+        for name, about in PRESETS.items():
+            print(f"preset {name}: {about}")
+        return 0
+    spec = args.clip or settings.clip_model
+    parse_clip_spec(spec)  # a bad spec is a user error before any network
+    path = pull_clip(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
+    print(f"{spec}: ready" + (f" at {path}" if path else " (preset: nothing to download)"))
+    return 0
+
+
+def _plugins(args: argparse.Namespace, settings: Any) -> int:
+    from bot.plugins import build_plugin_manager
+
+    pm = build_plugin_manager(settings)
+    for impl in pm.hook.clipbot_commands.get_hookimpls():
+        names = " ".join(f"/{spec.name}" for spec in impl.function() or ())
+        print(f"{impl.plugin_name}: {names or '(no commands)'}")
+    for name, why in pm.clipbot_errors.items():
+        print(f"{name}: NOT LOADED ({why})")
+    return 0
+
+
+_COMMANDS = {"run": _run, "worker": _worker, "whatis": _whatis, "models": _models, "plugins": _plugins}
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

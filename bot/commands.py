@@ -1,0 +1,208 @@
+"""Platform-neutral command model: what a command takes, what a user asked, what we answer.
+
+Adapters turn platform events into a `Request` and render `Reply`s; plugins declare
+`CommandSpec`s, usually with the `command` decorator, which reads a handler's signature:
+the docstring's first paragraph is the description, type hints are option types and
+`Annotated[T, "text"]` adds an option's description.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Union
+
+from engine.errors import UserError
+
+__all__ = [
+    "Attachment",
+    "CommandSpec",
+    "Image",
+    "Option",
+    "Reply",
+    "Request",
+    "UserError",
+    "command",
+]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An uploaded file, already checked and stored in the blob store under `key`."""
+
+    key: str
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Image:
+    """Image bytes in a reply (a PNG chart, a generated picture)."""
+
+    data: bytes
+    filename: str = "image.png"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One named option of a command; `type` is str, int, float, bool or Attachment."""
+
+    name: str
+    type: type
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] = ()
+
+    def convert(self, raw: Any) -> Any:
+        """Turn a raw value (text from a terminal, JSON from a platform) into `type`."""
+        if self.type is Attachment:
+            if not isinstance(raw, Attachment):
+                raise UserError(f"option '{self.name}' needs an attached image")
+            return raw
+        if type(raw) is self.type and self.type is not str:  # already typed (JSON from a platform)
+            value = raw
+        else:
+            text = str(raw).strip()
+            try:
+                if self.type is bool:
+                    value = _parse_bool(text)
+                elif self.type is int:
+                    value = int(text)
+                elif self.type is float:
+                    value = float(text)
+                else:
+                    value = text
+            except ValueError:
+                kind = {int: "a whole number", float: "a number", bool: "yes or no"}.get(self.type, "text")
+                raise UserError(f"option '{self.name}' must be {kind}, got '{text}'") from None
+        if self.choices and value not in self.choices:
+            raise UserError(f"option '{self.name}' must be one of: {', '.join(self.choices)} (got '{value}')")
+        return value
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"1", "true", "yes", "on", "y"}:
+        return True
+    if lowered in {"0", "false", "no", "off", "n"}:
+        return False
+    raise ValueError(text)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A slash command: its name, description, options and the async handler that serves it.
+
+    The handler is called as `handler(ctx, **options)` and returns an async iterator of
+    `Reply` (an async generator) or an awaitable of one `Reply`.
+    """
+
+    name: str
+    description: str
+    handler: Callable[..., Union[AsyncIterator["Reply"], Awaitable["Reply"]]]
+    options: tuple[Option, ...] = ()
+    admin_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"invalid command name {self.name!r}: lowercase letters, digits, - and _ only")
+        if not self.description:
+            raise ValueError(f"command {self.name!r} needs a description (the handler's docstring)")
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    def usage(self) -> str:
+        parts = [f"/{self.name}"]
+        for o in self.options:
+            parts.append(f"{o.name}: <{_type_word(o)}>" if o.required else f"[{o.name}: <{_type_word(o)}>]")
+        return " ".join(parts)
+
+
+def _type_word(option: Option) -> str:
+    if option.choices:
+        return "|".join(option.choices)
+    return {Attachment: "image", int: "number", float: "number", bool: "yes|no"}.get(option.type, "text")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a user asked, whatever the platform. `options` hold raw values until dispatch converts them."""
+
+    command: str
+    options: dict[str, Any] = field(default_factory=dict)
+    user_id: str = ""
+    channel_id: str = ""
+    platform: str = "local"
+    is_admin: bool = False
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One message of an answer. A stream of replies ends with one whose `final` is true.
+
+    `progress` (0..1) marks an in-progress update the adapter may render by editing the
+    previous message; `ephemeral` replies are shown only to the requester where possible.
+    """
+
+    text: str = ""
+    images: tuple[Image, ...] = ()
+    progress: float | None = None
+    final: bool = False
+    ephemeral: bool = False
+    error: bool = False
+
+
+def command(
+    func: Callable | None = None, *, name: str | None = None, admin_only: bool = False
+) -> Any:
+    """Build a `CommandSpec` from an async handler `async def name(ctx, opt: T = default, ...)`."""
+
+    def build(fn: Callable) -> CommandSpec:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = list(inspect.signature(fn).parameters.values())[1:]  # first is ctx
+        options = []
+        for p in params:
+            hint = hints.get(p.name, str)
+            desc = ""
+            choices: tuple[str, ...] = ()
+            if typing.get_origin(hint) is typing.Annotated:
+                hint, *meta = typing.get_args(hint)
+                for m in meta:
+                    if isinstance(m, str):
+                        desc = m
+                    elif isinstance(m, tuple):
+                        choices = m
+            if typing.get_origin(hint) is typing.Literal:
+                choices = tuple(typing.get_args(hint))
+                hint = str
+            required = p.default is inspect.Parameter.empty
+            options.append(
+                Option(
+                    name=p.name,
+                    type=hint,
+                    description=desc,
+                    required=required,
+                    default=None if required else p.default,
+                    choices=choices,
+                )
+            )
+        doc = inspect.getdoc(fn) or ""
+        description = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+        return CommandSpec(
+            name=name or fn.__name__.rstrip("_"),
+            description=description,
+            handler=fn,
+            options=tuple(options),
+            admin_only=admin_only,
+        )
+
+    return build(func) if func is not None else build

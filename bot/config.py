@@ -1,0 +1,72 @@
+"""All clipbot settings in one object: environment variables prefixed CLIPBOT_, or a .env file.
+
+`.env.example` documents every field; keep the two in step (a test checks it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "clipbot"
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPBOT_", env_file=".env", extra="ignore")
+
+    # engine
+    broker_url: str | None = Field(None, description="Redis URL; unset runs the embedded in-process engine")
+    redis_url: str | None = Field(None, description="Redis for job records, events, blobs; defaults to broker_url")
+    data_dir: Path = Field(_DEFAULT_DATA_DIR, description="where the embedded engine keeps state and output")
+    job_timeout: float = Field(600.0, description="seconds a job may run before the requester gives up")
+    queue_timeout: float = Field(120.0, description="seconds a job may wait for a worker before it is cancelled")
+    visibility_timeout: int = Field(7200, description="Redis redelivery timeout; must exceed the longest job")
+    blob_ttl: int = Field(86400, description="seconds uploaded and generated images are kept")
+    worker_concurrency: int = Field(1, description="worker child processes (1 per GPU is usual)")
+    worker_queues: Annotated[list[str], NoDecode] = Field(["gpu", "io"], description="queues a worker consumes")
+
+    # models
+    clip_model: str = Field("ViT-B-32:laion2b_s34b_b79k", description="ARCH:TAG, ARCH:/path/file, or a preset")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    model_cache: Path | None = Field(None, description="model weights cache; defaults to data_dir/models")
+
+    # plugins
+    plugins: Annotated[list[str], NoDecode] = Field(["*"], description="allowlist of plugin names; * means all")
+    disabled_plugins: Annotated[list[str], NoDecode] = Field([], description="plugin names never loaded")
+    extra_plugins: Annotated[list[str], NoDecode] = Field([], description="modules to load as plugins")
+
+    # images
+    max_image_bytes: int = Field(25 * 1024 * 1024, description="largest upload accepted, in bytes")
+    max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
+
+    # /whatis
+    whatis_top: int = Field(5, description="labels shown in a /whatis answer")
+    whatis_threshold: float = Field(0.1, description="below this best probability, answer 'none of these'")
+    whatis_max_labels: int = Field(1000, description="most labels one /whatis may ask for")
+
+    log_level: str = Field("INFO", description="logging level")
+
+    _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", mode="before")(
+        _split_list
+    )
+
+    @property
+    def state_redis_url(self) -> str | None:
+        return self.redis_url or self.broker_url
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache or self.data_dir / "models"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url

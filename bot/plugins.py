@@ -1,0 +1,56 @@
+"""Build the plugin manager: hook specs, then built-in plugins, then installed ones.
+
+Built-in features register exactly like third-party packages (entry-point group
+`clipbot.plugins`). Settings decide which load: `plugins` is an allowlist (`*` = all),
+`disabled_plugins` always wins, `extra_plugins` names modules to load without packaging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from bot import hookspecs
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "clipbot.plugins"
+BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis"}
+
+
+def _enabled(name: str, settings: Any) -> bool:
+    if name in settings.disabled_plugins:
+        return False
+    return "*" in settings.plugins or name in settings.plugins
+
+
+def build_plugin_manager(settings: Any) -> pluggy.PluginManager:
+    """A fresh manager for these settings; a plugin that fails to load is logged and skipped."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.clipbot_errors = {}  # plugin name -> why it did not load, shown by `clipbot plugins`
+    for name, module in BUILTIN_PLUGINS.items():
+        if _enabled(name, settings):
+            pm.register(importlib.import_module(module), name=name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if _enabled(ep.name, settings):
+            _register(pm, ep.name, ep.load)
+    for module in settings.extra_plugins:
+        _register(pm, module, lambda m=module: importlib.import_module(m))
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, name: str, load: Any) -> None:
+    if pm.has_plugin(name):
+        pm.clipbot_errors[name] = f"a plugin named {name!r} is already loaded"
+        log.error("plugin %s not loaded: name already taken", name)
+        return
+    try:
+        pm.register(load(), name=name)
+    except Exception as exc:  # a broken third-party plugin must not take the bot down
+        pm.clipbot_errors[name] = f"{type(exc).__name__}: {exc}"
+        log.exception("plugin %s failed to load", name)

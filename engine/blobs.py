@@ -1,0 +1,82 @@
+"""Image bytes by key. Jobs pass keys, never image bytes, through the broker or result records."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Protocol
+
+from engine.errors import UserError
+
+_PREFIX = "clipbot:blob:"
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes, *, ttl: int | None = None) -> str: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+
+
+class BlobMissing(UserError):
+    """The bytes behind a key are gone (expired or deleted)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("That image is no longer available (uploads expire); please post it again.")
+        self.key = key
+
+
+def _new_key() -> str:
+    return uuid.uuid4().hex
+
+
+class MemoryBlobStore:
+    """In-process blobs for the embedded engine and tests; expired entries are dropped on access."""
+
+    def __init__(self, default_ttl: int | None = None) -> None:
+        self._items: dict[str, tuple[bytes, float | None]] = {}
+        self._lock = threading.Lock()
+        self._default_ttl = default_ttl
+
+    def put(self, data: bytes, *, ttl: int | None = None) -> str:
+        key = _new_key()
+        ttl = ttl or self._default_ttl
+        with self._lock:
+            self._items[key] = (bytes(data), time.monotonic() + ttl if ttl else None)
+        return key
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            item = self._items.get(key)
+            if item and item[1] is not None and item[1] < time.monotonic():
+                del self._items[key]
+                item = None
+        if item is None:
+            raise BlobMissing(key)
+        return item[0]
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
+class RedisBlobStore:
+    """Blobs in Redis with a TTL, shared by the bot and every worker."""
+
+    def __init__(self, client, default_ttl: int = 86400) -> None:
+        self._redis = client
+        self._default_ttl = default_ttl
+
+    def put(self, data: bytes, *, ttl: int | None = None) -> str:
+        key = _new_key()
+        self._redis.set(_PREFIX + key, bytes(data), ex=ttl or self._default_ttl)
+        return key
+
+    def get(self, key: str) -> bytes:
+        data = self._redis.get(_PREFIX + key)
+        if data is None:
+            raise BlobMissing(key)
+        return data
+
+    def delete(self, key: str) -> None:
+        self._redis.delete(_PREFIX + key)

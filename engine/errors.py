@@ -1,0 +1,27 @@
+"""Errors that cross from the engine to people: their message is shown to the user as is."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error whose message is written for the person who made the request."""
+
+
+class ImageRejected(UserError):
+    """The uploaded file is not an image we accept (format, size, pixels, corrupt)."""
+
+
+class ModelUnavailable(UserError):
+    """A configured model cannot be loaded or downloaded; the message says what to do."""
+
+
+class WorkerUnavailable(UserError):
+    """No worker is online to run the job, or it stopped answering."""
+
+
+class JobFailed(UserError):
+    """A job ended in failure; the message is safe to show."""
+
+
+class JobCancelled(UserError):
+    """The job was cancelled before it finished."""

@@ -1,0 +1,190 @@
+"""Safe decoding of images posted by strangers: size and format allowlist, pixel limits, EXIF, animation.
+
+Every refusal is an `ImageRejected` whose message can be shown to the person who posted the file.
+Only Pillow and the standard library are imported here, so the bot can check uploads without torch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from engine.errors import ImageRejected
+
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_CONTENT_TYPES = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+}
+_DISPLAY_NAMES = {"WEBP": "WebP"}
+_ALLOWED_TEXT = ", ".join(_DISPLAY_NAMES.get(name, name) for name in ALLOWED_FORMATS)
+
+_NOT_BYTES = "That upload isn't a file I can read."
+_EMPTY = "That file is empty."
+_NOT_AN_IMAGE = f"That file isn't an image I can read (allowed: {_ALLOWED_TEXT})."
+_CORRUPT = "The image data is truncated or corrupt."
+
+# Pillow's plugins raise a zoo of exception types on hostile data; all of them mean "corrupt".
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+                  struct.error, zlib.error)
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+# 16-bit greyscale PNG decodes to these; a plain convert("L") would clip everything above 255 to white.
+_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = frozenset({5, 6, 7, 8})  # the orientations that rotate by 90 or 270 degrees
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # Pillow format name, e.g. "PNG"
+    width: int  # after EXIF orientation is applied
+    height: int
+    content_type: str  # "image/png" ...
+    frames: int  # 1 for stills, n_frames for animations
+    size_bytes: int
+
+
+def inspect_image(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageInfo:
+    """Cheap check without decoding pixel data: byte size, format allowlist, pixel count from the header.
+
+    Truncated pixel data is only noticed by `decode_image`. Raises ImageRejected.
+    """
+    size = _checked_size(data, max_bytes)
+    with _opened(data, max_pixels) as im:
+        width, height = im.size
+        if _orientation(im) in _SWAPS_AXES:
+            width, height = height, width
+        fmt = _format_name(im)
+        # MPO's extra pictures are previews or stereo pairs, not animation frames.
+        frames = 1 if im.format == "MPO" else getattr(im, "n_frames", 1)
+        return ImageInfo(fmt, width, height, _CONTENT_TYPES[fmt], frames, size)
+
+
+def decode_image(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Full safe decode to a loaded 8-bit RGB image: the first frame, upright, without metadata.
+
+    Checks everything `inspect_image` checks first. Raises ImageRejected.
+    """
+    _checked_size(data, max_bytes)
+    with _opened(data, max_pixels) as im:
+        im.seek(0)  # animations: the first frame is the picture people see in chat
+        im.load()
+        rgb = _to_rgb(ImageOps.exif_transpose(im))
+    # Drop EXIF (GPS, camera serials) and the like so nothing leaks if the image is posted again.
+    rgb.info = {}
+    return rgb
+
+
+def to_png_bytes(image: Image.Image) -> bytes:
+    """Encode an image as PNG, for replies and thumbnails."""
+    if image.mode not in _PNG_MODES:
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _checked_size(data: object, max_bytes: int) -> int:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageRejected(_NOT_BYTES)
+    size = memoryview(data).nbytes
+    if size == 0:
+        raise ImageRejected(_EMPTY)
+    if size > max_bytes:
+        raise ImageRejected(f"That file is {_byte_text(size)}; the limit is {_byte_text(max_bytes)}.")
+    return size
+
+
+@contextmanager
+def _opened(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """Open from the header only, check the pixel count, and turn Pillow's errors into ImageRejected."""
+    limit = _pixel_limit(max_pixels)
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+            _check_pixels(im.size, limit)
+            yield im
+    except Image.UnidentifiedImageError:
+        raise ImageRejected(_NOT_AN_IMAGE) from None
+    except _BOMB_ERRORS:
+        # Pillow refused before telling us the size; ours is the limit people need to know.
+        raise ImageRejected(f"That image has too many pixels; the limit is {_megapixels(limit)}.") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageRejected(_CORRUPT) from exc
+
+
+def _pixel_limit(max_pixels: int) -> int:
+    # Pillow warns above its own limit (and raises at twice it); treat that as a refusal too,
+    # without touching its global setting.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+
+
+def _check_pixels(size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
+        raise ImageRejected(f"That image is {width}×{height} pixels; the limit is {_megapixels(limit)}.")
+
+
+def _orientation(im: Image.Image) -> int:
+    # PngImageFile.getexif() decodes the pixels to look for EXIF after them; stay cheap instead.
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    return im.getexif().get(_EXIF_ORIENTATION, 1)
+
+
+def _format_name(im: Image.Image) -> str:
+    # A JPEG carrying extra pictures opens as MPO; to everyone else it is a JPEG.
+    return "JPEG" if im.format == "MPO" else im.format
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in _WIDE_GREY_MODES:
+        im = _scale_wide_grey(im)
+    if im.has_transparency_data:
+        # Transparent areas become white, as chat clients show them on a light background.
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _scale_wide_grey(im: Image.Image) -> Image.Image:
+    wide = im.convert("I")
+    grey = wide.point(lambda value: value / 257 + 0.5).convert("L")  # 65535 -> 255, rounded
+    transparent = im.info.get("transparency")
+    if transparent is None:
+        return grey
+    # Pillow clips to 8 bits before matching the 16-bit tRNS value, so build the alpha ourselves.
+    alpha = wide.point([0 if value == transparent else 255 for value in range(65536)], "L")
+    return Image.merge("LA", (grey, alpha))
+
+
+def _byte_text(size: int) -> str:
+    # Round up, so a file just over the limit never reads as equal to it.
+    if size < 1024 * 1024:
+        return f"{math.ceil(size / 1024)} KB"
+    megabytes = math.ceil(size * 10 / (1024 * 1024)) / 10
+    return f"{megabytes:g} MB"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1_000_000:.3g} megapixels"

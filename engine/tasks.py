@@ -1,0 +1,77 @@
+"""How plugins declare engine tasks, and what a running task may do.
+
+A task is a plain function `fn(job: JobContext, **kwargs) -> JSON-able result`, marked with
+`@task(name, queue=...)`. The engine binds it to Celery when a worker starts; the function
+itself knows nothing about Celery, so pipelines stay testable without a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from engine.errors import JobCancelled
+from engine.jobs import PROGRESS
+
+if TYPE_CHECKING:
+    from engine.app import Engine
+
+_MARK = "__clipbot_task__"
+QUEUES = ("gpu", "io")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    queue: str
+    fn: Callable[..., Any]
+
+
+def task(name: str, *, queue: str = "gpu") -> Callable[[Callable], Callable]:
+    """Mark `fn` as the engine task `name` on `queue` ("gpu" for model work, "io" for network)."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn))
+        return fn
+
+    return mark
+
+
+def tasks_in(module: Any) -> list[TaskInfo]:
+    """The tasks a module defines, in definition order."""
+    return [getattr(v, _MARK) for v in vars(module).values() if callable(v) and hasattr(v, _MARK)]
+
+
+class JobContext:
+    """Handed to a running task: its job id, the blob store, settings, progress and cancel."""
+
+    def __init__(self, engine: "Engine", job_id: str, attempt: int) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.attempt = attempt
+        self.blobs = engine.blobs
+        self.settings = engine.settings
+        self._last_cancel_check = 0.0
+
+    def cancelled(self) -> bool:
+        return self.engine.book.cancel_requested(self.job_id)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if someone cancelled this job; cheap enough to call every step."""
+        now = time.monotonic()
+        if now - self._last_cancel_check < 0.2:
+            return
+        self._last_cancel_check = now
+        if self.cancelled():
+            raise JobCancelled("The job was cancelled.")
+
+    def progress(self, step: int, total: int, *, message: str = "", snapshot: bytes | None = None) -> None:
+        """Report progress; a snapshot image is stored as a blob and its key sent in the event."""
+        self.check_cancelled()
+        data: dict[str, Any] = {"step": step, "total": total, "message": message}
+        if snapshot is not None:
+            data["snapshot"] = self.blobs.put(snapshot)
+        self.engine.book.emit(self.job_id, PROGRESS, **data)

@@ -1,0 +1,130 @@
+"""/whatis: CLIP zero-shot classification of a posted picture, with per-channel label sets.
+
+This module is the light part (commands and handlers, no torch); the worker imports
+`plugins.whatis.tasks`, which runs `plugins.whatis.pipeline`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, AsyncIterator, Literal
+
+from bot.commands import Attachment, Image, Reply, command
+from bot.hookspecs import hookimpl
+from engine.errors import UserError
+from plugins.whatis.chart import render_chart
+from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, parse_labels
+
+TASK = "whatis.classify"
+IMAGENET = "ImageNet-1k"
+MAX_TOP = 20
+
+
+async def classify_image(engine: Any, image_key: str, labels: list[str] | None, top: int) -> dict:
+    """Run the classification job; `labels=None` means the ImageNet-1k class names.
+
+    Returns {"model": str, "labels": [{"label", "score"}...] best first, "meaningless": bool}.
+    """
+    if not 1 <= top <= MAX_TOP:
+        raise UserError(f"top must be between 1 and {MAX_TOP}.")
+    return await engine.run(TASK, {"image": image_key, "labels": labels, "top": top}, queue="gpu")
+
+
+def resolve_labels(ctx: Any, text: str) -> tuple[list[str] | None, str]:
+    """Labels for this call and where they came from: typed, a saved set, or ImageNet."""
+    sets = LabelSets(ctx.store, ctx.request.platform, ctx.request.channel_id)
+    max_labels = ctx.settings.whatis_max_labels
+    text = text.strip()
+    if not text:
+        saved = sets.get(DEFAULT_SET)
+        return (saved, "this channel's labels") if saved else (None, IMAGENET)
+    if "," not in text and ";" not in text and "\n" not in text:
+        saved = sets.get(text)
+        if saved:
+            return saved, f"label set '{text}'"
+        raise UserError(
+            f"There is no label set called '{text}' in this channel. Give at least two labels separated by "
+            "commas, or see `/labels show`."
+        )
+    return parse_labels(text, max_labels=max_labels), "your labels"
+
+
+def format_answer(result: dict, source: str, threshold: float) -> tuple[str, str]:
+    """The reply text and the chart's note for a classification result."""
+    labels = result["labels"]
+    best = labels[0]
+    lines = []
+    if best["score"] < threshold:
+        lines.append(f"I'm not sure: none of these fits well (best guess {best['label']}, {best['score']:.0%}).")
+    else:
+        lines.append(f"Looks like **{best['label']}** ({best['score']:.0%}).")
+    lines += [f"{i}. {item['label']}: {item['score']:.1%}" for i, item in enumerate(labels, 1)]
+    note = f"{result['model']} · labels: {source}"
+    if result.get("meaningless"):
+        note += " · random test model: meaningless"
+        lines.append(f"⚠ {result['model']} is a random test model; these answers mean nothing.")
+    lines.append(f"_{result['model']}, labels: {source}_")
+    return "\n".join(lines), note
+
+
+@command
+async def whatis(
+    ctx,
+    image: Annotated[Attachment, "the picture to classify"],
+    labels: Annotated[str, "labels separated by commas, or a saved label set's name"] = "",
+    top: Annotated[int, f"how many guesses to show (1-{MAX_TOP})"] = 0,
+) -> AsyncIterator[Reply]:
+    """Say what is in a picture (CLIP zero-shot classification)."""
+    label_list, source = resolve_labels(ctx, labels)
+    top = top or ctx.settings.whatis_top
+    if label_list is not None:
+        top = min(top, len(label_list))
+    result = await classify_image(ctx.engine, image.key, label_list, top)
+    text, note = format_answer(result, source, ctx.settings.whatis_threshold)
+    chart = render_chart(result["labels"], title=f"What is {image.filename}?", note=note)
+    yield Reply(text=text, images=(Image(chart, "whatis.png", "label probabilities"),), final=True)
+
+
+@command
+async def labels(
+    ctx,
+    action: Annotated[Literal["set", "show", "clear"], "what to do"],
+    labels: Annotated[str, "for set: labels separated by commas"] = "",
+    name: Annotated[str, "the label set's name (default: the channel's default set)"] = "",
+) -> Reply:
+    """Save, show or clear this channel's label sets for /whatis (changing them is for admins)."""
+    sets = LabelSets(ctx.store, ctx.request.platform, ctx.request.channel_id)
+    if action != "set" and labels and not name:
+        name = labels  # `/labels clear pets` names the set positionally
+    if action == "show":
+        return Reply(text=_show(sets, name), ephemeral=True)
+    if not ctx.request.is_admin:
+        raise UserError("Only admins can change this channel's label sets.")
+    if action == "set":
+        set_name = check_set_name(name or DEFAULT_SET)
+        parsed = parse_labels(labels, max_labels=ctx.settings.whatis_max_labels)
+        sets.save(set_name, parsed)
+        used = "by default in this channel" if set_name == DEFAULT_SET else f"with `labels: {set_name}`"
+        return Reply(text=f"Saved {len(parsed)} labels as '{set_name}'; /whatis uses them {used}.")
+    if not sets.remove(name or None):
+        return Reply(text=f"There is no label set '{name}' here." if name else "This channel has no label sets.")
+    return Reply(text=f"Removed the label set '{name}'." if name else "Removed all of this channel's label sets.")
+
+
+def _show(sets: LabelSets, name: str) -> str:
+    if name:
+        found = sets.get(name)
+        return f"{name}: {', '.join(found)}" if found else f"There is no label set '{name}' here."
+    all_sets = sets.all()
+    if not all_sets:
+        return f"No label sets here; /whatis uses the {IMAGENET} classes. Admins: `/labels set cat, dog, person`."
+    return "\n".join(f"{n}: {', '.join(v)}" for n, v in sorted(all_sets.items()))
+
+
+@hookimpl
+def clipbot_commands():
+    return [whatis, labels]
+
+
+@hookimpl
+def clipbot_task_modules():
+    return ["plugins.whatis.tasks"]

@@ -1,0 +1,65 @@
+"""Parsing user-typed label lists and the per-channel named label sets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from engine.errors import UserError
+
+MAX_LABEL_CHARS = 100
+DEFAULT_SET = "default"
+_SET_NAME = re.compile(r"^[\w-]{1,32}$")
+
+
+def parse_labels(text: str, *, max_labels: int) -> list[str]:
+    """Split 'cat, dog, a red car' into labels: trimmed, de-duplicated (case-insensitively)."""
+    seen: set[str] = set()
+    labels = []
+    for part in re.split(r"[,\n;]", text):
+        label = " ".join(part.split())
+        if label and label.lower() not in seen:
+            seen.add(label.lower())
+            labels.append(label)
+    too_long = next((lab for lab in labels if len(lab) > MAX_LABEL_CHARS), None)
+    if too_long:
+        raise UserError(f"The label '{too_long[:40]}…' is too long; keep each label under {MAX_LABEL_CHARS} characters.")
+    if len(labels) > max_labels:
+        raise UserError(f"That's {len(labels)} labels; the limit is {max_labels}.")
+    if len(labels) < 2:
+        raise UserError("Give at least two labels, separated by commas (e.g. `cat, dog, person`).")
+    return labels
+
+
+def check_set_name(name: str) -> str:
+    if not _SET_NAME.match(name):
+        raise UserError("A label set name is one word of letters, digits, - or _ (up to 32 characters).")
+    return name
+
+
+class LabelSets:
+    """Named label sets of one channel, kept in the engine's store."""
+
+    def __init__(self, store: Any, platform: str, channel_id: str) -> None:
+        self._store = store
+        self._key = f"clipbot:labels:{platform}:{channel_id or '-'}"
+
+    def all(self) -> dict[str, list[str]]:
+        return self._store.get(self._key) or {}
+
+    def get(self, name: str) -> list[str] | None:
+        return self.all().get(name)
+
+    def save(self, name: str, labels: list[str]) -> None:
+        sets = self.all()
+        sets[check_set_name(name)] = labels
+        self._store.set(self._key, sets)
+
+    def remove(self, name: str | None) -> bool:
+        sets = self.all()
+        if name is None:
+            self._store.delete(self._key)
+            return bool(sets)
+        found = sets.pop(name, None) is not None
+        self._store.set(self._key, sets)
+        return found

@@ -1,0 +1,176 @@
+"""Shared fixtures. Every test runs on the seeded `tiny-test` CLIP preset, on the CPU, with
+its state in a temporary data dir; integration tests use the machine's real Redis."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+# Settings read the environment: pin it before any test builds a Settings object.
+for _name in [n for n in os.environ if n.startswith("CLIPBOT_") and n != "CLIPBOT_TEST_REDIS_URL"]:
+    del os.environ[_name]
+os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING"})
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clipbot-data")
+    os.environ["CLIPBOT_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir):
+    from bot.config import Settings
+
+    return Settings(_env_file=None)
+
+
+def make_settings(data_dir: Path, **overrides):
+    from bot.config import Settings
+
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def embedded(settings):
+    """One embedded engine + dispatcher for the session (the tiny model loads once)."""
+    from bot.dispatch import Dispatcher
+    from bot.plugins import build_plugin_manager
+    from engine.app import create_engine
+
+    engine = create_engine(settings)
+    dispatcher = Dispatcher(build_plugin_manager(settings), engine, settings)
+    engine.start_embedded(dispatcher.task_modules())
+    yield dispatcher
+    engine.stop()
+
+
+@pytest.fixture
+def local(embedded, tmp_path):
+    """A local-chat adapter on the embedded engine, printing into a buffer, in its own channel."""
+    from bot.adapters.local import LocalAdapter
+
+    out = io.StringIO()
+    adapter = LocalAdapter(embedded, out=out, output_dir=tmp_path / "out", channel_id=f"test-{uuid.uuid4().hex[:8]}")
+    adapter.buffer = out
+    return adapter
+
+
+def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def red_png(tmp_path) -> Path:
+    return write_image(tmp_path / "red.png")
+
+
+# ---- real Redis + real worker processes ---------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_url():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"integration tests need Redis at {REDIS_URL} (.ci/run starts it): {exc}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPBOT_")}
+    env.update({
+        "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_DATA_DIR": str(data_dir),
+        "CLIPBOT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+    })
+    if redis_url:
+        env["CLIPBOT_BROKER_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`clipbot worker` as a subprocess, as an operator runs it."""
+
+    def __init__(self, data_dir: Path, redis_url: str, log_path: Path, *args: str, **env: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "worker", *args], cwd=ROOT, env=clipbot_env(data_dir, redis_url, **env),
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, engine, queue: str = "gpu", timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue)):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log()}")
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(data_dir, redis_url, tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(data_dir, redis_url, tmp_path / f"worker{len(started)}.log", *args, **env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def redis_engine(data_dir, redis_url):
+    from bot.dispatch import Dispatcher
+    from bot.plugins import build_plugin_manager
+    from engine.app import create_engine
+
+    settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=60, job_timeout=120)
+    engine = create_engine(settings)
+    yield Dispatcher(build_plugin_manager(settings), engine, settings)
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
