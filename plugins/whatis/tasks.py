@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.images import decode_image
-from engine.models import get_clip
+from engine.models import clip_for
 from engine.models.clip import IMAGENET_CLASSNAMES
 from engine.tasks import JobContext, task
 from plugins.whatis import TASK
@@ -15,6 +15,6 @@ def classify(job: JobContext, image: str, labels: list[str] | None, top: int) ->
     settings = job.settings
     picture = decode_image(job.blobs.get(image), max_bytes=settings.max_image_bytes,
                            max_pixels=settings.max_image_pixels)
-    clip = get_clip(settings)
+    clip = clip_for(settings)
     return pipeline.classify(clip, picture, labels or IMAGENET_CLASSNAMES, top=top,
                              cache_dir=settings.data_dir / "cache" / "labels")

@@ -1,0 +1,16 @@
+"""Models for clipbot workers: a lazy per-process cache (`registry`) and device selection.
+
+`engine.models.clip` is the only module that talks to open_clip; `engine.models.presets` holds tiny
+seeded random models for tests and offline demos. Importing this package does not import torch.
+"""
+
+from engine.models.registry import ModelRegistry, registry, resolve_device
+
+__all__ = ["ModelRegistry", "clip_for", "registry", "resolve_device"]
+
+
+def clip_for(settings):
+    """The CLIP model the settings configure, loaded once per worker process (lazily)."""
+    from engine.models.clip import get_clip
+
+    return get_clip(settings.clip_model, device=settings.device, cache_dir=settings.models_dir)

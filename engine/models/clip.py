@@ -1,0 +1,494 @@
+"""CLIP models for workers: parse a model spec, load it from local files, pull weights ahead of time.
+
+This is the only module in clipbot that imports open_clip. A spec is one of:
+  - a preset name (`tiny-test`): a tiny seeded random model, meaningless, for tests and demos;
+  - `ARCH:TAG`, an open_clip architecture plus a pretrained tag (`ViT-B-32:laion2b_s34b_b79k`);
+  - `ARCH:/path/to/weights.pt` (or .pth/.bin/.safetensors, or any path with a separator);
+  - `ARCH:random`: seeded random weights for a real architecture, meaningless.
+ARCH is an open_clip name, a preset name, or the path of an open_clip model-config JSON.
+
+Loading never touches the network: weights named by a tag must already be in the cache
+(`pull_clip`, i.e. `clipbot models pull`, downloads them). Failures become `ModelUnavailable`
+with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import huggingface_hub
+import open_clip
+import torch
+from huggingface_hub import constants as _hf_constants
+from huggingface_hub import errors as _hf_errors
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from PIL import Image
+from tqdm import tqdm
+
+from engine.errors import ModelUnavailable
+from engine.models import presets
+from engine.models.registry import registry, resolve_device
+
+DEFAULT_CLIP_SPEC = "ViT-B-32:laion2b_s34b_b79k"
+# Zero-shot vocabulary: the ImageNet-1k class names and the CLIP paper's 80 prompt templates.
+IMAGENET_CLASSNAMES: tuple[str, ...] = tuple(open_clip.IMAGENET_CLASSNAMES)
+PROMPT_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
+SpecKind = Literal["preset", "pretrained", "file", "random"]
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+_NETWORK_TIMEOUT_S = 5.0  # connect (and per-read) timeout: offline should fail in seconds
+_CHUNK_BYTES = 1 << 20
+_OPEN_CLIP_URL_CACHE = "~/.cache/clip"  # where open_clip puts url downloads without a cache_dir
+_CONFIG_LOCK = threading.Lock()  # open_clip's config registry is a module global
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    arch: str  # open_clip architecture name, preset name, or path to a model-config JSON
+    weights: str  # pretrained tag, checkpoint path, "random", or "" for a preset
+    kind: SpecKind
+
+
+@dataclass(eq=False)
+class ClipModel:
+    """A loaded CLIP model in eval mode. Embeddings come back on the CPU as float32, L2-normalised."""
+
+    spec: str
+    model: Any
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    device: torch.device
+    meaningless: bool  # True for random weights (presets, ARCH:random): never show their answers as real
+    embed_dim: int
+    logit_scale: float
+    fingerprint: str = ""  # names these exact weights, for caches keyed by model (file specs add size+mtime)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
+        """Embed images as an [N, embed_dim] tensor of unit vectors."""
+        batches = [
+            torch.stack([self.preprocess(image) for image in images[i : i + batch_size]])
+            for i in range(0, len(images), batch_size)
+        ]
+        return self._encode(self.model.encode_image, batches)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Embed texts as an [N, embed_dim] tensor of unit vectors."""
+        batches = (self.tokenizer(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size))
+        return self._encode(self.model.encode_text, batches)
+
+    def _encode(self, encode: Callable[..., torch.Tensor], batches) -> torch.Tensor:
+        chunks = [encode(batch.to(self.device), normalize=True).float().cpu() for batch in batches]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+
+# --- specs -------------------------------------------------------------------------------------
+
+
+def parse_clip_spec(spec: str) -> ClipSpec:
+    """Parse and validate a CLIP model spec (see the module docstring); ModelUnavailable if invalid."""
+    text = spec.strip()
+    if text in presets.PRESETS:
+        return ClipSpec(arch=text, weights="", kind="preset")
+    arch, _, weights = _split_spec(text)
+    _check_arch(arch)
+    if not weights:
+        raise ModelUnavailable(
+            f"CLIP model {text!r} names no weights: use {arch}:TAG ({_tags_hint(arch)}) "
+            f"or {arch}:/path/to/weights.pt."
+        )
+    kind = _weights_kind(weights)
+    if kind == "pretrained":
+        _check_tag(arch, weights)
+    return ClipSpec(arch=arch, weights=weights, kind=kind)
+
+
+def _split_spec(text: str) -> tuple[str, str, str]:
+    # Architecture names never contain ':', so cut at the first one (a Windows drive in the weights
+    # path stays whole); a config-JSON path may contain ':' itself, so cut right after '.json:'.
+    cut = text.lower().find(".json:")
+    if cut >= 0:
+        return text[: cut + 5], ":", text[cut + 6 :]
+    return text.partition(":")
+
+
+def _weights_kind(weights: str) -> SpecKind:
+    if weights.lower() == "random":
+        return "random"
+    if "/" in weights or "\\" in weights or weights.lower().endswith(_CHECKPOINT_SUFFIXES):
+        return "file"
+    return "pretrained"
+
+
+def _is_config_path(arch: str) -> bool:
+    return arch.lower().endswith(".json")
+
+
+def _check_arch(arch: str) -> None:
+    if _is_config_path(arch):
+        if not Path(arch).expanduser().is_file():
+            raise ModelUnavailable(f"The CLIP model config {arch} does not exist.")
+        return
+    known = open_clip.list_models()
+    if arch in known or arch in presets.PRESETS:
+        return
+    close = difflib.get_close_matches(arch, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelUnavailable(
+        f"Unknown CLIP architecture {arch!r}.{hint} List the valid names with "
+        '`python -c "import open_clip; print(open_clip.list_models())"`, use a preset '
+        f"({', '.join(presets.PRESETS)}), or give the path of a model-config JSON."
+    )
+
+
+def _check_tag(arch: str, tag: str) -> None:
+    if _is_config_path(arch) or arch in presets.PRESETS:
+        raise ModelUnavailable(
+            f"{tag!r} is not a weights file: a custom architecture needs one, as {arch}:/path/to/weights.pt."
+        )
+    if not open_clip.is_pretrained_cfg(arch, tag):
+        raise ModelUnavailable(f"Unknown weights {tag!r} for CLIP architecture {arch}: {_tags_hint(arch)}.")
+
+
+def _tags_hint(arch: str) -> str:
+    tags = [] if _is_config_path(arch) else open_clip.list_pretrained_tags_by_model(arch)
+    return f"valid tags are {', '.join(tags)}" if tags else "it has no published weights"
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None) -> ClipModel:
+    """Load the CLIP model `spec` names, from local files only, onto `device`, in eval mode."""
+    parsed = parse_clip_spec(spec)
+    target = resolve_device(device)
+    arch, model, preprocess, tokenizer = _build(parsed, cache_dir)
+    model = model.to(target).eval()
+    return ClipModel(
+        spec=spec.strip(),
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        device=target,
+        meaningless=parsed.kind in ("preset", "random"),
+        embed_dim=int(open_clip.get_model_config(arch)["embed_dim"]),
+        logit_scale=float(model.logit_scale.exp().item()),
+        fingerprint=_fingerprint(spec.strip(), parsed),
+    )
+
+
+def _fingerprint(spec: str, parsed: ClipSpec) -> str:
+    if parsed.kind != "file":
+        return spec
+    stat = Path(parsed.weights).expanduser().stat()
+    return f"{spec}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def get_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None) -> ClipModel:
+    """The process-wide ClipModel for `spec` on `device`, loaded on first use through the registry."""
+    target = resolve_device(device)
+    key = f"clip:{spec.strip()}@{target}"
+    return registry.get(key, lambda: load_clip(spec, device=str(target), cache_dir=cache_dir))
+
+
+def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, Any, Any]:
+    """(open_clip arch name, model, preprocess, tokenizer) for a parsed spec, on the CPU."""
+    if parsed.kind == "preset":
+        return (presets.preset_config_path(parsed.arch).stem, *presets.create_preset_clip(parsed.arch))
+    arch = _arch_name(parsed.arch)
+    if parsed.kind == "random":
+        return (arch, *presets.create_seeded_clip(arch))
+    if parsed.kind == "file":
+        return (arch, *_build_from_checkpoint(arch, _checked_file(parsed.weights)))
+    checkpoint = _cached_weights(arch, parsed.weights, cache_dir)
+    if checkpoint is None:
+        raise ModelUnavailable(
+            f"CLIP weights for {arch}:{parsed.weights} are not downloaded; run `clipbot models pull` "
+            f"on a machine with internet access, or set CLIPBOT_CLIP_MODEL={arch}:/path/to/file."
+        )
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, parsed.weights)
+    return (arch, *_build_from_checkpoint(arch, _checked_file(checkpoint), pretrained_cfg))
+
+
+def _arch_name(arch: str) -> str:
+    if _is_config_path(arch):
+        return register_model_config(arch)
+    if arch in presets.PRESETS:
+        return register_model_config(presets.preset_config_path(arch))
+    return arch
+
+
+def _build_from_checkpoint(arch: str, checkpoint: Path, pretrained_cfg: dict | None = None):
+    try:
+        return build_clip(arch, checkpoint, pretrained_cfg=pretrained_cfg)
+    except Exception as exc:  # torch, safetensors and open_clip raise many types for a bad file
+        raise ModelUnavailable(
+            f"Could not load CLIP weights {checkpoint} as {arch} ({_brief(exc)}); "
+            "check that the file is complete and made for this architecture."
+        ) from exc
+
+
+def build_clip(
+    arch: str, checkpoint: Path | None = None, *, pretrained_cfg: dict | None = None
+) -> tuple[Any, Any, Any]:
+    """(model, preprocess, tokenizer) for open_clip `arch` on the CPU, with weights from
+    `checkpoint`, or random ones drawn from torch's global RNG when there is none.
+
+    `pretrained_cfg` (open_clip's entry for a tag) sets the preprocessing those weights expect.
+    """
+    cfg = pretrained_cfg or {}
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        arch,
+        pretrained=str(checkpoint) if checkpoint else None,
+        # Weights trained with QuickGELU give wrong embeddings under plain GELU; open_clip only warns.
+        force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+        image_mean=cfg.get("mean"),
+        image_std=cfg.get("std"),
+        image_interpolation=cfg.get("interpolation"),
+        image_resize_mode=cfg.get("resize_mode"),
+    )
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def register_model_config(path: str | Path) -> str:
+    """Make an open_clip model-config JSON known to open_clip under its file stem; return that name."""
+    path = Path(path).expanduser().resolve()
+    config = _read_model_config(path)
+    with _CONFIG_LOCK:
+        known = open_clip.get_model_config(path.stem)
+        if known is None:
+            open_clip.add_model_config(path)
+        elif known != config:
+            raise ModelUnavailable(
+                f"The model config {path} is named {path.stem!r}, like a different architecture "
+                "open_clip already knows; rename the file."
+            )
+    return path.stem
+
+
+def _read_model_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"Cannot read the CLIP model config {path} ({_brief(exc)}).") from exc
+    if not (isinstance(config, dict) and {"embed_dim", "vision_cfg", "text_cfg"} <= config.keys()):
+        raise ModelUnavailable(
+            f"{path} is not an open_clip model config: it needs embed_dim, vision_cfg and text_cfg."
+        )
+    return config
+
+
+def _checked_file(weights: str | Path) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ModelUnavailable(f"The CLIP weights file {path} does not exist.")
+    if not _looks_like_checkpoint(path):
+        raise ModelUnavailable(
+            f"{path} is not a PyTorch or safetensors checkpoint (unrecognised file header)."
+        )
+    return path
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    with path.open("rb") as file:
+        head = file.read(9)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return True  # torch.save zip (also TorchScript, .npz) or a legacy torch.save pickle
+    # safetensors: little-endian u64 header size, then the JSON header
+    size = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    return head[8:9] == b"{" and 8 + size <= path.stat().st_size
+
+
+def _brief(exc: BaseException) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
+
+
+# --- weights cache and downloads ---------------------------------------------------------------
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pull_clip(spec: str, *, cache_dir: str | Path | None = None, progress: bool = True) -> Path | None:
+    """Download the weights `spec` names unless they are cached, and return their local path.
+
+    Presets and `ARCH:random` have no weights: returns None. A local file is checked, not copied.
+    `cache_dir` None means open_clip's defaults (the Hugging Face cache, or ~/.cache/clip for urls).
+    Network failures raise ModelUnavailable within seconds.
+    """
+    parsed = parse_clip_spec(spec)
+    if parsed.kind in ("preset", "random"):
+        return None
+    if parsed.kind == "file":
+        return _checked_file(parsed.weights)
+    cached = _cached_weights(parsed.arch, parsed.weights, cache_dir)
+    if cached is not None:
+        return cached
+    cfg = open_clip.get_pretrained_cfg(parsed.arch, parsed.weights)
+    label = f"{parsed.arch}:{parsed.weights}"
+    if cfg.get("hf_hub"):
+        return _pull_hf(label, cfg["hf_hub"], cache_dir, progress)
+    if cfg.get("url"):
+        return _pull_url(label, cfg["url"], cache_dir, progress)
+    raise ModelUnavailable(f"open_clip knows no download location for {label}.")
+
+
+def _cached_weights(arch: str, tag: str, cache_dir: str | Path | None) -> Path | None:
+    """The local file open_clip would load for `arch:tag`, if it is already downloaded."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if cfg.get("hf_hub"):  # open_clip prefers the Hub when an entry has both
+        repo_id, filenames = _hf_files(cfg["hf_hub"])
+        for filename in filenames:
+            found = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    if cfg.get("url"):
+        path = _url_target(cfg["url"], cache_dir)
+        return path if path.is_file() else None
+    return None
+
+
+def _hf_files(hf_hub: str) -> tuple[str, list[str]]:
+    # open_clip's 'org/repo/' means the default file name; it fetches a .safetensors twin first.
+    repo_id, filename = os.path.split(hf_hub)
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return repo_id, [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return repo_id, [filename[:-4] + ".safetensors", filename]
+    return repo_id, [filename]
+
+
+def _pull_hf(label: str, hf_hub: str, cache_dir: str | Path | None, progress: bool) -> Path:
+    if _hf_offline():
+        raise _download_failed(label, "Hugging Face offline mode is on (HF_HUB_OFFLINE)")
+    # Read at call time: huggingface_hub reads HF_ENDPOINT only when it is first imported.
+    endpoint = os.environ.get("HF_ENDPOINT") or _hf_constants.ENDPOINT
+    _check_reachable(label, endpoint)
+    repo_id, filenames = _hf_files(hf_hub)
+    for filename in filenames:
+        try:
+            path = huggingface_hub.hf_hub_download(
+                repo_id,
+                filename,
+                cache_dir=cache_dir,
+                endpoint=endpoint,
+                etag_timeout=_NETWORK_TIMEOUT_S,
+                tqdm_class=None if progress else _QuietTqdm,
+            )
+            return Path(path)
+        except _hf_errors.LocalEntryNotFoundError as exc:  # network, not a missing file
+            raise _download_failed(label, f"{endpoint} did not answer ({_brief(exc)})") from exc
+        except _hf_errors.EntryNotFoundError:
+            continue  # e.g. no .safetensors twin: try the next file name
+        except Exception as exc:  # HTTP errors, gated repos, disk full: one sentence, not a traceback
+            raise _download_failed(label, _brief(exc)) from exc
+    raise _download_failed(label, f"{repo_id} has none of {', '.join(filenames)}")
+
+
+def _hf_offline() -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return flag in {"1", "ON", "YES", "TRUE"} or _hf_constants.HF_HUB_OFFLINE
+
+
+def _check_reachable(label: str, url: str) -> None:
+    """Fail in seconds when the server (or proxy) is unreachable, rather than after the Hub
+    client's retries with back-off (about 25 s for a refused connection)."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host or ""):
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname, proxy_parts.port or 80
+    try:
+        socket.create_connection((host, port), timeout=_NETWORK_TIMEOUT_S).close()
+    except OSError as exc:
+        raise _download_failed(label, f"cannot reach {host}:{port} ({_brief(exc)})") from exc
+
+
+def _pull_url(label: str, url: str, cache_dir: str | Path | None, progress: bool) -> Path:
+    target = _url_target(url, cache_dir)
+    expected = _expected_sha256(url)
+    if target.is_file() and (not expected or sha256_file(target).startswith(expected)):
+        return target
+    return _download_url(label, url, target, expected, progress=progress)
+
+
+def _url_target(url: str, cache_dir: str | Path | None) -> Path:
+    # The same file name open_clip uses, so either of us finds the other's download.
+    folder = Path(cache_dir or _OPEN_CLIP_URL_CACHE).expanduser()
+    return folder / os.path.basename(urllib.parse.urlsplit(url).path)
+
+
+def _expected_sha256(url: str) -> str:
+    """The SHA-256 (or its prefix) that the url encodes, as open_clip reads it; "" if none."""
+    segments = urllib.parse.urlsplit(url).path.split("/")
+    if len(segments) >= 2 and re.fullmatch(r"[0-9a-f]{64}", segments[-2]):
+        return segments[-2]  # .../<sha256>/RN50.pt (OpenAI)
+    if "mlfoundations" in url:
+        return os.path.splitext(segments[-1])[0].split("-")[-1]  # ...-<sha256 prefix>.pt
+    return ""
+
+
+def _download_url(label: str, url: str, target: Path, expected_sha256: str, *, progress: bool) -> Path:
+    """Stream `url` to `target` with a progress bar, verifying the SHA-256 prefix if one is given.
+    The file appears at `target` only when complete and verified."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=_NETWORK_TIMEOUT_S) as response, partial.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
+                while chunk := response.read(_CHUNK_BYTES):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, short bodies
+        partial.unlink(missing_ok=True)
+        raise _download_failed(label, f"fetching {url} failed ({_brief(exc)})") from exc
+    if expected_sha256 and not digest.hexdigest().startswith(expected_sha256):
+        partial.unlink(missing_ok=True)
+        raise ModelUnavailable(
+            f"The CLIP weights downloaded for {label} from {url} failed their SHA-256 check "
+            f"(got {digest.hexdigest()[:16]}…, expected {expected_sha256[:16]}…) and were deleted; try again."
+        )
+    partial.replace(target)
+    return target
+
+
+def _download_failed(label: str, reason: str) -> ModelUnavailable:
+    arch = label.split(":", 1)[0]
+    return ModelUnavailable(
+        f"Could not download CLIP weights for {label}: {reason}; on a machine without internet access, "
+        f"copy the weights file here and set CLIPBOT_CLIP_MODEL={arch}:/path/to/file."
+    )
+
+
+class _QuietTqdm(tqdm):
+    """A progress bar that never draws (for `progress=False`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)

@@ -1,0 +1,160 @@
+"""/whatis, /labels and /help through the local adapter on the embedded engine (real Celery,
+memory transport, worker thread) with the tiny-test CLIP preset."""
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image
+
+from tests.conftest import write_image
+from tests.unit.test_images import animation, encode, noise, png_header_only
+
+
+def say(local, line):
+    return asyncio.run(local.handle_line(line))
+
+
+def final(replies):
+    assert replies[-1].final
+    return replies[-1]
+
+
+def ranked(reply):
+    """The numbered guesses in a /whatis answer: [(label, percent)]."""
+    out = []
+    for line in reply.text.splitlines():
+        head, sep, pct = line.rpartition(": ")
+        if sep and head[:1].isdigit() and ". " in head and pct.endswith("%"):
+            out.append((head.split(". ", 1)[1], float(pct[:-1])))
+    return out
+
+
+def test_help_lists_commands_and_planned_ones(local):
+    text = final(say(local, "/help")).text
+    for expected in ("/whatis", "/labels", "/help", "/search: not built yet", "/imagine: not built yet"):
+        assert expected in text
+    assert "Usage: /whatis image: <image>" in final(say(local, "/help whatis")).text
+
+
+def test_whatis_custom_labels(local, red_png):
+    reply = final(say(local, f"/whatis {red_png} labels: cat, dog, person"))
+    assert not reply.error, reply.text
+    guesses = ranked(reply)
+    assert sorted(label for label, _ in guesses) == ["cat", "dog", "person"]
+    assert [p for _, p in guesses] == sorted((p for _, p in guesses), reverse=True)
+    assert sum(p for _, p in guesses) == pytest.approx(100, abs=0.2)
+    assert "tiny-test is a random test model" in reply.text
+    chart = Image.open(io.BytesIO(reply.images[0].data))
+    assert chart.format == "PNG" and chart.width == 640
+    assert "[image saved: " in local.buffer.getvalue()
+
+
+def test_whatis_positional_labels_and_top(local, red_png):
+    reply = final(say(local, f"/whatis {red_png} cat, dog, person, car top: 2"))
+    assert len(ranked(reply)) == 2
+
+
+def test_whatis_default_is_imagenet(local, red_png):
+    reply = final(say(local, f"/whatis {red_png}"))
+    assert not reply.error, reply.text
+    assert len(ranked(reply)) == 5
+    assert "labels: ImageNet-1k" in reply.text
+
+
+def test_label_sets_per_channel(local, red_png, embedded, tmp_path):
+    assert "No label sets here" in final(say(local, "/labels show")).text
+    saved = final(say(local, "/labels set cat, dog, person"))
+    assert "Saved 3 labels as 'default'" in saved.text
+    reply = final(say(local, f"/whatis {red_png}"))
+    assert "labels: this channel's labels" in reply.text
+    assert sorted(label for label, _ in ranked(reply)) == ["cat", "dog", "person"]
+
+    assert "Saved 2 labels as 'pets'" in final(say(local, "/labels set hamster, parrot name: pets")).text
+    reply = final(say(local, f"/whatis {red_png} labels: pets"))
+    assert sorted(label for label, _ in ranked(reply)) == ["hamster", "parrot"]
+    assert "pets: hamster, parrot" in final(say(local, "/labels show")).text
+
+    # another channel does not see them
+    from bot.adapters.local import LocalAdapter
+
+    other = LocalAdapter(embedded, out=io.StringIO(), output_dir=tmp_path / "o", channel_id="elsewhere")
+    assert "labels: ImageNet-1k" in final(say(other, f"/whatis {red_png}")).text
+
+    assert "Removed the label set 'pets'" in final(say(local, "/labels clear pets")).text
+    assert "no label set called 'pets'" in final(say(local, f"/whatis {red_png} labels: pets")).text
+    assert "Removed all" in final(say(local, "/labels clear")).text
+
+
+def test_only_admins_change_label_sets(embedded, tmp_path):
+    from bot.adapters.local import LocalAdapter
+
+    user = LocalAdapter(embedded, out=io.StringIO(), output_dir=tmp_path, channel_id="c-user", is_admin=False)
+    reply = final(say(user, "/labels set cat, dog"))
+    assert reply.error and "Only admins" in reply.text
+    assert "No label sets here" in final(say(user, "/labels show")).text
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("/whatis {img} labels: cat", "at least two labels"),
+    ("/whatis {img} top: 50", "top must be between 1 and 20"),
+    ("/whatis {img} top: many", "must be a whole number"),
+    ("/whatis {img} colour: red", "/whatis has no option 'colour'"),
+    ("/whatis", "/whatis needs 'image'"),
+    ("/whatis /no/such/file.png", "No such file"),
+    ("/labels frobnicate", "must be one of: set, show, clear"),
+    ("/search whiteboard sketch", "/search is not built yet"),
+    ("/imagine a red fox", "/imagine is not built yet"),
+    ("/whatsit {img}", "Did you mean /whatis?"),
+    ("hello there", "Commands start with /"),
+    ('/whatis "{img}', "check your quotes"),
+])
+def test_user_errors_are_clear(local, red_png, line, expected):
+    reply = final(say(local, line.format(img=red_png)))
+    assert reply.error and expected in reply.text, reply.text
+
+
+def _bad_inputs(tmp_path):
+    good = encode(noise((80, 60)), "PNG")
+    cmyk = encode(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG")
+    sixteen = Image.new("I;16", (40, 30))
+    sixteen.putdata([i * 50 for i in range(40 * 30)])
+    rotated = Image.new("RGB", (40, 20), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return {
+        "zero.png": (b"", "empty"),
+        "truncated.png": (good[: len(good) // 2], "truncated or corrupt"),
+        "text.png": (b"hello, this is not an image\n" * 20, "isn't an image I can read"),
+        "bomb.png": (png_header_only(30000, 30000), "limit"),
+        "anim.gif": (animation("GIF"), None),
+        "cmyk.jpg": (cmyk, None),
+        "sixteen.png": (encode(sixteen, "PNG"), None),
+        "rotated.jpg": (encode(rotated, "JPEG", exif=exif), None),
+    }
+
+
+def test_bad_inputs_give_a_result_or_a_clear_error(local, tmp_path):
+    for name, (data, error) in _bad_inputs(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        reply = final(say(local, f"/whatis {path} labels: cat, dog"))
+        if error is None:
+            assert not reply.error, f"{name}: {reply.text}"
+            assert len(ranked(reply)) == 2
+        else:
+            assert reply.error and error in reply.text, f"{name}: {reply.text}"
+            assert "Traceback" not in reply.text and "Error:" not in reply.text
+    # the engine is still alive and answering
+    ok = write_image(tmp_path / "after.png")
+    assert not final(say(local, f"/whatis {ok} labels: cat, dog")).error
+
+
+def test_oversized_upload_is_refused_before_reading(embedded, tmp_path):
+    from bot.adapters.local import LocalAdapter
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (embedded.settings.max_image_bytes + 1))
+    adapter = LocalAdapter(embedded, out=io.StringIO(), output_dir=tmp_path)
+    reply = final(say(adapter, f"/whatis {big}"))
+    assert reply.error and "the limit is" in reply.text
