@@ -63,7 +63,7 @@ def _celery_config(settings: Any) -> dict[str, Any]:
         conf["broker_url"] = settings.broker_url
         conf["broker_transport_options"] = {"visibility_timeout": settings.visibility_timeout}
     else:
-        conf["broker_url"] = "memory://"
+        conf["broker_url"] = "memory://localhost/"
         conf["result_backend"] = "cache+memory://"
         # The memory transport polls; the 1 s default would add ~1 s to every job.
         conf["broker_transport_options"] = {"polling_interval": 0.005}
@@ -82,6 +82,7 @@ class Engine:
         self.book = book
         self.redis = redis
         self.hostname = f"clipbot@{socket.gethostname()}.{os.getpid()}"
+        self._instance = uuid.uuid4().hex[:12]
         self._embedded_worker: Any = None
         self._embedded_thread: threading.Thread | None = None
         celery.clipbot_engine = self  # tasks find their engine through their app
@@ -89,6 +90,11 @@ class Engine:
     @property
     def embedded(self) -> bool:
         return self.redis is None
+
+    def queue_name(self, queue: str) -> str:
+        """The broker queue for a logical queue. kombu's memory transport shares queues across
+        every connection in a process, so each embedded engine gets queues of its own."""
+        return f"{queue}.{self._instance}" if self.embedded else queue
 
     # ---- tasks -------------------------------------------------------------------------
     def register_task_modules(self, modules: Iterable[str]) -> list[TaskInfo]:
@@ -108,7 +114,7 @@ class Engine:
             return engine.run_job(info, job_id, kwargs)
 
         run.__name__ = info.name.replace(".", "_")
-        self.celery.task(run, name=info.name, bind=True, queue=info.queue)
+        self.celery.task(run, name=info.name, bind=True, queue=self.queue_name(info.queue))
 
     def run_job(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> Any:
         """Execute one delivery of a job: record it, run the function, record the outcome."""
@@ -146,7 +152,7 @@ class Engine:
         self.require_worker(queue)
         job_id = uuid.uuid4().hex
         self.book.create(JobRecord(id=job_id, task=task, queue=queue))
-        self.celery.send_task(task, args=(job_id,), kwargs=kwargs, task_id=job_id, queue=queue)
+        self.celery.send_task(task, args=(job_id,), kwargs=kwargs, task_id=job_id, queue=self.queue_name(queue))
         return job_id
 
     def cancel(self, job_id: str) -> None:
@@ -167,15 +173,16 @@ class Engine:
         running = False
         while True:
             now = time.monotonic()
-            deadline = job_deadline if running else min(queue_deadline, job_deadline)
-            if now >= deadline:
+            if now >= job_deadline:
                 self.cancel(job_id)
-                if running:
-                    raise JobFailed(f"The job took longer than {self.settings.job_timeout:.0f} s and was stopped.")
+                raise JobFailed(f"The job took longer than {self.settings.job_timeout:.0f} s and was stopped.")
+            if not running and now >= queue_deadline:
+                self.cancel(job_id)
                 raise WorkerUnavailable(
                     f"No worker picked up the job within {self.settings.queue_timeout:.0f} s; it was cancelled. "
                     "The workers may be busy or down: try again later, or ask an admin."
                 )
+            deadline = job_deadline if running else min(queue_deadline, job_deadline)
             batch, cursor = await asyncio.to_thread(
                 self.book.events.read, job_id, cursor, min(_POLL, deadline - now)
             )
@@ -244,7 +251,7 @@ class Engine:
             hostname=f"embedded@{self.hostname}",
             pool="solo",
             concurrency=1,
-            queues=list(QUEUES),
+            queues=[self.queue_name(q) for q in QUEUES],
             ready_callback=lambda consumer: ready.set(),
             without_heartbeat=True,
             without_mingle=True,
