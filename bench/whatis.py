@@ -1,0 +1,340 @@
+"""Latency of one /whatis classification, three ways, same model, image and labels.
+
+    python bench/whatis.py [--model tiny-test] [--iterations 200] [--redis-db 12] [--json out.json]
+
+1. direct          what the task does, called inline: blob get + decode_image + clip_for + classify
+2. embedded        `await plugins.whatis.classify_image(engine, ...)` on the embedded engine
+                   (Celery memory transport + in-process worker thread)
+3. redis+worker    the same awaited call with Redis as broker/state and a real
+                   `python -m bot.cli worker` subprocess (--pool solo, then --pool prefork,
+                   the production default)
+
+Each path is warmed up first (model load, label-embedding cache) and timed with
+time.perf_counter_ns; the engine paths report their p50 overhead over direct. For the engine
+paths it also prints where the time goes, from the job records' timestamps. A benchmark
+reports, it never fails: the exit code is 0 whatever the numbers (the Redis paths are
+skipped, not failed, when Redis is unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GOAL_MS = 10.0
+LABELS = ["cat", "dog", "person", "car", "tree", "house", "bird", "boat", "flower", "mountain"]
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def make_image(width: int, height: int) -> bytes:
+    """A deterministic, non-flat JPEG (gradients), the kind of upload chat clients send."""
+    from PIL import Image
+
+    r = Image.linear_gradient("L").resize((width, height))
+    g = Image.radial_gradient("L").resize((width, height))
+    b = Image.linear_gradient("L").rotate(90).resize((width, height))
+    buf = io.BytesIO()
+    Image.merge("RGB", (r, g, b)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def stats(samples_ns: list[int]) -> dict[str, float]:
+    ms = sorted(s / 1e6 for s in samples_ns)
+    p99_index = max(0, -(-99 * len(ms) // 100) - 1)  # nearest rank
+    return {"p50_ms": statistics.median(ms), "p99_ms": ms[p99_index], "mean_ms": statistics.fmean(ms),
+            "min_ms": ms[0], "max_ms": ms[-1], "n": len(ms)}
+
+
+def make_settings(data_dir: Path, model: str, broker_url: str | None = None) -> Any:
+    from bot.config import Settings
+
+    return Settings(_env_file=None, data_dir=data_dir, clip_model=model, device="cpu", broker_url=broker_url,
+                    log_level="WARNING")
+
+
+async def timed(call: Callable[[], Awaitable[Any]], warmup: int, iterations: int) -> list[int]:
+    for _ in range(warmup):
+        await call()
+    samples = []
+    for _ in range(iterations):
+        t0 = time.perf_counter_ns()
+        await call()
+        samples.append(time.perf_counter_ns() - t0)
+    return samples
+
+
+class JobIds:
+    """Records the job ids an engine submits (a thin wrapper around `engine.submit`), so the
+    phases of each timed job can be read from its record afterwards, outside the timed region."""
+
+    def __init__(self, engine: Any) -> None:
+        self.ids: list[str] = []
+        submit = engine.submit
+
+        def recording_submit(*args: Any, **kwargs: Any) -> str:
+            job_id = submit(*args, **kwargs)
+            self.ids.append(job_id)
+            return job_id
+
+        engine.submit = recording_submit
+
+
+def engine_path(engine: Any, key: str, warmup: int, iterations: int, top: int) -> tuple[list[int], dict]:
+    """Time `classify_image` on `engine` and split the p50 into phases using the job records
+    (wall clock, time.time, so cross-process on one machine is fine at ~µs precision)."""
+    from plugins.whatis import classify_image
+
+    ids = JobIds(engine)
+    returned_at: dict[str, float] = {}
+
+    async def call() -> None:
+        await classify_image(engine, key, LABELS, top)
+        returned_at[ids.ids[-1]] = time.time()
+
+    async def main() -> list[int]:
+        return await timed(call, warmup, iterations)
+
+    samples = asyncio.run(main())  # one event loop for warmup and every timed call
+    phases: dict[str, list[float]] = {"submit->started": [], "started->finished": [], "finished->returned": []}
+    for job_id in ids.ids[warmup:]:
+        record = engine.book.get(job_id)
+        if record is None or record.started_at is None or record.finished_at is None:
+            continue
+        phases["submit->started"].append((record.started_at - record.created_at) * 1e3)
+        phases["started->finished"].append((record.finished_at - record.started_at) * 1e3)
+        phases["finished->returned"].append((returned_at[job_id] - record.finished_at) * 1e3)
+    breakdown = {name: statistics.median(v) for name, v in phases.items() if v}
+    return samples, breakdown
+
+
+# ---- the three paths -------------------------------------------------------------------
+def run_direct(settings: Any, image: bytes, warmup: int, iterations: int, top: int) -> list[int]:
+    """Exactly the work of plugins/whatis/tasks.py::classify, inline, without the engine."""
+    from engine.blobs import MemoryBlobStore
+    from engine.images import decode_image
+    from engine.models import clip_for
+    from engine.models.clip import IMAGENET_CLASSNAMES
+    from plugins.whatis import pipeline
+
+    blobs = MemoryBlobStore(settings.blob_ttl)
+    key = blobs.put(image)
+    cache_dir = settings.data_dir / "cache" / "labels"
+
+    async def call() -> None:
+        picture = decode_image(blobs.get(key), max_bytes=settings.max_image_bytes,
+                               max_pixels=settings.max_image_pixels)
+        clip = clip_for(settings)
+        pipeline.classify(clip, picture, LABELS or IMAGENET_CLASSNAMES, top=top, cache_dir=cache_dir)
+
+    async def main() -> list[int]:
+        return await timed(call, warmup, iterations)
+
+    return asyncio.run(main())
+
+
+def run_embedded(settings: Any, image: bytes, warmup: int, iterations: int, top: int) -> tuple[list[int], dict]:
+    from engine.app import create_engine
+
+    engine = create_engine(settings)
+    engine.start_embedded(["plugins.whatis.tasks"])
+    try:
+        key = engine.blobs.put(image)
+        return engine_path(engine, key, warmup, iterations, top)
+    finally:
+        engine.stop()  # its worker thread polls the memory transport; do not let it disturb later paths
+
+
+class Worker:
+    """`python -m bot.cli worker` as an operator runs it, in its own process group."""
+
+    def __init__(self, pool: str, data_dir: Path, broker_url: str, model: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPBOT_")}
+        env.update({
+            "CLIPBOT_BROKER_URL": broker_url, "CLIPBOT_CLIP_MODEL": model, "CLIPBOT_DEVICE": "cpu",
+            "CLIPBOT_DATA_DIR": str(data_dir), "CLIPBOT_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+        })
+        self.log_path = data_dir / f"worker-{pool}.log"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "worker", "--pool", pool], cwd=ROOT, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, engine: Any, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(w.get("pid") == self.proc.pid for w in engine.live_workers("gpu")):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the worker exited early (code {self.proc.returncode}):\n{self.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"the worker was not ready within {timeout:.0f} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: bytes, warmup: int,
+              iterations: int, top: int) -> tuple[list[int], dict]:
+    import redis
+
+    from engine.app import create_engine
+
+    redis.Redis.from_url(broker_url).flushdb()  # stale worker announcements, queues, blobs
+    settings = make_settings(data_dir, model, broker_url=broker_url)
+    engine = create_engine(settings)
+    worker = Worker(pool, data_dir, broker_url, model)
+    try:
+        worker.wait_ready(engine)
+        key = engine.blobs.put(image)
+        return engine_path(engine, key, warmup, iterations, top)
+    finally:
+        worker.stop()
+
+
+# ---- report ----------------------------------------------------------------------------
+def report(results: dict[str, dict], breakdowns: dict[str, dict]) -> list[str]:
+    direct = results["direct"]["p50_ms"]
+    lines = [f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'overhead p50':>14}{'ratio':>8}"]
+    for name, s in results.items():
+        row = f"{name:<24}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['mean_ms']:>9.2f}"
+        if name != "direct":
+            s["overhead_p50_ms"] = s["p50_ms"] - direct
+            s["ratio_p50"] = s["p50_ms"] / direct
+            row += f"{s['overhead_p50_ms']:>11.2f} ms{s['ratio_p50']:>7.2f}x"
+        lines.append(row)
+    if breakdowns:
+        lines += ["", "where an engine call's time goes (p50 of each phase, ms, from the job records):",
+                  f"{'path':<24}{'submit->started':>17}{'started->finished':>19}{'finished->returned':>20}"]
+        for name, b in breakdowns.items():
+            lines.append(f"{name:<24}" + "".join(
+                f"{b.get(k, float('nan')):>{w}.2f}"
+                for k, w in (("submit->started", 17), ("started->finished", 19), ("finished->returned", 20))))
+    return lines
+
+
+def goal_word(name: str, results: dict[str, dict]) -> tuple[str, str]:
+    if name not in results:
+        return "n/a", "SKIPPED"
+    overhead = results[name]["overhead_p50_ms"]
+    return f"{overhead:.2f}", "PASS" if overhead <= GOAL_MS else "FAIL"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-test", help="CLIP spec (default: the seeded tiny-test preset)")
+    parser.add_argument("--iterations", type=int, default=200, help="timed calls per path (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls per path first (default 20)")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--image-size", default="640x480", help="WxH of the generated JPEG (default 640x480)")
+    parser.add_argument("--redis-host", default="127.0.0.1:6379")
+    parser.add_argument("--redis-db", type=int, default=12, help="Redis db to use; it is FLUSHED (default 12)")
+    parser.add_argument("--pools", default="solo,prefork",
+                        help="worker pools to measure, comma-separated (default solo,prefork; '' skips Redis)")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("celery", "kombu", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
+    image = make_image(width, height)
+    top = min(args.top, len(LABELS))
+    broker_url = f"redis://{args.redis_host}/{args.redis_db}"
+    pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+
+    import torch
+
+    print(f"model {args.model} · image {width}x{height} JPEG ({len(image) / 1024:.0f} KiB) · {len(LABELS)} labels, "
+          f"top {top} · warmup {args.warmup} · {args.iterations} timed calls per path")
+    print(f"{platform.machine()} {os.cpu_count()} CPUs · torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads) · Python {platform.python_version()}", flush=True)
+
+    results: dict[str, dict] = {}
+    breakdowns: dict[str, dict] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="clipbot-bench-") as tmp:
+        data_dir = Path(tmp)
+        settings = make_settings(data_dir, args.model)
+        t = time.monotonic()
+        results["direct"] = stats(run_direct(settings, image, args.warmup, args.iterations, top))
+        print(f"  direct done ({time.monotonic() - t:.1f} s)", flush=True)
+
+        t = time.monotonic()
+        samples, breakdowns["embedded"] = run_embedded(settings, image, args.warmup, args.iterations, top)
+        results["embedded"] = stats(samples)
+        print(f"  embedded done ({time.monotonic() - t:.1f} s)", flush=True)
+
+        if pools:
+            try:
+                import redis
+
+                redis.Redis.from_url(broker_url, socket_connect_timeout=2).ping()
+            except Exception as exc:  # no Redis here: report what we can
+                notes.append(f"redis+worker skipped: {broker_url} unreachable ({type(exc).__name__}: {exc})")
+                pools = []
+        for pool in pools:
+            name = f"redis+worker ({pool})"
+            t = time.monotonic()
+            try:
+                samples, breakdowns[name] = run_redis(pool, data_dir, args.model, broker_url, image,
+                                                      args.warmup, args.iterations, top)
+                results[name] = stats(samples)
+                print(f"  {name} done ({time.monotonic() - t:.1f} s)", flush=True)
+            except Exception as exc:
+                notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
+
+    print()
+    print("\n".join(report(results, breakdowns)))
+    for note in notes:
+        print(f"note: {note}")
+    embedded_ms, embedded_ok = goal_word("embedded", results)
+    redis_ms, redis_ok = goal_word("redis+worker (solo)", results)
+    print(f"goal: engine overhead <= {GOAL_MS:.0f} ms p50 over direct: embedded {embedded_ms} ms ({embedded_ok}), "
+          f"redis+worker {redis_ms} ms ({redis_ok})")
+    if "redis+worker (prefork)" in results:
+        prefork_ms, prefork_ok = goal_word("redis+worker (prefork)", results)
+        print(f"      (extra) redis+worker with --pool prefork, the production default: {prefork_ms} ms ({prefork_ok})")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": args.model, "image": f"{width}x{height} JPEG", "labels": len(LABELS), "top": top,
+            "warmup": args.warmup, "iterations": args.iterations, "cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "goal_overhead_p50_ms": GOAL_MS, "paths": results, "phase_p50_ms": breakdowns, "notes": notes,
+        }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

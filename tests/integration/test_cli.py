@@ -1,0 +1,116 @@
+"""The `clipbot` command as operators and our acceptance checks use it (embedded engine)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, clipbot_env, write_image
+from tests.unit.test_images import png_header_only
+
+
+def clipbot(data_dir, *args, stdin=None, timeout=240, **env):
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, input=stdin, text=True,
+                          capture_output=True, timeout=timeout, env=clipbot_env(data_dir, None, **env))
+
+
+def test_whatis_json_contract(data_dir, tmp_path):
+    image = write_image(tmp_path / "p.png")
+    out = clipbot(data_dir, "whatis", str(image), "--labels", "cat, dog, person, car", "--top", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert set(answer) == {"model", "labels"} and answer["model"] == "tiny-test"
+    assert [set(item) for item in answer["labels"]] == [{"label", "score"}] * 3
+    scores = [item["score"] for item in answer["labels"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
+    assert {item["label"] for item in answer["labels"]} <= {"cat", "dog", "person", "car"}
+
+
+def test_whatis_default_labels_are_imagenet(data_dir, tmp_path):
+    out = clipbot(data_dir, "whatis", str(write_image(tmp_path / "q.png")), "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert len(answer["labels"]) == 5
+    from engine.models.clip import IMAGENET_CLASSNAMES
+
+    assert {item["label"] for item in answer["labels"]} <= set(IMAGENET_CLASSNAMES)
+
+
+def _bad(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(30000, 30000))
+    return [
+        ([str(tmp_path / "missing.png")], "no such file"),
+        ([str(text)], "isn't an image I can read"),
+        ([str(bomb)], "limit is 40 megapixels"),
+        ([str(write_image(tmp_path / "ok.png")), "--labels", "cat"], "at least two labels"),
+        ([str(write_image(tmp_path / "ok2.png")), "--colour", "red"], "unrecognized arguments: --colour"),
+        ([str(write_image(tmp_path / "ok3.png")), "--top", "x"], "invalid int value"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line(data_dir, tmp_path):
+    for args, message in _bad(tmp_path):
+        out = clipbot(data_dir, "whatis", *args, "--json")
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2, (args, out.stderr)
+        assert len(lines) == 1 and message in lines[0], (args, out.stderr)
+        assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_invalid_setting_is_one_line(data_dir, tmp_path):
+    out = clipbot(data_dir, "whatis", str(write_image(tmp_path / "s.png")), CLIPBOT_WHATIS_TOP="lots")
+    assert out.returncode == 2 and out.stderr.strip().startswith("clipbot: invalid setting CLIPBOT_WHATIS_TOP")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_unavailable_model_is_one_line(data_dir, tmp_path):
+    out = clipbot(data_dir, "whatis", str(write_image(tmp_path / "m.png")), "--labels", "a, b",
+                  CLIPBOT_CLIP_MODEL="ViT-B-32:laion2b_s34b_b79k", CLIPBOT_MODEL_CACHE=str(tmp_path / "empty"))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "clipbot models pull" in lines[0]
+
+
+def test_models_pull_offline_is_one_line(data_dir, tmp_path):
+    out = clipbot(data_dir, "models", "pull", "--clip", "ViT-B-32:laion2b_s34b_b79k", timeout=60,
+                  CLIPBOT_MODEL_CACHE=str(tmp_path / "cache"), HF_ENDPOINT="http://127.0.0.1:9")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "ARCH:/path" in lines[0] or "copy" in lines[0].lower()
+
+
+def test_models_list_and_pull_preset(data_dir):
+    listed = clipbot(data_dir, "models", "list")
+    assert listed.returncode == 0 and "preset tiny-test" in listed.stdout and "meaningless" in listed.stdout
+    pulled = clipbot(data_dir, "models", "pull")
+    assert pulled.returncode == 0 and "nothing to download" in pulled.stdout
+
+
+def test_local_chat_session(data_dir, tmp_path):
+    image = write_image(tmp_path / "chat.png")
+    script = f"/help\n/whatis {image} labels: cat, dog, person\n/search sketch\nhello\n/quit\n"
+    out = clipbot(data_dir, "run", stdin=script, CLIPBOT_DATA_DIR=str(tmp_path / "d"))
+    assert out.returncode == 0, out.stderr
+    assert "/whatis: Say what is in a picture" in out.stdout
+    assert "Looks like" in out.stdout or "I'm not sure" in out.stdout
+    assert "[image saved: " in out.stdout
+    assert "/search is not built yet" in out.stdout
+    assert "Commands start with /" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_plugins_listing(data_dir):
+    out = clipbot(data_dir, "plugins", CLIPBOT_EXTRA_PLUGINS="no_such_plugin_mod")
+    assert out.returncode == 0
+    assert "whatis: /whatis /labels" in out.stdout and "help: /help" in out.stdout
+    assert "no_such_plugin_mod: NOT LOADED (ModuleNotFoundError" in out.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["frobnicate"]])
+def test_usage_errors(data_dir, args):
+    out = clipbot(data_dir, *args)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
