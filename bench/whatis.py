@@ -55,6 +55,23 @@ def make_image(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+def others_busy_percent(seconds: float = 1.0) -> float | None:
+    """How busy the CPUs are (all of them, 0-100) over `seconds` while this process sleeps:
+    other processes' load, which makes the numbers noisy. None where /proc/stat is missing."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+
+
 def stats(samples_ns: list[int]) -> dict[str, float]:
     ms = sorted(s / 1e6 for s in samples_ns)
     p99_index = max(0, -(-99 * len(ms) // 100) - 1)  # nearest rank
@@ -224,19 +241,19 @@ def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: byt
 # ---- report ----------------------------------------------------------------------------
 def report(results: dict[str, dict], breakdowns: dict[str, dict]) -> list[str]:
     direct = results["direct"]["p50_ms"]
-    lines = [f"{'path':<24}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'overhead p50':>14}{'ratio':>8}"]
+    lines = [f"{'path':<28}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'overhead p50':>14}{'ratio':>8}"]
     for name, s in results.items():
-        row = f"{name:<24}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['mean_ms']:>9.2f}"
-        if name != "direct":
+        row = f"{name:<28}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['mean_ms']:>9.2f}"
+        if not name.startswith("direct"):
             s["overhead_p50_ms"] = s["p50_ms"] - direct
             s["ratio_p50"] = s["p50_ms"] / direct
             row += f"{s['overhead_p50_ms']:>11.2f} ms{s['ratio_p50']:>7.2f}x"
         lines.append(row)
     if breakdowns:
         lines += ["", "where an engine call's time goes (p50 of each phase, ms, from the job records):",
-                  f"{'path':<24}{'submit->started':>17}{'started->finished':>19}{'finished->returned':>20}"]
+                  f"{'path':<28}{'submit->started':>17}{'started->finished':>19}{'finished->returned':>20}"]
         for name, b in breakdowns.items():
-            lines.append(f"{name:<24}" + "".join(
+            lines.append(f"{name:<28}" + "".join(
                 f"{b.get(k, float('nan')):>{w}.2f}"
                 for k, w in (("submit->started", 17), ("started->finished", 19), ("finished->returned", 20))))
     return lines
@@ -279,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
           f"top {top} · warmup {args.warmup} · {args.iterations} timed calls per path")
     print(f"{platform.machine()} {os.cpu_count()} CPUs · torch {torch.__version__} "
           f"({torch.get_num_threads()} threads) · Python {platform.python_version()}", flush=True)
+    busy_before = others_busy_percent()
 
     results: dict[str, dict] = {}
     breakdowns: dict[str, dict] = {}
@@ -314,6 +332,17 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 notes.append(f"{name} failed: {type(exc).__name__}: {exc}")
 
+        t = time.monotonic()
+        # The same direct run once more: how far the machine drifted while the engine paths ran.
+        results["direct (again, at the end)"] = stats(
+            run_direct(settings, image, args.warmup, args.iterations, top))
+        print(f"  direct again done ({time.monotonic() - t:.1f} s)", flush=True)
+
+    busy_after = others_busy_percent()
+    for when, busy in (("before", busy_before), ("after", busy_after)):
+        if busy is not None and busy > 10:
+            notes.append(f"other processes kept the CPUs {busy:.0f}% busy just {when} the run: expect noisy "
+                         "numbers (compare the two direct rows; run again on a quiet machine)")
     print()
     print("\n".join(report(results, breakdowns)))
     for note in notes:
@@ -331,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model, "image": f"{width}x{height} JPEG", "labels": len(LABELS), "top": top,
             "warmup": args.warmup, "iterations": args.iterations, "cpus": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "goal_overhead_p50_ms": GOAL_MS, "paths": results, "phase_p50_ms": breakdowns, "notes": notes,
+            "others_busy_percent": {"before": busy_before, "after": busy_after}, "goal_overhead_p50_ms": GOAL_MS, "paths": results, "phase_p50_ms": breakdowns, "notes": notes,
         }, indent=2) + "\n")
     return 0
 

@@ -258,7 +258,14 @@ class Engine:
             without_gossip=True,
             loglevel=self.settings.log_level,
         )
-        thread = threading.Thread(target=worker.start, name="clipbot-embedded-worker", daemon=True)
+
+        def serve() -> None:
+            # Celery runs tasks against the thread's *current* app; with several engines in
+            # one process (tests, tools) the worker thread must name its own.
+            self.celery.set_current()
+            worker.start()
+
+        thread = threading.Thread(target=serve, name="clipbot-embedded-worker", daemon=True)
         thread.start()
         if not ready.wait(30):
             raise RuntimeError("the embedded worker did not start within 30 s")

@@ -165,3 +165,17 @@ def test_event_log_follow(kind, request):
     kinds = [e.kind for e in book.follow("j1", poll=0.1, deadline=time.monotonic() + 5)]
     assert kinds == ["started", "progress", "succeeded"] and kinds[-1] in FINAL_KINDS
     assert list(book.follow("nothing", poll=0.05, deadline=time.monotonic() + 0.2)) == []
+
+
+def test_two_embedded_engines_in_one_process(engine, tmp_path):
+    """kombu's memory transport and Celery's current app are process-wide: each engine must
+    still run its own jobs (regression: the second engine's worker ran tasks on the wrong app)."""
+    other = create_engine(make_settings(tmp_path))
+    other.start_embedded(["tests.sample_tasks"])
+    try:
+        first = asyncio.run(engine.run("sample.steps", {"n": 2}))
+        second = asyncio.run(other.run("sample.steps", {"n": 3}))
+        assert first["done"] == 2 and second["done"] == 3
+        assert other.book.get(engine.submit("sample.steps", {"n": 1})) is None  # separate job books
+    finally:
+        other.stop()
