@@ -114,7 +114,9 @@ class Engine:
             return engine.run_job(info, job_id, kwargs)
 
         run.__name__ = info.name.replace(".", "_")
-        self.celery.task(run, name=info.name, bind=True, queue=self.queue_name(info.queue))
+        # shared=False: a shared task would be copied onto every Celery app in the process,
+        # still bound to this engine.
+        self.celery.task(run, name=info.name, bind=True, queue=self.queue_name(info.queue), shared=False)
 
     def run_job(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> Any:
         """Execute one delivery of a job: record it, run the function, record the outcome."""
@@ -248,7 +250,7 @@ class Engine:
         self.celery.finalize()
         worker = WorkController(
             app=self.celery,
-            hostname=f"embedded@{self.hostname}",
+            hostname=f"embedded-{self._instance}@{socket.gethostname()}",
             pool="solo",
             concurrency=1,
             queues=[self.queue_name(q) for q in QUEUES],
