@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 from engine.errors import UserError
@@ -134,17 +133,11 @@ def _worker(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _whatis(args: argparse.Namespace, settings: Any) -> int:
-    from engine.images import inspect_image
+    from engine.images import read_image_file
     from plugins.whatis import classify_image, format_answer
     from plugins.whatis.labels import parse_labels
 
-    path = Path(args.image)
-    if not path.is_file():
-        raise UserError(f"no such file: {args.image}")
-    if path.stat().st_size > settings.max_image_bytes:
-        raise UserError(f"{args.image} is larger than the {settings.max_image_bytes / 1e6:.0f} MB limit")
-    data = path.read_bytes()
-    inspect_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    data, _ = read_image_file(args.image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     labels = parse_labels(args.labels, max_labels=settings.whatis_max_labels) if args.labels is not None else None
     top = args.top if args.top is not None else settings.whatis_top
     if labels is not None:

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -92,6 +93,19 @@ def decode_image(
     # Drop EXIF (GPS, camera serials) and the like so nothing leaks if the image is posted again.
     rgb.info = {}
     return rgb
+
+
+def read_image_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, ImageInfo]:
+    """A local file's bytes and header info; the size is checked before the file is read."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ImageRejected(f"No such file: {path}.")
+    size = file.stat().st_size
+    if size > max_bytes:
+        raise ImageRejected(f"That file is {_byte_text(size)}; the limit is {_byte_text(max_bytes)}.")
+    data = file.read_bytes()
+    return data, inspect_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
 
 
 def to_png_bytes(image: Image.Image) -> bytes:

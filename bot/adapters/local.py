@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.dispatch import Dispatcher
 from engine.errors import UserError
-from engine.images import inspect_image
+from engine.images import read_image_file
 
 _OPTION = re.compile(r"(?:(?<=\s)|^)([a-z][a-z0-9_-]*):(?=\s|$)")
 PROMPT = "clipbot> "
@@ -55,17 +55,11 @@ class LocalAdapter:
                        platform=self.platform, is_admin=self.is_admin)
 
     def _attach(self, path_text: str) -> Attachment:
-        path = Path(path_text).expanduser()
-        if not path.is_file():
-            raise UserError(f"No such file: {path_text}")
-        limit = self.dispatcher.settings.max_image_bytes
-        size = path.stat().st_size
-        if size > limit:  # refuse before reading a huge file into memory
-            raise UserError(f"That file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
-        data = path.read_bytes()
-        info = inspect_image(data, max_bytes=limit, max_pixels=self.dispatcher.settings.max_image_pixels)
+        settings = self.dispatcher.settings
+        data, info = read_image_file(path_text, max_bytes=settings.max_image_bytes,
+                                     max_pixels=settings.max_image_pixels)
         key = self.dispatcher.engine.blobs.put(data)
-        return Attachment(key=key, filename=path.name, content_type=info.content_type, size=len(data))
+        return Attachment(key=key, filename=Path(path_text).name, content_type=info.content_type, size=len(data))
 
     # ---- answering -------------------------------------------------------------------------
     async def handle_line(self, line: str) -> list[Reply]:

@@ -43,7 +43,7 @@ def _bad(tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(30000, 30000))
     return [
-        ([str(tmp_path / "missing.png")], "no such file"),
+        ([str(tmp_path / "missing.png")], "No such file"),
         ([str(text)], "isn't an image I can read"),
         ([str(bomb)], "limit is 40 megapixels"),
         ([str(write_image(tmp_path / "ok.png")), "--labels", "cat"], "at least two labels"),

@@ -313,3 +313,16 @@ def test_to_png_bytes_round_trips():
     assert close(Image.open(io.BytesIO(data)).getpixel((3, 3)), GREEN)
     cmyk = to_png_bytes(Image.new("CMYK", (2, 2), (0, 255, 255, 0)))
     assert Image.open(io.BytesIO(cmyk)).convert("RGB").getpixel((0, 0)) == RED
+
+
+def test_read_image_file_checks_size_before_reading(tmp_path):
+    from engine.images import read_image_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 2048)
+    assert "the limit is" in reject(read_image_file, big, max_bytes=1024)
+    assert "No such file" in reject(read_image_file, tmp_path / "missing.png")
+    ok = tmp_path / "ok.png"
+    ok.write_bytes(encode(noise((8, 6)), "PNG"))
+    data, info = read_image_file(ok)
+    assert data == ok.read_bytes() and (info.format, info.width, info.height) == ("PNG", 8, 6)
