@@ -236,6 +236,7 @@ def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: byt
         return engine_path(engine, key, warmup, iterations, top)
     finally:
         worker.stop()
+        redis.Redis.from_url(broker_url).flushdb()  # leave no job records, events or blobs behind
 
 
 # ---- report ----------------------------------------------------------------------------
