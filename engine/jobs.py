@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from engine.store import Store
 
@@ -159,16 +159,3 @@ class JobBook:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.store.get(_CANCEL + job_id))
-
-    def follow(self, job_id: str, *, poll: float = 1.0, deadline: float | None = None) -> Iterator[ProgressEvent]:
-        """Yield the job's events in order until a final one; stop quietly at `deadline`."""
-        cursor = self.events.START  # type: ignore[attr-defined]
-        while True:
-            wait = poll if deadline is None else min(poll, deadline - time.monotonic())
-            if wait <= 0:
-                return
-            batch, cursor = self.events.read(job_id, cursor, wait)
-            for event in batch:
-                yield event
-                if event.final:
-                    return

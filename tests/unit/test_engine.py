@@ -155,16 +155,18 @@ def test_blobs(kind, request):
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-def test_event_log_follow(kind, request):
+def test_event_log_reads_in_order_from_a_cursor(kind, request):
     events = MemoryEventLog() if kind == "memory" else RedisEventLog(request.getfixturevalue("redis_client"))
     book = JobBook(SqliteStore(), events)
-    book.emit("j1", "started")
-    book.emit("j1", "progress", step=1)
-    book.emit("j1", "succeeded", result=1)
-    book.emit("j1", "progress", step=99)  # after the end: never read
-    kinds = [e.kind for e in book.follow("j1", poll=0.1, deadline=time.monotonic() + 5)]
-    assert kinds == ["started", "progress", "succeeded"] and kinds[-1] in FINAL_KINDS
-    assert list(book.follow("nothing", poll=0.05, deadline=time.monotonic() + 0.2)) == []
+    job = f"j-{time.time_ns()}"
+    book.emit(job, "started")
+    book.emit(job, "progress", step=1)
+    batch, cursor = events.read(job, events.START, timeout=1)
+    assert [(e.kind, e.data) for e in batch] == [("started", {}), ("progress", {"step": 1})]
+    book.emit(job, "succeeded", result=1)
+    batch, cursor = events.read(job, cursor, timeout=1)  # only what is new
+    assert [e.kind for e in batch] == ["succeeded"] and batch[0].final and batch[0].kind in FINAL_KINDS
+    assert events.read(job, cursor, timeout=0.2)[0] == []  # nothing new: empty after the timeout
 
 
 def test_two_embedded_engines_in_one_process(engine, tmp_path):
