@@ -25,6 +25,7 @@ from engine.errors import JobCancelled, JobFailed, UserError, WorkerUnavailable
 from engine.jobs import (
     CANCELLED,
     FAILED,
+    QUEUED,
     STARTED,
     SUCCEEDED,
     JobBook,
@@ -162,7 +163,7 @@ class Engine:
         self.book.request_cancel(job_id)
         self.celery.control.revoke(job_id)
         record = self.book.get(job_id)
-        if record and record.state not in (STARTED, SUCCEEDED, FAILED, CANCELLED):
+        if record and record.state == QUEUED:
             self._finish(job_id, CANCELLED, error="The job was cancelled.")
 
     async def follow(self, job_id: str) -> AsyncIterator[ProgressEvent]:
