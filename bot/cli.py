@@ -116,20 +116,16 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Any) -> int:
-    from bot.dispatch import Dispatcher
-    from bot.plugins import build_plugin_manager
-    from engine.app import create_engine
     from engine.worker import run_worker
 
     if settings.embedded:
         raise UserError("`clipbot worker` needs CLIPBOT_BROKER_URL (e.g. redis://localhost:6379/0); "
                         "without it, `clipbot run` runs everything in one process.")
-    engine = create_engine(settings)
-    dispatcher = Dispatcher(build_plugin_manager(settings), engine, settings)
     queues = [q.strip() for q in args.queues.split(",")] if args.queues else settings.worker_queues
-    return run_worker(engine, dispatcher.task_modules(), queues=queues,
-                      concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
-                      loglevel="DEBUG" if args.verbose else settings.log_level)
+    with app(settings, start_worker=False) as dispatcher:
+        return run_worker(dispatcher.engine, dispatcher.task_modules(), queues=queues,
+                          concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
+                          loglevel="DEBUG" if args.verbose else settings.log_level)
 
 
 def _whatis(args: argparse.Namespace, settings: Any) -> int:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str], concurrency: int,
                pool: str = "prefork", loglevel: str = "INFO") -> int:
     """Run until stopped (SIGTERM: warm shutdown, running jobs finish). Returns the exit code."""
-    if engine.embedded:
-        raise SystemExit("clipbot worker needs CLIPBOT_BROKER_URL (a Redis URL); without it the engine is embedded.")
+    if engine.embedded:  # callers check settings first and tell the user; this guards the API
+        raise ValueError("run_worker needs a Redis-backed engine, not the embedded one")
     infos = engine.register_task_modules(task_modules)
     log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
     registry.forbid_loading("models load in worker children, not in the prefork parent (CUDA is not fork-safe)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,15 +46,10 @@ def make_settings(data_dir: Path, **overrides):
 @pytest.fixture(scope="session")
 def embedded(settings):
     """One embedded engine + dispatcher for the session (the tiny model loads once)."""
-    from bot.dispatch import Dispatcher
-    from bot.plugins import build_plugin_manager
-    from engine.app import create_engine
+    from bot.cli import app
 
-    engine = create_engine(settings)
-    dispatcher = Dispatcher(build_plugin_manager(settings), engine, settings)
-    engine.start_embedded(dispatcher.task_modules())
-    yield dispatcher
-    engine.stop()
+    with app(settings) as dispatcher:
+        yield dispatcher
 
 
 @pytest.fixture
@@ -163,14 +157,8 @@ def start_worker(data_dir, redis_url, tmp_path):
 
 @pytest.fixture
 def redis_engine(data_dir, redis_url):
-    from bot.dispatch import Dispatcher
-    from bot.plugins import build_plugin_manager
-    from engine.app import create_engine
+    from bot.cli import app
 
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=60, job_timeout=120)
-    engine = create_engine(settings)
-    yield Dispatcher(build_plugin_manager(settings), engine, settings)
-
-
-def have(tool: str) -> bool:
-    return shutil.which(tool) is not None
+    with app(settings, start_worker=False) as dispatcher:
+        yield dispatcher

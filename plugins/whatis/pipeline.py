@@ -63,9 +63,7 @@ def _load_cached(cache_dir: Path, key: str) -> torch.Tensor | None:
     path = Path(cache_dir) / f"{key}.pt"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception:  # a torn or stale file: recompute and overwrite it
+    except Exception:  # missing, torn or stale: recompute (and overwrite) it
         return None
 
 
