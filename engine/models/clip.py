@@ -206,11 +206,11 @@ def get_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = 
 
 def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, Any, Any]:
     """(open_clip arch name, model, preprocess, tokenizer) for a parsed spec, on the CPU."""
-    if parsed.kind == "preset":
-        return (presets.preset_config_path(parsed.arch).stem, *presets.create_preset_clip(parsed.arch))
     arch = _arch_name(parsed.arch)
+    if parsed.kind == "preset":
+        return (arch, *create_seeded_clip(arch, presets.preset_seed(parsed.arch)))
     if parsed.kind == "random":
-        return (arch, *presets.create_seeded_clip(arch))
+        return (arch, *create_seeded_clip(arch))
     if parsed.kind == "file":
         return (arch, *_build_from_checkpoint(arch, _checked_file(parsed.weights)))
     checkpoint = _cached_weights(arch, parsed.weights, cache_dir)
@@ -261,6 +261,16 @@ def build_clip(
         image_resize_mode=cfg.get("resize_mode"),
     )
     return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def create_seeded_clip(arch: str, seed: int = 0) -> tuple[Any, Any, Any]:
+    """Build open_clip architecture `arch` with weights drawn from `seed` (meaningless outputs).
+
+    The CPU generator is seeded inside `fork_rng`, so the caller's RNG state is restored after.
+    """
+    with torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
+        torch.manual_seed(seed)
+        return build_clip(arch)
 
 
 def register_model_config(path: str | Path) -> str:
