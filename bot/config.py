@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     whatis_top: int = Field(5, description="labels shown in a /whatis answer")
     whatis_threshold: float = Field(0.1, description="below this best probability, answer 'none of these'")
     whatis_max_labels: int = Field(1000, description="most labels one /whatis may ask for")
+    whatis_label_cache_mb: int = Field(512, ge=0, description="disk cache of label embeddings, MB (LRU)")
+    whatis_precompute: bool = Field(False, description="a worker prepares the ImageNet label matrix at start")
 
     log_level: str = Field("INFO", description="logging level")
 
