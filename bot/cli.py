@@ -125,7 +125,8 @@ def _worker(args: argparse.Namespace, settings: Any) -> int:
     with app(settings, start_worker=False) as dispatcher:
         return run_worker(dispatcher.engine, dispatcher.task_modules(), queues=queues,
                           concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
-                          loglevel="DEBUG" if args.verbose else settings.log_level)
+                          loglevel="DEBUG" if args.verbose else settings.log_level,
+                          prepare=lambda: _prepare(dispatcher.pm, settings, at_worker_start=True))
 
 
 def _whatis(args: argparse.Namespace, settings: Any) -> int:
@@ -160,8 +161,21 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
     spec = args.clip or settings.clip_model
     parse_clip_spec(spec)  # a bad spec is a user error before any network
     path = pull_clip(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
-    print(f"{spec}: ready" + (f" at {path}" if path else " (preset: nothing to download)"))
+    print(f"{spec}: weights " + (f"at {path}" if path else "built in (nothing to download)"), flush=True)
+    from bot.plugins import build_plugin_manager
+
+    settings = settings.model_copy(update={"clip_model": spec})
+    _prepare(build_plugin_manager(settings), settings, at_worker_start=False)
+    print(f"{spec}: ready")
     return 0
+
+
+def _prepare(pm: Any, settings: Any, *, at_worker_start: bool) -> None:
+    """Run the plugins' `clipbot_prepare` hooks, their progress lines going to stderr (pull)
+    or the log (worker)."""
+    log = logging.getLogger("clipbot.prepare")
+    report = log.info if at_worker_start else (lambda message: print(message, file=sys.stderr, flush=True))
+    pm.hook.clipbot_prepare(settings=settings, at_worker_start=at_worker_start, report=report)
 
 
 def _plugins(args: argparse.Namespace, settings: Any) -> int:

@@ -36,3 +36,17 @@ def clipbot_task_modules():
     the Celery app under its declared name and queue when the worker starts. Return an
     empty list if the plugin runs no background work.
     """
+
+
+@hookspec
+def clipbot_prepare(settings, at_worker_start, report):
+    """Prepare, ahead of the first request, what this plugin's tasks would otherwise compute
+    on first use (e.g. /whatis's ImageNet label embeddings, kept in a disk cache).
+
+    `clipbot models pull` calls it with `at_worker_start=False` after downloading the weights;
+    every worker process that runs jobs calls it once at start with `at_worker_start=True`, in
+    a background thread (work there competes with jobs: do it only when a setting asks for it).
+    It runs where models may load: import heavy modules inside the function, never at plugin
+    import. `report(message)` shows a progress line to the operator. Raise `UserError` for a
+    problem the operator can fix; a worker logs it and carries on.
+    """

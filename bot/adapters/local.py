@@ -68,10 +68,12 @@ class LocalAdapter:
             request = self.parse(line)
         except UserError as exc:
             replies = [Reply(text=str(exc), error=True, final=True, ephemeral=True)]
-        else:
-            replies = [reply async for reply in self.dispatcher.handle(request)]
-        for reply in replies:
-            self.render(reply)
+            self.render(replies[0])
+            return replies
+        replies = []
+        async for reply in self.dispatcher.handle(request):
+            self.render(reply)  # as it comes: progress lines show while the job runs
+            replies.append(reply)
         return replies
 
     def render(self, reply: Reply) -> None:

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import huggingface_hub
 import open_clip
@@ -54,8 +54,9 @@ _NETWORK_TIMEOUT_S = 5.0  # connect (and per-read) timeout: offline should fail 
 _CHUNK_BYTES = 1 << 20
 _OPEN_CLIP_URL_CACHE = "~/.cache/clip"  # where open_clip puts url downloads without a cache_dir
 _CONFIG_LOCK = threading.Lock()  # open_clip's config registry is a module global
-_TEXT_BATCH_CPU = 256
+_TEXT_BATCH_CPU = 64
 _TEXT_BATCH_CUDA = 1024
+_TOKENIZE_CHUNK = 8192
 log = logging.getLogger(__name__)
 
 
@@ -96,27 +97,39 @@ class ClipModel:
         """Embed texts as an [N, embed_dim] tensor of unit vectors; `progress(done, total)` after
         each batch. Where the text tower allows it, texts are batched by token length and each
         batch runs only up to its longest text instead of the full context (same embeddings)."""
-        if not texts:
-            return torch.empty(0, self.embed_dim)
-        tokens = self.tokenizer(texts)
         batch_size = batch_size or text_batch_size(self.device)
-        if self.text_tower is None:
-            order, ends = torch.arange(len(texts)), None
-        else:
-            ends = self.text_tower.used_lengths(tokens)
-            order = ends.argsort(stable=True)
         out = torch.empty(len(texts), self.embed_dim)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokens[rows].to(self.device)
-            if ends is None:
-                features = self.model.encode_text(batch, normalize=True)
-            else:
-                features = self.text_tower.encode(batch[:, : int(ends[rows].max())])
-            out[rows] = features.float().cpu()
-            if progress is not None:
-                progress(min(start + batch_size, len(texts)), len(texts))
+        done = 0
+        # Tokenized a chunk at a time (tokenizing is slow too): progress shows from the start.
+        for chunk in range(0, len(texts), _TOKENIZE_CHUNK):
+            tokens = self.tokenizer(texts[chunk : chunk + _TOKENIZE_CHUNK])
+            for rows, batch in self._text_batches(tokens, batch_size):
+                out[chunk + rows] = self._encode_tokens(batch).float().cpu()
+                done += len(rows)
+                if progress is not None:
+                    progress(done, len(texts))
         return out
+
+    def _text_batches(self, tokens: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(row indices, token rows) per batch: in order at full length, or, where the tower
+        allows, sorted by used length and cut to each batch's longest."""
+        if self.text_tower is None:
+            for start in range(0, len(tokens), batch_size):
+                rows = torch.arange(start, min(start + batch_size, len(tokens)))
+                yield rows, tokens[rows]
+            return
+        lengths = self.text_tower.used_lengths(tokens)
+        order = lengths.argsort(stable=True)
+        for start in range(0, len(tokens), batch_size):
+            rows = order[start : start + batch_size]
+            yield rows, tokens[rows, : int(lengths[rows].max())]
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        if self.text_tower is None:
+            return self.model.encode_text(tokens, normalize=True)
+        return self.text_tower.encode(tokens)
+
 
     def _encode(self, encode: Callable[..., torch.Tensor], batches) -> torch.Tensor:
         chunks = [encode(batch.to(self.device), normalize=True).float().cpu() for batch in batches]

@@ -44,7 +44,7 @@ def check_labels(labels: Any, *, max_labels: int) -> list[str]:
 def check_top(top: Any, *, max_top: int) -> int:
     """How many guesses to show: an int from 1 to max_top."""
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= max_top:
-        raise UserError(f"top must be a whole number between 1 and {max_top}.")
+        raise UserError(f"top must be between 1 and {max_top}.")
     return top
 
 
