@@ -50,8 +50,9 @@ def label_cache_bytes(settings: Any) -> int:
 
 class BuildProgress:
     """Turns a label-matrix build's prompt counts into 'preparing ImageNet labels: 35%' reports:
-    none for a build that ends within a second, then at most one a second. Waiting for another
-    process that computes the same matrix is reported at once (as 0%)."""
+    none for a build that ends within a second, then at most one a second, and 100% at the end
+    of a build that reported. Waiting for another process that computes the same matrix is
+    reported at once (as 0%)."""
 
     def __init__(self, what: str, sink: Callable[[int, int, str], Any], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -64,7 +65,13 @@ class BuildProgress:
     def __call__(self, done: int, total: int) -> None:
         now = self._clock()
         percent = 100 * done // max(1, total)
-        if done and (now - self._last < _REPORT_EVERY_S or percent == self._percent):
+        if done == 0:
+            due = True  # waiting for another process that builds it
+        elif done >= total:
+            due = self._percent >= 0  # the end of a build that said something
+        else:
+            due = now - self._last >= _REPORT_EVERY_S
+        if not due or percent == self._percent:
             return
         self._last, self._percent = now, percent
         self._sink(done, total, f"preparing {self._what}: {percent}%")

@@ -164,6 +164,13 @@ def test_build_progress_is_quiet_for_quick_builds_then_once_a_second():
     report(350, 1000)
     now[0] += 5.0
     report(352, 1000)  # same percentage: nothing new to say
+    report(1000, 1000)  # the end of a build that reported is always said
     report(0, 1000)  # waiting for another process is said at once
     assert lines == ["preparing ImageNet-1k labels: 2%", "preparing ImageNet-1k labels: 35%",
-                     "preparing ImageNet-1k labels: 0%"]
+                     "preparing ImageNet-1k labels: 100%", "preparing ImageNet-1k labels: 0%"]
+
+    quick = []
+    report = BuildProgress("x", lambda d, t, message: quick.append(message), clock=lambda: now[0])
+    report(500, 1000)
+    report(1000, 1000)
+    assert quick == []  # a quick build says nothing, not even 100%
