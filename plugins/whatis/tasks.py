@@ -20,23 +20,24 @@ _REPORT_EVERY_S = 1.0
 @task(TASK, queue="gpu")
 def classify(job: JobContext, image: str, labels: list[str] | None, top: int) -> dict:
     """Classify the image stored under blob key `image` against `labels` (None: ImageNet-1k)."""
-    settings = job.settings
+    settings, config = job.settings, job.plugin_settings("whatis")
     # Checked again here, as the handlers do: a task may be submitted by any client.
-    label_list = IMAGENET_CLASSNAMES if labels is None else check_labels(labels, max_labels=settings.whatis_max_labels)
+    label_list = IMAGENET_CLASSNAMES if labels is None else check_labels(labels, max_labels=config.max_labels)
     top = check_top(top, max_top=MAX_TOP)
     picture = decode_image(job.blobs.get(image), max_bytes=settings.max_image_bytes,
                            max_pixels=settings.max_image_pixels)
     what = f"{IMAGENET} labels" if labels is None else f"{len(label_list)} labels"
     return pipeline.classify(clip_for(settings), picture, label_list, top=top, cache_dir=label_cache_dir(settings),
-                             cache_bytes=label_cache_bytes(settings), progress=BuildProgress(what, _job_sink(job)))
+                             cache_bytes=label_cache_bytes(config), progress=BuildProgress(what, _job_sink(job)))
 
 
-def prepare_imagenet_labels(settings: Any, report: Callable[[str], Any] | None = None) -> None:
+def prepare_imagenet_labels(settings: Any, config: Any, report: Callable[[str], Any] | None = None) -> None:
     """Compute the configured model's ImageNet-1k label matrix into the disk cache, unless it is
-    there already, so the first /whatis answers at once. `report(message)` gets progress lines."""
+    there already, so the first /whatis answers at once. `config`: the whatis plugin settings;
+    `report(message)` gets progress lines."""
     sink = (lambda done, total, message: report(message)) if report else None
     pipeline.label_matrix(clip_for(settings), IMAGENET_CLASSNAMES, cache_dir=label_cache_dir(settings),
-                          cache_bytes=label_cache_bytes(settings),
+                          cache_bytes=label_cache_bytes(config),
                           progress=BuildProgress(f"{IMAGENET} labels", sink) if sink else None)
 
 
@@ -44,8 +45,8 @@ def label_cache_dir(settings: Any) -> Path:
     return settings.data_dir / "cache" / "labels"
 
 
-def label_cache_bytes(settings: Any) -> int:
-    return int(settings.whatis_label_cache_mb) * 1024 * 1024
+def label_cache_bytes(config: Any) -> int:
+    return int(config.label_cache_mb) * 1024 * 1024
 
 
 class BuildProgress:

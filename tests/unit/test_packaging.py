@@ -73,11 +73,12 @@ class Hide(importlib.abc.MetaPathFinder):  # as if only the core dependencies we
         return None
 
 sys.meta_path.insert(0, Hide())
-import asyncio, bot.cli, bot.adapters.local, engine.app, engine.images, engine.models.presets, plugins.whatis
+import asyncio, bot.app, bot.cli, bot.adapters.local, bot.markup, bot.options, engine.app, engine.images
+import engine.models.presets, plugins.whatis
 from bot.config import Settings
 from bot.commands import Request
 settings = Settings(_env_file=None, data_dir=sys.argv[2])
-with bot.cli.app(settings, start_worker=False) as dispatcher:
+with bot.app.open_app(settings, start_worker=False) as dispatcher:
     async def main():
         return [r async for r in dispatcher.handle(Request("help", {}, "u", "c"))]
     reply = asyncio.run(main())[-1]
