@@ -130,7 +130,6 @@ class ClipModel:
             return self.model.encode_text(tokens, normalize=True)
         return self.text_tower.encode(tokens)
 
-
     def _encode(self, encode: Callable[..., torch.Tensor], batches) -> torch.Tensor:
         chunks = [encode(batch.to(self.device), normalize=True).float().cpu() for batch in batches]
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
@@ -187,7 +186,7 @@ def _pool_index(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> tor
         return tokens.argmax(dim=-1)
     if pool_type == "eos":
         return (tokens == eos_id).int().argmax(dim=-1)
-    return torch.zeros(tokens.shape[0], dtype=torch.long)  # 'first'
+    return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)  # 'first'
 
 
 def _text_tower(model: Any) -> _TextTower | None:
@@ -199,7 +198,7 @@ def _text_tower(model: Any) -> _TextTower | None:
     elif (type(model).encode_text is open_clip.CustomTextCLIP.encode_text
           and type(model.text).forward is TextTransformer.forward):
         text = model.text
-        if text.cls_emb is not None or text.use_pad_mask:
+        if text.cls_emb is not None or getattr(text, "use_pad_mask", True):
             return None
         parts, pool_type, eos_id = text, text.pool_type, text.eos_id
     else:
