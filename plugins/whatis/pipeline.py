@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ Template = Callable[[str], str]
 Progress = Callable[[int, int], Any]  # (prompts encoded, prompts in all)
 
 _MEMORY_SLOTS = 8
+_WAIT_POLL_S = 0.5
 _memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 _lock = threading.Lock()
 
@@ -95,14 +97,16 @@ def _disk_cached(cache_dir: Path, key: str, cache_bytes: int | None, compute: Ca
 
 @contextmanager
 def _computing(cache_dir: Path, key: str, waiting: Callable[[], Any]) -> Iterator[None]:
-    """Hold `key`'s lock file: one process (or thread) computes a matrix, the others wait for it."""
+    """Hold `key`'s lock file: one process (or thread) computes a matrix, the others wait for it,
+    calling `waiting()` every half second (a job reports it, and may be cancelled meanwhile)."""
     with open(cache_dir / f".{key}.lock", "a+b") as lock:
-        if fcntl is not None:
+        while fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
                 waiting()
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                time.sleep(_WAIT_POLL_S)
         yield  # the lock goes with the file's closing
 
 

@@ -28,7 +28,7 @@ def classify(job: JobContext, image: str, labels: list[str] | None, top: int) ->
                            max_pixels=settings.max_image_pixels)
     what = f"{IMAGENET} labels" if labels is None else f"{len(label_list)} labels"
     return pipeline.classify(clip_for(settings), picture, label_list, top=top, cache_dir=label_cache_dir(settings),
-                             cache_bytes=label_cache_bytes(config), progress=BuildProgress(what, _job_sink(job)))
+                             cache_bytes=label_cache_bytes(config), progress=_job_progress(job, what))
 
 
 def prepare_imagenet_labels(settings: Any, config: Any, report: Callable[[str], Any] | None = None) -> None:
@@ -78,8 +78,13 @@ class BuildProgress:
         self._sink(done, total, f"preparing {self._what}: {percent}%")
 
 
-def _job_sink(job: JobContext) -> Callable[[int, int, str], None]:
-    def sink(done: int, total: int, message: str) -> None:
-        job.progress(done, total, message=message)  # also stops a cancelled job mid-build
+def _job_progress(job: JobContext, what: str) -> Callable[[int, int], None]:
+    """Progress of a label-matrix build as job events; a cancelled job stops at the next batch
+    (or while it waits for another process's build)."""
+    report = BuildProgress(what, lambda done, total, message: job.progress(done, total, message=message))
 
-    return sink
+    def progress(done: int, total: int) -> None:
+        job.check_cancelled()
+        report(done, total)
+
+    return progress

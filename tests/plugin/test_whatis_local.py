@@ -216,3 +216,28 @@ def test_classify_task_labels_none_is_imagenet_and_repeats_are_merged(embedded, 
 
     result = asyncio.run(embedded.engine.run(TASK, {"image": key, "labels": None, "top": 3}))
     assert len(result["labels"]) == 3 and {i["label"] for i in result["labels"]} <= set(IMAGENET_CLASSNAMES)
+
+
+def test_cancelling_stops_a_label_matrix_build(embedded, red_png, monkeypatch):
+    from engine.errors import JobCancelled
+    from engine.jobs import PROGRESS
+    from plugins.whatis import TASK, pipeline, tasks
+
+    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)
+    labels = [f"widget {i} {red_png.parent.name}" for i in range(1000)]  # 80,000 prompts, never seen
+    engine = embedded.engine
+    job_id = engine.submit(TASK, {"image": engine.blobs.put(red_png.read_bytes()), "labels": labels, "top": 3})
+    seen = []
+
+    async def follow():
+        async for event in engine.follow(job_id):
+            seen.append(event.kind)
+            if event.kind == PROGRESS and seen.count(PROGRESS) == 1:
+                await asyncio.to_thread(engine.cancel, job_id)
+
+    with pytest.raises(JobCancelled):
+        asyncio.run(follow())
+    assert PROGRESS in seen and seen.count(PROGRESS) < 100  # stopped well before the end
+    key = pipeline._cache_key(tasks.clip_for(embedded.settings), labels, pipeline.PROMPT_TEMPLATES)
+    assert key not in pipeline._memory
+    assert not (embedded.settings.data_dir / "cache" / "labels" / f"{key}.pt").exists()

@@ -149,7 +149,7 @@ def test_concurrent_builds_of_one_matrix_compute_it_once(clip, tmp_path, monkeyp
     pipeline._memory.clear()  # as if the second request ran in another process
     second = pipeline.label_matrix(clip, labels, cache_dir=tmp_path, progress=lambda d, t: waited.append((d, t)))
     first.join()
-    assert len(calls) == 1 and waited == [(0, 3 * len(PROMPT_TEMPLATES))]
+    assert len(calls) == 1 and waited and set(waited) == {(0, 3 * len(PROMPT_TEMPLATES))}
     torch.testing.assert_close(second, results[0])
 
 
