@@ -52,6 +52,8 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="show the configured model and the offline presets")
     pull = models_sub.add_parser("pull", help="download and verify the configured weights")
     pull.add_argument("--clip", help="CLIP spec to pull (default: CLIPBOT_CLIP_MODEL)")
+    pull.add_argument("--no-prepare", action="store_true",
+                      help="only download: skip precomputing (e.g. /whatis's ImageNet label embeddings)")
 
     sub.add_parser("plugins", help="list the loaded plugins, their commands, settings and queues")
     for spec in specs:
@@ -341,6 +343,8 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
     parse_clip_spec(spec)  # a bad spec is a user error before any network
     path = pull_clip(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
     print(f"{spec}: weights " + (f"at {path}" if path else "built in (nothing to download)"), flush=True)
+    if args.no_prepare:
+        return 0
     from bot.app import open_app
 
     # Prepared here, into this machine's data dir (no broker needed: nothing is queued).

@@ -101,6 +101,12 @@ def test_models_pull_prepares_imagenet_labels(tmp_path):
     assert again.returncode == 0 and "preparing" not in again.stderr
 
 
+def test_models_pull_no_prepare_only_downloads(tmp_path):
+    pulled = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test", "--no-prepare")
+    assert pulled.returncode == 0 and "nothing to download" in pulled.stdout and "ready" not in pulled.stdout
+    assert not list((tmp_path / "cache" / "labels").glob("*.pt"))
+
+
 def test_local_chat_session(data_dir, tmp_path):
     image = write_image(tmp_path / "chat.png")
     script = f"/help\n/whatis {image} labels: cat, dog, person\n/search sketch\nhello\n/quit\n"
