@@ -303,7 +303,7 @@ def label_matrix_main(args: argparse.Namespace) -> int:
         print(f"  first block, trimmed, batch {size:<5} {seconds:7.2f} s", flush=True)
 
     scale = 1000 / len(subset)
-    how = "measured" if len(subset) == 1000 else f"extrapolated x{scale:g} from {len(subset)} classes"
+    how = "measured" if len(subset) == 1000 else f"extrapolated x{scale:.3g} from {len(subset)} classes"
     print()
     print(f"max |difference| between the matrices: {worst:.2e}")
     print(f"ImageNet-1k label matrix ({how}): before {before * scale:,.0f} s · after {after * scale:,.0f} s · "
