@@ -26,15 +26,18 @@ class TaskInfo:
     name: str
     queue: str
     fn: Callable[..., Any]
+    inputs: tuple[str, ...] = ()  # kwargs holding blob keys (or lists of them) that the job consumes
 
 
-def task(name: str, *, queue: str = "gpu") -> Callable[[Callable], Callable]:
-    """Mark `fn` as the engine task `name` on `queue` ("gpu" for model work, "io" for network)."""
+def task(name: str, *, queue: str = "gpu", inputs: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Mark `fn` as the engine task `name` on `queue` ("gpu" for model work, "io" for network).
+    `inputs` names the kwargs that carry upload blob keys: those blobs are deleted when the job
+    ends (outputs and snapshots keep their TTL)."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
 
     def mark(fn: Callable) -> Callable:
-        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn))
+        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn, inputs=tuple(inputs)))
         return fn
 
     return mark

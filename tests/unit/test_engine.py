@@ -1,5 +1,5 @@
 """Engine behaviour on the embedded engine (real Celery, memory transport, worker thread) and
-the Redis-backed stores against the machine's real Redis."""
+its in-process stores. The Redis-backed ones: tests/integration/test_engine_redis.py."""
 
 import asyncio
 import time
@@ -7,11 +7,12 @@ import time
 import pytest
 
 from engine.app import create_engine
-from engine.blobs import BlobMissing, MemoryBlobStore, RedisBlobStore
+from engine.blobs import MemoryBlobStore
 from engine.errors import JobCancelled, JobFailed, WorkerUnavailable
-from engine.jobs import FINAL_KINDS, JobBook, MemoryEventLog, RedisEventLog
-from engine.store import RedisStore, SqliteStore
-from tests.conftest import make_settings
+from engine.feed import MemoryFeed
+from engine.jobs import JobBook, MemoryEventLog
+from engine.store import SqliteStore
+from tests.conftest import check_blobs, check_event_feed, check_store, make_settings
 
 
 @pytest.fixture(scope="module")
@@ -108,31 +109,9 @@ def test_unknown_queue_and_stopped_engine(tmp_path):
         engine.submit("sample.steps", {"n": 1})
 
 
-# ---- stores --------------------------------------------------------------------------------
-@pytest.fixture
-def redis_client(redis_url):
-    import redis
-
-    return redis.Redis.from_url(redis_url)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        return SqliteStore(tmp_path / "s.sqlite3")
-    return RedisStore(request.getfixturevalue("redis_client"))
-
-
-def test_store_roundtrip_keys_and_ttl(store):
-    store.set("t:a", {"x": [1, 2]})
-    store.set("t:b", "v", ttl=1)
-    store.set("t_c", 3)  # '_' is not a wildcard for keys()
-    assert store.get("t:a") == {"x": [1, 2]}
-    assert store.keys("t:") == ["t:a", "t:b"]
-    store.delete("t:a")
-    assert store.get("t:a") is None
-    time.sleep(1.2)
-    assert store.get("t:b") is None
+# ---- stores (the Redis-backed ones: tests/integration/test_engine_redis.py) ---------------
+def test_sqlite_store_roundtrip_keys_and_ttl(tmp_path):
+    check_store(SqliteStore(tmp_path / "s.sqlite3"))
 
 
 def test_sqlite_store_persists(tmp_path):
@@ -140,33 +119,13 @@ def test_sqlite_store_persists(tmp_path):
     assert SqliteStore(tmp_path / "p.sqlite3").get("k") == [1]
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
-def test_blobs(kind, request):
-    blobs = MemoryBlobStore() if kind == "memory" else RedisBlobStore(request.getfixturevalue("redis_client"))
-    key = blobs.put(b"\x89PNG data")
-    assert blobs.get(key) == b"\x89PNG data"
-    short = blobs.put(b"x", ttl=1)
-    blobs.delete(key)
-    with pytest.raises(BlobMissing, match="no longer available"):
-        blobs.get(key)
-    time.sleep(1.1)
-    with pytest.raises(BlobMissing):
-        blobs.get(short)
+def test_memory_blobs():
+    check_blobs(MemoryBlobStore())
 
 
-@pytest.mark.parametrize("kind", ["memory", "redis"])
-def test_event_log_reads_in_order_from_a_cursor(kind, request):
-    events = MemoryEventLog() if kind == "memory" else RedisEventLog(request.getfixturevalue("redis_client"))
-    book = JobBook(SqliteStore(), events)
-    job = f"j-{time.time_ns()}"
-    book.emit(job, "started")
-    book.emit(job, "progress", step=1)
-    batch, cursor = events.read(job, events.START, timeout=1)
-    assert [(e.kind, e.data) for e in batch] == [("started", {}), ("progress", {"step": 1})]
-    book.emit(job, "succeeded", result=1)
-    batch, cursor = events.read(job, cursor, timeout=1)  # only what is new
-    assert [e.kind for e in batch] == ["succeeded"] and batch[0].final and batch[0].kind in FINAL_KINDS
-    assert events.read(job, cursor, timeout=0.2)[0] == []  # nothing new: empty after the timeout
+def test_memory_event_feed():
+    book = JobBook(SqliteStore(), MemoryEventLog())
+    check_event_feed(book, MemoryFeed(book.events, book.get))
 
 
 def test_two_embedded_engines_in_one_process(engine, tmp_path):
