@@ -148,7 +148,7 @@ class RedisFeed:
             while self._followers:
                 try:
                     answer = await self._read()
-                except (OSError, asyncio.TimeoutError, _redis_errors()) as exc:
+                except _read_errors() as exc:
                     if down_since is None:
                         down_since = asyncio.get_running_loop().time()
                         log.warning("lost Redis while following %d job(s) (%s); reconnecting", self.followed, exc)
@@ -194,10 +194,10 @@ class RedisFeed:
         await _quietly(self._commands.aclose())
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
+def _read_errors() -> tuple[type[BaseException], ...]:
     import redis
 
-    return (redis.ConnectionError, redis.TimeoutError)
+    return (OSError, asyncio.TimeoutError, redis.ConnectionError, redis.TimeoutError)
 
 
 def _decode(value: bytes | str) -> str:
