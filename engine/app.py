@@ -33,7 +33,7 @@ from engine.jobs import (
     RedisEventLog,
 )
 from engine.store import RedisStore, SqliteStore, Store, reachable, redis_where
-from engine.tasks import QUEUES
+from engine.tasks import CORE_QUEUES, Queue
 
 WORKERS = "clipbot:workers"  # hash: "node/pid" of each process that runs jobs -> its heartbeat
 # A follower re-reads the job record at least this often, so a lost event cannot strand it.
@@ -78,8 +78,11 @@ class Engine:
     """Submit jobs, follow their events, cancel them. Workers (`engine.worker`) run them."""
 
     def __init__(self, settings: Any, *, celery: Celery, blobs: BlobStore, store: Store, book: JobBook,
-                 redis: Any = None) -> None:
+                 redis: Any = None, queues: Iterable[Queue] = CORE_QUEUES,
+                 plugin_settings: dict[str, Any] | None = None) -> None:
         self.settings = settings
+        self.queues: dict[str, Queue] = {q.name: q for q in queues}
+        self.plugin_settings: dict[str, Any] = dict(plugin_settings or {})
         self.celery = celery
         self.blobs = blobs
         self.store = store
@@ -104,8 +107,8 @@ class Engine:
                input_blobs: Iterable[str] = ()) -> str:
         """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online.
         `input_blobs` (and the task's declared inputs) are deleted when the job ends."""
-        if queue not in QUEUES:
-            raise ValueError(f"unknown queue {queue!r}")
+        if queue not in self.queues:
+            raise ValueError(f"unknown queue {queue!r} (declared: {', '.join(self.queues)})")
         self.require_worker(queue)
         job_id = uuid.uuid4().hex
         self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=list(input_blobs),
@@ -229,7 +232,7 @@ class Engine:
         """The processes that ran a heartbeat recently (a hung or killed one drops out)."""
         if self.embedded:
             alive = self._embedded is not None and self._embedded.alive
-            return [{"node": "embedded", "pid": 0, "queues": list(QUEUES)}] if alive else []
+            return [{"node": "embedded", "pid": 0, "queues": list(self.queues)}] if alive else []
         now, stale = time.time(), stale_after(self.settings)
         return [w for w in self._announcements() if now - w["at"] < stale and (queue is None or queue in w["queues"])]
 
@@ -252,8 +255,11 @@ class Engine:
             self._embedded = None
 
 
-def create_engine(settings: Any) -> Engine:
-    """Build the engine the settings describe (embedded when no broker URL is set)."""
+def create_engine(settings: Any, *, queues: Iterable[Queue] = CORE_QUEUES,
+                  plugin_settings: dict[str, Any] | None = None) -> Engine:
+    """Build the engine the settings describe (embedded when no broker URL is set), serving the
+    declared `queues`; `plugin_settings` are handed to tasks (`job.plugin_settings(name)`)."""
+    extra = {"queues": list(queues), "plugin_settings": plugin_settings}
     celery = Celery("clipbot", set_as_current=False)
     celery.conf.update(_celery_config(settings))
     redis_url = settings.state_redis_url if settings.broker_url else None
@@ -264,9 +270,9 @@ def create_engine(settings: Any) -> Engine:
         store: Store = RedisStore(client)
         blobs = RedisBlobStore(client, settings.blob_ttl)
         book = JobBook(store, RedisEventLog(client), finished_ttl=settings.job_ttl, blobs=blobs)
-        return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, redis=client)
+        return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, redis=client, **extra)
     # Settings such as label sets persist in a file; job records live in memory with the jobs.
     store = SqliteStore(settings.data_dir / "state.sqlite3")
     blobs = MemoryBlobStore(settings.blob_ttl)
     book = JobBook(SqliteStore(":memory:"), MemoryEventLog(), finished_ttl=settings.job_ttl, blobs=blobs)
-    return Engine(settings, celery=celery, blobs=blobs, store=store, book=book)
+    return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, **extra)

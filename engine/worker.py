@@ -34,7 +34,7 @@ from engine.app import WORKERS, Engine, heartbeat_every
 from engine.errors import JobCancelled, UserError
 from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED, JobRecord
 from engine.models.registry import registry
-from engine.tasks import QUEUES, JobContext, TaskInfo, tasks_in
+from engine.tasks import JobContext, TaskInfo, tasks_in
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class WorkerRuntime:
         return infos
 
     def _bind(self, info: TaskInfo) -> None:
+        if info.queue not in self.engine.queues:
+            raise ValueError(f"task {info.name} uses the queue {info.queue!r}, which no plugin declares "
+                             f"(declared: {', '.join(self.engine.queues)}); declare it with the clipbot_queues hook")
         runtime = self
 
         def run(self_task: Any, job_id: str, **kwargs: Any) -> None:
@@ -362,13 +365,13 @@ class EmbeddedWorker:
         from celery.worker import WorkController
 
         self.runtime = WorkerRuntime(engine, node=f"embedded-{uuid.uuid4().hex[:8]}@{socket.gethostname()}",
-                                     queues=QUEUES)
+                                     queues=list(engine.queues))
         self.runtime.register(task_modules)
         ready = threading.Event()
         engine.celery.finalize()
         self._worker = WorkController(
             app=engine.celery, hostname=self.runtime.node, pool="solo", concurrency=1,
-            queues=[engine.queue_name(q) for q in QUEUES], ready_callback=lambda consumer: ready.set(),
+            queues=[engine.queue_name(q) for q in engine.queues], ready_callback=lambda consumer: ready.set(),
             without_heartbeat=True, without_mingle=True, without_gossip=True, loglevel=engine.settings.log_level,
         )
 
