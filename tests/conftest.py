@@ -70,6 +70,19 @@ def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Pa
     return path
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny 8-bit greyscale PNG whose IHDR claims width×height; it holds one row of pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def red_png(tmp_path) -> Path:
     return write_image(tmp_path / "red.png")
