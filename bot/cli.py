@@ -62,8 +62,8 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
 
 def _add_command_verb(sub: Any, spec: Any) -> None:
     """`clipbot NAME` from a CommandSpec: the first required option is positional (or, when none is
-    required, the first free-text option, as an optional positional: `clipbot search QUERY`); the
-    rest are flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
+    required, the first free-text option: `clipbot search QUERY`), and also a flag; the rest are
+    flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
     from bot.commands import Attachment
 
     verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
@@ -81,14 +81,16 @@ def _add_command_verb(sub: Any, spec: Any) -> None:
             kwargs["metavar"] = "PATH"
         if option.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        flag = f"--{option.name.replace('_', '-')}"
         if option is positional:
-            kwargs.pop("action", None)
-            kwargs["metavar"] = option.name.upper()
-            if not option.required:
-                kwargs["nargs"] = "?"
-            verb.add_argument(f"opt_{option.name}", **kwargs)
+            # Positional, or the flag of the same name: `clipbot hello Ada` = `clipbot hello --name Ada`.
+            # Dispatch says what is missing, as it does for chat.
+            plain = {k: v for k, v in kwargs.items() if k != "action"}
+            verb.add_argument(f"opt_{option.name}", nargs="?", default=argparse.SUPPRESS,
+                              **{**plain, "metavar": option.name.upper()})
+            verb.add_argument(flag, dest=f"opt_{option.name}", default=argparse.SUPPRESS, **plain)
         else:
-            verb.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", **kwargs)
+            verb.add_argument(flag, dest=f"opt_{option.name}", **kwargs)
     verb.add_argument("--json", action="store_true", help="print the answer's structured data as JSON")
     verb.add_argument("--out", type=Path, help="folder for the images in the answer (default: DATA_DIR/output)")
     verb.add_argument("--space", default="local", help="space (Discord guild, Slack team) the request is in")
