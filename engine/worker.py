@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from typing import Any, Iterable
 
 from engine.app import WORKERS, Engine, heartbeat_every
@@ -140,9 +141,20 @@ class WorkerRuntime:
         self.redis.hset(WORKERS, self.process, json.dumps(info))
 
     def withdraw(self) -> None:
-        self.redis.hdel(WORKERS, self.process)
-        if os.getpid() == self.main_pid:
-            self.redis.hdel(_NODES, self.node)
+        """Remove this process's announcements, at once or not at all: shutting down must not
+        wait out the retries that ride over a Redis restart (the entries go stale anyway)."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        quick = redis.Redis.from_url(self.settings.state_redis_url, socket_timeout=2, socket_connect_timeout=2,
+                                     retry=Retry(NoBackoff(), 0))
+        try:
+            quick.hdel(WORKERS, self.process)
+            if os.getpid() == self.main_pid:
+                quick.hdel(_NODES, self.node)
+        finally:
+            quick.close()
 
     def tend(self, *, has_children: bool) -> None:
         """The node's round: beat, replace hung children, reap jobs of dead workers."""
@@ -301,6 +313,7 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
 
     settings = engine.settings
     wait_for_redis(settings.state_redis_url)
+    logging.getLogger("celery.worker.consumer.consumer").addFilter(_one_line)
     # Ride out a Redis restart mid-job (about a minute) instead of failing the job's writes.
     engine.redis.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), 40))
     runtime = WorkerRuntime(engine, node=f"clipbot@{socket.gethostname()}.{os.getpid()}", queues=queues)
@@ -321,6 +334,13 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
     return worker.exitcode or 0
 
 
+def _one_line(record: logging.LogRecord) -> bool:
+    """Celery's "Cannot connect to redis://...\nTrying again in 2.00 seconds..." as one line."""
+    if record.exc_info is None and "\n" in str(record.msg):
+        record.msg, record.args = record.getMessage().replace("..\n", ". ").replace("\n", " "), ()
+    return True
+
+
 def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: threading.Event,
                      threads: int) -> None:
     from celery import signals
@@ -339,6 +359,10 @@ def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: thr
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
+        # We keep Celery's current default (running jobs go on through a broker outage); its notice
+        # about a future default is a 7-line warning on every reconnect. (Celery sets its own
+        # warning filters while starting, so ours goes in now.)
+        warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change")
         if not prefork:  # this process runs the jobs itself
             _limit_torch_threads(threads)
             _every(period, stop, runtime.beat, "worker heartbeat")
