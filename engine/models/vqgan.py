@@ -190,6 +190,10 @@ def load_vqgan(spec: str, *, device: str = "auto", cache_dir: str | Path | None 
         with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG is left alone
             torch.manual_seed(seed)
             model, gumbel = build_vqgan(config)
+            # taming initialises VQ codebooks in ±1/n_codes; trained ones spread far wider. N(0, 1)
+            # keeps random models usable for tests and timing (the latent box is not a speck).
+            if not gumbel:
+                torch.nn.init.normal_(model.quantize.embedding.weight)
     else:
         config_path, checkpoint = _local_files(parsed, cache_dir)
         model, gumbel = build_vqgan(_read_config(config_path))
