@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from engine.checkpoints import checkpoints_for
 from engine.errors import JobCancelled
 from engine.jobs import PROGRESS
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from engine.app import Engine
 
 _MARK = "__clipbot_task__"
-QUEUES = ("gpu", "io")
+QUEUES = ("gpu", "io", "gpu-long")  # gpu-long: minutes-long GPU jobs (/imagine), kept off quick work
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class TaskInfo:
 
 
 def task(name: str, *, queue: str = "gpu") -> Callable[[Callable], Callable]:
-    """Mark `fn` as the engine task `name` on `queue` ("gpu" for model work, "io" for network)."""
+    """Mark `fn` as the engine task `name` on `queue` ("gpu" for quick model work, "gpu-long" for
+    minutes-long jobs, "io" for network)."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
 
@@ -68,10 +70,24 @@ class JobContext:
         if self.cancelled():
             raise JobCancelled("The job was cancelled.")
 
-    def progress(self, step: int, total: int, *, message: str = "", snapshot: bytes | None = None) -> None:
-        """Report progress; a snapshot image is stored as a blob and its key sent in the event."""
+    def progress(self, step: int, total: int, *, message: str = "", snapshot: bytes | None = None,
+                 **extra: Any) -> None:
+        """Report progress; a snapshot image is stored as a blob and its key sent in the event.
+        `extra` is more JSON for the event (e.g. eta, loss)."""
         self.check_cancelled()
-        data: dict[str, Any] = {"step": step, "total": total, "message": message}
+        data: dict[str, Any] = {**extra, "step": step, "total": total, "message": message}
         if snapshot is not None:
             data["snapshot"] = self.blobs.put(snapshot)
         self.engine.book.emit(self.job_id, PROGRESS, **data)
+
+    # ---- checkpoints (engine.checkpoints): resumable state keyed by this job's id -------------
+    def save_checkpoint(self, data: bytes, **meta: Any) -> None:
+        """Store `data` as this job's checkpoint (replacing the last); a redelivery can load it."""
+        checkpoints_for(self.engine).save(self.job_id, data, **meta)
+
+    def load_checkpoint(self) -> bytes | None:
+        """The last checkpoint an earlier attempt of this job saved, or None."""
+        return checkpoints_for(self.engine).load(self.job_id)
+
+    def delete_checkpoint(self) -> None:
+        checkpoints_for(self.engine).delete(self.job_id)
