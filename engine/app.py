@@ -172,28 +172,32 @@ class Engine:
         if record and record.state == QUEUED:
             self._finish(job_id, CANCELLED, error="The job was cancelled.")
 
-    async def follow(self, job_id: str) -> AsyncIterator[ProgressEvent]:
+    async def follow(self, job_id: str, *, job_timeout: float | None = None,
+                     queue_timeout: float | None = None) -> AsyncIterator[ProgressEvent]:
         """Yield a job's events until it ends. Raise a user-facing error when it fails, is
-        cancelled, waits for a worker longer than `queue_timeout`, or runs past `job_timeout`."""
+        cancelled, waits for a worker longer than `queue_timeout`, or runs past `job_timeout`
+        (None: the settings' values; math.inf: no limit, for long jobs that bound themselves)."""
         started = time.monotonic()
-        queue_deadline = started + self.settings.queue_timeout
-        job_deadline = started + self.settings.job_timeout
+        job_timeout = self.settings.job_timeout if job_timeout is None else job_timeout
+        queue_timeout = self.settings.queue_timeout if queue_timeout is None else queue_timeout
+        queue_deadline = started + queue_timeout
+        job_deadline = started + job_timeout
         cursor = self.book.events.START  # type: ignore[attr-defined]
         running = False
         while True:
             now = time.monotonic()
             if now >= job_deadline:
                 self.cancel(job_id)
-                raise JobFailed(f"The job took longer than {self.settings.job_timeout:.0f} s and was stopped.")
+                raise JobFailed(f"The job took longer than {job_timeout:.0f} s and was stopped.")
             if not running and now >= queue_deadline:
                 self.cancel(job_id)
                 raise WorkerUnavailable(
-                    f"No worker picked up the job within {self.settings.queue_timeout:.0f} s; it was cancelled. "
+                    f"No worker picked up the job within {queue_timeout:.0f} s; it was cancelled. "
                     "The workers may be busy or down: try again later, or ask an admin."
                 )
             deadline = job_deadline if running else min(queue_deadline, job_deadline)
             batch, cursor = await asyncio.to_thread(
-                self.book.events.read, job_id, cursor, min(_POLL, deadline - now)
+                self.book.events.read, job_id, cursor, min(_POLL, max(0.001, deadline - now))
             )
             for event in batch:
                 running = running or event.kind == STARTED

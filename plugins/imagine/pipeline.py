@@ -311,14 +311,16 @@ class Generation:
         return to_png(self.image())
 
     # -- checkpoints: everything needed to continue exactly -------------------------------------
-    def state_bytes(self) -> bytes:
+    def state_bytes(self, extra: dict | None = None) -> bytes:
+        """Everything needed to continue exactly, plus the caller's JSON-like `extra`."""
         buffer = io.BytesIO()
         torch.save({"drawer": self.drawer.state(), "optimizer": self.optimizer.state_dict(),
-                    "generator": self.generator.get_state(), "step": self.step_done, "losses": self.losses},
-                   buffer)
+                    "generator": self.generator.get_state(), "step": self.step_done, "losses": self.losses,
+                    "extra": extra or {}}, buffer)
         return buffer.getvalue()
 
-    def load_state_bytes(self, data: bytes, *, with_optimizer: bool = True) -> None:
+    def load_state_bytes(self, data: bytes, *, with_optimizer: bool = True) -> dict:
+        """Restore a `state_bytes` (only the latent when not `with_optimizer`); returns its `extra`."""
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.drawer.load_state(state["drawer"])
         if with_optimizer:
@@ -326,6 +328,7 @@ class Generation:
             self.generator.set_state(state["generator"])
             self.step_done = int(state["step"])
             self.losses = list(state["losses"])
+        return dict(state.get("extra") or {})
 
 
 def build_generation(clip: Any, vqgan: Any, *, prompts: Sequence[WeightedPrompt], drawer: str, width: int,
@@ -352,10 +355,6 @@ def add_noise(generation: Generation, amount: float) -> None:
             param.add_(noise * param.std() * amount)
         generation.drawer.clamp_()
 
-
-def read_state(data: bytes) -> dict[str, Any]:
-    """A checkpoint's contents (for variations: the final latent)."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def to_png(image: torch.Tensor) -> bytes:
