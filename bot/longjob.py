@@ -59,43 +59,60 @@ async def follow(app: Any, job_id: str, *, resumed: bool = False) -> AsyncIterat
     info = await asyncio.to_thread(entry, app, job_id)
     if info is None:
         raise UserError("I no longer know that job (it finished long ago or never existed).")
-    finish = _load(info["finish"])
     label = info.get("label") or "Working"
-    running = False
-    last_text_at = 0.0
     inbox: asyncio.Queue = asyncio.Queue()
     # A reader task feeds the events in; waiting on the inbox (unlike on the event stream itself)
     # may time out safely, to refresh the queue position.
     reader = asyncio.create_task(_read_events(app, job_id, resumed, inbox))
     yield Reply(text=f"{bold(label)}: queued", progress=0.0, actions=(cancel_action(job_id),))
     try:
-        while True:
-            try:
-                kind, event = await asyncio.wait_for(inbox.get(), timeout=None if running else _WAIT_REFRESH_S)
-            except asyncio.TimeoutError:
-                yield await _waiting_reply(app, info, label)
-                continue
-            if kind == "error":
-                raise event
-            if kind == "end":
-                return
-            running = running or event.kind in ("started", "progress")
-            if event.kind == "succeeded":
-                await asyncio.to_thread(_remember_duration, app, info)
-                yield await asyncio.to_thread(finish, app, event.data.get("result") or {})
-                return
-            if event.kind != "progress":
-                continue
-            snapshot = event.data.get("snapshot")
-            if snapshot is None and time.monotonic() - last_text_at < THROTTLE_S:
-                continue  # a text-only update soon after the last one: skip it (throttle)
-            last_text_at = time.monotonic()
-            yield await _progress_reply(app, job_id, label, event.data)
-    except JobCancelled:
-        yield Reply(text=f"{bold(label)}: cancelled.", final=True)
+        async for reply in _replies(app, info, label, inbox):
+            yield reply
+            if reply.final:
+                break
+    except UserError:
+        await _forget(app, job_id)  # failed, or no worker: the conversation has its answer
+        raise
+    else:
+        await _forget(app, job_id)  # delivered (or cancelled)
     finally:
+        # A stopped follower (the bot shutting down) keeps the entry: the next start resumes it.
         reader.cancel()
-        await asyncio.to_thread(app.engine.store.delete, _ENTRY + job_id)
+
+
+async def _replies(app: Any, info: dict, label: str, inbox: asyncio.Queue) -> AsyncIterator[Reply]:
+    job_id = info["job_id"]
+    finish = _load(info["finish"])
+    running = False
+    last_text_at = 0.0
+    while True:
+        try:
+            kind, event = await asyncio.wait_for(inbox.get(), timeout=None if running else _WAIT_REFRESH_S)
+        except asyncio.TimeoutError:
+            yield await _waiting_reply(app, info, label)
+            continue
+        if kind == "error":
+            if isinstance(event, JobCancelled):
+                yield Reply(text=f"{bold(label)}: cancelled.", final=True)
+                return
+            raise event
+        if kind == "end":
+            return
+        running = running or event.kind in ("started", "progress")
+        if event.kind == "succeeded":
+            await asyncio.to_thread(_remember_duration, app, info)
+            yield await asyncio.to_thread(finish, app, event.data.get("result") or {})
+            return
+        if event.kind != "progress":
+            continue
+        if event.data.get("snapshot") is None and time.monotonic() - last_text_at < THROTTLE_S:
+            continue  # a text-only update soon after the last one: skip it (throttle)
+        last_text_at = time.monotonic()
+        yield await _progress_reply(app, job_id, label, event.data)
+
+
+async def _forget(app: Any, job_id: str) -> None:
+    await asyncio.to_thread(app.engine.store.delete, _ENTRY + job_id)
 
 
 async def _read_events(app: Any, job_id: str, resumed: bool, inbox: asyncio.Queue) -> None:
