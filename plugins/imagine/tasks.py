@@ -25,6 +25,7 @@ from plugins.imagine import pipeline
 from plugins.imagine.prompts import parse_prompts
 
 log = logging.getLogger(__name__)
+_MIN_GAP_S = 0.5
 
 
 @task(TASK, queue=QUEUE)
@@ -87,6 +88,9 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
         else:
             reporter.update(step, total, loss=round(loss, 6))
         if step % checkpoint_every == 0 and step < total:
+            # The checkpoint names the snapshots sent so far; it waits (like the checkpoint's own
+            # write) for the reporter to send the pending ones, so none is lost on a resume.
+            reporter.flush()
             extra["snapshots"] = reporter.snapshots()
             job.save_checkpoint(generation.state_bytes(extra=extra), step=step)
 
@@ -144,6 +148,7 @@ class _Reporter:
         self._pending: collections.deque = collections.deque()
         self._latest: dict | None = None
         self._closed = False
+        self._busy = False  # sending a batch
         self._snapshots = list(snapshots)
         self._step_times: collections.deque = collections.deque(maxlen=20)
         self._thread = threading.Thread(target=self._run, name="imagine-progress", daemon=True)
@@ -160,22 +165,27 @@ class _Reporter:
     def update(self, step: int, total: int, **data: Any) -> None:
         with self._cond:
             self._latest = {"step": step, "total": total, **data, **self._eta(step, total)}
-            self._cond.notify()
+            self._cond.notify_all()
 
     def snapshot(self, step: int, total: int, png: bytes, **data: Any) -> None:
         with self._cond:
             self._pending.append({"step": step, "total": total, "png": png, **data, **self._eta(step, total)})
             self._latest = None
-            self._cond.notify()
+            self._cond.notify_all()
 
     def snapshots(self) -> list[dict]:
         with self._cond:
             return list(self._snapshots)
 
+    def flush(self, timeout: float = 30) -> None:
+        """Wait until every queued snapshot has been sent."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout=timeout)
+
     def close(self, timeout: float = 30) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join(timeout)
 
     def _eta(self, step: int, total: int) -> dict:
@@ -183,15 +193,25 @@ class _Reporter:
         return {"eta": round(per_step * (total - step), 1)} if per_step is not None else {}
 
     def _run(self) -> None:
+        sent_at = 0.0
         while True:
             with self._cond:
+                # Text-only updates at most every _MIN_GAP_S (snapshots and closing go at once), so
+                # fast steps don't flood the event log.
+                self._cond.wait_for(lambda: self._pending or self._closed,
+                                    timeout=max(0.0, sent_at + _MIN_GAP_S - time.monotonic()))
                 self._cond.wait_for(lambda: self._pending or self._latest or self._closed)
+                sent_at = time.monotonic()
                 batch = list(self._pending) + ([self._latest] if self._latest else [])
                 self._pending.clear()
                 self._latest = None
+                self._busy = True
                 done = self._closed
             for item in batch:
                 self._send(item)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
             if done:
                 return
 
