@@ -85,11 +85,15 @@ async def _replies(app: Any, info: dict, label: str, inbox: asyncio.Queue) -> As
     finish = _load(info["finish"])
     running = False
     last_text_at = 0.0
+    waiting_text = ""
     while True:
         try:
             kind, event = await asyncio.wait_for(inbox.get(), timeout=None if running else _WAIT_REFRESH_S)
         except asyncio.TimeoutError:
-            yield await _waiting_reply(app, info, label)
+            waiting = await _waiting_reply(app, info, label)
+            if waiting.text != waiting_text:  # only when the queue position (or its ETA) moved
+                waiting_text = waiting.text
+                yield waiting
             continue
         if kind == "error":
             if isinstance(event, JobCancelled):
@@ -191,7 +195,18 @@ async def resume_jobs(app: Any, platform: str) -> AsyncIterator[tuple[dict, Asyn
     An adapter calls this at start and renders each stream into its conversation, as it would a
     fresh request's. Errors end a stream with an error reply instead of escaping."""
     for info in await asyncio.to_thread(unfinished, app, platform):
+        if await asyncio.to_thread(app.engine.book.get, info["job_id"]) is None:
+            # The embedded engine keeps jobs in memory: a restart lost this one. Say so, once.
+            await _forget(app, info["job_id"])
+            yield info["conversation"], _lost(info)
+            continue
         yield info["conversation"], _guarded(follow(app, info["job_id"], resumed=True))
+
+
+async def _lost(info: dict) -> AsyncIterator[Reply]:
+    label = info.get("label") or "A job"
+    yield Reply(text=f"{bold(label)}: lost when clipbot restarted (the embedded engine keeps jobs in memory); "
+                     "please ask again.", error=True, final=True)
 
 
 async def _guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:

@@ -135,3 +135,32 @@ def test_auto_drawer_falls_back_to_pixels_without_vqgan_weights(tmp_path):
         final = bot.ask(f"/imagine a lighthouse {FAST}")
     assert not final.error, final.text
     assert "pixels" in final.text
+
+
+def test_every_button_fits_a_discord_custom_id(local):
+    from bot.actions import decode_action, encode_action
+
+    final = final_of(say(local, f"/imagine a kite {FAST}"))
+    progress = next(r for r in say(local, f"/imagine a kite {FAST}") if r.progress is not None)
+    for action in final.actions + progress.actions:
+        assert decode_action(encode_action(action)).options == action.options  # <= 100 characters
+
+
+def test_a_restarted_embedded_bot_says_a_lost_job_is_lost(tmp_path):
+    from bot.testing import TestBot
+    from bot import longjob
+
+    with TestBot(data_dir=tmp_path) as bot:  # a job record from "before the restart", gone from memory
+        bot.app.engine.store.set("clipbot:longjob:feedface", {
+            "job_id": "feedface", "task": "imagine.generate", "queue": "gpu-long", "label": "Imagining x",
+            "finish": "plugins.imagine:finish_reply", "platform": "local", "conversation": {"channel": "c"},
+            "user_id": "u", "channel_id": "c", "created": 1.0})
+        tasks = asyncio.run(_resume_and_wait(bot.chat))
+        assert "Imagining x: lost when clipbot restarted" in bot.output.getvalue()
+        assert longjob.unfinished(bot.app, "local") == [] and tasks == 1
+
+
+async def _resume_and_wait(chat):
+    tasks = await chat.resume()
+    await asyncio.gather(*tasks)
+    return len(tasks)
