@@ -178,3 +178,16 @@ def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, d
     assert "seed 4 · 150 steps · 64x64" in out and "final.png" in out
     assert "[Reroll] /imagine prompt: = from_job: " in out
     assert not list(client.scan_iter("clipbot:longjob:*"))  # delivered: nothing left to resume
+
+
+def test_a_waiting_job_shows_its_place_in_the_queue(redis_engine, start_worker, client):
+    worker = start_worker("--queues", LONG)
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    busy, busy_thread, _ = _submit(redis_engine, "/imagine a busy bee steps: 1000 size: 64 every: 100")
+    _wait(lambda: redis_engine.engine.book.get(busy).state == "started", "the first job to start", worker=worker)
+    waiting, waiting_thread, replies = _submit(redis_engine, "/imagine a patient cat steps: 4 size: 64 every: 2")
+    _wait(lambda: any("position 1 in the queue" in r.text for r in replies), "a queue position", worker=worker)
+    redis_engine.engine.cancel(busy)
+    waiting_thread.join(120)
+    busy_thread.join(60)
+    assert replies[-1].final and not replies[-1].error, replies[-1].text

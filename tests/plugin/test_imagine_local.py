@@ -133,8 +133,36 @@ def test_auto_drawer_falls_back_to_pixels_without_vqgan_weights(tmp_path):
 
     with TestBot(vqgan_model="imagenet_f16_16384", data_dir=tmp_path) as bot:
         final = bot.ask(f"/imagine a lighthouse {FAST}")
+        asked = bot.ask(f"/imagine a lighthouse {FAST} drawer: vqgan")
     assert not final.error, final.text
     assert "pixels" in final.text
+    assert asked.error and "\n" not in asked.text
+    assert "The VQGAN imagenet_f16_16384 is not downloaded; run `clipbot models pull --vqgan" in asked.text
+
+
+def test_cli_contract(data_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, clipbot_env
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "imagine", "a watercolor fox:1 | blurry:-0.5", "--steps", "12",
+         "--size", "64x64", "--seed", "3", "--every", "4", "--out", str(tmp_path / "o"), "--json"],
+        cwd=ROOT, env=clipbot_env(data_dir, None), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert set(answer) == {"seed", "steps", "size", "final", "snapshots", "loss"}
+    assert answer["seed"] == 3 and answer["steps"] == 12 and answer["size"] == "64x64"
+    assert answer["final"] == str(tmp_path / "o" / "final.png")
+    assert answer["snapshots"] == [str(tmp_path / "o" / f"step-{n:04d}.png") for n in (4, 8, 12)]
+    assert all(Image.open(p).size == (64, 64) for p in [answer["final"], *answer["snapshots"]])
+    assert len(answer["loss"]) == 12
+    assert "step 12/12" in out.stderr  # progress went to stderr; stdout is clean JSON
+    bad = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "a fox", "--size", "9000"], cwd=ROOT,
+                         env=clipbot_env(data_dir, None), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "largest side" in bad.stderr
 
 
 def test_every_button_fits_a_discord_custom_id(local):
