@@ -152,8 +152,11 @@ class PgVectorIndex:
             return []
         query = unit(vector)
         dim = len(query)
+        # The scan's order is relaxed (iterative scans), so take more candidates than asked for and
+        # rank them exactly: the LIMIT inside would otherwise keep the first-found, not the best.
+        candidates = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search))
         conditions, args = ["e.space = %(space)s", "e.model = %(model)s", f"e.dim = {dim}"], {
-            "space": space_id, "model": model, "q": HalfVector(query), "n": want}
+            "space": space_id, "model": model, "q": HalfVector(query), "n": candidates, "want": want}
         if where.channels is not None:
             conditions.append("o.channel = ANY(%(channels)s)")
             args["channels"] = sorted(where.channels)
@@ -171,11 +174,11 @@ class PgVectorIndex:
                f"JOIN clipbot_occurrences o ON o.space = e.space AND o.hash = e.hash WHERE {' AND '.join(conditions)} "
                f"ORDER BY {distance} LIMIT %(n)s) "
                f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))}, 1 - h.distance "
-               "FROM hits h JOIN clipbot_occurrences o ON o.id = h.id ORDER BY h.distance, o.posted_at DESC")
+               "FROM hits h JOIN clipbot_occurrences o ON o.id = h.id ORDER BY h.distance, o.posted_at DESC LIMIT %(want)s")
         with self._tx() as cur:
             # relaxed order + the outer re-sort: pgvector's recommended way to filter with HNSW
             cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            cur.execute(f"SET LOCAL hnsw.ef_search = {min(_MAX_EF_SEARCH, max(self.ef_search, want))}")
+            cur.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
             cur.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.max_scan_tuples)}")
             cur.execute(sql, args)
             rows = cur.fetchall()
