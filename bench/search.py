@@ -140,6 +140,19 @@ def measure(index: object, data: np.ndarray, queries: np.ndarray, *, filtered: b
             "recall": float(np.mean(recalls))}
 
 
+def scan_floor(data: np.ndarray, queries: np.ndarray) -> float:
+    """p50 ms of the bare float16 scan the embedded backend does: its speed limit on this machine."""
+    import torch
+
+    matrix = torch.from_numpy(data.astype(np.float16))
+    times = []
+    for q in queries[:100]:
+        started = time.perf_counter()
+        (matrix @ torch.from_numpy(q.astype(np.float16))).float()
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 50))
+
+
 def query_part(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-"))
     server = None
@@ -163,6 +176,9 @@ def query_part(args: argparse.Namespace) -> None:
                     m = measure(index, data, queries, filtered=filtered)
                     print(f"{n:>8} {backend:>9} {'1 of 20' if filtered else 'none':>10} {m['p50']:>8.2f} "
                           f"{m['p99']:>8.2f} {m['recall']:>9.3f}  {load:.0f} s{note}", flush=True)
+                if backend == "embedded":
+                    print(f"{n:>8} {'floor':>9} {'none':>10} {scan_floor(data, queries):>8.2f}  (one bare float16 "
+                          "matrix-vector product over the same rows, same run)", flush=True)
                 index.close()
                 shutil.rmtree(work / f"emb-{n}", ignore_errors=True)
     finally:
@@ -241,7 +257,11 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32:random")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedded scan")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     if not args.skip_queries:
         query_part(args)
     if not args.skip_indexing:

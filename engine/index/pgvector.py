@@ -44,8 +44,10 @@ _MAX_EF_SEARCH = 1000  # pgvector's limit
 
 
 class PgVectorIndex:
-    def __init__(self, url: str, *, ef_search: int = 100, max_scan_tuples: int = 50_000) -> None:
+    def __init__(self, url: str, *, ef_search: int = 100, max_scan_tuples: int = 50_000,
+                 exact_below: int = 10_000) -> None:
         self.url = url
+        self.exact_below = exact_below
         self.ef_search = ef_search
         self.max_scan_tuples = max_scan_tuples
         self._conn = psycopg.connect(url, autocommit=True)
@@ -155,7 +157,7 @@ class PgVectorIndex:
         # The scan's order is relaxed (iterative scans), so take more candidates than asked for and
         # rank them exactly: the LIMIT inside would otherwise keep the first-found, not the best.
         candidates = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search))
-        conditions, args = ["e.space = %(space)s", "e.model = %(model)s", f"e.dim = {dim}"], {
+        conditions, args = ["o.space = %(space)s"], {
             "space": space_id, "model": model, "q": HalfVector(query), "n": candidates, "want": want}
         if where.channels is not None:
             conditions.append("o.channel = ANY(%(channels)s)")
@@ -169,13 +171,20 @@ class PgVectorIndex:
         if where.before is not None:
             conditions.append("o.posted_at < %(before)s")
             args["before"] = where.before
+        allowed = " AND ".join(conditions)
         distance = f"e.embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})"
-        sql = (f"WITH hits AS MATERIALIZED (SELECT o.id, {distance} AS distance FROM clipbot_embeddings e "
-               f"JOIN clipbot_occurrences o ON o.space = e.space AND o.hash = e.hash WHERE {' AND '.join(conditions)} "
-               f"ORDER BY {distance} LIMIT %(n)s) "
-               f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))}, 1 - h.distance "
-               "FROM hits h JOIN clipbot_occurrences o ON o.id = h.id ORDER BY h.distance, o.posted_at DESC LIMIT %(want)s")
         with self._tx() as cur:
+            # Few allowed rows (a small space, a selective filter): rank them all exactly; the sort
+            # key `+ 0` keeps the planner off the HNSW index. Many: the HNSW iterative scan.
+            cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM clipbot_occurrences o WHERE {allowed} "
+                        f"LIMIT {self.exact_below + 1}) s", args)
+            order = f"({distance}) + 0" if cur.fetchone()[0] <= self.exact_below else distance
+            sql = (f"WITH hits AS MATERIALIZED (SELECT o.id, {distance} AS distance FROM clipbot_embeddings e "
+                   "JOIN clipbot_occurrences o ON o.space = e.space AND o.hash = e.hash WHERE e.space = %(space)s "
+                   f"AND e.model = %(model)s AND e.dim = {dim} AND {allowed} ORDER BY {order} LIMIT %(n)s) "
+                   f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))}, 1 - h.distance "
+                   "FROM hits h JOIN clipbot_occurrences o ON o.id = h.id "
+                   "ORDER BY h.distance, o.posted_at DESC LIMIT %(want)s")
             # relaxed order + the outer re-sort: pgvector's recommended way to filter with HNSW
             cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             cur.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
@@ -183,18 +192,6 @@ class PgVectorIndex:
             cur.execute(sql, args)
             rows = cur.fetchall()
         return [Hit(_occ(r[:11]), float(r[11])) for r in rows[offset:want]]
-
-    def explain(self, space_id: str, model: str, vector: np.ndarray, where: Filter, k: int) -> str:
-        """The query plan of a search (for the benchmark and for operators)."""
-        dim = len(vector)
-        with self._tx() as cur:
-            cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            cur.execute(
-                f"EXPLAIN SELECT o.id FROM clipbot_embeddings e JOIN clipbot_occurrences o ON o.space = e.space "
-                f"AND o.hash = e.hash WHERE e.space = %s AND e.model = %s AND e.dim = {dim} AND o.channel = ANY(%s) "
-                f"ORDER BY e.embedding::halfvec({dim}) <=> %s::halfvec({dim}) LIMIT %s",
-                (space_id, model, sorted(where.channels or ()), HalfVector(unit(vector)), k))
-            return "\n".join(r[0] for r in cur.fetchall())
 
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
         sql, args = "space = %s AND message_id = %s", [space_id, message_id]

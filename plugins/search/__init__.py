@@ -342,8 +342,10 @@ async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply
             log.warning("history of %s/%s failed", request.space_id, channel, exc_info=True)
             raise UserError(f"Reading the history of #{channel} failed ({type(exc).__name__}); run /index backfill "
                             f"again to resume after {state['messages']} messages.") from None
+        await _backpressure(ctx, settings.batch_size)
+        for event in events:  # as if posted now: every plugin hears it (clipbot_image_posted)
+            await ctx.app.image_posted(event)
         items = [item for event in events for item in event_items(event)]
-        await _queue_with_backpressure(ctx, items, settings.batch_size)
         state.update(cursor=cursor, pages=state["pages"] + 1, messages=state["messages"] + len(events),
                      queued=state["queued"] + len(items), done=cursor is None, updated=time.time())
         await ctx.run_blocking(ctx.store.set, key, state)
@@ -358,12 +360,11 @@ async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply
                 data={"channel": channel, **{k: state[k] for k in ("pages", "messages", "queued")}})
 
 
-async def _queue_with_backpressure(ctx: Any, items: list[dict], batch_size: int) -> None:
+async def _backpressure(ctx: Any, batch_size: int) -> None:
     # Don't read history faster than the worker embeds it: the queue stays a few batches long.
     queue = pending_queue(ctx.engine)
     while await ctx.run_blocking(queue.size) > 4 * batch_size:
         await _sleep(0.2)
-    await ctx.run_blocking(enqueue, ctx.engine, items)
 
 
 async def _wait_indexed(ctx: Any) -> None:

@@ -15,12 +15,14 @@ DIM = 32
 MODEL = "model-a"
 
 
-@pytest.fixture(params=["embedded", "pgvector"])
+@pytest.fixture(params=["embedded", "pgvector", "pgvector-hnsw"])
 def index(request, tmp_path):
     if request.param == "embedded":
         idx = open_index(None, tmp_path)
     else:
         idx = open_index(request.getfixturevalue("postgres_url"), tmp_path)
+        if request.param == "pgvector-hnsw":
+            idx.exact_below = 0  # every search through the HNSW iterative scan, as in a big space
     yield idx
     idx.close()
 

@@ -236,3 +236,34 @@ def test_bad_input_is_one_clear_line(bot, tmp_path):
     not_image.write_text("hello")
     assert "isn't an image" in bot.ask(f"/post {not_image}").text
     assert "Only admins" in ask(bot, "index", action="backfill").text
+
+
+def test_a_model_change_reembeds_the_index_in_the_background(tmp_path, pictures):
+    """Pictures embedded by another model are found again once the worker re-embeds them from
+    their stored previews; until then a search says it is re-indexing."""
+    import numpy as np
+
+    from engine.index import Occurrence
+    from plugins.search.pipeline import content_hash
+    from plugins.search.sheet import make_preview
+    from plugins.search.tasks import index_for
+
+    with TestBot(data_dir=tmp_path / "data", channel_id="general") as bot:
+        index = index_for(bot.app.settings)
+        old = {}
+        for i, name in enumerate(("red", "blue")):
+            data = pictures[name].read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
+                old[content_hash(data)] = (np.random.default_rng(i).standard_normal(48), make_preview(im))
+        index.add("local", "old-model", old, [Occurrence("local", "general", f"m{i}", h)
+                                              for i, h in enumerate(old)])
+        bot.app.engine.store.set("clipbot:search:model", "old-model")  # the worker last ran another model
+        first = bot.ask(f"/search image: {pictures['blue']}")  # notices the change, starts re-embedding
+        assert not first.error, first.text
+        deadline = time.monotonic() + 60
+        while operator_stats(bot)["stale"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        found = bot.ask(f"/search image: {pictures['blue']}").data["results"]
+        assert [r["message_id"] for r in found] == ["m1", "m0"] and found[0]["score"] > 0.95
+        assert operator_stats(bot)["embeddings"] == 2
