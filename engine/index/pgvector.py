@@ -45,7 +45,7 @@ _MAX_EF_SEARCH = 1000  # pgvector's limit
 
 class PgVectorIndex:
     def __init__(self, url: str, *, ef_search: int = 100, max_scan_tuples: int = 50_000,
-                 exact_below: int = 10_000) -> None:
+                 exact_below: int = 2_000) -> None:
         self.url = url
         self.exact_below = exact_below
         self.ef_search = ef_search
@@ -156,7 +156,8 @@ class PgVectorIndex:
         dim = len(query)
         # The scan's order is relaxed (iterative scans), so take more candidates than asked for and
         # rank them exactly: the LIMIT inside would otherwise keep the first-found, not the best.
-        candidates = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search))
+        filtered = where != Filter()
+        candidates = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search * (2 if filtered else 1)))
         conditions, args = ["o.space = %(space)s"], {
             "space": space_id, "model": model, "q": HalfVector(query), "n": candidates, "want": want}
         if where.channels is not None:
@@ -178,7 +179,11 @@ class PgVectorIndex:
             # key `+ 0` keeps the planner off the HNSW index. Many: the HNSW iterative scan.
             cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM clipbot_occurrences o WHERE {allowed} "
                         f"LIMIT {self.exact_below + 1}) s", args)
-            order = f"({distance}) + 0" if cur.fetchone()[0] <= self.exact_below else distance
+            exact = cur.fetchone()[0] <= self.exact_below
+            order = f"({distance}) + 0" if exact else distance
+            if exact:  # from the few allowed occurrences to their embeddings, not the other way round
+                cur.execute("SET LOCAL enable_hashjoin = off")
+                cur.execute("SET LOCAL enable_mergejoin = off")
             sql = (f"WITH hits AS MATERIALIZED (SELECT o.id, {distance} AS distance FROM clipbot_embeddings e "
                    "JOIN clipbot_occurrences o ON o.space = e.space AND o.hash = e.hash WHERE e.space = %(space)s "
                    f"AND e.model = %(model)s AND e.dim = {dim} AND {allowed} ORDER BY {order} LIMIT %(n)s) "

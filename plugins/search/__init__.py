@@ -319,7 +319,10 @@ async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply
     from bot.localchat import history_source
 
     request, settings = ctx.request, ctx.plugin_settings("search")
-    channel = parse_query(f"in:{target}").channels[0] if target else request.channel_id
+    named = parse_query(f"in:{target.split()[0]}").channels if target.strip() else (request.channel_id,)
+    if not named:
+        raise UserError("Backfill one channel at a time: `/index backfill #channel`.")
+    channel = named[0]
     if not request.may_read(channel):
         raise UserError("I can only backfill a channel you can read.")
     source = history_source(ctx.app, request.platform)
