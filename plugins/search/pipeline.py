@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 _TEXT_CACHE_SLOTS = 512
 _text_cache: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 _text_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
 
 
 def content_hash(data: bytes) -> str:
@@ -49,15 +53,22 @@ def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], 
         data_of.setdefault((item["space_id"], h), data)
     todo = [(space, h) for space, occs in occurrences.items()
             for h in sorted(index.missing(space, [o.content_hash for o in occs], clip.fingerprint))]
-    images, previews, ok = [], [], []
-    for space, h in todo:
+    def prepare(data: bytes) -> tuple[Any, bytes] | str:
         try:
-            picture = decode_image(data_of[(space, h)], max_bytes=max_bytes, max_pixels=max_pixels)
+            picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
         except UserError as exc:
-            log.info("not indexing a picture in %s: %s", space, exc)
+            return str(exc)
+        return picture, make_preview(picture)
+
+    # Pillow decodes and encodes without the GIL: a few threads keep a fast GPU fed.
+    prepared = list(_pool().map(prepare, [data_of[key] for key in todo]))
+    images, previews, ok = [], [], []
+    for (space, h), done in zip(todo, prepared):
+        if isinstance(done, str):
+            log.info("not indexing a picture in %s: %s", space, done)
             continue
-        images.append(picture)
-        previews.append(make_preview(picture))
+        images.append(done[0])
+        previews.append(done[1])
         ok.append((space, h))
     vectors = clip.encode_images(images).numpy() if images else np.zeros((0, 0), np.float32)
     embedded: dict[str, dict[str, tuple[np.ndarray, bytes]]] = {}
@@ -70,6 +81,19 @@ def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], 
         skipped += len(occs) - len(keep)
         added += index.add(space, clip.fingerprint, new, keep)
     return {"indexed": added, "embedded": len(ok), "skipped": skipped, "batch": len(items)}
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _text_lock:
+        if _executor is None or _executor_pid != os.getpid():  # a forked worker child needs its own
+            _set_pool(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="clipbot-decode"))
+        return _executor
+
+
+def _set_pool(pool: ThreadPoolExecutor) -> None:
+    global _executor, _executor_pid
+    _executor, _executor_pid = pool, os.getpid()
 
 
 def _occurrence(item: dict, h: str) -> Occurrence:

@@ -19,11 +19,11 @@ def make_preview(image: Image.Image) -> bytes:
     thumbnail, shown in contact sheets and re-embedded when the model changes."""
     picture = image.convert("RGB")
     scale = min(1.0, PREVIEW_SIDE / min(picture.size), _PREVIEW_MAX / max(picture.size))
-    if scale < 1.0:
+    if scale < 1.0:  # reducing_gap: shrink by whole factors first (fast), then filter the rest
         picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                 Image.Resampling.LANCZOS)
+                                 Image.Resampling.BICUBIC, reducing_gap=2.0)
     out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=85, optimize=True)
+    picture.save(out, format="JPEG", quality=85)  # no optimize: a second pass for ~5% fewer bytes
     return out.getvalue()
 
 
