@@ -9,3 +9,7 @@ def render_slack(text: str) -> str:
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"<\2|\1>", text)
     return re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
+
+
+def render_discord(text: str) -> str:
+    return text  # Discord markdown is a superset of the neutral markup (stub)
