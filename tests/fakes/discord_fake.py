@@ -727,6 +727,8 @@ class FakeDiscord:
         return message
 
     async def _cdn(self, request: web.Request) -> web.Response:
+        self.calls.append(Call("GET", "/attachments/" + request.match_info["tail"], dict(request.query), None, [],
+                               200 if request.match_info["tail"] in self.cdn else 404))
         found = self.cdn.get(request.match_info["tail"])
         if found is None:
             return web.Response(status=404, text="not found")
