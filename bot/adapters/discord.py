@@ -85,6 +85,7 @@ class _Client(discord.Client):
 
     async def on_ready(self) -> None:
         log.info("Discord: connected as %s to %d server(s)", self.user, len(self.guilds))
+        await self.adapter.started()
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         if interaction.type is discord.InteractionType.application_command:
@@ -115,7 +116,7 @@ class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=r"cb1:[\s
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
                              match: Any) -> "ActionButton":
         try:
-            return cls(decode_action(match.group(0)))
+            return cls(decode_action(match.group(0), label=item.label or ""))
         except ValueError:  # a button from an older, incompatible version: say so on click
             return cls(None, match.group(0))
 
@@ -132,6 +133,7 @@ class DiscordAdapter:
         self.client: _Client | None = None
         self.throttle = _Throttle(settings.discord_edit_interval)
         self._session: aiohttp.ClientSession | None = None
+        self._started = False
         self._file_hosts = set(DISCORD_FILE_HOSTS)
         if settings.discord_api_base:
             self._file_hosts.add(urlsplit(settings.discord_api_base).hostname or "")
@@ -171,6 +173,12 @@ class DiscordAdapter:
         if error is not None:
             raise error
         return True
+
+    async def started(self) -> None:
+        """Once per process, after the first READY: plugins may resume work (hook clipbot_startup)."""
+        if not self._started:
+            self._started = True
+            await self.app.startup()
 
     async def sync_commands(self, client: discord.Client) -> None:
         payloads = command_payloads(self.app.commands)
