@@ -50,7 +50,7 @@ class BotProcess:
         fake = world.fake
         settings = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
                     "CLIPBOT_DISCORD_GATEWAY_URL": fake.gateway_url, "CLIPBOT_DISCORD_DEV_GUILD": world.guild,
-                    "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5"}
+                    "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
         settings.update(env)
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
@@ -99,5 +99,6 @@ def start_bot(world, tmp_path):
         return bot.wait_ready()
 
     yield start
-    for bot in started:
+    for i, bot in enumerate(started):
         bot.stop()
+        print(f"---- clipbot run #{i} log ----\n{bot.log()}")  # pytest shows it when the test fails
