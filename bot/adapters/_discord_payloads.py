@@ -16,6 +16,7 @@ WHATIS_MENU = "What is this?"
 MAX_FILES = 10  # attachments per message
 MAX_TEXT = 2000  # characters per message
 MAX_BUTTONS = 25  # 5 rows of 5
+MULTIPLE = 4  # a list option becomes this many numbered options
 
 # Application command option types (Discord API docs, "Application Command Option Type").
 OPTION_TYPES: dict[type, int] = {str: 3, int: 4, bool: 5, float: 10, Attachment: 11}
@@ -32,13 +33,37 @@ def command_payloads(commands: dict[str, CommandSpec]) -> list[dict]:
 
 
 def _chat_input(spec: CommandSpec) -> dict:
+    options = [p for o in spec.options for p in _expanded(o)]
     # Discord rejects a command whose required options do not all come before the optional ones.
-    options = sorted(spec.options, key=lambda o: not o.required)
+    options.sort(key=lambda p: not p["required"])
     payload: dict[str, Any] = {"type": CHAT_INPUT, "name": spec.name, "description": _clip(spec.description, 100),
-                               "options": [_option(o) for o in options][:25], **GUILD_ONLY}
+                               "options": options[:25], **GUILD_ONLY}
     if spec.admin_only:  # hidden from members without Manage Server; dispatch enforces it too
         payload["default_member_permissions"] = str(MANAGE_GUILD)
     return payload
+
+
+def _expanded(option: Option) -> list[dict]:
+    """Discord has no list options: a `multiple` one becomes `name`, `name2` ... `nameN`."""
+    if not getattr(option, "multiple", False):
+        return [_option(option)]
+    first = _option(option)
+    more = [{**_option(option), "name": f"{option.name}{i}", "required": False} for i in range(2, MULTIPLE + 1)]
+    return [first, *more]
+
+
+def fold_multiple(spec: CommandSpec | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Undo `_expanded`: `images`, `images2`, ... back into one list under `images`."""
+    if spec is None:
+        return values
+    out = dict(values)
+    for option in spec.options:
+        if getattr(option, "multiple", False):
+            names = [option.name] + [f"{option.name}{i}" for i in range(2, MULTIPLE + 1)]
+            found = [out.pop(n) for n in names if n in out]
+            if found:
+                out[option.name] = found
+    return out
 
 
 def _option(option: Option) -> dict:

@@ -36,6 +36,7 @@ from bot.adapters._discord_payloads import (
     clip_text,
     command_payloads,
     fit_images,
+    fold_multiple,
     interaction_options,
     is_image,
 )
@@ -204,6 +205,7 @@ class DiscordAdapter:
                 options, files = interaction_options(data)
                 for name, found in files.items():
                     options[name] = await self.attachment(found)
+                options = fold_multiple(self.app.commands.get(command), options)
         except UserError as exc:
             await _ReplyStream(self, interaction).send(Reply(text=str(exc), error=True, ephemeral=True, final=True))
             return

@@ -79,6 +79,7 @@ class InteractionRecord:
     original_id: str | None = None
     ephemeral: bool = False
     expired: bool = False
+    dispatched_at: float = field(default_factory=time.monotonic)
 
 
 class FakeDiscord:
@@ -509,7 +510,8 @@ class FakeDiscord:
                 "X-RateLimit-Reset": f"{time.time() + 1:.3f}", "X-RateLimit-Bucket": "fake-" + path.split("/")[1]}
 
     def _edit_allowed(self, call: Call, channel_id: str) -> web.Response | None:
-        """Message edits per channel: `edit_limit` = (count, seconds), answered with 429 beyond it."""
+        """Message edits per bucket (a channel, or an interaction token): `edit_limit` = (count, seconds),
+        answered with 429 beyond it."""
         count, window = self.edit_limit
         now = time.monotonic()
         recent = [t for t in self._edits.get(channel_id, []) if now - t < window]
@@ -608,7 +610,7 @@ class FakeDiscord:
         found = self._webhook_target(call, token, mid)
         if isinstance(found, web.Response):
             return found
-        limited = self._edit_allowed(call, found[1]["channel_id"])
+        limited = self._edit_allowed(call, "token:" + token)  # interaction webhooks: a bucket per token
         return limited or self._apply_edit(found[1], call.json or {}, call.files)
 
     def _r_webhook_delete(self, call: Call, app_id: str, token: str, mid: str) -> Any:

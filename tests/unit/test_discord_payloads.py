@@ -109,3 +109,18 @@ def test_clip_text():
     assert clip_text("a" * 2000) == "a" * 2000
     cut = clip_text("a" * 5000)
     assert len(cut) <= 2000 and cut.endswith("(cut: too long)")
+
+
+def test_list_options_become_numbered_options_and_fold_back():
+    from dataclasses import replace
+
+    from bot.adapters._discord_payloads import fold_multiple
+
+    if "multiple" not in whatis.options[0].__dataclass_fields__:
+        pytest.skip("Option.multiple lands with the /search merge")
+    spec = replace(whatis, options=tuple(replace(o, multiple=True) if o.name == "image" else o for o in whatis.options))
+    (payload,) = [p for p in command_payloads({"whatis": spec}) if p["type"] == 1]
+    assert [(o["name"], o["required"]) for o in payload["options"] if o["type"] == 11] == [
+        ("image", True), ("image2", False), ("image3", False), ("image4", False)]
+    assert payload["options"][0]["name"] == "image"  # required first
+    assert fold_multiple(spec, {"image": "a", "image3": "c", "top": 2}) == {"image": ["a", "c"], "top": 2}
