@@ -267,8 +267,9 @@ class FakeDiscord:
                     continue
                 payload = json.loads(msg.data)
                 op = payload.get("op")
-                if op == 1:
-                    await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
+                if op == 1:  # ACK after a network-like delay: an instant ACK races discord.py's latency clock
+                    asyncio.get_running_loop().call_later(
+                        0.05, lambda: asyncio.ensure_future(ws.send_json({"op": 11, "d": None, "s": None, "t": None})))
                 elif op == 2:
                     await self._identify(session, payload["d"])
                 elif op == 6:  # RESUME: we keep no session state; ask for a fresh IDENTIFY
