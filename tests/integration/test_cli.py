@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env, write_image
-from tests.unit.test_images import png_header_only
+from tests.conftest import ROOT, clipbot_env, png_header_only, write_image
 
 
 def clipbot(data_dir, *args, stdin=None, timeout=240, **env):
@@ -88,6 +87,23 @@ def test_models_list_and_pull_preset(data_dir):
     assert listed.returncode == 0 and "preset tiny-test" in listed.stdout and "meaningless" in listed.stdout
     pulled = clipbot(data_dir, "models", "pull")
     assert pulled.returncode == 0 and "nothing to download" in pulled.stdout
+
+
+def test_models_pull_prepares_imagenet_labels(tmp_path):
+    pulled = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test")
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.splitlines()[-1] == "tiny-test: ready"
+    assert "preparing ImageNet-1k labels: " in pulled.stderr
+    assert len(list((tmp_path / "cache" / "labels").glob("*.pt"))) == 1
+
+    again = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test")  # cached: nothing to prepare
+    assert again.returncode == 0 and "preparing" not in again.stderr
+
+
+def test_models_pull_no_prepare_only_downloads(tmp_path):
+    pulled = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test", "--no-prepare")
+    assert pulled.returncode == 0 and "nothing to download" in pulled.stdout and "ready" not in pulled.stdout
+    assert not list((tmp_path / "cache" / "labels").glob("*.pt"))
 
 
 def test_local_chat_session(data_dir, tmp_path):
