@@ -228,7 +228,7 @@ class DiscordAdapter:
                 raise UserError("clipbot answers in servers, not in direct messages.")
             spec = self.app.commands.get(command)
             if spec is not None and spec.long_running:
-                await stream.open_thread(f"/{command} for {interaction.user.display_name}")
+                await stream.open_thread(_thread_name(command, options, interaction.user.display_name))
             request = self._request(interaction, command, options, stream.conversation())
         except UserError as exc:
             await stream.send(Reply(text=str(exc), error=True, ephemeral=True, final=True))
@@ -236,8 +236,11 @@ class DiscordAdapter:
         async for reply in self.app.handle(request):
             try:
                 await stream.send(reply)
-            except discord.HTTPException:
+            except Exception:  # one undeliverable reply must not leave the user at "thinking..."
                 log.exception("Discord: could not deliver a reply to /%s", command)
+                if reply.final:
+                    await _try(stream.send(Reply(text="I could not post that answer here (see the bot's log).",
+                                                 error=True, final=True)))
 
     def _request(self, interaction: discord.Interaction, command: str, options: dict[str, Any],
                  conversation: dict) -> Request:
@@ -486,7 +489,10 @@ class _ReplyStream:
                  for i in images]
         view = discord.ui.View(timeout=None)
         for action in reply.actions[:MAX_BUTTONS]:
-            view.add_item(ActionButton(action))
+            try:
+                view.add_item(ActionButton(action))
+            except ValueError as exc:  # options too long for a custom_id: the answer goes without it
+                log.warning("Discord: button %r left out: %s", action.label, exc)
         text = clip_text(render_discord(reply.text)) if reply.text else ("" if files else "Done.")
         return {"content": text, "attachments": files, "view": view}
 
@@ -497,6 +503,19 @@ def _as_new(fields: dict) -> dict:
     if fields["view"].children:
         out["view"] = fields["view"]
     return out
+
+
+def _thread_name(command: str, options: dict[str, Any], user: str) -> str:
+    """`/imagine a watercolor fox`: the first text option says what the thread is about."""
+    text = next((v for v in options.values() if isinstance(v, str) and v.strip()), "")
+    return (f"/{command} {' '.join(text.split())}" if text else f"/{command} for {user}")[:100]
+
+
+async def _try(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        log.exception("Discord: could not post the error notice either")
 
 
 def _token_dead(exc: discord.HTTPException) -> bool:
