@@ -135,6 +135,7 @@ class DiscordAdapter:
         self.throttle = _Throttle(settings.discord_edit_interval)
         self._session: aiohttp.ClientSession | None = None
         self._started = False
+        self._resumed: list[asyncio.Task] = []
         self._file_hosts = set(DISCORD_FILE_HOSTS)
         if settings.discord_api_base:
             self._file_hosts.add(urlsplit(settings.discord_api_base).hostname or "")
@@ -180,6 +181,17 @@ class DiscordAdapter:
         if not self._started:
             self._started = True
             await self.app.startup()
+            async for conversation, replies in self.app.resume_jobs(PLATFORM):
+                # a job that was running when the bot stopped: its answers go where it was asked
+                self._resumed.append(asyncio.create_task(self._deliver_logged(conversation, replies)))
+            if self._resumed:
+                log.info("Discord: following %d unfinished job(s) from before the restart", len(self._resumed))
+
+    async def _deliver_logged(self, conversation: dict, replies: AsyncIterator[Reply]) -> None:
+        try:
+            await self.deliver(conversation, replies)
+        except Exception:
+            log.exception("Discord: could not resume answering in %s", conversation)
 
     async def sync_commands(self, client: discord.Client) -> None:
         payloads = command_payloads(self.app.commands)
