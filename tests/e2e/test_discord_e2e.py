@@ -209,3 +209,40 @@ def test_without_the_message_content_intent_the_bot_says_so_and_still_answers(wo
     fake = world.fake
     assert "WITHOUT the Message Content intent" in bot.log()
     assert _probe_data(_answer(fake, fake.slash(world.guild, world.general, world.alice, "probe")))["n"] == 0
+
+
+def _thread_of(fake: FakeDiscord, parent: str, prefix: str) -> dict:
+    return fake.wait_for(lambda f: next((c for c in f.channels.values() if c.get("parent_id") == parent
+                                         and c["name"].startswith(prefix)), None), 60, f"a thread {prefix}")
+
+
+def _buttons(message: dict) -> dict[str, str]:
+    return {c["label"]: c["custom_id"] for row in message["components"] for c in row["components"]}
+
+
+def test_imagine_runs_in_a_thread_with_progress_edits_a_final_image_and_working_buttons(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.mod, "imagine",
+                        {"prompt": "a watercolor fox", "steps": 12, "size": "64", "every": 4, "seed": 5})
+    thread = _thread_of(fake, world.general, "/imagine a watercolor fox")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                     if "Reroll" in _buttons(m)], 300, "the final picture")[0]
+    assert record.callback_type == 5
+    (image,) = final["attachments"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(image["url"]))) as im:
+        assert im.size == (64, 64)
+    assert {"Reroll", "Variations", "Continue", "Use as init"} <= set(_buttons(final))
+    posts = fake.find_calls("POST", rf"/channels/{thread['id']}/messages")
+    edits = fake.find_calls("PATCH", rf"/channels/{thread['id']}/messages/\d+")
+    assert len(posts) == 1 and edits, "progress and the final picture edit one message in the thread"
+    assert any(f["filename"].startswith("step-") for c in edits for f in c.files), "snapshots are shown"
+    assert any("Cancel" in str(c.json) for c in posts + edits), "progress carries a Cancel button"
+    assert not fake.rate_limited
+
+    # Anyone in the thread may reroll: a new picture from the clicker, in the same thread.
+    click = fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Reroll"])
+    fake.wait_for(lambda f: len([m for m in f.messages[thread["id"]].values() if "Reroll" in _buttons(m)]) == 2,
+                  300, "the rerolled picture")
+    assert click.callback_type == 5
+    assert len([c for c in fake.channels.values() if c.get("parent_id") == world.general]) == 1, "no second thread"
