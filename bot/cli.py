@@ -331,7 +331,11 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
 
 async def _serve(app: Any, settings: Any, adapters: list[Any]) -> None:
     """Every configured platform adapter, concurrently, until one stops or Ctrl-C."""
+    import signal
+
     stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a clean shutdown: adapters close their connections
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(module.serve(app, settings, stop), name=module.__name__) for module in adapters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

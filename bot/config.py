@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["PluginSettings", "Settings", "env_prefix"]
@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
 
     log_level: str = Field("INFO", description="logging level")
+
+    # Discord adapter (bot/adapters/discord.py); `clipbot run` serves Discord when the token is set
+    discord_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DISCORD_TOKEN", "CLIPBOT_DISCORD_TOKEN"),
+        description="Discord bot token (env DISCORD_TOKEN); set: `clipbot run` serves Discord")
+    discord_dev_guild: int | None = Field(None, description="sync commands to this server id only (instant); "
+                                          "unset: sync globally")
+    discord_api_base: str | None = Field(None, description="Discord REST base URL override, e.g. a rate-limit "
+                                         "proxy (default https://discord.com/api/v10)")
+    discord_gateway_url: str | None = Field(None, description="Discord gateway URL override (default "
+                                            "wss://gateway.discord.gg/)")
+    discord_edit_interval: float = Field(2.0, description="seconds between progress edits in one channel")
+    discord_token_ttl: float = Field(840.0, description="seconds an interaction token is used before answers "
+                                     "move to channel messages (Discord: 15 min)")
 
     _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", mode="before")(
         _split_list
