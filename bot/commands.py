@@ -38,6 +38,7 @@ class Attachment:
     filename: str
     content_type: str
     size: int
+    source_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class CommandSpec:
     handler: Callable[..., Union[AsyncIterator["Reply"], Awaitable["Reply"]]]
     options: tuple[Option, ...] = ()
     admin_only: bool = False
+    long_running: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -143,6 +145,20 @@ class Request:
     platform: str = "local"
     is_admin: bool = False
     thread_id: str | None = None
+    space_id: str = ""
+    readable_channels: frozenset[str] | None = None
+    user_name: str = ""
+    conversation: dict | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """TEMPORARY stub (INTERFACES.md)."""
+
+    label: str
+    command: str
+    options: dict = field(default_factory=dict)
+    style: str = "secondary"
 
 
 @dataclass(frozen=True)
@@ -159,10 +175,12 @@ class Reply:
     final: bool = False
     ephemeral: bool = False
     error: bool = False
+    data: dict | None = None
+    actions: tuple = ()
 
 
 def command(
-    func: Callable | None = None, *, name: str | None = None, admin_only: bool = False
+    func: Callable | None = None, *, name: str | None = None, admin_only: bool = False, long_running: bool = False
 ) -> Any:
     """Build a `CommandSpec` from an async handler `async def name(ctx, opt: T = default, ...)`."""
 
@@ -203,6 +221,7 @@ def command(
             handler=fn,
             options=tuple(options),
             admin_only=admin_only,
+            long_running=long_running,
         )
 
     return build(func) if func is not None else build

@@ -43,6 +43,7 @@ class Dispatcher:
         self.engine = engine
         self.settings = settings
         self.commands: dict[str, CommandSpec] = {}
+        self.history_sources: dict[str, Any] = {}  # TEMPORARY stub (INTERFACES.md)
         for plugin_specs in pm.hook.clipbot_commands():
             for spec in plugin_specs or ():
                 if spec.name in self.commands:
@@ -106,3 +107,19 @@ class Dispatcher:
                         final=True)
         if not final_seen:
             yield Reply(final=True)
+
+    # TEMPORARY stubs (INTERFACES.md): run the hooks off the event loop.
+    async def image_posted(self, event: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.pm.hook.clipbot_image_posted, app=self, event=event)
+
+    async def message_deleted(self, event: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.pm.hook.clipbot_message_deleted, app=self, event=event)
+
+    async def channel_removed(self, event: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.pm.hook.clipbot_channel_removed, app=self, event=event)

@@ -36,3 +36,19 @@ def clipbot_task_modules():
     the Celery app under its declared name and queue when the worker starts. Return an
     empty list if the plugin runs no background work.
     """
+
+
+# TEMPORARY stubs of INTERFACES.md hooks (main's version replaces them on merge).
+@hookspec
+def clipbot_image_posted(app, event):
+    """An image was posted (stub)."""
+
+
+@hookspec
+def clipbot_message_deleted(app, event):
+    """A message or file was deleted (stub)."""
+
+
+@hookspec
+def clipbot_channel_removed(app, event):
+    """The bot lost a channel (stub)."""
