@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="start the bot (default: local chat in this terminal)")
-    run.add_argument("--adapter", choices=["local"], default="local", help="chat platform to serve")
+    run.add_argument("--adapter", choices=["local"], default=None,
+                     help="force the local chat (default: every configured platform, else the local chat)")
 
     worker = sub.add_parser("worker", help="run a worker for the Redis engine (needs CLIPBOT_BROKER_URL)")
     worker.add_argument("--queues", help="comma-separated queues (default: CLIPBOT_WORKER_QUEUES)")
@@ -107,11 +108,53 @@ def app(settings: Any, *, start_worker: bool = True) -> Iterator[Any]:
         engine.stop()
 
 
+# Chat platforms `clipbot run` serves: each module has `configured(settings) -> bool` and
+# `async serve(app, settings, stop_event)`; all configured ones run side by side.
+PLATFORM_ADAPTERS = ("bot.adapters.slack", "bot.adapters.discord")
+
+
+def _configured_platforms(settings: Any) -> list[Any]:
+    import importlib
+
+    found = []
+    for name in PLATFORM_ADAPTERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # adapter not part of this build
+                continue
+            raise UserError(f"{name.rsplit('.', 1)[-1]} support needs a package: {exc.name} "
+                            "(pip install 'clipbot[all]')") from None
+        if module.configured(settings):
+            found.append(module)
+    return found
+
+
+async def _serve_platforms(dispatcher: Any, settings: Any, platforms: list[Any]) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(module.serve(dispatcher, settings, stop)) for module in platforms]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    stop.set()  # one platform failed (or all stopped): stop the others too
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        raise failure
+
+
 def _run(args: argparse.Namespace, settings: Any) -> int:
     from bot.adapters.local import LocalAdapter
 
+    platforms = [] if args.adapter == "local" else _configured_platforms(settings)
     with app(settings) as dispatcher:
-        asyncio.run(LocalAdapter(dispatcher).repl())
+        if platforms:
+            asyncio.run(_serve_platforms(dispatcher, settings, platforms))
+        else:
+            asyncio.run(LocalAdapter(dispatcher).repl())
     return 0
 
 
