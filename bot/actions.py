@@ -1,4 +1,9 @@
-"""TEMPORARY stub of the interface in /work/coord/INTERFACES.md (main's version replaces it on merge)."""
+"""Buttons as data: an `Action` travels inside the button as a short string.
+
+The string holds the command and its options, never a server-side id, so a button keeps
+working after the bot restarts (discord.py's dynamic items, Slack's button `value`). A click is
+decoded back into an `Action` and dispatched as an ordinary request from the clicker.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,27 @@ import json
 from bot.commands import Action
 
 PREFIX = "cb1:"
+DISCORD_LIMIT = 100  # custom_id
+SLACK_LIMIT = 2000  # button value
 
 
-def encode_action(action: Action) -> str:
-    text = PREFIX + json.dumps([action.command, action.options, action.label, action.style], separators=(",", ":"))
-    if len(text) > 100:
-        raise ValueError("action too long")
+def encode_action(action: Action, *, limit: int = DISCORD_LIMIT) -> str:
+    """`cb1:["command",{options}]`; ValueError if it does not fit in `limit` characters."""
+    body = json.dumps([action.command, action.options], separators=(",", ":"), ensure_ascii=False)
+    text = PREFIX + body
+    if len(text) > limit:
+        raise ValueError(f"action /{action.command} encodes to {len(text)} characters; the limit is {limit}")
     return text
 
 
-def decode_action(text: str) -> Action:
+def decode_action(text: str, *, label: str = "") -> Action:
+    """The `Action` a button string holds; ValueError for anything that is not one of ours."""
     if not text.startswith(PREFIX):
-        raise ValueError("not an action")
-    command, options, label, style = json.loads(text[len(PREFIX):])
-    return Action(label=label, command=command, options=options, style=style)
+        raise ValueError("not a clipbot action")
+    try:
+        command, options = json.loads(text[len(PREFIX):])
+    except (ValueError, TypeError):
+        raise ValueError("malformed clipbot action") from None
+    if not isinstance(command, str) or not isinstance(options, dict):
+        raise ValueError("malformed clipbot action")
+    return Action(label=label or command, command=command, options=options)

@@ -1,4 +1,4 @@
-"""Built-in commands that belong to no feature: /help."""
+"""What belongs to no feature: /help, and the core engine queues."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Annotated
 from bot.commands import Reply, command
 from bot.dispatch import ROADMAP
 from bot.hookspecs import hookimpl
+from bot.markup import bold, code
+from engine.tasks import CORE_QUEUES
 
 
 @command(name="help")
@@ -15,16 +17,18 @@ async def help_(ctx, command: Annotated[str, "a command to explain"] = "") -> Re
     commands = ctx.dispatcher.commands
     if command:
         spec = ctx.dispatcher.spec(command.lstrip("/"))
-        lines = [f"/{spec.name}: {spec.description}", f"Usage: {spec.usage()}"]
-        lines += [f"  {o.name}: {o.description or o.type.__name__}" for o in spec.options]
-        return Reply(text="\n".join(lines), ephemeral=True)
-    lines = ["Commands:"]
-    lines += [f"  /{s.name}: {s.description}" for s in sorted(commands.values(), key=lambda s: s.name)]
-    planned = [f"  /{name}: not built yet ({what})" for name, what in ROADMAP.items() if name not in commands]
+        lines = [f"{bold('/' + spec.name)}: {spec.description}", f"Usage: {code(spec.usage())}"]
+        lines += [f"- {o.name}: {o.description or o.type.__name__}" for o in spec.options]
+        return Reply(text="\n".join(lines), ephemeral=True,
+                     data={"command": spec.name, "usage": spec.usage(),
+                           "options": [{"name": o.name, "required": o.required} for o in spec.options]})
+    lines = [bold("Commands:")]
+    lines += [f"- /{s.name}: {s.description}" for s in sorted(commands.values(), key=lambda s: s.name)]
+    planned = [f"- /{name}: not built yet ({what})" for name, what in ROADMAP.items() if name not in commands]
     if planned:
-        lines += ["Coming later:", *planned]
-    lines.append("Type /help <command> for its options.")
-    return Reply(text="\n".join(lines), ephemeral=True)
+        lines += [bold("Coming later:"), *planned]
+    lines.append(f"Type {code('/help <command>')} for its options.")
+    return Reply(text="\n".join(lines), ephemeral=True, data={"commands": sorted(commands)})
 
 
 @hookimpl
@@ -35,3 +39,8 @@ def clipbot_commands():
 @hookimpl
 def clipbot_task_modules():
     return []
+
+
+@hookimpl
+def clipbot_queues():
+    return list(CORE_QUEUES)

@@ -1,4 +1,9 @@
-"""The `clipbot` command: run | worker | whatis | models | plugins.
+"""The `clipbot` command: run | worker | models | plugins, and one verb per chat command.
+
+The chat commands' verbs are generated from their `CommandSpec`s and go through dispatch like
+a message from any platform: `clipbot whatis photo.jpg --labels "cat, dog" --json` is the
+`/whatis` handler's answer, its structured `data` printed as JSON. Every plugin, third-party
+ones included, gets its verb this way.
 
 User mistakes (bad file, bad option, offline, no worker) exit with code 2 and one line on
 stderr; nothing prints a traceback unless --verbose is given.
@@ -12,12 +17,15 @@ import json
 import logging
 import os
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 from engine.errors import UserError
 
 EXIT_USER_ERROR = 2
+FIXED_VERBS = ("run", "worker", "models", "plugins")
+GENERIC_FLAGS = ("json", "out", "space", "channel", "user", "platform")
+log = logging.getLogger("clipbot.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,25 +33,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(specs: list[Any]) -> argparse.ArgumentParser:
     parser = _Parser(prog="clipbot", description="CLIP for your team's chat.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log more, show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="start the bot (default: local chat in this terminal)")
-    run.add_argument("--adapter", choices=["local"], default=None,
-                     help="force the local chat (default: every configured platform, else the local chat)")
+    run = sub.add_parser("run", help="start the bot: Discord/Slack when their tokens are set, else local chat")
+    run.add_argument("--adapter", choices=["auto", "local", "discord", "slack"], default="auto",
+                     help="chat platform to serve (auto: every configured platform, else the local chat)")
 
     worker = sub.add_parser("worker", help="run a worker for the Redis engine (needs CLIPBOT_BROKER_URL)")
-    worker.add_argument("--queues", help="comma-separated queues (default: CLIPBOT_WORKER_QUEUES)")
+    worker.add_argument("--queues", help="comma-separated queues (default: CLIPBOT_WORKER_QUEUES, else all)")
     worker.add_argument("--concurrency", type=int, help="child processes (default: CLIPBOT_WORKER_CONCURRENCY)")
     worker.add_argument("--pool", choices=["prefork", "solo", "threads"], default="prefork")
-
-    whatis = sub.add_parser("whatis", help="classify an image (CLIP zero-shot)")
-    whatis.add_argument("image", help="path to an image file")
-    whatis.add_argument("--labels", help='comma-separated labels, e.g. "cat, dog, person" (default: ImageNet-1k)')
-    whatis.add_argument("--top", type=int, help="how many labels to return")
-    whatis.add_argument("--json", action="store_true", help='print {"model": ..., "labels": [...]} as JSON')
 
     models = sub.add_parser("models", help="list or download model weights")
     models_sub = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -51,19 +53,57 @@ def _parser() -> argparse.ArgumentParser:
     pull = models_sub.add_parser("pull", help="download and verify the configured weights")
     pull.add_argument("--clip", help="CLIP spec to pull (default: CLIPBOT_CLIP_MODEL)")
 
-    sub.add_parser("plugins", help="list the loaded plugins and their commands")
+    sub.add_parser("plugins", help="list the loaded plugins, their commands, settings and queues")
+    for spec in specs:
+        if spec.name not in FIXED_VERBS:
+            _add_command_verb(sub, spec)
     return parser
 
 
+def _add_command_verb(sub: Any, spec: Any) -> None:
+    """`clipbot NAME` from a CommandSpec: the first required option is positional, the rest are
+    flags; values stay text for dispatch to convert, except numbers (argparse checks them)."""
+    from bot.commands import Attachment
+
+    verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
+    positional = next((o for o in spec.options if o.required), None)
+    for option in spec.options:
+        if option.name in GENERIC_FLAGS:
+            continue  # the generic flag of the same name wins; the option stays reachable by chat
+        kwargs: dict[str, Any] = {"help": option.description or None}
+        if option.choices:
+            kwargs["choices"] = list(option.choices)
+        if option.type in (int, float):
+            kwargs["type"] = option.type
+        if option.type is Attachment:
+            kwargs["metavar"] = "PATH"
+        if option.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        if option is positional:
+            kwargs.pop("action", None)
+            kwargs["metavar"] = option.name.upper()
+            verb.add_argument(f"opt_{option.name}", **kwargs)
+        else:
+            verb.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", **kwargs)
+    verb.add_argument("--json", action="store_true", help="print the answer's structured data as JSON")
+    verb.add_argument("--out", type=Path, help="folder for the images in the answer (default: DATA_DIR/output)")
+    verb.add_argument("--space", default="local", help="space (Discord guild, Slack team) the request is in")
+    verb.add_argument("--channel", action="append", default=[],
+                      help="channel of the request (repeat: every one given is readable; none: no restriction)")
+    verb.add_argument("--user", default="cli", help="user id the request comes from")
+    verb.add_argument("--platform", default="local", help="platform whose data the request addresses")
+    verb.set_defaults(spec_name=spec.name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in raw or "-v" in raw
     try:
         settings = _settings()
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
-            if args.command in ("run", "worker") else logging.WARNING,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        args = _parser(_command_specs(settings)).parse_args(argv)
+        _configure_logging(args, settings)
+        if getattr(args, "spec_name", None):
+            return _command(args, settings)
         return _COMMANDS[args.command](args, settings)
     except UserError as exc:
         print(f"clipbot: {exc}", file=sys.stderr)
@@ -71,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if args.verbose:
+        if verbose:
             raise
         print(f"clipbot: internal error: {type(exc).__name__}: {exc} (run with --verbose for details)",
               file=sys.stderr)
@@ -91,104 +131,194 @@ def _settings() -> Any:
         raise UserError(f"invalid setting {field}: {first['msg']}") from None
 
 
-@contextmanager
-def app(settings: Any, *, start_worker: bool = True) -> Iterator[Any]:
-    """Plugins, engine and dispatcher for these settings; the embedded worker runs inside."""
-    from bot.dispatch import Dispatcher
+def _command_specs(settings: Any) -> list[Any]:
+    """The commands the loaded plugins serve, without building an engine (cheap, no torch)."""
     from bot.plugins import build_plugin_manager
-    from engine.app import create_engine
 
-    engine = create_engine(settings)
-    dispatcher = Dispatcher(build_plugin_manager(settings), engine, settings)
-    if engine.embedded and start_worker:
-        engine.start_embedded(dispatcher.task_modules())
+    return [spec for specs in build_plugin_manager(settings).hook.clipbot_commands() for spec in specs or ()]
+
+
+def _configure_logging(args: argparse.Namespace, settings: Any) -> None:
+    """Services log to stderr; the local chat and one-shot verbs keep library chatter (Celery,
+    open_clip) out of the conversation: full logs go to DATA_DIR/logs/clipbot.log."""
+    level = logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level)
+    if args.command == "worker" or args.verbose or (args.command == "run" and _platform_adapters(args, settings)):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        root.addHandler(console)
+    if args.command in FIXED_VERBS[2:]:
+        root.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        return
     try:
-        yield dispatcher
-    finally:
-        engine.stop()
+        log_dir = Path(settings.data_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_dir / "clipbot.log", encoding="utf-8")
+    except OSError:
+        return  # a read-only data dir must not stop the bot; the console handler (if any) still logs
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
 
 
-# Chat platforms `clipbot run` serves: each module has `configured(settings) -> bool` and
-# `async serve(app, settings, stop_event)`; all configured ones run side by side.
-PLATFORM_ADAPTERS = ("bot.adapters.slack", "bot.adapters.discord")
+# ---- generic command verbs ----------------------------------------------------------------------
+def _command(args: argparse.Namespace, settings: Any) -> int:
+    from bot.app import open_app
+
+    with open_app(settings) as app:
+        request = _request(app, app.spec(args.spec_name), args)
+        return asyncio.run(_answer(app, request, args))
 
 
-def _configured_platforms(settings: Any) -> list[Any]:
-    import importlib
+def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
+    from bot.commands import Attachment, Request
 
-    found = []
-    for name in PLATFORM_ADAPTERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # adapter not part of this build
-                continue
-            raise UserError(f"{name.rsplit('.', 1)[-1]} support needs a package: {exc.name} "
-                            "(pip install 'clipbot[all]')") from None
-        if module.configured(settings):
-            found.append(module)
-    return found
-
-
-async def _serve_platforms(dispatcher: Any, settings: Any, platforms: list[Any]) -> None:
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(module.serve(dispatcher, settings, stop)) for module in platforms]
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    stop.set()  # one platform failed (or all stopped): stop the others too
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    failure = next((r for r in results if isinstance(r, BaseException)), None)
-    if failure is not None:
-        raise failure
+    options: dict[str, Any] = {}
+    for option in spec.options:
+        value = getattr(args, f"opt_{option.name}", None)
+        if value is None:
+            continue
+        options[option.name] = _attach(app, value) if option.type is Attachment else value
+    channels = list(dict.fromkeys(args.channel))
+    return Request(
+        command=spec.name, options=options, user_id=args.user, user_name=args.user,
+        channel_id=channels[0] if channels else "cli", platform=args.platform, is_admin=True,
+        space_id=args.space, readable_channels=frozenset(channels) if channels else None,
+    )
 
 
-def _run(args: argparse.Namespace, settings: Any) -> int:
-    from bot.adapters.local import LocalAdapter
+def _attach(app: Any, path: str) -> Any:
+    from bot.commands import Attachment
+    from engine.images import read_image_file
 
-    platforms = [] if args.adapter == "local" else _configured_platforms(settings)
-    with app(settings) as dispatcher:
-        if platforms:
-            asyncio.run(_serve_platforms(dispatcher, settings, platforms))
-        else:
-            asyncio.run(LocalAdapter(dispatcher).repl())
+    settings = app.settings
+    data, info = read_image_file(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return Attachment(key=app.engine.blobs.put(data), filename=Path(path).name, content_type=info.content_type,
+                      size=len(data))
+
+
+async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
+    """Stream the replies: progress to stderr, text (or the final data as JSON) to stdout."""
+    from bot.markup import render_plain
+
+    out_dir = Path(args.out) if args.out else Path(app.settings.data_dir) / "output"
+    written: dict[str, str] = {}
+    final = None
+    async for reply in app.handle(request):
+        for image in reply.images:
+            written[image.filename] = str(_write_image(out_dir, image))
+        if reply.final:
+            final = reply
+        text = render_plain(reply.text)
+        if reply.error:
+            print(f"clipbot: {' '.join(text.split())}", file=sys.stderr)
+            return 1 if (reply.data or {}).get("error") == "internal" else EXIT_USER_ERROR
+        if reply.progress is not None and not reply.final:
+            print(f"[{reply.progress:4.0%}] {text}", file=sys.stderr, flush=True)
+        elif not args.json:
+            if text:
+                print(text)
+            for image in reply.images:
+                print(f"[image saved: {written[image.filename]}]")
+            for action in reply.actions:
+                from bot.adapters.local import action_command
+
+                print(f"[{action.label}] {action_command(action)}")
+    if args.json:
+        print(json.dumps(_with_paths((final.data if final else None) or {}, written)))
     return 0
 
 
+def _write_image(out_dir: Path, image: Any) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / Path(image.filename).name
+    path.write_bytes(image.data)
+    return path
+
+
+def _with_paths(value: Any, written: dict[str, str]) -> Any:
+    """The data with every string that names an image written here replaced by its path."""
+    if isinstance(value, str):
+        return written.get(value, value)
+    if isinstance(value, list):
+        return [_with_paths(v, written) for v in value]
+    if isinstance(value, dict):
+        return {k: _with_paths(v, written) for k, v in value.items()}
+    return value
+
+
+# ---- fixed verbs ----------------------------------------------------------------------------------
+_PLATFORM_ADAPTERS = {"discord": "bot.adapters.discord", "slack": "bot.adapters.slack"}
+
+
+def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[Any]:
+    """Adapter modules to serve: the one asked for, or (auto) every configured one."""
+    import importlib
+
+    wanted = _PLATFORM_ADAPTERS if args.adapter == "auto" else (
+        {} if args.adapter == "local" else {args.adapter: _PLATFORM_ADAPTERS[args.adapter]})
+    modules = []
+    for name, module_name in wanted.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if args.adapter == name:
+                raise UserError(f"the {name} adapter is not available ({exc}); install clipbot[{name}]") from None
+            continue
+        if module.configured(settings):
+            modules.append(module)
+        elif args.adapter == name:
+            raise UserError(f"the {name} adapter is not configured: see README, section {name.title()}")
+    return modules
+
+
+def _run(args: argparse.Namespace, settings: Any) -> int:
+    from bot.app import open_app
+
+    adapters = _platform_adapters(args, settings)
+    with open_app(settings) as app:
+        if adapters:
+            asyncio.run(_serve(app, settings, adapters))
+        else:
+            from bot.adapters.local import LocalAdapter
+
+            print(f"(logs: {Path(settings.data_dir) / 'logs' / 'clipbot.log'})", file=sys.stderr)
+            asyncio.run(LocalAdapter(app).repl())
+    return 0
+
+
+async def _serve(app: Any, settings: Any, adapters: list[Any]) -> None:
+    """Every configured platform adapter, concurrently, until one stops or Ctrl-C."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(module.serve(app, settings, stop), name=module.__name__) for module in adapters]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # an adapter that crashed says why
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _worker(args: argparse.Namespace, settings: Any) -> int:
+    from bot.app import open_app
     from engine.worker import run_worker
 
     if settings.embedded:
         raise UserError("`clipbot worker` needs CLIPBOT_BROKER_URL (e.g. redis://localhost:6379/0); "
                         "without it, `clipbot run` runs everything in one process.")
-    queues = [q.strip() for q in args.queues.split(",")] if args.queues else settings.worker_queues
-    with app(settings, start_worker=False) as dispatcher:
-        return run_worker(dispatcher.engine, dispatcher.task_modules(), queues=queues,
+    with open_app(settings, start_worker=False) as app:
+        declared = list(app.engine.queues)
+        asked = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else settings.worker_queues
+        unknown = [q for q in asked if q not in declared]
+        if unknown:
+            raise UserError(f"unknown queue {unknown[0]!r}; the plugins declare: {', '.join(declared)}")
+        return run_worker(app.engine, app.task_modules(), queues=asked or declared,
                           concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
                           loglevel="DEBUG" if args.verbose else settings.log_level)
-
-
-def _whatis(args: argparse.Namespace, settings: Any) -> int:
-    from engine.images import read_image_file
-    from plugins.whatis import classify_image, format_answer
-    from plugins.whatis.labels import parse_labels
-
-    data, _ = read_image_file(args.image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    labels = parse_labels(args.labels, max_labels=settings.whatis_max_labels) if args.labels is not None else None
-    top = args.top if args.top is not None else settings.whatis_top
-    if labels is not None:
-        top = min(top, len(labels))
-    with app(settings) as dispatcher:
-        key = dispatcher.engine.blobs.put(data)
-        result = asyncio.run(classify_image(dispatcher.engine, key, labels, top))
-    if args.json:
-        print(json.dumps({"model": result["model"], "labels": result["labels"]}))
-    else:
-        print(format_answer(result, "your labels" if labels else "ImageNet-1k", settings.whatis_threshold)[0])
-    return 0
 
 
 def _models(args: argparse.Namespace, settings: Any) -> int:
@@ -208,7 +338,8 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _plugins(args: argparse.Namespace, settings: Any) -> int:
-    from bot.plugins import build_plugin_manager
+    from bot.config import env_prefix
+    from bot.plugins import build_plugin_manager, declared_queues, plugin_settings
 
     pm = build_plugin_manager(settings)
     for impl in pm.hook.clipbot_commands.get_hookimpls():
@@ -216,10 +347,15 @@ def _plugins(args: argparse.Namespace, settings: Any) -> int:
         print(f"{impl.plugin_name}: {names or '(no commands)'}")
     for name, why in pm.clipbot_errors.items():
         print(f"{name}: NOT LOADED ({why})")
+    for name, values in plugin_settings(pm).items():
+        for field, info in type(values).model_fields.items():
+            print(f"setting {env_prefix(name)}{field.upper()}={getattr(values, field)!s}  ({info.description})")
+    for queue in declared_queues(pm).values():
+        print(f"queue {queue.name}: {queue.description}")
     return 0
 
 
-_COMMANDS = {"run": _run, "worker": _worker, "whatis": _whatis, "models": _models, "plugins": _plugins}
+_COMMANDS = {"run": _run, "worker": _worker, "models": _models, "plugins": _plugins}
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Union
 from engine.errors import UserError
 
 __all__ = [
+    "Action",
     "Attachment",
     "CommandSpec",
     "Image",
@@ -38,7 +39,7 @@ class Attachment:
     filename: str
     content_type: str
     size: int
-    source_id: str = ""
+    source_id: str = ""  # the platform's id for the file (Discord attachment id, Slack file id)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class CommandSpec:
     handler: Callable[..., Union[AsyncIterator["Reply"], Awaitable["Reply"]]]
     options: tuple[Option, ...] = ()
     admin_only: bool = False
-    long_running: bool = False
+    long_running: bool = False  # minutes, not seconds: adapters open a thread and leave the interaction token
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -136,7 +137,13 @@ def _type_word(option: Option) -> str:
 
 @dataclass(frozen=True)
 class Request:
-    """What a user asked, whatever the platform. `options` hold raw values until dispatch converts them."""
+    """What a user asked, whatever the platform. `options` hold raw values until dispatch converts them.
+
+    `space_id` is the Discord guild or Slack workspace. `readable_channels` are the channels of that
+    space the requester may read: adapters always fill it; `None` means no restriction and is for the
+    operator's CLI only. `conversation` is where answers go, opaque to everyone but the adapter that
+    made it (long jobs store it, so a restarted bot can resume posting).
+    """
 
     command: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -148,25 +155,42 @@ class Request:
     space_id: str = ""
     readable_channels: frozenset[str] | None = None
     user_name: str = ""
-    conversation: dict | None = None
+    conversation: dict[str, Any] | None = None
+
+    def may_read(self, channel_id: str) -> bool:
+        return self.readable_channels is None or channel_id in self.readable_channels
+
+
+ActionValue = Union[str, int, float, bool]
 
 
 @dataclass(frozen=True)
 class Action:
-    """TEMPORARY stub (INTERFACES.md)."""
+    """A button on a reply: a pre-filled command. A click dispatches `Request(command, options)`
+    from the person who clicked, with the usual permission checks, so it works after a restart."""
 
     label: str
     command: str
-    options: dict = field(default_factory=dict)
-    style: str = "secondary"
+    options: dict[str, ActionValue] = field(default_factory=dict)
+    style: str = "secondary"  # primary | secondary | danger
+
+    def __post_init__(self) -> None:
+        if self.style not in ("primary", "secondary", "danger"):
+            raise ValueError(f"unknown action style {self.style!r}")
+        for key, value in self.options.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise ValueError(f"action option {key!r} must be text, a number or yes/no")
 
 
 @dataclass(frozen=True)
 class Reply:
     """One message of an answer. A stream of replies ends with one whose `final` is true.
 
-    `progress` (0..1) marks an in-progress update the adapter may render by editing the
-    previous message; `ephemeral` replies are shown only to the requester where possible.
+    A stream addresses one message: each reply with `progress` (0..1) set replaces the previous
+    progress message, and the final reply replaces the progress message (or is posted if there was
+    none). `text` is neutral markup (`bot.markup`). `data` is the JSON-able result that
+    `clipbot <command> --json` prints; `actions` are buttons. `ephemeral` replies are shown only
+    to the requester where the platform can.
     """
 
     text: str = ""
@@ -175,12 +199,13 @@ class Reply:
     final: bool = False
     ephemeral: bool = False
     error: bool = False
-    data: dict | None = None
-    actions: tuple = ()
+    data: dict[str, Any] | None = None
+    actions: tuple[Action, ...] = ()
 
 
 def command(
-    func: Callable | None = None, *, name: str | None = None, admin_only: bool = False, long_running: bool = False
+    func: Callable | None = None, *, name: str | None = None, admin_only: bool = False,
+    long_running: bool = False,
 ) -> Any:
     """Build a `CommandSpec` from an async handler `async def name(ctx, opt: T = default, ...)`."""
 

@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+__all__ = ["PluginSettings", "Settings", "env_prefix"]
+
 _DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "clipbot"
 
 
@@ -32,7 +34,8 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(7200, description="Redis redelivery timeout; must exceed the longest job")
     blob_ttl: int = Field(86400, description="seconds uploaded and generated images are kept")
     worker_concurrency: int = Field(1, description="worker child processes (1 per GPU is usual)")
-    worker_queues: Annotated[list[str], NoDecode] = Field(["gpu", "io"], description="queues a worker consumes")
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        [], description="queues a worker consumes; empty means every queue the plugins declare")
 
     # models
     clip_model: str = Field("ViT-B-32:laion2b_s34b_b79k", description="ARCH:TAG, ARCH:/path/file, or a preset")
@@ -47,11 +50,6 @@ class Settings(BaseSettings):
     # images
     max_image_bytes: int = Field(25 * 1024 * 1024, description="largest upload accepted, in bytes")
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
-
-    # /whatis
-    whatis_top: int = Field(5, description="labels shown in a /whatis answer")
-    whatis_threshold: float = Field(0.1, description="below this best probability, answer 'none of these'")
-    whatis_max_labels: int = Field(1000, description="most labels one /whatis may ask for")
 
     log_level: str = Field("INFO", description="logging level")
 
@@ -89,3 +87,19 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+
+def env_prefix(plugin_name: str) -> str:
+    """`CLIPBOT_<PLUGIN>_`: where a plugin's settings live in the environment."""
+    return "CLIPBOT_" + plugin_name.upper().replace("-", "_").replace(".", "_") + "_"
+
+
+class PluginSettings(BaseSettings):
+    """Base of a plugin's settings (`clipbot_settings` hook). Subclass it with pydantic fields and
+    a `description` on each; the prefix `CLIPBOT_<PLUGIN>_` is applied when the plugin loads."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    @classmethod
+    def load(cls, plugin_name: str, **overrides: object) -> "PluginSettings":
+        return cls(_env_prefix=env_prefix(plugin_name), **overrides)

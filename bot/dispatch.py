@@ -6,11 +6,14 @@ which platform asked.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import difflib
+import functools
 import inspect
 import logging
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import pluggy
 
@@ -18,6 +21,7 @@ from bot.commands import CommandSpec, Reply, Request
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Commands announced but not built yet; /help lists them and asking for one says so.
 ROADMAP = {
@@ -27,28 +31,50 @@ ROADMAP = {
 
 
 class CommandContext:
-    """What a handler gets besides its options: the request, the engine, settings, state."""
+    """What a handler gets besides its options.
+
+    Handlers run on the adapter's event loop (a Discord gateway heartbeat shares it), so anything
+    that may block, store reads and writes, Pillow, file I/O, goes through `run_blocking`.
+    """
 
     def __init__(self, request: Request, dispatcher: "Dispatcher") -> None:
-        self.request = request
-        self.dispatcher = dispatcher
-        self.engine = dispatcher.engine
-        self.settings = dispatcher.settings
-        self.store = dispatcher.engine.store
+        self.request: Request = request
+        self.dispatcher: Dispatcher = dispatcher
+        self.app: Dispatcher = dispatcher  # the running App (bot.app), which is a Dispatcher
+        self.engine: Any = dispatcher.engine  # engine.app.Engine: submit, follow, cancel, run, blobs
+        self.settings: Any = dispatcher.settings  # bot.config.Settings
+        self.store: Any = dispatcher.engine.store  # engine.store.Store: small JSON state
+
+    def plugin_settings(self, name: str) -> Any:
+        """The settings object of plugin `name` (its `clipbot_settings` hook)."""
+        return self.dispatcher.plugin_settings(name)
+
+    async def run_blocking(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call in a worker thread so the event loop keeps serving."""
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
 
 class Dispatcher:
-    def __init__(self, pm: pluggy.PluginManager, engine: Any, settings: Any) -> None:
+    """Routes requests to command handlers. `bot.app.App` builds on it; adapters hold the App."""
+
+    def __init__(self, pm: pluggy.PluginManager, engine: Any, settings: Any,
+                 plugin_settings: dict[str, Any] | None = None) -> None:
         self.pm = pm
         self.engine = engine
         self.settings = settings
+        self._plugin_settings: dict[str, Any] = dict(plugin_settings or {})
         self.commands: dict[str, CommandSpec] = {}
-        self.history_sources: dict[str, Any] = {}  # TEMPORARY stub (INTERFACES.md)
         for plugin_specs in pm.hook.clipbot_commands():
             for spec in plugin_specs or ():
                 if spec.name in self.commands:
                     raise ValueError(f"two plugins define the command /{spec.name}")
                 self.commands[spec.name] = spec
+
+    def plugin_settings(self, name: str) -> Any:
+        try:
+            return self._plugin_settings[name]
+        except KeyError:
+            raise KeyError(f"plugin {name!r} has no settings (not loaded, or no clipbot_settings hook)") from None
 
     def task_modules(self) -> list[str]:
         return [m for modules in self.pm.hook.clipbot_task_modules() for m in modules or ()]
@@ -95,31 +121,15 @@ class Dispatcher:
             else:
                 reply = await result
                 final_seen = True
-                yield Reply(**{**reply.__dict__, "final": True})
+                yield dataclasses.replace(reply, final=True)
         except UserError as exc:
             final_seen = True
-            yield Reply(text=str(exc), error=True, final=True, ephemeral=True)
+            yield Reply(text=str(exc), error=True, final=True, ephemeral=True, data={"error": "user"})
         except Exception:
             ref = uuid.uuid4().hex[:8]
             log.exception("handler for /%s crashed (ref %s)", request.command, ref)
             final_seen = True
             yield Reply(text=f"Something went wrong on my side (ref {ref}). It has been logged.", error=True,
-                        final=True)
+                        final=True, data={"error": "internal", "ref": ref})
         if not final_seen:
             yield Reply(final=True)
-
-    # TEMPORARY stubs (INTERFACES.md): run the hooks off the event loop.
-    async def image_posted(self, event: Any) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.pm.hook.clipbot_image_posted, app=self, event=event)
-
-    async def message_deleted(self, event: Any) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.pm.hook.clipbot_message_deleted, app=self, event=event)
-
-    async def channel_removed(self, event: Any) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.pm.hook.clipbot_channel_removed, app=self, event=event)

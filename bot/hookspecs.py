@@ -38,17 +38,65 @@ def clipbot_task_modules():
     """
 
 
-# TEMPORARY stubs of INTERFACES.md hooks (main's version replaces them on merge).
+@hookspec
+def clipbot_settings():
+    """Return this plugin's settings class (a subclass of `bot.config.PluginSettings`), or None.
+
+    Fields are read from the environment (and `.env`) with the prefix `CLIPBOT_<PLUGIN>_`, where
+    PLUGIN is the name the plugin is registered under, upper-cased (`whatis` reads
+    `CLIPBOT_WHATIS_TOP`). The instance is built once per process, next to the core settings;
+    handlers get it as `ctx.plugin_settings("<plugin>")` and tasks as `job.plugin_settings(...)`.
+    A bad value stops start-up with one line naming the variable. `clipbot plugins` lists the
+    settings, and every one must be documented in `.env.example`.
+    """
+
+
+@hookspec
+def clipbot_queues():
+    """Return the engine queues this plugin's tasks use, as a list of `engine.tasks.Queue`.
+
+    Queues separate kinds of work so a quick job never waits behind a long one: the core
+    declares `gpu` (quick model work such as /whatis) and `io` (network). A plugin whose tasks
+    run for minutes declares its own (e.g. `gpu-long`) and names it in `@task(queue=...)`.
+    Declaring a queue twice with the same name is allowed (the first description wins); a task
+    on an undeclared queue is an error when workers start. `clipbot worker --queues` picks what a
+    worker serves; by default it serves every declared queue.
+    """
+
+
 @hookspec
 def clipbot_image_posted(app, event):
-    """An image was posted (stub)."""
+    """A picture was posted: `event` is a `bot.events.ImagePosted`; `app` is the running `App`.
+
+    Adapters call this (through `App.image_posted`) for every new message with images, after
+    storing the bytes in the blob store, and backfills call it for old ones. It runs off the
+    event loop and must return quickly: queue engine work (`app.engine.submit`) rather than
+    running a model here. Exceptions are logged and do not stop other plugins.
+    """
 
 
 @hookspec
 def clipbot_message_deleted(app, event):
-    """A message or file was deleted (stub)."""
+    """A message (or some of its files) was deleted: `event` is a `bot.events.MessageDeleted`.
+
+    Whatever a plugin derived from that message (index entries, thumbnails) must go. Called
+    through `App.message_deleted`, off the event loop; exceptions are logged.
+    """
 
 
 @hookspec
 def clipbot_channel_removed(app, event):
-    """The bot lost a channel (stub)."""
+    """The bot left a channel or lost access to it: `event` is a `bot.events.ChannelRemoved`.
+
+    Plugins forget what they learned there. Called through `App.channel_removed`, off the event
+    loop; exceptions are logged.
+    """
+
+
+@hookspec
+def clipbot_startup(app):
+    """The chat process has started: its adapters are connected and registered with `app`.
+
+    Called once per process (never in workers), off the event loop, e.g. to resume following
+    long jobs that were running when the bot last stopped. Exceptions are logged.
+    """

@@ -54,3 +54,35 @@ def _register(pm: pluggy.PluginManager, name: str, load: Any) -> None:
     except Exception as exc:  # a broken third-party plugin must not take the bot down
         pm.clipbot_errors[name] = f"{type(exc).__name__}: {exc}"
         log.exception("plugin %s failed to load", name)
+
+
+def plugin_settings(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Each plugin's settings object (`clipbot_settings` hook), read from the environment now.
+
+    A bad value is a UserError naming the variable, so `clipbot` says it in one line."""
+    from pydantic import ValidationError
+
+    from bot.config import env_prefix
+    from engine.errors import UserError
+
+    loaded: dict[str, Any] = {}
+    for impl in pm.hook.clipbot_settings.get_hookimpls():
+        cls = impl.function()
+        if cls is None:
+            continue
+        try:
+            loaded[impl.plugin_name] = cls.load(impl.plugin_name)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = env_prefix(impl.plugin_name) + str(first["loc"][0]).upper() if first.get("loc") else "a setting"
+            raise UserError(f"invalid setting {name}: {first['msg']}") from None
+    return loaded
+
+
+def declared_queues(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Queue name -> `engine.tasks.Queue`, from every plugin's `clipbot_queues` (first wins)."""
+    queues: dict[str, Any] = {}
+    for declared in pm.hook.clipbot_queues():
+        for queue in declared or ():
+            queues.setdefault(queue.name, queue)
+    return queues

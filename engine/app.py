@@ -35,7 +35,7 @@ from engine.jobs import (
     RedisEventLog,
 )
 from engine.store import RedisStore, SqliteStore, Store
-from engine.tasks import QUEUES, JobContext, TaskInfo, tasks_in
+from engine.tasks import CORE_QUEUES, JobContext, Queue, TaskInfo, tasks_in
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,11 @@ class Engine:
     """Submit jobs, follow their events, cancel them; run them when this process is a worker."""
 
     def __init__(self, settings: Any, *, celery: Celery, blobs: BlobStore, store: Store, book: JobBook,
-                 redis: Any = None) -> None:
+                 redis: Any = None, queues: Iterable[Queue] = CORE_QUEUES,
+                 plugin_settings: dict[str, Any] | None = None) -> None:
         self.settings = settings
+        self.queues: dict[str, Queue] = {q.name: q for q in queues}
+        self.plugin_settings: dict[str, Any] = dict(plugin_settings or {})
         self.celery = celery
         self.blobs = blobs
         self.store = store
@@ -109,6 +112,9 @@ class Engine:
         return infos
 
     def _bind(self, info: TaskInfo) -> None:
+        if info.queue not in self.queues:
+            raise ValueError(f"task {info.name} uses the queue {info.queue!r}, which no plugin declares "
+                             f"(declared: {', '.join(self.queues)}); declare it with the clipbot_queues hook")
         engine = self
 
         def run(self_task: Any, job_id: str, **kwargs: Any) -> Any:
@@ -150,8 +156,8 @@ class Engine:
     # ---- submitting and following --------------------------------------------------------
     def submit(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu") -> str:
         """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online."""
-        if queue not in QUEUES:
-            raise ValueError(f"unknown queue {queue!r}")
+        if queue not in self.queues:
+            raise ValueError(f"unknown queue {queue!r} (declared: {', '.join(self.queues)})")
         self.require_worker(queue)
         job_id = uuid.uuid4().hex
         self.book.create(JobRecord(id=job_id, task=task, queue=queue))
@@ -222,7 +228,7 @@ class Engine:
 
     def live_workers(self, queue: str | None = None) -> list[dict[str, Any]]:
         if self.embedded:
-            return [{"hostname": self.hostname, "queues": list(QUEUES)}] if self._embedded_thread else []
+            return [{"hostname": self.hostname, "queues": list(self.queues)}] if self._embedded_thread else []
         now = time.time()
         workers = [json.loads(v) for v in self.redis.hgetall(_WORKERS).values()]
         return [
@@ -254,7 +260,7 @@ class Engine:
             hostname=f"embedded-{self._instance}@{socket.gethostname()}",
             pool="solo",
             concurrency=1,
-            queues=[self.queue_name(q) for q in QUEUES],
+            queues=[self.queue_name(q) for q in self.queues],
             ready_callback=lambda consumer: ready.set(),
             without_heartbeat=True,
             without_mingle=True,
@@ -282,8 +288,11 @@ class Engine:
             self._embedded_worker = self._embedded_thread = None
 
 
-def create_engine(settings: Any) -> Engine:
-    """Build the engine the settings describe (embedded when no broker URL is set)."""
+def create_engine(settings: Any, *, queues: Iterable[Queue] = CORE_QUEUES,
+                  plugin_settings: dict[str, Any] | None = None) -> Engine:
+    """Build the engine the settings describe (embedded when no broker URL is set), serving the
+    declared `queues`; `plugin_settings` are handed to tasks (`job.plugin_settings(name)`)."""
+    extra = {"queues": list(queues), "plugin_settings": plugin_settings}
     celery = Celery("clipbot", set_as_current=False)
     celery.conf.update(_celery_config(settings))
     redis_url = settings.state_redis_url if settings.broker_url else None
@@ -294,8 +303,9 @@ def create_engine(settings: Any) -> Engine:
         store: Store = RedisStore(client)
         book = JobBook(store, RedisEventLog(client))
         return Engine(settings, celery=celery, blobs=RedisBlobStore(client, settings.blob_ttl), store=store,
-                      book=book, redis=client)
+                      book=book, redis=client, **extra)
     # Settings such as label sets persist in a file; job records live in memory with the jobs.
     store = SqliteStore(settings.data_dir / "state.sqlite3")
     book = JobBook(SqliteStore(":memory:"), MemoryEventLog())
-    return Engine(settings, celery=celery, blobs=MemoryBlobStore(settings.blob_ttl), store=store, book=book)
+    return Engine(settings, celery=celery, blobs=MemoryBlobStore(settings.blob_ttl), store=store, book=book,
+                  **extra)

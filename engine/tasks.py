@@ -7,6 +7,7 @@ itself knows nothing about Celery, so pipelines stay testable without a worker.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -18,7 +19,26 @@ if TYPE_CHECKING:
     from engine.app import Engine
 
 _MARK = "__clipbot_task__"
-QUEUES = ("gpu", "io")
+_QUEUE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A kind of work with its own broker queue, declared by a plugin (`clipbot_queues`)."""
+
+    name: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _QUEUE_NAME.match(self.name):
+            raise ValueError(f"invalid queue name {self.name!r}: lowercase letters, digits and - only")
+
+
+# Declared by the core (bot.builtin); plugins add their own.
+CORE_QUEUES = (
+    Queue("gpu", "quick model work: /whatis, search queries, indexing (seconds)"),
+    Queue("io", "network work: downloads, posting"),
+)
 
 
 @dataclass(frozen=True)
@@ -29,9 +49,10 @@ class TaskInfo:
 
 
 def task(name: str, *, queue: str = "gpu") -> Callable[[Callable], Callable]:
-    """Mark `fn` as the engine task `name` on `queue` ("gpu" for model work, "io" for network)."""
-    if queue not in QUEUES:
-        raise ValueError(f"unknown queue {queue!r}; use one of {QUEUES}")
+    """Mark `fn` as the engine task `name` on `queue` (a declared queue: "gpu" for quick model
+    work, "io" for network, or one the plugin declares with `clipbot_queues`)."""
+    if not _QUEUE_NAME.match(queue):
+        raise ValueError(f"invalid queue name {queue!r}")
 
     def mark(fn: Callable) -> Callable:
         setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn))
@@ -55,6 +76,10 @@ class JobContext:
         self.blobs = engine.blobs
         self.settings = engine.settings
         self._last_cancel_check = 0.0
+
+    def plugin_settings(self, name: str) -> Any:
+        """The settings object of plugin `name` (its `clipbot_settings` hook)."""
+        return self.engine.plugin_settings[name]
 
     def cancelled(self) -> bool:
         return self.engine.book.cancel_requested(self.job_id)

@@ -46,7 +46,7 @@ def make_settings(data_dir: Path, **overrides):
 @pytest.fixture(scope="session")
 def embedded(settings):
     """One embedded engine + dispatcher for the session (the tiny model loads once)."""
-    from bot.cli import app
+    from bot.app import open_app as app
 
     with app(settings) as dispatcher:
         yield dispatcher
@@ -157,7 +157,7 @@ def start_worker(data_dir, redis_url, tmp_path):
 
 @pytest.fixture
 def redis_engine(data_dir, redis_url):
-    from bot.cli import app
+    from bot.app import open_app as app
 
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=60, job_timeout=120)
     with app(settings, start_worker=False) as dispatcher:

@@ -1,34 +1,34 @@
 """Local chat in a terminal: the embedded default, and the test backend for plugins.
 
 It goes through the same dispatch path as Discord and Slack. Syntax mirrors Discord's:
-`/whatis photo.jpg labels: cat, dog, person top: 3`. Words before the first `name:` fill
-the command's options in order (quotes group words); a file path fills an image option.
-Images in replies are saved under the output folder and their paths printed.
+`/whatis photo.jpg labels: cat, dog, person top: 3` (parsed by `bot.options`, as Slack's slash
+commands are); a file path fills an image option. Replies print as they arrive; images in
+replies are saved under the output folder and their paths printed; buttons print as the
+commands they stand for, which the user can type.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.commands import Attachment, CommandSpec, Reply, Request
-from bot.dispatch import Dispatcher
+from bot.app import App
+from bot.commands import Action, Attachment, Reply, Request
+from bot.markup import render_plain
+from bot.options import parse_command_text
 from engine.errors import UserError
 from engine.images import read_image_file
 
-_OPTION = re.compile(r"(?:(?<=\s)|^)([a-z][a-z0-9_-]*):(?=\s|$)")
 PROMPT = "clipbot> "
 
 
 class LocalAdapter:
     platform = "local"
 
-    def __init__(self, dispatcher: Dispatcher, *, out: TextIO = sys.stdout, output_dir: Path | None = None,
+    def __init__(self, dispatcher: App, *, out: TextIO = sys.stdout, output_dir: Path | None = None,
                  user_id: str = "local-user", channel_id: str = "local", is_admin: bool = True) -> None:
         self.dispatcher = dispatcher
         self.out = out
@@ -38,21 +38,26 @@ class LocalAdapter:
 
     # ---- parsing ---------------------------------------------------------------------------
     def parse(self, line: str) -> Request:
-        """Turn one typed line into a Request; attachments are checked and stored now."""
+        """Turn one typed line into a Request; attachments are checked and stored now (blocking:
+        call it off the event loop)."""
         line = line.strip()
         if not line.startswith("/"):
             raise UserError("Commands start with / (try /help).")
         name, _, rest = line[1:].partition(" ")
         spec = self.dispatcher.spec(name.lower())
-        positional, named = _split_options(rest)
-        options = dict(named)
-        options.update(_fill_positional(spec, positional, named))
+        options: dict[str, Any] = dict(parse_command_text(spec, rest))
         for key, value in list(options.items()):
             option = spec.option(key)
             if option is not None and option.type is Attachment:
                 options[key] = self._attach(str(value))
-        return Request(command=spec.name, options=options, user_id=self.user_id, channel_id=self.channel_id,
-                       platform=self.platform, is_admin=self.is_admin)
+        return self.request(spec.name, options)
+
+    def request(self, command: str, options: dict[str, Any]) -> Request:
+        """A request from the local user in the local channel."""
+        return Request(command=command, options=options, user_id=self.user_id, channel_id=self.channel_id,
+                       platform=self.platform, is_admin=self.is_admin, space_id="local",
+                       readable_channels=frozenset({self.channel_id}), user_name=self.user_id,
+                       conversation={"channel": self.channel_id})
 
     def _attach(self, path_text: str) -> Attachment:
         settings = self.dispatcher.settings
@@ -63,24 +68,29 @@ class LocalAdapter:
 
     # ---- answering -------------------------------------------------------------------------
     async def handle_line(self, line: str) -> list[Reply]:
-        """Dispatch one line and print the replies; returns them (tests read them)."""
+        """Dispatch one line and print each reply as it arrives; returns them (tests read them)."""
         try:
-            request = self.parse(line)
+            request = await asyncio.to_thread(self.parse, line)
         except UserError as exc:
-            replies = [Reply(text=str(exc), error=True, final=True, ephemeral=True)]
-        else:
-            replies = [reply async for reply in self.dispatcher.handle(request)]
-        for reply in replies:
+            reply = Reply(text=str(exc), error=True, final=True, ephemeral=True)
             self.render(reply)
+            return [reply]
+        replies = []
+        async for reply in self.dispatcher.handle(request):
+            replies.append(reply)
+            await asyncio.to_thread(self.render, reply)
         return replies
 
     def render(self, reply: Reply) -> None:
-        if reply.progress is not None:
-            self.out.write(f"[{reply.progress:4.0%}] {reply.text}\n")
-        elif reply.text:
-            self.out.write(("error: " if reply.error else "") + reply.text + "\n")
+        text = render_plain(reply.text)
+        if reply.progress is not None and not reply.final:
+            self.out.write(f"[{reply.progress:4.0%}] {text}\n")
+        elif text:
+            self.out.write(("error: " if reply.error else "") + text + "\n")
         for image in reply.images:
             self.out.write(f"[image saved: {self.save_image(image.data, image.filename)}]\n")
+        for action in reply.actions:
+            self.out.write(f"[{action.label}] {action_command(action)}\n")
         self.out.flush()
 
     def save_image(self, data: bytes, filename: str) -> Path:
@@ -105,35 +115,10 @@ class LocalAdapter:
                 await self.handle_line(line)
 
 
-def _split_options(rest: str) -> tuple[str, list[tuple[str, str]]]:
-    """'a b labels: x, y top: 3' -> ('a b', [('labels', 'x, y'), ('top', '3')])."""
-    marks = list(_OPTION.finditer(rest))
-    positional = rest[: marks[0].start()] if marks else rest
-    named = []
-    for i, mark in enumerate(marks):
-        end = marks[i + 1].start() if i + 1 < len(marks) else len(rest)
-        named.append((mark.group(1), rest[mark.end():end].strip()))
-    return positional.strip(), named
-
-
-def _fill_positional(spec: CommandSpec, text: str, named: list[tuple[str, str]]) -> dict[str, Any]:
-    """Give leading words to the options not named, in order: one word each, except that the
-    first free-text option takes all the words left ('/whatis a.png cat, dog')."""
-    if not text:
-        return {}
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise UserError(f"Couldn't read that: {exc} (check your quotes).") from None
-    given = {name for name, _ in named}
-    values: dict[str, Any] = {}
-    for option in (o for o in spec.options if o.name not in given):
-        if not words:
-            break
-        if option.type is str and not option.choices:
-            values[option.name], words = " ".join(words), []
-        else:
-            values[option.name] = words.pop(0)
-    if words:
-        raise UserError(f"I don't know what to do with '{' '.join(words)}'. Usage: {spec.usage()}")
-    return values
+def action_command(action: Action) -> str:
+    """The line a user types to do what a button does: `/imagine prompt: a fox seed: 7`."""
+    parts = [f"/{action.command}"]
+    for name, value in action.options.items():
+        text = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+        parts.append(f"{name}: {text}")
+    return " ".join(parts)

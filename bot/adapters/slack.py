@@ -305,13 +305,23 @@ class SlackAdapter:
         conversation = {"platform": PLATFORM, "team": team, "channel": target.channel, "thread": target.thread_ts,
                         "user": target.user}
         if spec.long_running:
-            parent = await poster.open_parent(f"<@{target.user}> /{spec.name}: {_summary(options)}".rstrip(": "))
-            conversation.update(message=parent, thread=poster.thread_ts)
+            header = f"<@{target.user}> /{spec.name}: {_summary(options)}".rstrip(": ")
+            parent = await poster.open_parent(header)
+            conversation.update(message=parent, thread=poster.thread_ts, header=header)
         request = Request(command=spec.name, options=options, user_id=target.user, channel_id=target.channel,
                           platform=PLATFORM, is_admin=await self._is_admin(target.user), thread_id=thread,
                           space_id=team, readable_channels=await self._readable(target.user, target.channel),
                           user_name=user_name, conversation=conversation)
         await poster.deliver(self.app.handle(request))
+
+    async def deliver(self, conversation: dict, replies: Any) -> None:
+        """Post a reply stream into a conversation stored earlier (`Request.conversation`), e.g. a
+        long job's progress and result after the bot restarted: the parent message is edited on."""
+        target = Target(conversation["channel"], conversation.get("user", ""), conversation.get("thread"))
+        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.settings.slack_progress_interval)
+        if conversation.get("message"):
+            poster.resume_parent(conversation["message"], conversation.get("header", ""))
+        await poster.deliver(replies)
 
     # ---- who may do and see what -------------------------------------------------------------------
     async def _cached(self, kind: str, key: str, load: Any) -> Any:

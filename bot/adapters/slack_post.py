@@ -27,6 +27,7 @@ from bot.markup import render_slack
 log = logging.getLogger(__name__)
 
 SECTION_LIMIT = 3000  # characters of mrkdwn in one section block
+VALUE_LIMIT = 2000  # characters in a button's value
 TEXT_LIMIT = 39000  # a message's text field
 _GONE = {"channel_not_found", "not_in_channel", "is_archived"}
 
@@ -68,7 +69,7 @@ def blocks_for(text: str, actions: tuple[Action, ...] = ()) -> list[dict]:
     buttons = []
     for i, action in enumerate(actions[:25]):
         try:
-            value = encode_action(action)
+            value = encode_action(action, limit=VALUE_LIMIT)
         except ValueError:  # too long for a button: leave it out rather than fail the answer
             log.warning("action %r for /%s is too long for a Slack button; left out", action.label, action.command)
             continue
@@ -122,6 +123,10 @@ class ReplyPoster:
         self.header = header
         self.parent_ts = await self._post(f"{header}\n_starting…_")
         return self.parent_ts
+
+    def resume_parent(self, parent_ts: str, header: str) -> None:
+        """Carry on in a parent message posted earlier (a restarted bot following a long job)."""
+        self.parent_ts, self.header = parent_ts, header
 
     async def deliver(self, replies: AsyncIterator[Reply]) -> None:
         async for reply in replies:

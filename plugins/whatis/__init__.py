@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, AsyncIterator, Literal
 
+from pydantic import Field
+
 from bot.commands import Attachment, Image, Reply, command
+from bot.config import PluginSettings
 from bot.hookspecs import hookimpl
+from bot.markup import bold, code, escape, italic
 from engine.errors import UserError
 from plugins.whatis.chart import render_chart
 from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, parse_labels
@@ -17,6 +21,14 @@ from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, parse_
 TASK = "whatis.classify"
 IMAGENET = "ImageNet-1k"
 MAX_TOP = 20
+
+
+class WhatisSettings(PluginSettings):
+    """/whatis settings: CLIPBOT_WHATIS_<NAME>."""
+
+    top: int = Field(5, ge=1, le=MAX_TOP, description="labels shown in a /whatis answer")
+    threshold: float = Field(0.1, ge=0, le=1, description="below this best probability, answer 'none of these'")
+    max_labels: int = Field(1000, ge=2, description="most labels one /whatis may ask for")
 
 
 async def classify_image(engine: Any, image_key: str, labels: list[str] | None, top: int) -> dict:
@@ -32,7 +44,7 @@ async def classify_image(engine: Any, image_key: str, labels: list[str] | None, 
 def resolve_labels(ctx: Any, text: str) -> tuple[list[str] | None, str]:
     """Labels for this call and where they came from: typed, a saved set, or ImageNet."""
     sets = LabelSets(ctx.store, ctx.request.platform, ctx.request.channel_id)
-    max_labels = ctx.settings.whatis_max_labels
+    max_labels = ctx.plugin_settings("whatis").max_labels
     text = text.strip()
     if not text:
         saved = sets.get(DEFAULT_SET)
@@ -43,7 +55,7 @@ def resolve_labels(ctx: Any, text: str) -> tuple[list[str] | None, str]:
             return saved, f"label set '{text}'"
         raise UserError(
             f"There is no label set called '{text}' in this channel. Give at least two labels separated by "
-            "commas, or see `/labels show`."
+            f"commas, or see {code('/labels show')}."
         )
     return parse_labels(text, max_labels=max_labels), "your labels"
 
@@ -54,15 +66,16 @@ def format_answer(result: dict, source: str, threshold: float) -> tuple[str, str
     best = labels[0]
     lines = []
     if best["score"] < threshold:
-        lines.append(f"I'm not sure: none of these fits well (best guess {best['label']}, {best['score']:.0%}).")
+        lines.append(f"I'm not sure: none of these fits well (best guess {escape(best['label'])}, "
+                     f"{best['score']:.0%}).")
     else:
-        lines.append(f"Looks like **{best['label']}** ({best['score']:.0%}).")
-    lines += [f"{i}. {item['label']}: {item['score']:.1%}" for i, item in enumerate(labels, 1)]
+        lines.append(f"Looks like {bold(best['label'])} ({best['score']:.0%}).")
+    lines += [f"{i}. {escape(item['label'])}: {item['score']:.1%}" for i, item in enumerate(labels, 1)]
     note = f"{result['model']} · labels: {source}"
     if result.get("meaningless"):
         note += " · random test model: meaningless"
-        lines.append(f"⚠ {result['model']} is a random test model; these answers mean nothing.")
-    lines.append(f"_{result['model']}, labels: {source}_")
+        lines.append(f"⚠ {escape(result['model'])} is a random test model; these answers mean nothing.")
+    lines.append(italic(f"{result['model']}, labels: {source}"))
     return "\n".join(lines), note
 
 
@@ -74,14 +87,16 @@ async def whatis(
     top: Annotated[int, f"how many guesses to show (1-{MAX_TOP})"] = 0,
 ) -> AsyncIterator[Reply]:
     """Say what is in a picture (CLIP zero-shot classification)."""
-    label_list, source = resolve_labels(ctx, labels)
-    top = top or ctx.settings.whatis_top
+    config = ctx.plugin_settings("whatis")
+    label_list, source = await ctx.run_blocking(resolve_labels, ctx, labels)
+    top = top or config.top
     if label_list is not None:
         top = min(top, len(label_list))
     result = await classify_image(ctx.engine, image.key, label_list, top)
-    text, note = format_answer(result, source, ctx.settings.whatis_threshold)
-    chart = render_chart(result["labels"], title=f"What is {image.filename}?", note=note)
-    yield Reply(text=text, images=(Image(chart, "whatis.png", "label probabilities"),), final=True)
+    text, note = format_answer(result, source, config.threshold)
+    chart = await ctx.run_blocking(render_chart, result["labels"], title=f"What is {image.filename}?", note=note)
+    yield Reply(text=text, images=(Image(chart, "whatis.png", "label probabilities"),), final=True,
+                data={"model": result["model"], "labels": result["labels"]})
 
 
 @command
@@ -96,16 +111,18 @@ async def labels(
     if action != "set" and labels and not name:
         name = labels  # `/labels clear pets` names the set positionally
     if action == "show":
-        return Reply(text=_show(sets, name), ephemeral=True)
+        return Reply(text=await ctx.run_blocking(_show, sets, name), ephemeral=True,
+                     data={"sets": await ctx.run_blocking(sets.all)})
     if not ctx.request.is_admin:
         raise UserError("Only admins can change this channel's label sets.")
     if action == "set":
         set_name = check_set_name(name or DEFAULT_SET)
-        parsed = parse_labels(labels, max_labels=ctx.settings.whatis_max_labels)
-        sets.save(set_name, parsed)
-        used = "by default in this channel" if set_name == DEFAULT_SET else f"with `labels: {set_name}`"
-        return Reply(text=f"Saved {len(parsed)} labels as '{set_name}'; /whatis uses them {used}.")
-    if not sets.remove(name or None):
+        parsed = parse_labels(labels, max_labels=ctx.plugin_settings("whatis").max_labels)
+        await ctx.run_blocking(sets.save, set_name, parsed)
+        used = "by default in this channel" if set_name == DEFAULT_SET else f"with {code('labels: ' + set_name)}"
+        return Reply(text=f"Saved {len(parsed)} labels as '{escape(set_name)}'; /whatis uses them {used}.",
+                     data={"set": set_name, "labels": parsed})
+    if not await ctx.run_blocking(sets.remove, name or None):
         return Reply(text=f"There is no label set '{name}' here." if name else "This channel has no label sets.")
     return Reply(text=f"Removed the label set '{name}'." if name else "Removed all of this channel's label sets.")
 
@@ -113,11 +130,11 @@ async def labels(
 def _show(sets: LabelSets, name: str) -> str:
     if name:
         found = sets.get(name)
-        return f"{name}: {', '.join(found)}" if found else f"There is no label set '{name}' here."
+        return f"{escape(name)}: {escape(', '.join(found))}" if found else f"There is no label set '{escape(name)}' here."
     all_sets = sets.all()
     if not all_sets:
-        return f"No label sets here; /whatis uses the {IMAGENET} classes. Admins: `/labels set cat, dog, person`."
-    return "\n".join(f"{n}: {', '.join(v)}" for n, v in sorted(all_sets.items()))
+        return f"No label sets here; /whatis uses the {IMAGENET} classes. Admins: {code('/labels set cat, dog, person')}."
+    return "\n".join(f"{escape(n)}: {escape(', '.join(v))}" for n, v in sorted(all_sets.items()))
 
 
 @hookimpl
@@ -128,3 +145,8 @@ def clipbot_commands():
 @hookimpl
 def clipbot_task_modules():
     return ["plugins.whatis.tasks"]
+
+
+@hookimpl
+def clipbot_settings():
+    return WhatisSettings

@@ -48,7 +48,7 @@ def test_whatis_through_redis_and_a_worker(redis_engine, start_worker, client, t
 
 def test_worker_killed_mid_task_does_not_lose_the_job(redis_url, start_worker, client, tmp_path):
     settings = make_settings(tmp_path, broker_url=redis_url, queue_timeout=120, job_timeout=300)
-    from bot.cli import app
+    from bot.app import open_app as app
 
     worker = start_worker()
     with app(settings, start_worker=False) as dispatcher:
@@ -89,7 +89,7 @@ def test_dead_worker_job_is_cancelled_and_never_runs_later(data_dir, redis_url, 
     client.hset("clipbot:workers", "ghost", json.dumps({"hostname": "ghost", "queues": ["gpu"], "pid": 1,
                                                         "at": time.time()}))
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=1.5)
-    from bot.cli import app
+    from bot.app import open_app as app
 
     with app(settings, start_worker=False) as dispatcher:
         adapter = LocalAdapter(dispatcher, out=io.StringIO(), output_dir=tmp_path)

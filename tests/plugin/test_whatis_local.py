@@ -2,17 +2,20 @@
 memory transport, worker thread) with the tiny-test CLIP preset."""
 
 import asyncio
+import dataclasses
 import io
 
 import pytest
 from PIL import Image
 
+from bot.markup import render_plain
 from tests.conftest import write_image
 from tests.unit.test_images import animation, encode, noise, png_header_only
 
 
 def say(local, line):
-    return asyncio.run(local.handle_line(line))
+    """The replies to `line`, with their text as the local chat shows it (markup rendered)."""
+    return [dataclasses.replace(r, text=render_plain(r.text)) for r in asyncio.run(local.handle_line(line))]
 
 
 def final(replies):

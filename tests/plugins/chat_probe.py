@@ -18,6 +18,7 @@ from typing import Annotated
 
 from bot.commands import Action, Image, Reply, command
 from bot.hookspecs import hookimpl
+from bot.markup import bold
 
 
 def _png(shade: int) -> bytes:
@@ -31,7 +32,7 @@ def _png(shade: int) -> bytes:
 @command
 async def echo(ctx, text: Annotated[str, "what to say"]) -> Reply:
     """Say the text back, with a button that says it louder."""
-    return Reply(text=f"echo from {ctx.request.user_id}: **{text}**",
+    return Reply(text=f"echo from {ctx.request.user_id}: {bold(text)}",
                  actions=(Action(label="Louder", command="echo", options={"text": text + "!"}, style="primary"),))
 
 

@@ -19,7 +19,9 @@ HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunc
 
 
 def test_hooks_exist():
-    assert HOOKS == ["clipbot_commands", "clipbot_task_modules"]
+    assert HOOKS == ["clipbot_channel_removed", "clipbot_commands", "clipbot_image_posted",
+                     "clipbot_message_deleted", "clipbot_queues", "clipbot_settings", "clipbot_startup",
+                     "clipbot_task_modules"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -100,11 +102,126 @@ def test_light_modules_import_without_torch():
     assert out.stdout.strip() == "clean"
 
 
-def test_env_example_lists_every_setting():
+def test_env_example_lists_every_setting(tmp_path):
+    from bot.config import env_prefix
+    from bot.plugins import plugin_settings
+
     example = (ROOT / ".env.example").read_text()
-    for name, field in Settings.model_fields.items():
+    fields = [("CLIPBOT_", name, field) for name, field in Settings.model_fields.items()]
+    for plugin, values in plugin_settings(build_plugin_manager(make_settings(tmp_path))).items():
+        fields += [(env_prefix(plugin), name, field) for name, field in type(values).model_fields.items()]
+    assert any(prefix == "CLIPBOT_WHATIS_" for prefix, _, _ in fields)
+    for prefix, name, field in fields:
         alias = field.validation_alias  # e.g. SLACK_BOT_TOKEN: the platform's own variable name
-        env = alias.choices[0] if alias is not None else f"CLIPBOT_{name.upper()}"
-        line = f"{env}="
+        line = f"{alias.choices[0] if alias is not None else prefix + name.upper()}="
         assert line in example, f".env.example lacks {line}"
-        assert field.description, f"Settings.{name} needs a description"
+        assert field.description, f"{prefix}{name.upper()} needs a description"
+
+
+def test_hook_clipbot_settings(tmp_path, monkeypatch):
+    from bot.plugins import plugin_settings
+
+    monkeypatch.setenv("CLIPBOT_WHATIS_TOP", "7")
+    loaded = plugin_settings(build_plugin_manager(make_settings(tmp_path)))
+    assert loaded["whatis"].top == 7 and loaded["whatis"].max_labels == 1000
+    monkeypatch.setenv("CLIPBOT_WHATIS_TOP", "lots")
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match="CLIPBOT_WHATIS_TOP"):
+        plugin_settings(build_plugin_manager(make_settings(tmp_path)))
+
+
+def test_hook_clipbot_queues(tmp_path):
+    from bot.plugins import declared_queues
+    from engine.tasks import Queue
+
+    queues = declared_queues(build_plugin_manager(make_settings(tmp_path)))
+    assert {"gpu", "io"} <= set(queues) and all(isinstance(q, Queue) for q in queues.values())
+    with pytest.raises(ValueError):
+        Queue("Not A Name")
+
+
+class _Recorder:
+    """A plugin that records the adapter events it is told about."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookspecs.hookimpl
+    def clipbot_image_posted(self, app, event):
+        self.seen.append(("posted", event.message_id, app.engine.blobs.get(event.attachments[0].key)))
+
+    @hookspecs.hookimpl
+    def clipbot_message_deleted(self, app, event):
+        self.seen.append(("deleted", event.message_id, event.source_ids))
+
+    @hookspecs.hookimpl
+    def clipbot_channel_removed(self, app, event):
+        self.seen.append(("removed", event.channel_id))
+
+    @hookspecs.hookimpl
+    def clipbot_startup(self, app):
+        self.seen.append(("startup", sorted(app.commands)))
+
+
+class _Broken:
+    @hookspecs.hookimpl
+    def clipbot_image_posted(self, app, event):
+        raise RuntimeError("this plugin is broken")
+
+
+def _events_app(tmp_path):
+    from bot.app import open_app
+
+    return open_app(make_settings(tmp_path, plugins=["help"]), start_worker=False)
+
+
+def test_hook_clipbot_image_posted(tmp_path):
+    import asyncio
+
+    from bot.commands import Attachment
+    from bot.events import ImagePosted
+
+    recorder = _Recorder()
+    with _events_app(tmp_path) as app:
+        app.pm.register(_Broken(), name="broken")  # registered last, so pluggy calls it first
+        app.pm.register(recorder, name="recorder")
+        key = app.engine.blobs.put(b"picture bytes")
+        event = ImagePosted(platform="local", space_id="s", channel_id="c", message_id="m1", author_id="u",
+                            posted_at=0.0, permalink="", attachments=(Attachment(key, "a.png", "image/png", 13),))
+        asyncio.run(app.image_posted(event))
+    assert recorder.seen == [("posted", "m1", b"picture bytes")]  # the broken plugin did not stop it
+
+
+def test_hook_clipbot_message_deleted(tmp_path):
+    import asyncio
+
+    from bot.events import MessageDeleted
+
+    recorder = _Recorder()
+    with _events_app(tmp_path) as app:
+        app.pm.register(recorder, name="recorder")
+        asyncio.run(app.message_deleted(MessageDeleted("slack", "T1", "C1", "m2", source_ids=("F1",))))
+    assert recorder.seen == [("deleted", "m2", ("F1",))]
+
+
+def test_hook_clipbot_channel_removed(tmp_path):
+    import asyncio
+
+    from bot.events import ChannelRemoved
+
+    recorder = _Recorder()
+    with _events_app(tmp_path) as app:
+        app.pm.register(recorder, name="recorder")
+        asyncio.run(app.channel_removed(ChannelRemoved("discord", "G1", "C9")))
+    assert recorder.seen == [("removed", "C9")]
+
+
+def test_hook_clipbot_startup(tmp_path):
+    import asyncio
+
+    recorder = _Recorder()
+    with _events_app(tmp_path) as app:
+        app.pm.register(recorder, name="recorder")
+        asyncio.run(app.startup())
+    assert recorder.seen == [("startup", ["help"])]
