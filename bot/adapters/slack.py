@@ -6,8 +6,9 @@ every request's signature (SLACK_SIGNING_SECRET, 5-minute window) and answers 40
 stale ones before any listener runs.
 
 Ways in, all acked at once (Slack wants an ack within 3 s) and then answered in the background:
-- one slash command per plugin command (`/whatis`, `/search`, ...; CLIPBOT_SLACK_COMMAND_PREFIX
-  is prepended). Slash commands carry only text: the shared option parser reads it;
+- one slash command per plugin command (`/whatis`, `/imagine`, ...; CLIPBOT_SLACK_COMMAND_PREFIX
+  is prepended; names Slack keeps for itself, like /search, become /clip-search). Slash commands
+  carry only text (the shared option parser reads it) and Slack refuses them inside threads;
 - message shortcuts with callback id `clipbot_<command>` ("What is this?" = `clipbot_whatis`)
   run the command on the message's picture;
 - `@clipbot <command> ...` mentions, with an attached picture or in a thread (the thread's
@@ -34,6 +35,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.actions import decode_action
 from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, SlackHistory, image_files,
                                       image_posted)
+from bot.adapters.slack_manifest import slash_name
 from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
@@ -82,7 +84,7 @@ class SlackAdapter:
         self.identity: dict[str, Any] = {}
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._commands = {f"/{settings.slack_command_prefix}{name}": name for name in app.commands}
+        self._commands = {slash_name(name, settings.slack_command_prefix): name for name in app.commands}
         self._stoppers: list[Any] = []
         self._register()
 

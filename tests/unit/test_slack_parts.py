@@ -130,3 +130,28 @@ def test_channel_pacer_spaces_writes_per_channel_only():
     gaps = [b - a for a, b in zip(stamps["A"], stamps["A"][1:])]
     assert all(gap >= 0.19 for gap in gaps)  # ordering property of the pacer, not a speed goal
     assert stamps["B"][0] < stamps["A"][1]  # another channel does not queue behind A
+
+
+def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_path):
+    import yaml
+
+    from bot.adapters.slack_manifest import BOT_EVENTS, BOT_SCOPES, manifest, slash_name
+    from bot.plugins import BUILTIN_PLUGINS, build_plugin_manager
+    from tests.conftest import ROOT, make_settings
+
+    pm = build_plugin_manager(make_settings(tmp_path))
+    specs = [spec for impl in pm.hook.clipbot_commands.get_hookimpls() if impl.plugin_name in BUILTIN_PLUGINS
+             for spec in impl.function() or ()]
+    deployed = yaml.safe_load((ROOT / "deploy" / "slack-app-manifest.yml").read_text())
+    expected = manifest(specs)
+    hint = "regenerate: python -m bot.adapters.slack_manifest --yaml (keep the header comment)"
+    assert deployed["features"]["slash_commands"] == expected["features"]["slash_commands"], hint
+    assert deployed["features"]["shortcuts"] == expected["features"]["shortcuts"], hint
+    assert deployed["oauth_config"]["scopes"]["bot"] == BOT_SCOPES
+    assert deployed["settings"]["event_subscriptions"]["bot_events"] == BOT_EVENTS
+    assert {"callback_id": "clipbot_whatis", "name": "What is this?"}.items() <= \
+        deployed["features"]["shortcuts"][0].items()
+    assert slash_name("search") == "/clip-search" and slash_name("whatis", "cb-") == "/cb-whatis"
+    http = manifest(specs, request_url="https://bot.example/slack/events")
+    assert not http["settings"]["socket_mode_enabled"]
+    assert all(c["url"] == "https://bot.example/slack/events" for c in http["features"]["slash_commands"])
