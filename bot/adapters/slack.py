@@ -22,6 +22,7 @@ No plugin contains Slack code: the adapter reads `CommandSpec`s and renders `Rep
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -245,7 +246,10 @@ class SlackAdapter:
     async def _run_text(self, name: str, text: str, target: Target, *, team: str, files: list[dict],
                         latest_fallback: bool, user_name: str = "", thread: str | None = None) -> None:
         spec = self.app.spec(name)
-        options: dict[str, Any] = parse_command_text(spec, text)
+        # Pictures never come from the text on Slack, so words fill the text options only:
+        # `/whatis cat, dog` means labels.
+        text_only = dataclasses.replace(spec, options=tuple(o for o in spec.options if o.type is not Attachment))
+        options: dict[str, Any] = parse_command_text(text_only, _unescape(text))
         await self._attach(spec, options, files, target.channel, thread or target.thread_ts, latest_fallback)
         await self._answer(spec, options, target, team=team, user_name=user_name, thread=thread)
 
@@ -360,6 +364,11 @@ class SlackAdapter:
             return bool(info.get("is_admin") or info.get("is_owner") or info.get("is_primary_owner"))
 
         return await self._cached("admin", user, load)
+
+
+def _unescape(text: str) -> str:
+    """Slack escapes &, < and > in message and command text."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def _team(body: dict) -> str:

@@ -207,6 +207,18 @@ def test_whatis_message_shortcut_classifies_the_picture(bot, fake):
     assert (photo["id"], True) in fake.downloads  # fetched with the bot token
 
 
+def test_whatis_slash_command_in_a_channel_uses_its_latest_picture(bot, fake):
+    photo = fake.add_file(_png((90, 90, 250)), "sky.png", user="U2")
+    fake.post_as_user("C2", "U2", "sky", files=[photo])
+    fake.post_as_user("C2", "U2", "a later message without a picture")
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whatis", "sky, sea &amp; sand top: 2"))
+    call = _posted(fake, "C2", "your labels", method="files.completeUploadExternal")
+    assert call.params.get("thread_ts") is None  # answered in the channel
+    # Slack's escaping read back on the way in, mrkdwn escaping applied on the way out (shown as "&").
+    assert "1. sea &amp; sand" in call.params["initial_comment"] or "2. sea &amp; sand" in call.params["initial_comment"]
+    assert (photo["id"], True) in fake.downloads
+
+
 def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
     parent = fake.post_as_user("C1", "U1", "thread start")
     photo = fake.add_file(_png((10, 200, 10)), "leaf.png", user="U1")
