@@ -34,8 +34,8 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.actions import decode_action
-from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, SlackHistory, image_files,
-                                      image_posted)
+from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
+                                      image_files, image_posted)
 from bot.adapters.slack_manifest import slash_name
 from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
 from bot.commands import Attachment, CommandSpec, Reply, Request
@@ -81,6 +81,7 @@ class SlackAdapter:
         self.fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
                                    max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self.dedupe = EventDedupe(settings)
+        self.locations = FileLocations(app.engine.store)
         self.pacer = ChannelPacer(settings.slack_channel_interval)
         self.identity: dict[str, Any] = {}
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -97,7 +98,8 @@ class SlackAdapter:
             raise UserError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')}).") from None
         sources = getattr(self.app, "history_sources", None)
         if sources is not None:
-            sources[PLATFORM] = SlackHistory(self.client, self.fetcher, self.app.engine.blobs, self._workspace_url)
+            sources[PLATFORM] = SlackHistory(self.client, self.fetcher, self.app.engine.blobs, self._workspace_url,
+                                             self.locations)
         if self.socket_mode:
             await self._start_socket_mode()
         else:
@@ -212,13 +214,16 @@ class SlackAdapter:
             posted = await image_posted(self.fetcher, self.app.engine.blobs, team=team, channel=channel,
                                         message=event, workspace_url=await self._workspace_url())
             if posted is not None:
+                await self.locations.remember(posted)
                 await self.app.image_posted(posted)
 
     async def _on_file_deleted(self, body: dict, event: dict) -> None:
-        if await self.dedupe.claim(body.get("event_id", "")):
-            # Slack says which file, not where it was posted: the index drops every occurrence.
-            await self.app.message_deleted(MessageDeleted(PLATFORM, body.get("team_id", ""), "", "",
-                                                          source_ids=(event.get("file_id", ""),)))
+        if not await self.dedupe.claim(body.get("event_id", "")):
+            return
+        # Slack names the file, not where it was posted: the places come from when it was indexed.
+        team, file_id = body.get("team_id", ""), event.get("file_id", "")
+        for channel, message_id in await self.locations.forget(team, file_id) or [("", "")]:
+            await self.app.message_deleted(MessageDeleted(PLATFORM, team, channel, message_id, source_ids=(file_id,)))
 
     async def _on_channel_left(self, body: dict, event: dict) -> None:
         if await self.dedupe.claim(body.get("event_id", "")):

@@ -127,6 +127,34 @@ async def image_posted(fetcher: FileFetcher, blobs: Any, *, team: str, channel: 
                        text=message.get("text", ""), author_name=message.get("user_profile", {}).get("name", ""))
 
 
+class FileLocations:
+    """Where each indexed Slack file was posted: Slack's `file_deleted` event names only the file.
+
+    Kept in the engine's small-state store (shared by every bot process), one key per file.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    @staticmethod
+    def _key(team: str, file_id: str) -> str:
+        return f"slack:file:{team}:{file_id}"
+
+    async def remember(self, event: ImagePosted) -> None:
+        for attachment in event.attachments:
+            key = self._key(event.space_id, attachment.source_id)
+            places = await asyncio.to_thread(self._store.get, key) or []
+            if [event.channel_id, event.message_id] not in places:
+                await asyncio.to_thread(self._store.set, key, places + [[event.channel_id, event.message_id]])
+
+    async def forget(self, team: str, file_id: str) -> list[tuple[str, str]]:
+        """The (channel, message) places of a file, forgotten now."""
+        key = self._key(team, file_id)
+        places = await asyncio.to_thread(self._store.get, key) or []
+        await asyncio.to_thread(self._store.delete, key)
+        return [tuple(p) for p in places]
+
+
 class SlackHistory:
     """`HistorySource` for backfill: conversations.history, newest first, resumable by cursor.
 
@@ -134,8 +162,9 @@ class SlackHistory:
     returned resumes exactly after the page just read.
     """
 
-    def __init__(self, client: Any, fetcher: FileFetcher, blobs: Any, workspace_url: Any) -> None:
-        self._client, self._fetcher, self._blobs = client, fetcher, blobs
+    def __init__(self, client: Any, fetcher: FileFetcher, blobs: Any, workspace_url: Any,
+                 locations: FileLocations | None = None) -> None:
+        self._client, self._fetcher, self._blobs, self._locations = client, fetcher, blobs, locations
         self._workspace_url = workspace_url  # a callable: known only after auth.test
 
     async def history(self, space_id: str, channel_id: str, cursor: str | None,
@@ -150,6 +179,8 @@ class SlackHistory:
                                        message=message, workspace_url=await self._workspace_url())
             if event is not None:
                 found.append(event)
+                if self._locations is not None:
+                    await self._locations.remember(event)
         next_cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
         return found, next_cursor if page.get("has_more") else None
 

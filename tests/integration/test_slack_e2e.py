@@ -288,6 +288,8 @@ def test_retried_event_indexes_once_and_deletions_reach_the_index(bot, fake):
     by_kind = {bool(e["source_ids"]): e for e in deleted}
     assert by_kind[False]["message_id"] == message["ts"] and by_kind[False]["channel_id"] == "C2"
     assert by_kind[True]["source_ids"] == [photo["id"]]
+    # Slack's file_deleted names only the file; the adapter remembered where it was posted.
+    assert (by_kind[True]["channel_id"], by_kind[True]["message_id"]) == ("C2", message["ts"])
 
 
 def test_pictures_only_reach_the_index_with_the_bot_token(bot, fake):
