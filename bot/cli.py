@@ -61,12 +61,14 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
 
 
 def _add_command_verb(sub: Any, spec: Any) -> None:
-    """`clipbot NAME` from a CommandSpec: the first required option is positional, the rest are
-    flags; values stay text for dispatch to convert, except numbers (argparse checks them)."""
+    """`clipbot NAME` from a CommandSpec: the first required option is positional (or, when none is
+    required, the first free-text option, as an optional positional: `clipbot search QUERY`); the
+    rest are flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
     from bot.commands import Attachment
 
     verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
-    positional = next((o for o in spec.options if o.required), None)
+    positional = next((o for o in spec.options if o.required), None) or next(
+        (o for o in spec.options if o.type is str and not o.choices and o.name not in GENERIC_FLAGS), None)
     for option in spec.options:
         if option.name in GENERIC_FLAGS:
             continue  # the generic flag of the same name wins; the option stays reachable by chat
@@ -82,6 +84,8 @@ def _add_command_verb(sub: Any, spec: Any) -> None:
         if option is positional:
             kwargs.pop("action", None)
             kwargs["metavar"] = option.name.upper()
+            if not option.required:
+                kwargs["nargs"] = "?"
             verb.add_argument(f"opt_{option.name}", **kwargs)
         else:
             verb.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", **kwargs)

@@ -104,10 +104,44 @@ def test_local_chat_session(data_dir, tmp_path):
 
 
 def test_plugins_listing(data_dir):
-    out = clipbot(data_dir, "plugins", CLIPBOT_EXTRA_PLUGINS="no_such_plugin_mod")
+    out = clipbot(data_dir, "plugins", CLIPBOT_EXTRA_PLUGINS="no_such_plugin_mod", CLIPBOT_WHATIS_TOP="3")
     assert out.returncode == 0
     assert "whatis: /whatis /labels" in out.stdout and "help: /help" in out.stdout
     assert "no_such_plugin_mod: NOT LOADED (ModuleNotFoundError" in out.stdout
+    assert "setting CLIPBOT_WHATIS_TOP=3" in out.stdout
+    assert "queue gpu: quick model work" in out.stdout and "queue io:" in out.stdout
+
+
+def test_whatis_text_and_images_go_where_out_says(data_dir, tmp_path):
+    image = write_image(tmp_path / "o.png")
+    out = clipbot(data_dir, "whatis", str(image), "--labels", "cat, dog", "--out", str(tmp_path / "answers"))
+    assert out.returncode == 0, out.stderr
+    chart = tmp_path / "answers" / "whatis.png"
+    assert f"[image saved: {chart}]" in out.stdout and chart.read_bytes().startswith(b"\x89PNG")
+    assert "Looks like " in out.stdout or "I'm not sure" in out.stdout
+    assert "**" not in out.stdout  # markup is rendered for the terminal
+
+
+def test_help_is_a_verb_too(data_dir):
+    out = clipbot(data_dir, "help", "whatis", "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["command"] == "whatis" and answer["options"][0] == {"name": "image", "required": True}
+
+
+def test_worker_refuses_an_undeclared_queue(data_dir):
+    out = clipbot(data_dir, "worker", "--queues", "gpu,nope", CLIPBOT_BROKER_URL="redis://127.0.0.1:9/0")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == ["clipbot: unknown queue 'nope'; the plugins declare: gpu, io"]
+
+
+def test_json_paths_replace_written_image_names():
+    from bot.cli import _with_paths
+
+    data = {"final": "final.png", "snapshots": ["step-0004.png", "other"], "seed": 3}
+    written = {"final.png": "/o/final.png", "step-0004.png": "/o/step-0004.png"}
+    assert _with_paths(data, written) == {"final": "/o/final.png", "snapshots": ["/o/step-0004.png", "other"],
+                                          "seed": 3}
 
 
 @pytest.mark.parametrize("args", [[], ["frobnicate"]])

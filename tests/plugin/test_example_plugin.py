@@ -1,5 +1,6 @@
 """examples/clipbot-hello is installed with pip, as a user would, and found by its entry point."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,3 +50,25 @@ def test_allowlist_can_turn_it_off(site, tmp_path):
     assert out.returncode == 0 and "hello:" not in out.stdout
     out = clipbot(site, tmp_path, "run", stdin="/hello\n/quit\n", CLIPBOT_PLUGINS="help,whatis")
     assert "I don't know the command /hello" in out.stdout
+
+
+def test_every_command_is_a_cli_verb_through_dispatch(site, tmp_path):
+    out = clipbot(site, tmp_path, "shout", "hi", "--times", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"text": "HI! HI!"}
+    out = clipbot(site, tmp_path, "hello", "--name", "Ada")
+    assert out.returncode == 0 and out.stdout.strip() == "Hello, Ada!"
+    out = clipbot(site, tmp_path, "shout", "hi", "--times", "9")
+    assert out.returncode == 2 and out.stderr.strip() == "clipbot: times must be between 1 and 5."
+
+
+def test_testbot_harness_runs_the_plugin_and_its_task(site, monkeypatch, tmp_path):
+    from bot.testing import TestBot
+
+    monkeypatch.syspath_prepend(str(site))
+    with TestBot(plugins=["help"], extra_plugins=["clipbot_hello"], data_dir=tmp_path) as bot:
+        assert bot.ask("/hello name: Ada").text == "Hello, Ada!"
+        reply = bot.ask("/shout hey times: 3")
+        assert reply.data == {"text": "HEY! HEY! HEY!"} and not reply.error
+        assert bot.ask("/whatis x.png").error  # only the plugins asked for are loaded
+        assert "HEY! HEY! HEY!" in bot.output.getvalue()

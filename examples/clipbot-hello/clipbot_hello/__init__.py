@@ -9,6 +9,7 @@ from typing import Annotated
 
 from bot.commands import Reply, command
 from bot.hookspecs import hookimpl
+from bot.markup import escape
 from engine.errors import UserError
 
 
@@ -16,7 +17,7 @@ from engine.errors import UserError
 async def hello(ctx, name: Annotated[str, "who to greet"] = "") -> Reply:
     """Say hello."""
     who = name or f"<@{ctx.request.user_id}>"
-    return Reply(text=f"Hello, {who}!")
+    return Reply(text=f"Hello, {escape(who)}!", data={"greeted": who})
 
 
 @command
@@ -25,7 +26,7 @@ async def shout(ctx, text: Annotated[str, "what to shout"], times: Annotated[int
     if not 1 <= times <= 5:
         raise UserError("times must be between 1 and 5.")
     result = await ctx.engine.run("hello.shout", {"text": text, "times": times}, queue="io")
-    yield Reply(text=result["text"], final=True)
+    yield Reply(text=escape(result["text"]), final=True, data={"text": result["text"]})
 
 
 @hookimpl
