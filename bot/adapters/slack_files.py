@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from bot.commands import Attachment
 from bot.events import ImagePosted
@@ -48,23 +49,27 @@ class FileFetcher:
 
     async def fetch(self, url: str) -> tuple[bytes, str]:
         """The file's bytes and content type; UserError when it is not a usable image."""
-        if not self.trusted(url):
-            raise UserError("That file is not on Slack, so I won't fetch it.")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        headers = {"Authorization": f"Bearer {self._token}"}
-        async with self._session.get(url, headers=headers) as resp:
-            if resp.status != 200:
-                raise UserError(f"Slack would not give me that file (HTTP {resp.status}).")
-            content_type = resp.content_type or ""
-            if content_type == "text/html":  # Slack's login page: the token lacks files:read
-                if not self._warned_scope:
-                    log.error("Slack answered a file download with a login page: add the files:read scope "
-                              "to the app and reinstall it")
-                    self._warned_scope = True
-                raise UserError("I can't read files in this workspace yet (the app needs the files:read scope).")
-            data = await _read_capped(resp, self._max_bytes)
-        return data, content_type
+        for _ in range(4):  # redirects are followed by hand: the token must never leave Slack
+            if not self.trusted(url):
+                raise UserError("That file is not on Slack, so I won't fetch it.")
+            headers = {"Authorization": f"Bearer {self._token}"}
+            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
+                    url = str(resp.url.join(URL(resp.headers["Location"])))
+                    continue
+                if resp.status != 200:
+                    raise UserError(f"Slack would not give me that file (HTTP {resp.status}).")
+                content_type = resp.content_type or ""
+                if content_type == "text/html":  # Slack's login page: the token lacks files:read
+                    if not self._warned_scope:
+                        log.error("Slack answered a file download with a login page: add the files:read scope "
+                                  "to the app and reinstall it")
+                        self._warned_scope = True
+                    raise UserError("I can't read files in this workspace yet (the app needs the files:read scope).")
+                return await _read_capped(resp, self._max_bytes), content_type
+        raise UserError("Slack sent that file round too many redirects.")
 
     async def attachment(self, blobs: Any, file: dict) -> Attachment:
         """Download one Slack file, check it as an image and store it in the blob store."""

@@ -23,6 +23,7 @@ from slack_sdk.errors import SlackApiError
 from bot.actions import encode_action
 from bot.commands import Action, Image, Reply
 from bot.markup import render_slack
+from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class ReplyPoster:
         """Post the long job's parent message; its thread receives the snapshots and results."""
         self.header = header
         self.parent_ts = await self._post(f"{header}\n_starting…_")
+        if self.parent_ts is None:  # answered through response_url: the bot is not in the channel
+            raise UserError("I need to be in this channel to work on that here: /invite me first.")
         return self.parent_ts
 
     def resume_parent(self, parent_ts: str, header: str) -> None:

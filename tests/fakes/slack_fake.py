@@ -84,6 +84,7 @@ class FakeSlack:
             web.post("/api/{method}", self._api), web.get("/api/{method}", self._api),
             web.post("/upload/{file_id}", self._upload),
             web.get("/files-pri/{file_id}/{name}", self._download),
+            web.get("/redirect", self._redirect),
             web.get("/socket", self._socket),
         ])
         self._runner = web.AppRunner(app, access_log=None)
@@ -351,6 +352,13 @@ class FakeSlack:
         if data is None:
             return web.Response(status=404, text="file not found")
         return web.Response(body=data, content_type=info.get("mimetype", "application/octet-stream"))
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        """A 302 to `?to=URL` (Slack's file URLs may redirect; tests check where the token goes)."""
+        with self._lock:
+            self.calls.append(Call("redirect", {"to": request.query["to"],
+                                                "authorization": request.headers.get("Authorization", "")}))
+        raise web.HTTPFound(request.query["to"])
 
     # ---- Socket Mode -----------------------------------------------------------------------
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:

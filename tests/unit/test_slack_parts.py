@@ -91,6 +91,25 @@ def test_login_page_instead_of_a_file_is_a_clear_error(fake):
     assert asyncio.run(fetch(fake.bot_token)) == (_png(), "image/png")
 
 
+def test_redirects_are_followed_only_within_slack(fake):
+    from urllib.parse import quote
+
+    from engine.errors import UserError
+
+    info = fake.add_file(_png(), "p.png")
+
+    async def fetch(url):
+        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        try:
+            return await fetcher.fetch(url)
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(fetch(f"{fake.base}/redirect?to={quote(info['url_private'])}"))[0] == _png()
+    with pytest.raises(UserError, match="not on Slack"):  # never followed, so the token stays here
+        asyncio.run(fetch(f"{fake.base}/redirect?to={quote('http://203.0.113.9/x.png')}"))
+
+
 def test_bot_token_only_goes_to_slack_hosts():
     fetcher = FileFetcher("xoxb-t", "http://127.0.0.1:5000/api/", max_bytes=1, max_pixels=1)
     assert fetcher.trusted("https://files.slack.com/files-pri/T-F/x.png")
