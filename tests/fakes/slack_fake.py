@@ -51,6 +51,7 @@ class FakeSlack:
         self.downloads: list[tuple[str, bool]] = []  # (file id, authorised)
         self.acks: dict[str, dict] = {}
         self.socket_connections = 0
+        self._since = 0  # calls_to/wait_call look at calls after the last mark()
         self._rate_limits: dict[str, list[int]] = {}  # method -> [calls left to refuse, retry-after]
         self._lock = threading.RLock()
         self._ts = itertools.count(1)
@@ -160,9 +161,14 @@ class FakeSlack:
             self._rate_limits[method] = [times, retry_after]
 
     # ---- inspection ------------------------------------------------------------------------
+    def mark(self) -> None:
+        """From now on, `calls_to` and `wait_call` only see calls made after this point."""
+        with self._lock:
+            self._since = len(self.calls)
+
     def calls_to(self, method: str) -> list[Call]:
         with self._lock:
-            return [c for c in self.calls if c.method == method]
+            return [c for c in self.calls[self._since:] if c.method == method]
 
     def bot_messages(self, channel: str) -> list[dict]:
         with self._lock:

@@ -156,6 +156,11 @@ def bot(request, fake, tmp_path_factory):
     bot.stop()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_calls(fake):
+    fake.mark()  # each test looks only at what the bot did during it
+
+
 def _posted(fake: FakeSlack, channel: str, needle: str, method: str = "chat.postMessage"):
     return fake.wait_call(method, lambda c: c.params.get("channel", c.params.get("channel_id")) == channel
                           and needle in (c.params.get("text") or c.params.get("initial_comment") or ""))
@@ -235,8 +240,8 @@ def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
 # ---- long jobs -------------------------------------------------------------------------------------
 def test_long_running_command_works_in_a_thread(bot, fake):
     bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/slow", "steps: 3"))
-    parent = fake.wait_for(lambda: next((m for m in fake.bot_messages("C2")
-                                         if m["text"].startswith("<@U2> /slow")), None), what="the parent message")
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U2> /slow"))
+    parent = [m for m in fake.bot_messages("C2") if m["text"].startswith("<@U2> /slow")][-1]
     fake.wait_for(lambda: "done after 3 steps" in fake.thread("C2", parent["ts"])[0]["text"], what="final edit")
     thread = fake.thread("C2", parent["ts"])
     names = [f["name"] for m in thread[1:] for f in m.get("files", ())]
@@ -320,5 +325,6 @@ def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
     assert bot.post(body, old) == 401  # a captured request replayed after the 5-minute window
     assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", valid)) == 200
     _posted(fake, "C1", valid)
-    texts = [c.params.get("text", "") for c in fake.calls if c.method.startswith("chat.")]
+    texts = [c.params.get("text", "") for m in ("chat.postMessage", "chat.postEphemeral", "chat.update")
+             for c in fake.calls_to(m)]
     assert not any(forged in t or stale in t for t in texts)
