@@ -239,7 +239,9 @@ def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
 
 # ---- long jobs -------------------------------------------------------------------------------------
 def test_long_running_command_works_in_a_thread(bot, fake):
-    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/slow", "steps: 3"))
+    assert bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/slow", "steps: 3")) == 200
+    # Acked first, worked on after: the ack came back while the job had not finished.
+    assert not any("done after" in c.params["text"] for c in fake.calls_to("chat.update"))
     fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U2> /slow"))
     parent = [m for m in fake.bot_messages("C2") if m["text"].startswith("<@U2> /slow")][-1]
     fake.wait_for(lambda: "done after 3 steps" in fake.thread("C2", parent["ts"])[0]["text"], what="final edit")
