@@ -136,6 +136,7 @@ class ReplyPoster:
             try:
                 if reply.final:
                     await self._final(reply)
+                    return  # the final reply ends the stream; nothing may overwrite it
                 elif reply.progress is not None:
                     await self._progress(reply)
                 else:
