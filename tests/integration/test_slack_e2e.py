@@ -330,3 +330,18 @@ def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
     texts = [c.params.get("text", "") for m in ("chat.postMessage", "chat.postEphemeral", "chat.update")
              for c in fake.calls_to(m)]
     assert not any(forged in t or stale in t for t in texts)
+
+
+def test_operator_mistakes_stop_clipbot_run_with_one_clear_line(fake, tmp_path):
+    cases = [({"SLACK_BOT_TOKEN": fake.bot_token}, "needs SLACK_SIGNING_SECRET"),
+             ({"SLACK_BOT_TOKEN": "xoxb-revoked", "SLACK_APP_TOKEN": fake.app_token}, "refused SLACK_BOT_TOKEN")]
+    for env, message in cases:
+        full = clipbot_env(tmp_path, None, CLIPBOT_SLACK_API_URL=fake.api_url, OMP_NUM_THREADS="1", **env)
+        for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+            if name not in env:
+                full.pop(name, None)
+        out = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=full, capture_output=True,
+                             text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = [line for line in out.stderr.splitlines() if line.startswith("clipbot:")]
+        assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
