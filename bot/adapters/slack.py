@@ -84,7 +84,7 @@ class SlackAdapter:
         self.locations = FileLocations(app.engine.store)
         self.pacer = ChannelPacer(settings.slack_channel_interval)
         self.identity: dict[str, Any] = {}
-        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._commands = {slash_name(name, settings.slack_command_prefix): name for name in app.commands}
         self._stoppers: list[Any] = []
@@ -336,12 +336,18 @@ class SlackAdapter:
 
     # ---- who may do and see what -------------------------------------------------------------------
     async def _cached(self, kind: str, key: str, load: Any) -> Any:
+        """`load()`'s value for a while; concurrent askers share one call (a burst of commands from
+        one user makes one users.conversations walk, not fifty)."""
         hit = self._cache.get((kind, key))
         if hit and hit[0] > time.monotonic():
-            return hit[1]
-        value = await load()
-        self._cache[(kind, key)] = (time.monotonic() + CACHE_SECONDS, value)
-        return value
+            return await asyncio.shield(hit[1])
+        future = asyncio.ensure_future(load())
+        self._cache[(kind, key)] = (time.monotonic() + CACHE_SECONDS, future)
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._cache.pop((kind, key), None)  # a failed look-up is not remembered
+            raise
 
     async def _readable(self, user: str, channel: str) -> frozenset[str]:
         """Channels the user is a member of (they are reading `channel` right now)."""
