@@ -387,6 +387,8 @@ def _team(body: dict) -> str:
 
 
 def _summary(options: dict[str, Any]) -> str:
-    shown = [f"{v}" if k in ("prompt", "query") else f"{k}: {v}" for k, v in options.items()
+    first = ("prompt", "query")  # the words people typed lead; options follow
+    items = sorted(options.items(), key=lambda kv: kv[0] not in first)
+    shown = [f"{v}" if k in first else f"{k}: {v}" for k, v in items
              if v not in (None, "") and not isinstance(v, Attachment)]
     return " ".join(shown)[:300]
