@@ -36,7 +36,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.actions import decode_action
 from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
                                       image_files, image_posted)
-from bot.adapters.slack_manifest import slash_name
+from bot.adapters.slack_manifest import slack_specs, slash_name
 from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
@@ -86,7 +86,8 @@ class SlackAdapter:
         self.identity: dict[str, Any] = {}
         self._cache: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._commands = {slash_name(name, settings.slack_command_prefix): name for name in app.commands}
+        self._commands = {slash_name(spec.name, settings.slack_command_prefix): spec.name
+                          for spec in slack_specs(app.pm)}
         self._stoppers: list[Any] = []
         self._register()
 
@@ -312,6 +313,8 @@ class SlackAdapter:
 
     async def _answer(self, spec: CommandSpec, options: dict[str, Any], target: Target, *, team: str,
                       user_name: str = "", thread: str | None = None) -> None:
+        if spec.name not in self._commands.values():
+            raise UserError(f"/{spec.name} is not available in Slack.")
         poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.settings.slack_progress_interval)
         conversation = {"platform": PLATFORM, "team": team, "channel": target.channel, "thread": target.thread_ts,
                         "user": target.user}

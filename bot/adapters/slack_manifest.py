@@ -32,8 +32,18 @@ BOT_EVENTS = ["app_mention", "channel_left", "file_deleted", "group_left", "mess
 RESERVED = frozenset({"me", "status", "away", "dnd", "shrug", "remind", "msg", "feed", "who", "collapse", "expand",
                       "leave", "join", "open", "search", "topic", "mute", "pro", "shortcuts", "invite", "apps",
                       "active", "archive", "call", "giphy"})
+# Plugins whose commands only make sense in the local chat (/post puts a picture in the local channel).
+LOCAL_ONLY_PLUGINS = frozenset({"localchat"})
 # Friendly names for message shortcuts (Slack allows 24 characters); other commands get "/name this".
 SHORTCUT_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
+
+
+def slack_specs(pm: Any, *, plugins: Iterable[str] | None = None) -> list[CommandSpec]:
+    """The commands Slack serves: every loaded plugin's (or those of `plugins`), but the local chat's own."""
+    wanted = set(plugins) if plugins is not None else None
+    return [spec for impl in pm.hook.clipbot_commands.get_hookimpls()
+            if impl.plugin_name not in LOCAL_ONLY_PLUGINS and (wanted is None or impl.plugin_name in wanted)
+            for spec in impl.function() or ()]
 
 
 def slash_name(command: str, prefix: str = "") -> str:
@@ -93,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yaml", action="store_true", help="YAML instead of JSON (needs PyYAML)")
     args = parser.parse_args(argv)
     settings = Settings()
-    pm = build_plugin_manager(settings)
-    specs = [spec for specs in pm.hook.clipbot_commands() for spec in specs or ()]
+    specs = slack_specs(build_plugin_manager(settings))
     result = manifest(specs, prefix=settings.slack_command_prefix, request_url=args.request_url)
     if args.yaml:
         import yaml

@@ -154,13 +154,11 @@ def test_channel_pacer_spaces_writes_per_channel_only():
 def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_path):
     import yaml
 
-    from bot.adapters.slack_manifest import BOT_EVENTS, BOT_SCOPES, manifest, slash_name
+    from bot.adapters.slack_manifest import BOT_EVENTS, BOT_SCOPES, manifest, slack_specs, slash_name
     from bot.plugins import BUILTIN_PLUGINS, build_plugin_manager
     from tests.conftest import ROOT, make_settings
 
-    pm = build_plugin_manager(make_settings(tmp_path))
-    specs = [spec for impl in pm.hook.clipbot_commands.get_hookimpls() if impl.plugin_name in BUILTIN_PLUGINS
-             for spec in impl.function() or ()]
+    specs = slack_specs(build_plugin_manager(make_settings(tmp_path)), plugins=BUILTIN_PLUGINS)
     deployed = yaml.safe_load((ROOT / "deploy" / "slack-app-manifest.yml").read_text())
     expected = manifest(specs)
     hint = "regenerate: python -m bot.adapters.slack_manifest --yaml (keep the header comment)"
