@@ -46,6 +46,12 @@ def slack_specs(pm: Any, *, plugins: Iterable[str] | None = None) -> list[Comman
             for spec in impl.function() or ()]
 
 
+def shortcut_fits(spec: CommandSpec) -> bool:
+    """A message shortcut can run a command that takes a picture and needs nothing else."""
+    pictures = [o for o in spec.options if o.type is Attachment]
+    return bool(pictures) and all(o.type is Attachment for o in spec.options if o.required)
+
+
 def slash_name(command: str, prefix: str = "") -> str:
     """The Slack slash command serving `command`: /PREFIXcommand, or /clip-command for a built-in name."""
     name = f"{prefix}{command}"
@@ -65,7 +71,7 @@ def manifest(specs: Iterable[CommandSpec], *, prefix: str = "", request_url: str
         commands.append({k: v for k, v in command.items() if v != ""})
     shortcuts = [{"name": SHORTCUT_NAMES.get(s.name, f"/{s.name} this")[:24], "type": "message",
                   "callback_id": f"clipbot_{s.name}", "description": s.description[:150]}
-                 for s in specs if any(o.type is Attachment for o in s.options)]
+                 for s in specs if shortcut_fits(s)]
     events: dict[str, Any] = {"bot_events": BOT_EVENTS}
     interactivity: dict[str, Any] = {"is_enabled": True}
     if request_url:
