@@ -166,8 +166,8 @@ def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_
     assert deployed["features"]["shortcuts"] == expected["features"]["shortcuts"], hint
     assert deployed["oauth_config"]["scopes"]["bot"] == BOT_SCOPES
     assert deployed["settings"]["event_subscriptions"]["bot_events"] == BOT_EVENTS
-    assert {"callback_id": "clipbot_whatis", "name": "What is this?"}.items() <= \
-        deployed["features"]["shortcuts"][0].items()
+    shortcuts = {s["callback_id"]: s for s in deployed["features"]["shortcuts"]}
+    assert shortcuts["clipbot_whatis"]["name"] == "What is this?" and shortcuts["clipbot_whatis"]["type"] == "message"
     assert slash_name("search") == "/clip-search" and slash_name("whatis", "cb-") == "/cb-whatis"
     http = manifest(specs, request_url="https://bot.example/slack/events")
     assert not http["settings"]["socket_mode_enabled"]
