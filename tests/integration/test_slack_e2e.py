@@ -273,7 +273,9 @@ def test_retried_event_indexes_once_and_deletions_reach_the_index(bot, fake):
     message = fake.post_as_user("C2", "U1", "blue", files=[photo])
     event = event_callback(TEAM, message_event("C2", message))
     bot.send("events_api", event)
+    fake.wait_for(lambda: any(e["message_id"] == message["ts"] for e in bot.probe_events()), what="the index event")
     bot.send("events_api", event, retry=1)  # Slack's retry of the same event id
+    fake.wait_for(lambda: f"Slack event {event['event_id']} already handled" in bot.log(), what="the retry dropped")
     other = fake.post_as_user("C2", "U1", "later", files=[fake.add_file(_png(), "later.png", user="U1")])
     bot.send("events_api", event_callback(TEAM, message_event("C2", other)))
     fake.wait_for(lambda: any(e["message_id"] == other["ts"] for e in bot.probe_events()), what="second index event")
