@@ -52,6 +52,8 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="show the configured model and the offline presets")
     pull = models_sub.add_parser("pull", help="download and verify the configured weights")
     pull.add_argument("--clip", help="CLIP spec to pull (default: CLIPBOT_CLIP_MODEL)")
+    pull.add_argument("--no-prepare", action="store_true",
+                      help="only download: skip precomputing (e.g. /whatis's ImageNet label embeddings)")
 
     sub.add_parser("plugins", help="list the loaded plugins, their commands, settings and queues")
     for spec in specs:
@@ -62,8 +64,8 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
 
 def _add_command_verb(sub: Any, spec: Any) -> None:
     """`clipbot NAME` from a CommandSpec: the first required option is positional (or, when none is
-    required, the first free-text option, as an optional positional: `clipbot search QUERY`); the
-    rest are flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
+    required, the first free-text option: `clipbot search QUERY`), and also a flag; the rest are
+    flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
     from bot.commands import Attachment
 
     verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
@@ -81,14 +83,16 @@ def _add_command_verb(sub: Any, spec: Any) -> None:
             kwargs["metavar"] = "PATH"
         if option.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        flag = f"--{option.name.replace('_', '-')}"
         if option is positional:
-            kwargs.pop("action", None)
-            kwargs["metavar"] = option.name.upper()
-            if not option.required:
-                kwargs["nargs"] = "?"
-            verb.add_argument(f"opt_{option.name}", **kwargs)
+            # Positional, or the flag of the same name: `clipbot hello Ada` = `clipbot hello --name Ada`.
+            # Dispatch says what is missing, as it does for chat.
+            plain = {k: v for k, v in kwargs.items() if k != "action"}
+            verb.add_argument(f"opt_{option.name}", nargs="?", default=argparse.SUPPRESS,
+                              **{**plain, "metavar": option.name.upper()})
+            verb.add_argument(flag, dest=f"opt_{option.name}", default=argparse.SUPPRESS, **plain)
         else:
-            verb.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", **kwargs)
+            verb.add_argument(flag, dest=f"opt_{option.name}", **kwargs)
     verb.add_argument("--json", action="store_true", help="print the answer's structured data as JSON")
     verb.add_argument("--out", type=Path, help="folder for the images in the answer (default: DATA_DIR/output)")
     verb.add_argument("--space", default="local", help="space (Discord guild, Slack team) the request is in")
@@ -322,7 +326,8 @@ def _worker(args: argparse.Namespace, settings: Any) -> int:
             raise UserError(f"unknown queue {unknown[0]!r}; the plugins declare: {', '.join(declared)}")
         return run_worker(app.engine, app.task_modules(), queues=asked or declared,
                           concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
-                          loglevel="DEBUG" if args.verbose else settings.log_level)
+                          loglevel="DEBUG" if args.verbose else settings.log_level,
+                          prepare=lambda: _prepare(app, at_worker_start=True))
 
 
 def _models(args: argparse.Namespace, settings: Any) -> int:
@@ -337,8 +342,25 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
     spec = args.clip or settings.clip_model
     parse_clip_spec(spec)  # a bad spec is a user error before any network
     path = pull_clip(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
-    print(f"{spec}: ready" + (f" at {path}" if path else " (preset: nothing to download)"))
+    print(f"{spec}: weights " + (f"at {path}" if path else "built in (nothing to download)"), flush=True)
+    if args.no_prepare:
+        return 0
+    from bot.app import open_app
+
+    # Prepared here, into this machine's data dir (no broker needed: nothing is queued).
+    local = settings.model_copy(update={"clip_model": spec, "broker_url": None, "redis_url": None})
+    with open_app(local, start_worker=False) as app:
+        _prepare(app, at_worker_start=False)
+    print(f"{spec}: ready")
     return 0
+
+
+def _prepare(app: Any, *, at_worker_start: bool) -> None:
+    """Run the plugins' `clipbot_prepare` hooks, their progress lines going to stderr (pull)
+    or the log (worker)."""
+    log = logging.getLogger("clipbot.prepare")
+    report = log.info if at_worker_start else (lambda message: print(message, file=sys.stderr, flush=True))
+    app.pm.hook.clipbot_prepare(app=app, at_worker_start=at_worker_start, report=report)
 
 
 def _plugins(args: argparse.Namespace, settings: Any) -> int:

@@ -11,19 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from celery import signals
 
 from engine.app import HEARTBEAT_EVERY, Engine
+from engine.errors import UserError
 from engine.models.registry import registry
 
 log = logging.getLogger(__name__)
 
 
 def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str], concurrency: int,
-               pool: str = "prefork", loglevel: str = "INFO") -> int:
-    """Run until stopped (SIGTERM: warm shutdown, running jobs finish). Returns the exit code."""
+               pool: str = "prefork", loglevel: str = "INFO", prepare: Callable[[], Any] | None = None) -> int:
+    """Run until stopped (SIGTERM: warm shutdown, running jobs finish). Returns the exit code.
+
+    `prepare()` runs once in each process that runs jobs, in a background thread, when it
+    starts (e.g. precomputing caches; never in `worker_process_init` itself: it must stay fast)."""
     if engine.embedded:  # callers check settings first and tell the user; this guards the API
         raise ValueError("run_worker needs a Redis-backed engine, not the embedded one")
     infos = engine.register_task_modules(task_modules)
@@ -35,12 +39,19 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
         while not stop.wait(HEARTBEAT_EVERY):
             _safe_heartbeat(engine, queues)
 
+    def start_preparing() -> None:
+        if prepare is not None:
+            threading.Thread(target=_safe_prepare, args=(prepare,), name="clipbot-prepare", daemon=True).start()
+
     @signals.worker_process_init.connect(weak=False)
     def _child_init(**_: Any) -> None:
         registry.allow_loading()
+        start_preparing()
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
+        if pool != "prefork":  # solo/threads: this process runs the jobs
+            start_preparing()
         _safe_heartbeat(engine, queues)
         threading.Thread(target=beat, name="clipbot-heartbeat", daemon=True).start()
 
@@ -60,6 +71,13 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
     )
     worker.start()
     return worker.exitcode or 0
+
+
+def _safe_prepare(prepare: Callable[[], Any]) -> None:
+    try:
+        prepare()
+    except Exception as exc:  # e.g. weights not downloaded: jobs will say so too
+        log.warning("preparing at start failed: %s", exc, exc_info=not isinstance(exc, UserError))
 
 
 def _safe_heartbeat(engine: Engine, queues: list[str]) -> None:

@@ -28,20 +28,26 @@ import re
 import time
 from typing import Any, Awaitable
 
-from slack_bolt.async_app import AsyncApp
-from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
-from slack_sdk.web.async_client import AsyncWebClient
-
 from bot.actions import decode_action
-from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
-                                      image_files, image_posted)
 from bot.adapters.slack_manifest import slack_specs, slash_name
-from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
 from bot.options import parse_command_text
 from engine.errors import UserError
+
+try:  # the `slack` extra; without it `configured` still answers and `serve` says what to install
+    from slack_bolt.async_app import AsyncApp
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
+                                          image_files, image_posted)
+    from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
+    _MISSING = ""
+except ModuleNotFoundError as exc:
+    _MISSING = exc.name or "slack-bolt"
+    PLATFORM = "slack"
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,8 @@ def configured(settings: Any) -> bool:
 
 async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
     """Serve Slack until `stop_event` is set."""
+    if _MISSING:
+        raise UserError(f"Slack needs the package {_MISSING}: pip install 'clipbot[slack]'")
     adapter = SlackAdapter(app, settings)
     await adapter.start()
     try:
