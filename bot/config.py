@@ -80,9 +80,28 @@ class Settings(BaseSettings):
     discord_token_ttl: float = Field(840.0, description="seconds an interaction token is used before answers "
                                      "move to channel messages (Discord: 15 min)")
 
+    # Slack (the three secrets use Slack's own unprefixed variable names)
+    slack_bot_token: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token"),
+        description="Slack bot token (xoxb-...); set, `clipbot run` serves Slack")
+    slack_app_token: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
+        description="Slack app-level token (xapp-..., connections:write); set: Socket Mode, unset: HTTP mode")
+    slack_signing_secret: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret"),
+        description="Slack signing secret; HTTP mode verifies every request with it")
+    slack_port: int = Field(3000, description="HTTP mode: port serving /slack/events (0 = any free port)")
+    slack_host: str = Field("0.0.0.0", description="HTTP mode: address to listen on")
+    slack_api_url: str | None = Field(None, description="Slack Web API base URL override (GovSlack, tests)")
+    slack_command_prefix: str = Field("", description="prefix of the Slack slash commands, e.g. cb- for /cb-whatis")
+    slack_admins: Annotated[list[str], NoDecode] = Field([], description="Slack user ids treated as clipbot admins")
+    slack_progress_interval: float = Field(3.0, description="seconds between progress edits/snapshots per job")
+    slack_channel_interval: float = Field(1.1, description="seconds between bot posts/edits in one channel")
+
     _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", mode="before")(
         _split_list
     )
+    _split_slack = field_validator("slack_admins", mode="before")(_split_list)
 
     @property
     def state_redis_url(self) -> str | None:
