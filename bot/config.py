@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, description="worker child processes (1 per GPU is usual)")
     worker_queues: Annotated[list[str], NoDecode] = Field(
         [], description="queues a worker consumes; empty means every queue the plugins declare")
+    # engine: job lifetime and worker health
+    job_ttl: int = Field(3600, description="seconds a finished job's record and events are kept")
+    max_attempts: int = Field(3, ge=1, description="deliveries of one job before it fails (a job that "
+                              "kills its worker every time)")
+    worker_dead_after: float = Field(60.0, gt=0, description="seconds without a heartbeat after which a worker "
+                                     "process counts as dead: its jobs are queued again, a hung child replaced")
+    worker_torch_threads: int = Field(0, ge=0, description="torch threads per worker child; 0: CPU cores / children")
 
     # models
     clip_model: str = Field("ViT-B-32:laion2b_s34b_b79k", description="ARCH:TAG, ARCH:/path/file, or a preset")
