@@ -262,11 +262,14 @@ def _every(period: float, stop: threading.Event, step: Any, what: str) -> thread
 
 
 def torch_threads(settings: Any, children: int) -> int:
-    """Torch threads per child: the setting, or the CPU cores shared out among the children."""
+    """Torch threads per child: the setting, or the CPU cores shared out among the children (no
+    more than an OMP_NUM_THREADS the operator set)."""
     if settings.worker_torch_threads:
         return settings.worker_torch_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, children))
+    share = max(1, cores // max(1, children))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(omp)) if omp.isdigit() and int(omp) > 0 else share
 
 
 def _limit_torch_threads(threads: int) -> None:
