@@ -167,8 +167,8 @@ class WorkerRuntime:
         now, dead_after = time.time(), self.settings.worker_dead_after
         for field, raw in self.redis.hgetall(WORKERS).items():
             info = json.loads(raw)
-            pid = info["process"]
-            if info["node"] != self.node or pid == self.main_pid:
+            pid = info.get("process")
+            if info.get("node") != self.node or not isinstance(pid, int) or pid == self.main_pid:
                 continue
             if not _is_my_child(pid):  # it exited and Celery replaced it
                 self.redis.hdel(WORKERS, field)
