@@ -1,10 +1,11 @@
-"""What belongs to no feature: /help, and the core engine queues."""
+"""What belongs to no feature: /help, /cancel (any long job), and the core engine queues."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from bot.commands import Reply, command
+from bot.longjob import cancel
 from bot.dispatch import ROADMAP
 from bot.hookspecs import hookimpl
 from bot.markup import bold, code
@@ -33,7 +34,7 @@ async def help_(ctx, command: Annotated[str, "a command to explain"] = "") -> Re
 
 @hookimpl
 def clipbot_commands():
-    return [help_]
+    return [help_, cancel]
 
 
 @hookimpl

@@ -52,6 +52,9 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="show the configured model and the offline presets")
     pull = models_sub.add_parser("pull", help="download and verify the configured weights")
     pull.add_argument("--clip", help="CLIP spec to pull (default: CLIPBOT_CLIP_MODEL)")
+    pull.add_argument("--vqgan", help="VQGAN spec to pull instead (e.g. imagenet_f16_16384; see CLIPBOT_VQGAN_MODEL)")
+    pull.add_argument("--no-prepare", action="store_true",
+                      help="only download: skip precomputing (e.g. /whatis's ImageNet label embeddings)")
 
     sub.add_parser("plugins", help="list the loaded plugins, their commands, settings and queues")
     for spec in specs:
@@ -324,7 +327,8 @@ def _worker(args: argparse.Namespace, settings: Any) -> int:
             raise UserError(f"unknown queue {unknown[0]!r}; the plugins declare: {', '.join(declared)}")
         return run_worker(app.engine, app.task_modules(), queues=asked or declared,
                           concurrency=args.concurrency or settings.worker_concurrency, pool=args.pool,
-                          loglevel="DEBUG" if args.verbose else settings.log_level)
+                          loglevel="DEBUG" if args.verbose else settings.log_level,
+                          prepare=lambda: _prepare(app, at_worker_start=True))
 
 
 def _models(args: argparse.Namespace, settings: Any) -> int:
@@ -333,14 +337,44 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
 
     if args.action == "list":
         print(f"configured CLIP: {settings.clip_model} (cache: {settings.models_dir})")
+        print(f"configured VQGAN: {settings.vqgan_model}")
         for name, about in PRESETS.items():
             print(f"preset {name}: {about}")
         return 0
+    if args.vqgan:
+        return _pull_vqgan(args.vqgan, settings)
     spec = args.clip or settings.clip_model
     parse_clip_spec(spec)  # a bad spec is a user error before any network
     path = pull_clip(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
-    print(f"{spec}: ready" + (f" at {path}" if path else " (preset: nothing to download)"))
+    print(f"{spec}: weights " + (f"at {path}" if path else "built in (nothing to download)"), flush=True)
+    if args.no_prepare:
+        return 0
+    from bot.app import open_app
+
+    # Prepared here, into this machine's data dir (no broker needed: nothing is queued).
+    local = settings.model_copy(update={"clip_model": spec, "broker_url": None, "redis_url": None})
+    with open_app(local, start_worker=False) as app:
+        _prepare(app, at_worker_start=False)
+    print(f"{spec}: ready")
     return 0
+
+
+def _pull_vqgan(spec: str, settings: Any) -> int:
+    from engine.models.vqgan import parse_vqgan_spec, pull_vqgan
+
+    parse_vqgan_spec(spec)  # a bad spec is a user error before any network
+    paths = pull_vqgan(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
+    where = f" at {paths[1]}" if paths else " (random weights: nothing to download)"
+    print(f"VQGAN {spec}: ready{where}")
+    return 0
+
+
+def _prepare(app: Any, *, at_worker_start: bool) -> None:
+    """Run the plugins' `clipbot_prepare` hooks, their progress lines going to stderr (pull)
+    or the log (worker)."""
+    log = logging.getLogger("clipbot.prepare")
+    report = log.info if at_worker_start else (lambda message: print(message, file=sys.stderr, flush=True))
+    app.pm.hook.clipbot_prepare(app=app, at_worker_start=at_worker_start, report=report)
 
 
 def _plugins(args: argparse.Namespace, settings: Any) -> int:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
 
     # models
     clip_model: str = Field("ViT-B-32:laion2b_s34b_b79k", description="ARCH:TAG, ARCH:/path/file, or a preset")
+    vqgan_model: str = Field("imagenet_f16_16384", description="official VQGAN name, CONFIG.yaml:CKPT, or a preset")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     model_cache: Path | None = Field(None, description="model weights cache; defaults to data_dir/models")
 

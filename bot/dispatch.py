@@ -26,7 +26,6 @@ T = TypeVar("T")
 # Commands announced but not built yet; /help lists them and asking for one says so.
 ROADMAP = {
     "search": "search this channel's image history by text or by image",
-    "imagine": "generate a picture from a prompt with VQGAN+CLIP",
 }
 
 

@@ -100,3 +100,18 @@ def clipbot_startup(app):
     Called once per process (never in workers), off the event loop, e.g. to resume following
     long jobs that were running when the bot last stopped. Exceptions are logged.
     """
+
+
+@hookspec
+def clipbot_prepare(app, at_worker_start, report):
+    """Prepare, ahead of the first request, what this plugin's tasks would otherwise compute
+    on first use (e.g. /whatis's ImageNet label embeddings, kept in a disk cache). `app` is the
+    `App` (`app.settings`, `app.plugin_settings(name)`) of the process that prepares.
+
+    `clipbot models pull` calls it with `at_worker_start=False` after downloading the weights;
+    every worker process that runs jobs calls it once at start with `at_worker_start=True`, in
+    a background thread (work there competes with jobs: do it only when a setting asks for it).
+    It runs where models may load: import heavy modules inside the function, never at plugin
+    import. `report(message)` shows a progress line to the operator. Raise `UserError` for a
+    problem the operator can fix; a worker logs it and carries on.
+    """

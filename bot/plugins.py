@@ -19,7 +19,7 @@ from bot import hookspecs
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "clipbot.plugins"
-BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis"}
+BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis", "imagine": "plugins.imagine"}
 
 
 def _enabled(name: str, settings: Any) -> bool:

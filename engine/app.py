@@ -137,20 +137,24 @@ class Engine:
         if record and record.state == QUEUED:
             self.book.finish(job_id, CANCELLED, error="The job was cancelled.")
 
-    async def follow(self, job_id: str) -> AsyncIterator[ProgressEvent]:
+    async def follow(self, job_id: str, *, job_timeout: float | None = None,
+                     queue_timeout: float | None = None) -> AsyncIterator[ProgressEvent]:
         """Yield a job's events until it ends. Raise a user-facing error when it fails, is
-        cancelled, waits for a worker longer than `queue_timeout`, or runs past `job_timeout`.
+        cancelled, waits for a worker longer than `queue_timeout`, or runs past `job_timeout`
+        (None: the settings' values; math.inf: no limit, for long jobs that bound themselves).
 
         Deadlines count from the job's own timestamps and are confirmed against its record,
         so a follower that reads late (a busy event loop, Redis restarting) never times out a
         job that did start. One reader serves every follower of the loop (`engine.feed`)."""
+        limits = (self.settings.job_timeout if job_timeout is None else job_timeout,
+                  self.settings.queue_timeout if queue_timeout is None else queue_timeout)
         async with self._feed().follow(job_id) as events:
             created = time.time()  # until the job's own "queued" event says when it was created
             started, floor = False, 0.0
             while True:
-                event = await events.get(self._next_check(created, started, floor))
+                event = await events.get(self._next_check(created, started, floor, limits))
                 if event is None:
-                    event, started = await self._check_deadlines(job_id, created, started)
+                    event, started = await self._check_deadlines(job_id, created, started, limits)
                     floor = 1.0  # the record said "wait on": look again in a second at the earliest
                     if event is None:
                         continue
@@ -165,21 +169,21 @@ class Engine:
                 if event.final:
                     return
 
-    def _next_check(self, created: float, started: bool, floor: float) -> float:
-        s = self.settings
-        deadlines = [created + s.job_timeout] + ([] if started else [created + s.queue_timeout])
+    def _next_check(self, created: float, started: bool, floor: float, limits: tuple[float, float]) -> float:
+        job_timeout, queue_timeout = limits
+        deadlines = [created + job_timeout] + ([] if started else [created + queue_timeout])
         return max(floor, 0.01, min(min(deadlines) - time.time(), _RECHECK))
 
-    async def _check_deadlines(self, job_id: str, created: float, started: bool
+    async def _check_deadlines(self, job_id: str, created: float, started: bool, limits: tuple[float, float]
                                ) -> tuple[ProgressEvent | None, bool]:
         """No event for a while: look at the record. Returns the final event when the job ended
         but its event never came; raises when a deadline really passed; else None (wait on),
         with whether the job has started."""
-        s = self.settings
+        job_timeout, queue_timeout = limits
         try:
             record = await self._feed().record(job_id)
         except Exception:  # Redis away: the reader is reconnecting; deadlines wait for facts
-            if time.time() < created + s.job_timeout + s.queue_timeout:
+            if time.time() < created + job_timeout + queue_timeout:
                 return None, started
             raise WorkerUnavailable("I lost contact with the job queue (Redis) while waiting; try again later.")
         if record is None:
@@ -189,15 +193,15 @@ class Engine:
                                   {"result": record.result, "error": record.error})
             return event, True
         now = time.time()
-        if record.state == QUEUED and record.attempts == 0 and now >= record.created_at + s.queue_timeout:
+        if record.state == QUEUED and record.attempts == 0 and now >= record.created_at + queue_timeout:
             await asyncio.to_thread(self.cancel, job_id)
             raise WorkerUnavailable(
-                f"No worker picked up the job within {s.queue_timeout:.0f} s; it was cancelled. "
+                f"No worker picked up the job within {queue_timeout:.0f} s; it was cancelled. "
                 "The workers may be busy or down: try again later, or ask an admin."
             )
-        if now >= record.created_at + s.job_timeout:
+        if now >= record.created_at + job_timeout:
             await asyncio.to_thread(self.cancel, job_id)
-            raise JobFailed(f"The job took longer than {s.job_timeout:.0f} s and was stopped.")
+            raise JobFailed(f"The job took longer than {job_timeout:.0f} s and was stopped.")
         return None, started or record.state != QUEUED or record.attempts > 0
 
     async def run(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", **submit: Any) -> Any:

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.app import WORKERS, Engine, heartbeat_every
 from engine.errors import JobCancelled, UserError
@@ -307,8 +307,11 @@ def wait_for_redis(url: str, *, retry_every: float = 3.0, out: Any = None) -> No
 
 
 def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str], concurrency: int,
-               pool: str = "prefork", loglevel: str = "INFO") -> int:
-    """Run until stopped (SIGTERM: warm shutdown, running jobs finish). Returns the exit code."""
+               pool: str = "prefork", loglevel: str = "INFO", prepare: Callable[[], Any] | None = None) -> int:
+    """Run until stopped (SIGTERM: warm shutdown, running jobs finish). Returns the exit code.
+
+    `prepare()` runs once in each process that runs jobs, in a background thread, when it
+    starts (e.g. precomputing caches; never in `worker_process_init` itself: it must stay fast)."""
     if engine.embedded:  # callers check settings first and tell the user; this guards the API
         raise ValueError("run_worker needs a Redis-backed engine, not the embedded one")
     from redis.backoff import ExponentialBackoff
@@ -324,7 +327,7 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
     log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
     period, stop = heartbeat_every(settings), threading.Event()
     children = concurrency if pool == "prefork" else 1
-    _connect_signals(runtime, pool, period, stop, torch_threads(settings, children))
+    _connect_signals(runtime, pool, period, stop, torch_threads(settings, children), prepare)
     if pool == "prefork":
         registry.forbid_loading("models load in worker children, not in the prefork parent (CUDA is not fork-safe)")
     else:
@@ -345,16 +348,21 @@ def _one_line(record: logging.LogRecord) -> bool:
 
 
 def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: threading.Event,
-                     threads: int) -> None:
+                     threads: int, prepare: Callable[[], Any] | None) -> None:
     from celery import signals
 
     prefork = pool == "prefork"
+
+    def start_preparing() -> None:
+        if prepare is not None:
+            threading.Thread(target=_safe_prepare, args=(prepare,), name="clipbot-prepare", daemon=True).start()
 
     @signals.worker_process_init.connect(weak=False)
     def _child_init(**_: Any) -> None:  # in each prefork child; must stay cheap (4 s limit)
         registry.allow_loading()
         _limit_torch_threads(threads)
         _every(period, threading.Event(), runtime.beat, "worker heartbeat")
+        start_preparing()
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _child_exit(**_: Any) -> None:
@@ -369,12 +377,20 @@ def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: thr
         if not prefork:  # this process runs the jobs itself
             _limit_torch_threads(threads)
             _every(period, stop, runtime.beat, "worker heartbeat")
+            start_preparing()
         _every(period, stop, lambda: runtime.tend(has_children=prefork), "worker upkeep")
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
         stop.set()
         _quietly(runtime.withdraw)
+
+
+def _safe_prepare(prepare: Callable[[], Any]) -> None:
+    try:
+        prepare()
+    except Exception as exc:  # e.g. weights not downloaded: jobs will say so too
+        log.warning("preparing at start failed: %s", exc, exc_info=not isinstance(exc, UserError))
 
 
 def _quietly(step: Any) -> None:

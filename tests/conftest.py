@@ -20,7 +20,8 @@ REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"
 # Settings read the environment: pin it before any test builds a Settings object.
 for _name in [n for n in os.environ if n.startswith("CLIPBOT_") and n != "CLIPBOT_TEST_REDIS_URL"]:
     del os.environ[_name]
-os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING"})
+os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING",
+                   "CLIPBOT_VQGAN_MODEL": "tiny-test"})
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +107,8 @@ def redis_url():
 def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPBOT_")}
     env.update({
-        "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_DATA_DIR": str(data_dir),
+        "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_VQGAN_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu",
+        "CLIPBOT_DATA_DIR": str(data_dir),
         "CLIPBOT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
     })
     if redis_url:

@@ -15,18 +15,16 @@ with a message that says what to do.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import http.client
 import json
+import logging
 import os
 import re
-import socket
 import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import huggingface_hub
 import open_clip
@@ -34,11 +32,13 @@ import torch
 from huggingface_hub import constants as _hf_constants
 from huggingface_hub import errors as _hf_errors
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.transformer import TextTransformer
 from PIL import Image
 from tqdm import tqdm
 
 from engine.errors import ModelUnavailable
-from engine.models import presets
+from engine.models import downloads, presets
+from engine.models.downloads import sha256_file  # noqa: F401 - re-exported
 from engine.models.registry import registry, resolve_device
 
 DEFAULT_CLIP_SPEC = "ViT-B-32:laion2b_s34b_b79k"
@@ -48,10 +48,13 @@ PROMPT_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(open_clip.OPENAI_IMAG
 SpecKind = Literal["preset", "pretrained", "file", "random"]
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-_NETWORK_TIMEOUT_S = 5.0  # connect (and per-read) timeout: offline should fail in seconds
-_CHUNK_BYTES = 1 << 20
+_NETWORK_TIMEOUT_S = downloads.NETWORK_TIMEOUT_S
 _OPEN_CLIP_URL_CACHE = "~/.cache/clip"  # where open_clip puts url downloads without a cache_dir
 _CONFIG_LOCK = threading.Lock()  # open_clip's config registry is a module global
+_TEXT_BATCH_CPU = 64
+_TEXT_BATCH_CUDA = 1024
+_TOKENIZE_CHUNK = 8192
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class ClipModel:
     embed_dim: int
     logit_scale: float
     fingerprint: str = ""  # names these exact weights, for caches keyed by model (file specs add size+mtime)
+    text_tower: "_TextTower | None" = None  # set when texts may be encoded on a token prefix
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
@@ -85,14 +89,139 @@ class ClipModel:
         return self._encode(self.model.encode_image, batches)
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Embed texts as an [N, embed_dim] tensor of unit vectors."""
-        batches = (self.tokenizer(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size))
-        return self._encode(self.model.encode_text, batches)
+    def encode_texts(self, texts: list[str], batch_size: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Embed texts as an [N, embed_dim] tensor of unit vectors; `progress(done, total)` after
+        each batch. Where the text tower allows it, texts are batched by token length and each
+        batch runs only up to its longest text instead of the full context (same embeddings)."""
+        batch_size = batch_size or text_batch_size(self.device)
+        out = torch.empty(len(texts), self.embed_dim)
+        done = 0
+        # Tokenized a chunk at a time (tokenizing is slow too): progress shows from the start.
+        for chunk in range(0, len(texts), _TOKENIZE_CHUNK):
+            tokens = self.tokenizer(texts[chunk : chunk + _TOKENIZE_CHUNK])
+            for rows, batch in self._text_batches(tokens, batch_size):
+                out[chunk + rows] = self._encode_tokens(batch).float().cpu()
+                done += len(rows)
+                if progress is not None:
+                    progress(done, len(texts))
+        return out
+
+    def _text_batches(self, tokens: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(row indices, token rows) per batch: in order at full length, or, where the tower
+        allows, sorted by used length and cut to each batch's longest."""
+        if self.text_tower is None:
+            for start in range(0, len(tokens), batch_size):
+                rows = torch.arange(start, min(start + batch_size, len(tokens)))
+                yield rows, tokens[rows]
+            return
+        lengths = self.text_tower.used_lengths(tokens)
+        order = lengths.argsort(stable=True)
+        for start in range(0, len(tokens), batch_size):
+            rows = order[start : start + batch_size]
+            yield rows, tokens[rows, : int(lengths[rows].max())]
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        if self.text_tower is None:
+            return self.model.encode_text(tokens, normalize=True)
+        return self.text_tower.encode(tokens)
 
     def _encode(self, encode: Callable[..., torch.Tensor], batches) -> torch.Tensor:
         chunks = [encode(batch.to(self.device), normalize=True).float().cpu() for batch in batches]
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+
+def text_batch_size(device: torch.device) -> int:
+    """Texts per forward pass. On a CPU bigger batches stop paying off early (and cost memory);
+    a GPU wants wide batches to stay busy. Measured with bench/whatis.py --label-matrix."""
+    return _TEXT_BATCH_CUDA if device.type == "cuda" else _TEXT_BATCH_CPU
+
+
+# --- running a text tower on a token prefix ------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _TextTower:
+    """The parts of an open_clip causal text tower, to run it on the first L tokens only.
+
+    With a causal mask, position i attends to positions <= i, so the outputs at positions before
+    L do not depend on the tokens after L; the pooled position (the EOT token for 'argmax') lies
+    before L. Positional embedding and mask are sliced to L; everything else is per token.
+    """
+
+    token_embedding: Any
+    positional_embedding: Any
+    transformer: Any
+    attn_mask: torch.Tensor
+    ln_final: Any
+    text_projection: Any
+    pool_type: str
+    eos_id: int | None
+
+    def used_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per row, how many leading tokens the pooled feature depends on."""
+        return _pool_index(tokens, self.pool_type, self.eos_id) + 1
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised features of token rows already cut to their batch's longest used length."""
+        length = tokens.shape[1]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:length, :length]))
+        x = x[torch.arange(x.shape[0], device=x.device), _pool_index(tokens, self.pool_type, self.eos_id)]
+        if isinstance(self.text_projection, torch.nn.Linear):
+            x = self.text_projection(x)
+        elif self.text_projection is not None:
+            x = x @ self.text_projection
+        return torch.nn.functional.normalize(x, dim=-1)
+
+
+def _pool_index(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:
+    # open_clip's text_global_pool, as positions: 'argmax' = the EOT token (the highest id)
+    if pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool_type == "eos":
+        return (tokens == eos_id).int().argmax(dim=-1)
+    return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)  # 'first'
+
+
+def _text_tower(model: Any) -> _TextTower | None:
+    """The trimmable text tower of `model`, or None when it must run at full length: a
+    bidirectional mask, a padding mask, a CLS token, pooling at the last position, or a model
+    class that replaces open_clip's own encode_text (HF text towers, CoCa...)."""
+    if type(model).encode_text is open_clip.CLIP.encode_text:
+        parts, pool_type, eos_id = model, model.text_pool_type, getattr(model, "text_eos_id", None)
+    elif (type(model).encode_text is open_clip.CustomTextCLIP.encode_text
+          and type(model.text).forward is TextTransformer.forward):
+        text = model.text
+        if text.cls_emb is not None or getattr(text, "use_pad_mask", True):
+            return None
+        parts, pool_type, eos_id = text, text.pool_type, text.eos_id
+    else:
+        return None
+    mask = getattr(parts, "attn_mask", None)
+    if mask is None or pool_type not in ("argmax", "eos", "first"):
+        return None
+    return _TextTower(parts.token_embedding, parts.positional_embedding, parts.transformer, mask,
+                      parts.ln_final, parts.text_projection, pool_type, eos_id)
+
+
+@torch.no_grad()
+def _checked_text_tower(model: Any, tokenizer: Callable, device: torch.device) -> _TextTower | None:
+    """`_text_tower`, kept only if it reproduces open_clip's own encode_text on sample prompts:
+    a guard against open_clip versions whose text tower works differently."""
+    tower = _text_tower(model)
+    if tower is None:
+        return None
+    tokens = tokenizer(["a photo of a dog.", "a bad photo of the big red car.", "x"]).to(device)
+    full = model.encode_text(tokens, normalize=True).float()
+    trimmed = tower.encode(tokens[:, : int(tower.used_lengths(tokens).max())]).float()
+    if not torch.allclose(full, trimmed, rtol=1e-3, atol=1e-5):
+        log.warning("text tower of %s does not run on a token prefix as expected; using the full context",
+                    type(model).__name__)
+        return None
+    return tower
 
 
 # --- specs -------------------------------------------------------------------------------------
@@ -187,6 +316,7 @@ def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None =
         embed_dim=int(open_clip.get_model_config(arch)["embed_dim"]),
         logit_scale=float(model.logit_scale.exp().item()),
         fingerprint=_fingerprint(spec.strip(), parsed),
+        text_tower=_checked_text_tower(model, tokenizer, target),
     )
 
 
@@ -206,11 +336,11 @@ def get_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = 
 
 def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, Any, Any]:
     """(open_clip arch name, model, preprocess, tokenizer) for a parsed spec, on the CPU."""
-    if parsed.kind == "preset":
-        return (presets.preset_config_path(parsed.arch).stem, *presets.create_preset_clip(parsed.arch))
     arch = _arch_name(parsed.arch)
+    if parsed.kind == "preset":
+        return (arch, *create_seeded_clip(arch, presets.preset_seed(parsed.arch)))
     if parsed.kind == "random":
-        return (arch, *presets.create_seeded_clip(arch))
+        return (arch, *create_seeded_clip(arch))
     if parsed.kind == "file":
         return (arch, *_build_from_checkpoint(arch, _checked_file(parsed.weights)))
     checkpoint = _cached_weights(arch, parsed.weights, cache_dir)
@@ -263,6 +393,16 @@ def build_clip(
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
+def create_seeded_clip(arch: str, seed: int = 0) -> tuple[Any, Any, Any]:
+    """Build open_clip architecture `arch` with weights drawn from `seed` (meaningless outputs).
+
+    The CPU generator is seeded inside `fork_rng`, so the caller's RNG state is restored after.
+    """
+    with torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
+        torch.manual_seed(seed)
+        return build_clip(arch)
+
+
 def register_model_config(path: str | Path) -> str:
     """Make an open_clip model-config JSON known to open_clip under its file stem; return that name."""
     path = Path(path).expanduser().resolve()
@@ -312,21 +452,10 @@ def _looks_like_checkpoint(path: Path) -> bool:
     return head[8:9] == b"{" and 8 + size <= path.stat().st_size
 
 
-def _brief(exc: BaseException) -> str:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
+_brief = downloads.brief
 
 
 # --- weights cache and downloads ---------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pull_clip(spec: str, *, cache_dir: str | Path | None = None, progress: bool = True) -> Path | None:
@@ -413,18 +542,9 @@ def _hf_offline() -> bool:
 
 
 def _check_reachable(label: str, url: str) -> None:
-    """Fail in seconds when the server (or proxy) is unreachable, rather than after the Hub
-    client's retries with back-off (about 25 s for a refused connection)."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host or ""):
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy_parts.hostname, proxy_parts.port or 80
-    try:
-        socket.create_connection((host, port), timeout=_NETWORK_TIMEOUT_S).close()
-    except OSError as exc:
-        raise _download_failed(label, f"cannot reach {host}:{port} ({_brief(exc)})") from exc
+    problem = downloads.check_reachable(url)
+    if problem:
+        raise _download_failed(label, problem)
 
 
 def _pull_url(label: str, url: str, cache_dir: str | Path | None, progress: bool) -> Path:
@@ -452,29 +572,12 @@ def _expected_sha256(url: str) -> str:
 
 
 def _download_url(label: str, url: str, target: Path, expected_sha256: str, *, progress: bool) -> Path:
-    """Stream `url` to `target` with a progress bar, verifying the SHA-256 prefix if one is given.
-    The file appears at `target` only when complete and verified."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-    digest = hashlib.sha256()
+    """Stream `url` to `target`, verifying the SHA-256 prefix if one is given (engine.models.downloads)."""
     try:
-        with urllib.request.urlopen(url, timeout=_NETWORK_TIMEOUT_S) as response, partial.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
-                while chunk := response.read(_CHUNK_BYTES):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, short bodies
-        partial.unlink(missing_ok=True)
-        raise _download_failed(label, f"fetching {url} failed ({_brief(exc)})") from exc
-    if expected_sha256 and not digest.hexdigest().startswith(expected_sha256):
-        partial.unlink(missing_ok=True)
-        raise ModelUnavailable(
-            f"The CLIP weights downloaded for {label} from {url} failed their SHA-256 check "
-            f"(got {digest.hexdigest()[:16]}…, expected {expected_sha256[:16]}…) and were deleted; try again."
-        )
-    partial.replace(target)
+        downloads.download(url, target, expected_sha256=expected_sha256, progress=progress,
+                           what=f"The CLIP weights for {label}")
+    except downloads.DownloadFailed as exc:
+        raise _download_failed(label, str(exc)) from exc
     return target
 
 

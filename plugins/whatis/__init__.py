@@ -6,6 +6,7 @@ This module is the light part (commands and handlers, no torch); the worker impo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, AsyncIterator, Literal
 
 from pydantic import Field
@@ -15,8 +16,9 @@ from bot.config import PluginSettings
 from bot.hookspecs import hookimpl
 from bot.markup import bold, code, escape, italic
 from engine.errors import UserError
+from engine.jobs import PROGRESS, SUCCEEDED
 from plugins.whatis.chart import render_chart
-from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, parse_labels
+from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, check_top, parse_labels
 
 TASK = "whatis.classify"
 IMAGENET = "ImageNet-1k"
@@ -29,6 +31,8 @@ class WhatisSettings(PluginSettings):
     top: int = Field(5, ge=1, le=MAX_TOP, description="labels shown in a /whatis answer")
     threshold: float = Field(0.1, ge=0, le=1, description="below this best probability, answer 'none of these'")
     max_labels: int = Field(1000, ge=2, description="most labels one /whatis may ask for")
+    label_cache_mb: int = Field(512, ge=0, description="disk cache of label embeddings, in MB (least recently used go)")
+    precompute: bool = Field(False, description="workers prepare the ImageNet label embeddings in the background at start")
 
 
 async def classify_image(engine: Any, image_key: str, labels: list[str] | None, top: int) -> dict:
@@ -36,9 +40,25 @@ async def classify_image(engine: Any, image_key: str, labels: list[str] | None, 
 
     Returns {"model": str, "labels": [{"label", "score"}...] best first, "meaningless": bool}.
     """
-    if not 1 <= top <= MAX_TOP:
-        raise UserError(f"top must be between 1 and {MAX_TOP}.")
-    return await engine.run(TASK, {"image": image_key, "labels": labels, "top": top}, queue="gpu")
+    async for update in classify_updates(engine, image_key, labels, top):
+        if isinstance(update, dict):
+            return update
+    raise RuntimeError("the classification job ended without a result")
+
+
+async def classify_updates(engine: Any, image_key: str, labels: list[str] | None,
+                           top: int) -> AsyncIterator[Reply | dict]:
+    """`classify_image` as a stream: a progress `Reply` for each progress event of the job (e.g.
+    "preparing ImageNet labels: 35%" the first time a model meets a label set), then the result."""
+    check_top(top, max_top=MAX_TOP)
+    kwargs = {"image": image_key, "labels": labels, "top": top}
+    job_id = await asyncio.to_thread(engine.submit, TASK, kwargs, queue="gpu")
+    async for event in engine.follow(job_id):
+        if event.kind == PROGRESS:
+            step, total = event.data.get("step", 0), event.data.get("total") or 1
+            yield Reply(text=event.data.get("message") or "working…", progress=min(1.0, step / total))
+        elif event.kind == SUCCEEDED:
+            yield event.data.get("result")
 
 
 def resolve_labels(ctx: Any, text: str) -> tuple[list[str] | None, str]:
@@ -92,7 +112,12 @@ async def whatis(
     top = top or config.top
     if label_list is not None:
         top = min(top, len(label_list))
-    result = await classify_image(ctx.engine, image.key, label_list, top)
+    result: dict = {}
+    async for update in classify_updates(ctx.engine, image.key, label_list, top):
+        if isinstance(update, Reply):
+            yield update  # "preparing ImageNet-1k labels: 35%" while a label matrix is built
+        else:
+            result = update
     text, note = format_answer(result, source, config.threshold)
     chart = await ctx.run_blocking(render_chart, result["labels"], title=f"What is {image.filename}?", note=note)
     yield Reply(text=text, images=(Image(chart, "whatis.png", "label probabilities"),), final=True,
@@ -150,3 +175,13 @@ def clipbot_task_modules():
 @hookimpl
 def clipbot_settings():
     return WhatisSettings
+
+
+@hookimpl
+def clipbot_prepare(app, at_worker_start, report):
+    config = app.plugin_settings("whatis")
+    if at_worker_start and not config.precompute:
+        return
+    from plugins.whatis.tasks import prepare_imagenet_labels  # heavy: only where models load
+
+    prepare_imagenet_labels(app.settings, config, report)

@@ -14,21 +14,38 @@ _SET_NAME = re.compile(r"^[\w-]{1,32}$")
 
 def parse_labels(text: str, *, max_labels: int) -> list[str]:
     """Split 'cat, dog, a red car' into labels: trimmed, de-duplicated (case-insensitively)."""
+    parts = [" ".join(part.split()) for part in re.split(r"[,\n;]", text)]
+    return check_labels([part for part in parts if part], max_labels=max_labels)
+
+
+def check_labels(labels: Any, *, max_labels: int) -> list[str]:
+    """The rules every label list obeys, typed or sent to a task: 2..max_labels non-empty
+    strings of up to MAX_LABEL_CHARS characters; whitespace tidied, case-insensitive repeats dropped."""
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
+        raise UserError("Labels must be a list of words or phrases.")
     seen: set[str] = set()
-    labels = []
-    for part in re.split(r"[,\n;]", text):
-        label = " ".join(part.split())
-        if label and label.lower() not in seen:
+    cleaned = []
+    for label in (" ".join(raw.split()) for raw in labels):
+        if not label:
+            raise UserError("One of the labels is empty; give each label some text.")
+        if label.lower() not in seen:
             seen.add(label.lower())
-            labels.append(label)
-    too_long = next((lab for lab in labels if len(lab) > MAX_LABEL_CHARS), None)
+            cleaned.append(label)
+    too_long = next((lab for lab in cleaned if len(lab) > MAX_LABEL_CHARS), None)
     if too_long:
         raise UserError(f"The label '{too_long[:40]}…' is too long; keep each label under {MAX_LABEL_CHARS} characters.")
-    if len(labels) > max_labels:
-        raise UserError(f"That's {len(labels)} labels; the limit is {max_labels}.")
-    if len(labels) < 2:
+    if len(cleaned) > max_labels:
+        raise UserError(f"That's {len(cleaned)} labels; the limit is {max_labels}.")
+    if len(cleaned) < 2:
         raise UserError("Give at least two labels, separated by commas (e.g. `cat, dog, person`).")
-    return labels
+    return cleaned
+
+
+def check_top(top: Any, *, max_top: int) -> int:
+    """How many guesses to show: an int from 1 to max_top."""
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= max_top:
+        raise UserError(f"top must be between 1 and {max_top}.")
+    return top
 
 
 def check_set_name(name: str) -> str:

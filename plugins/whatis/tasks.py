@@ -1,20 +1,90 @@
-"""/whatis engine task (heavy: imports torch through the pipeline)."""
+"""/whatis engine task and label preparation (heavy: imports torch through the pipeline)."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 from engine.images import decode_image
 from engine.models import clip_for
 from engine.models.clip import IMAGENET_CLASSNAMES
 from engine.tasks import JobContext, task
-from plugins.whatis import TASK
+from plugins.whatis import IMAGENET, MAX_TOP, TASK
 from plugins.whatis import pipeline
+from plugins.whatis.labels import check_labels, check_top
+
+_REPORT_EVERY_S = 1.0
 
 
 @task(TASK, queue="gpu")
 def classify(job: JobContext, image: str, labels: list[str] | None, top: int) -> dict:
-    settings = job.settings
+    """Classify the image stored under blob key `image` against `labels` (None: ImageNet-1k)."""
+    settings, config = job.settings, job.plugin_settings("whatis")
+    # Checked again here, as the handlers do: a task may be submitted by any client.
+    label_list = IMAGENET_CLASSNAMES if labels is None else check_labels(labels, max_labels=config.max_labels)
+    top = check_top(top, max_top=MAX_TOP)
     picture = decode_image(job.blobs.get(image), max_bytes=settings.max_image_bytes,
                            max_pixels=settings.max_image_pixels)
-    clip = clip_for(settings)
-    return pipeline.classify(clip, picture, labels or IMAGENET_CLASSNAMES, top=top,
-                             cache_dir=settings.data_dir / "cache" / "labels")
+    what = f"{IMAGENET} labels" if labels is None else f"{len(label_list)} labels"
+    return pipeline.classify(clip_for(settings), picture, label_list, top=top, cache_dir=label_cache_dir(settings),
+                             cache_bytes=label_cache_bytes(config), progress=_job_progress(job, what))
+
+
+def prepare_imagenet_labels(settings: Any, config: Any, report: Callable[[str], Any] | None = None) -> None:
+    """Compute the configured model's ImageNet-1k label matrix into the disk cache, unless it is
+    there already, so the first /whatis answers at once. `config`: the whatis plugin settings;
+    `report(message)` gets progress lines."""
+    sink = (lambda done, total, message: report(message)) if report else None
+    pipeline.label_matrix(clip_for(settings), IMAGENET_CLASSNAMES, cache_dir=label_cache_dir(settings),
+                          cache_bytes=label_cache_bytes(config),
+                          progress=BuildProgress(f"{IMAGENET} labels", sink) if sink else None)
+
+
+def label_cache_dir(settings: Any) -> Path:
+    return settings.data_dir / "cache" / "labels"
+
+
+def label_cache_bytes(config: Any) -> int:
+    return int(config.label_cache_mb) * 1024 * 1024
+
+
+class BuildProgress:
+    """Turns a label-matrix build's prompt counts into 'preparing ImageNet labels: 35%' reports:
+    none for a build that ends within a second, then at most one a second, and 100% at the end
+    of a build that reported. Waiting for another process that computes the same matrix is
+    reported at once (as 0%)."""
+
+    def __init__(self, what: str, sink: Callable[[int, int, str], Any], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._what = what
+        self._sink = sink
+        self._clock = clock
+        self._last = clock()
+        self._percent = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        percent = 100 * done // max(1, total)
+        if done == 0:
+            due = True  # waiting for another process that builds it
+        elif done >= total:
+            due = self._percent >= 0  # the end of a build that said something
+        else:
+            due = now - self._last >= _REPORT_EVERY_S
+        if not due or percent == self._percent:
+            return
+        self._last, self._percent = now, percent
+        self._sink(done, total, f"preparing {self._what}: {percent}%")
+
+
+def _job_progress(job: JobContext, what: str) -> Callable[[int, int], None]:
+    """Progress of a label-matrix build as job events; a cancelled job stops at the next batch
+    (or while it waits for another process's build)."""
+    report = BuildProgress(what, lambda done, total, message: job.progress(done, total, message=message))
+
+    def progress(done: int, total: int) -> None:
+        job.check_cancelled()
+        report(done, total)
+
+    return progress

@@ -89,6 +89,23 @@ def test_models_list_and_pull_preset(data_dir):
     assert pulled.returncode == 0 and "nothing to download" in pulled.stdout
 
 
+def test_models_pull_prepares_imagenet_labels(tmp_path):
+    pulled = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test")
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.splitlines()[-1] == "tiny-test: ready"
+    assert "preparing ImageNet-1k labels: " in pulled.stderr
+    assert len(list((tmp_path / "cache" / "labels").glob("*.pt"))) == 1
+
+    again = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test")  # cached: nothing to prepare
+    assert again.returncode == 0 and "preparing" not in again.stderr
+
+
+def test_models_pull_no_prepare_only_downloads(tmp_path):
+    pulled = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test", "--no-prepare")
+    assert pulled.returncode == 0 and "nothing to download" in pulled.stdout and "ready" not in pulled.stdout
+    assert not list((tmp_path / "cache" / "labels").glob("*.pt"))
+
+
 def test_local_chat_session(data_dir, tmp_path):
     image = write_image(tmp_path / "chat.png")
     script = f"/help\n/whatis {image} labels: cat, dog, person\n/search sketch\nhello\n/quit\n"

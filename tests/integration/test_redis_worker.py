@@ -134,3 +134,23 @@ def test_worker_without_broker_is_a_clear_error(data_dir):
         "clipbot: `clipbot worker` needs CLIPBOT_BROKER_URL (e.g. redis://localhost:6379/0); without it, "
         "`clipbot run` runs everything in one process."
     ]
+
+
+def test_worker_precomputes_imagenet_labels_at_start_once(redis_engine, start_worker, client, tmp_path):
+    """CLIPBOT_WHATIS_PRECOMPUTE: each worker child prepares the ImageNet label matrix in the
+    background at start; with two children one computes it and the other waits for it."""
+    worker_data = tmp_path / "worker-data"
+    worker = start_worker("--concurrency", "2", CLIPBOT_WHATIS_PRECOMPUTE="true", CLIPBOT_DATA_DIR=str(worker_data))
+    worker.wait_ready(redis_engine.engine)  # ready at once: preparing runs in the background
+    cache = worker_data / "cache" / "labels"
+    deadline = time.monotonic() + 280
+    while "preparing ImageNet-1k labels: 100%" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.5)
+    assert len(list(cache.glob("*.pt"))) == 1
+    assert worker.log().count("preparing ImageNet-1k labels: 100%") == 1, worker.log()
+
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="precomputed")
+    replies = say(adapter, f"/whatis {write_image(tmp_path / 'p.png')}")
+    assert [r.progress for r in replies] == [None], worker.log()  # nothing left to prepare
+    assert "labels: ImageNet-1k" in replies[-1].text and not replies[-1].error

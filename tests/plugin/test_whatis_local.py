@@ -35,7 +35,7 @@ def ranked(reply):
 
 def test_help_lists_commands_and_planned_ones(local):
     text = final(say(local, "/help")).text
-    for expected in ("/whatis", "/labels", "/help", "/search: not built yet", "/imagine: not built yet"):
+    for expected in ("/whatis", "/labels", "/help", "/imagine", "/cancel", "/search: not built yet"):
         assert expected in text
     assert "Usage: /whatis image: <image>" in final(say(local, "/help whatis")).text
 
@@ -107,7 +107,6 @@ def test_only_admins_change_label_sets(embedded, tmp_path):
     ("/whatis /no/such/file.png", "No such file"),
     ("/labels frobnicate", "must be one of: set, show, clear"),
     ("/search whiteboard sketch", "/search is not built yet"),
-    ("/imagine a red fox", "/imagine is not built yet"),
     ("/whatsit {img}", "Did you mean /whatis?"),
     ("hello there", "Commands start with /"),
     ('/whatis "{img}', "check your quotes"),
@@ -161,3 +160,83 @@ def test_oversized_upload_is_refused_before_reading(embedded, tmp_path):
     adapter = LocalAdapter(embedded, out=io.StringIO(), output_dir=tmp_path)
     reply = final(say(adapter, f"/whatis {big}"))
     assert reply.error and "the limit is" in reply.text
+
+
+def test_label_matrix_progress_reaches_the_chat(local, red_png, monkeypatch):
+    """A new label set is encoded with progress events; the handler turns them into progress
+    replies (shown live, before the answer)."""
+    from plugins.whatis import tasks
+
+    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)  # report every new percent, however fast
+    labels = ", ".join(f"gadget model {i} {red_png.parent.name}" for i in range(12))  # never seen before
+    replies = say(local, f"/whatis {red_png} labels: {labels}")
+    progress = [r for r in replies if r.progress is not None]
+    assert final(replies) is replies[-1] and not replies[-1].error, replies[-1].text
+    assert len(progress) >= 5 and all(not r.final for r in progress)
+    assert all(r.text.startswith("preparing 12 labels: ") for r in progress)
+    assert [r.progress for r in progress] == sorted(r.progress for r in progress) and progress[-1].progress == 1
+    assert "[100%] preparing 12 labels: 100%" in local.buffer.getvalue()
+
+    again = say(local, f"/whatis {red_png} labels: {labels}")  # cached now: just the answer
+    assert [r.progress for r in again] == [None]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"labels": [f"thing {i}" for i in range(5000)]}, "That's 5000 labels; the limit is 1000."),
+    ({"labels": []}, "at least two labels"),
+    ({"labels": ["cat"]}, "at least two labels"),
+    ({"labels": ["cat", ""]}, "One of the labels is empty"),
+    ({"labels": ["cat", "   "]}, "One of the labels is empty"),
+    ({"labels": ["cat", "x" * 101]}, "is too long"),
+    ({"labels": "cat, dog"}, "must be a list"),
+    ({"labels": ["cat", 7]}, "must be a list"),
+    ({"top": 0}, "top must be between 1 and 20"),
+    ({"top": 21}, "top must be between 1 and 20"),
+    ({"top": "3"}, "top must be between 1 and 20"),
+    ({"top": True}, "top must be between 1 and 20"),
+])
+def test_classify_task_checks_its_arguments(embedded, red_png, kwargs, message):
+    """Any client can submit the task (not only the handler): it refuses bad arguments itself."""
+    from engine.errors import UserError
+    from plugins.whatis import TASK
+
+    args = {"image": embedded.engine.blobs.put(red_png.read_bytes()), "labels": ["cat", "dog"], "top": 2, **kwargs}
+    with pytest.raises(UserError, match=message):
+        asyncio.run(embedded.engine.run(TASK, args))
+
+
+def test_classify_task_labels_none_is_imagenet_and_repeats_are_merged(embedded, red_png):
+    from plugins.whatis import TASK
+
+    key = embedded.engine.blobs.put(red_png.read_bytes())
+    result = asyncio.run(embedded.engine.run(TASK, {"image": key, "labels": [" Cat ", "cat", "dog"], "top": 5}))
+    assert sorted(item["label"] for item in result["labels"]) == ["Cat", "dog"]
+    from engine.models.clip import IMAGENET_CLASSNAMES
+
+    result = asyncio.run(embedded.engine.run(TASK, {"image": key, "labels": None, "top": 3}))
+    assert len(result["labels"]) == 3 and {i["label"] for i in result["labels"]} <= set(IMAGENET_CLASSNAMES)
+
+
+def test_cancelling_stops_a_label_matrix_build(embedded, red_png, monkeypatch):
+    from engine.errors import JobCancelled
+    from engine.jobs import PROGRESS
+    from plugins.whatis import TASK, pipeline, tasks
+
+    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)
+    labels = [f"widget {i} {red_png.parent.name}" for i in range(1000)]  # 80,000 prompts, never seen
+    engine = embedded.engine
+    job_id = engine.submit(TASK, {"image": engine.blobs.put(red_png.read_bytes()), "labels": labels, "top": 3})
+    seen = []
+
+    async def follow():
+        async for event in engine.follow(job_id):
+            seen.append(event.kind)
+            if event.kind == PROGRESS and seen.count(PROGRESS) == 1:
+                await asyncio.to_thread(engine.cancel, job_id)
+
+    with pytest.raises(JobCancelled):
+        asyncio.run(follow())
+    assert PROGRESS in seen and seen.count(PROGRESS) < 100  # stopped well before the end
+    key = pipeline._cache_key(tasks.clip_for(embedded.settings), labels, pipeline.PROMPT_TEMPLATES)
+    assert key not in pipeline._memory
+    assert not (embedded.settings.data_dir / "cache" / "labels" / f"{key}.pt").exists()

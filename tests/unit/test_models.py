@@ -26,6 +26,7 @@ from engine.errors import ModelUnavailable
 from engine.models import clip, presets
 from engine.models.clip import ClipSpec, load_clip, parse_clip_spec, pull_clip, sha256_file
 from engine.models.registry import ModelRegistry, resolve_device
+from tests.conftest import ROOT
 
 # engine.models exports the `registry` instance under the submodule's name, so fetch the module itself.
 registry_module = importlib.import_module("engine.models.registry")
@@ -116,6 +117,17 @@ def test_parse_spec_errors_say_what_to_do(spec, words):
 def test_presets_are_labelled_meaningless():
     assert "tiny-test" in presets.PRESETS
     assert all("random" in text and "meaningless" in text for text in presets.PRESETS.values())
+
+
+def test_presets_are_plain_data():
+    """No import cycle with engine.models.clip: presets import nothing of clipbot, torch or open_clip."""
+    code = ("import sys, engine.models.presets as p\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip') "
+            "or m == 'engine.models.clip'), p.preset_seed('tiny-test'), p.preset_config_path('tiny-test').is_file())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["[]", "0", "True"], out.stderr
+    source = Path(presets.__file__).read_text()
+    assert "from engine" not in source and "import torch" not in source
 
 
 def test_tiny_preset_loads_as_a_meaningless_eval_model(tiny):

@@ -20,7 +20,7 @@ HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunc
 
 def test_hooks_exist():
     assert HOOKS == ["clipbot_channel_removed", "clipbot_commands", "clipbot_image_posted",
-                     "clipbot_message_deleted", "clipbot_queues", "clipbot_settings", "clipbot_startup",
+                     "clipbot_message_deleted", "clipbot_prepare", "clipbot_queues", "clipbot_settings", "clipbot_startup",
                      "clipbot_task_modules"]
 
 
@@ -55,6 +55,36 @@ def test_hook_clipbot_task_modules(tmp_path):
 
     names = [t.name for m in modules for t in tasks_in(importlib.import_module(m))]
     assert "whatis.classify" in names
+
+
+def test_hook_clipbot_prepare(tmp_path, monkeypatch):
+    """/whatis prepares the (here: a shortened) ImageNet label matrix for `models pull`, and for
+    a worker only when CLIPBOT_WHATIS_PRECOMPUTE asks; the classify task then finds it on disk."""
+    from bot.app import open_app
+    from plugins.whatis import pipeline, tasks
+
+    monkeypatch.setattr(tasks, "IMAGENET_CLASSNAMES", ("tench", "goldfish", "great white shark"))
+    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)
+    settings = make_settings(tmp_path, clip_model="tiny-test", device="cpu")
+    cache = tmp_path / "cache" / "labels"
+    lines: list[str] = []
+    for precompute in ("false", "true"):
+        monkeypatch.setenv("CLIPBOT_WHATIS_PRECOMPUTE", precompute)
+        pipeline._memory.clear()
+        with open_app(settings, start_worker=False) as app:
+            app.pm.hook.clipbot_prepare(app=app, at_worker_start=True, report=lines.append)
+        assert bool(list(cache.glob("*.pt"))) is (precompute == "true")
+    assert lines and lines[-1] == "preparing ImageNet-1k labels: 100%"
+
+    for entry in cache.iterdir():
+        entry.unlink()
+    monkeypatch.setenv("CLIPBOT_WHATIS_PRECOMPUTE", "false")  # `models pull` prepares regardless
+    pipeline._memory.clear()
+    with open_app(settings, start_worker=False) as app:
+        app.pm.hook.clipbot_prepare(app=app, at_worker_start=False, report=print)
+    (matrix,) = cache.glob("*.pt")
+    key = pipeline._cache_key(tasks.clip_for(settings), tasks.IMAGENET_CLASSNAMES, pipeline.PROMPT_TEMPLATES)
+    assert matrix.stem == key  # exactly what `whatis.classify` with labels=None looks up
 
 
 def test_builtins_register_like_third_party(tmp_path):
@@ -223,4 +253,4 @@ def test_hook_clipbot_startup(tmp_path):
     with _events_app(tmp_path) as app:
         app.pm.register(recorder, name="recorder")
         asyncio.run(app.startup())
-    assert recorder.seen == [("startup", ["help"])]
+    assert recorder.seen == [("startup", ["cancel", "help"])]

@@ -1,5 +1,8 @@
 """The zero-shot pipeline against open_clip's reference on the same seeded random model."""
 
+import threading
+import time
+
 import open_clip
 import pytest
 import torch
@@ -7,6 +10,7 @@ from PIL import Image
 
 from engine.models.clip import IMAGENET_CLASSNAMES, PROMPT_TEMPLATES, load_clip
 from plugins.whatis import pipeline
+from plugins.whatis.tasks import BuildProgress
 
 LABELS = list(IMAGENET_CLASSNAMES[:12]) + ["a whiteboard sketch", "a red square"]
 
@@ -89,3 +93,84 @@ def test_torn_cache_file_is_recomputed(clip, tmp_path):
     cached.write_bytes(b"torn")
     pipeline._memory.clear()
     torch.testing.assert_close(pipeline.label_matrix(clip, labels, cache_dir=tmp_path), good)
+
+
+def _entries(cache_dir):
+    return {path.stem for path in cache_dir.glob("*.pt")}
+
+
+def test_disk_cache_is_capped_least_recently_used_first(clip, tmp_path):
+    pipeline._memory.clear()
+    sets = [["red", "green"], ["up", "down"], ["hot", "cold"], ["wet", "dry"]]
+    keys = [pipeline._cache_key(clip, labels, PROMPT_TEMPLATES) for labels in sets]
+    pipeline.label_matrix(clip, sets[0], cache_dir=tmp_path)
+    size = (tmp_path / f"{keys[0]}.pt").stat().st_size
+    cap = 2 * size + size // 2  # room for two matrices
+    time.sleep(0.02)  # distinct mtimes even on coarse file-system clocks
+    pipeline.label_matrix(clip, sets[1], cache_dir=tmp_path, cache_bytes=cap)
+    assert _entries(tmp_path) == {keys[0], keys[1]}
+
+    time.sleep(0.02)
+    pipeline._memory.clear()  # a fresh process uses set 0 from disk: now it is the recent one
+    pipeline.label_matrix(clip, sets[0], cache_dir=tmp_path, cache_bytes=cap)
+    time.sleep(0.02)
+    pipeline.label_matrix(clip, sets[2], cache_dir=tmp_path, cache_bytes=cap)
+    assert _entries(tmp_path) == {keys[0], keys[2]}  # set 1, the least recently used, went
+    assert not (tmp_path / f".{keys[1]}.lock").exists()
+
+    time.sleep(0.02)
+    pipeline.label_matrix(clip, sets[2], cache_dir=tmp_path, cache_bytes=cap)  # a memory hit marks use too
+    time.sleep(0.02)
+    pipeline.label_matrix(clip, sets[3], cache_dir=tmp_path, cache_bytes=cap)
+    assert _entries(tmp_path) == {keys[2], keys[3]}
+
+    # a cap smaller than one matrix keeps just the newest one
+    assert pipeline.prune_cache(tmp_path, 0, keep=keys[3]) == size
+    assert _entries(tmp_path) == {keys[3]}
+
+
+def test_concurrent_builds_of_one_matrix_compute_it_once(clip, tmp_path, monkeypatch):
+    """Two workers (threads here; separate processes lock the same file) asking for the same new
+    label set: one computes, the other waits for it (and says so) and reads it from disk."""
+    pipeline._memory.clear()
+    real, calls, started = pipeline.encode_labels, [], threading.Event()
+
+    def slow_encode(*args):
+        calls.append(1)
+        started.set()
+        time.sleep(0.5)
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "encode_labels", slow_encode)
+    labels, waited, results = ["left", "right", "centre"], [], []
+    first = threading.Thread(target=lambda: results.append(pipeline.label_matrix(clip, labels, cache_dir=tmp_path)))
+    first.start()
+    assert started.wait(30)
+    pipeline._memory.clear()  # as if the second request ran in another process
+    second = pipeline.label_matrix(clip, labels, cache_dir=tmp_path, progress=lambda d, t: waited.append((d, t)))
+    first.join()
+    assert len(calls) == 1 and waited and set(waited) == {(0, 3 * len(PROMPT_TEMPLATES))}
+    torch.testing.assert_close(second, results[0])
+
+
+def test_build_progress_is_quiet_for_quick_builds_then_once_a_second():
+    now, lines = [100.0], []
+    report = BuildProgress("ImageNet-1k labels", lambda d, t, message: lines.append(message), clock=lambda: now[0])
+    report(10, 1000)  # within the first second: nothing
+    now[0] += 1.5
+    report(20, 1000)
+    report(30, 1000)  # within a second of the last report
+    now[0] += 1.0
+    report(350, 1000)
+    now[0] += 5.0
+    report(352, 1000)  # same percentage: nothing new to say
+    report(1000, 1000)  # the end of a build that reported is always said
+    report(0, 1000)  # waiting for another process is said at once
+    assert lines == ["preparing ImageNet-1k labels: 2%", "preparing ImageNet-1k labels: 35%",
+                     "preparing ImageNet-1k labels: 100%", "preparing ImageNet-1k labels: 0%"]
+
+    quick = []
+    report = BuildProgress("x", lambda d, t, message: quick.append(message), clock=lambda: now[0])
+    report(500, 1000)
+    report(1000, 1000)
+    assert quick == []  # a quick build says nothing, not even 100%
