@@ -122,6 +122,8 @@ class Engine:
         try:
             self.celery.send_task(task, args=(job_id,), kwargs=kwargs, task_id=job_id, queue=self.queue_name(queue))
         except OperationalError as exc:
+            if self.embedded:
+                raise
             self.book.update(job_id, ttl=self.book.finished_ttl, state=FAILED, error="not queued: Redis unreachable")
             raise BackendUnavailable(redis_where(self.redis), exc) from exc
 

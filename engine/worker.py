@@ -167,8 +167,8 @@ class WorkerRuntime:
         now, dead_after = time.time(), self.settings.worker_dead_after
         for field, raw in self.redis.hgetall(WORKERS).items():
             info = json.loads(raw)
-            pid = info["process"]
-            if info["node"] != self.node or pid == self.main_pid:
+            pid = info.get("process")
+            if info.get("node") != self.node or not isinstance(pid, int) or pid == self.main_pid:
                 continue
             if not _is_my_child(pid):  # it exited and Celery replaced it
                 self.redis.hdel(WORKERS, field)
@@ -262,11 +262,14 @@ def _every(period: float, stop: threading.Event, step: Any, what: str) -> thread
 
 
 def torch_threads(settings: Any, children: int) -> int:
-    """Torch threads per child: the setting, or the CPU cores shared out among the children."""
+    """Torch threads per child: the setting, or the CPU cores shared out among the children (no
+    more than an OMP_NUM_THREADS the operator set)."""
     if settings.worker_torch_threads:
         return settings.worker_torch_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, children))
+    share = max(1, cores // max(1, children))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(omp)) if omp.isdigit() and int(omp) > 0 else share
 
 
 def _limit_torch_threads(threads: int) -> None:

@@ -282,3 +282,15 @@ def test_queue_timeout_does_not_count_the_requesters_own_lag(tmp_path):
         assert asyncio.run(main())[-1] == "succeeded"
     finally:
         engine.stop()
+
+
+def test_torch_threads_share_the_cores(monkeypatch, tmp_path):
+    from engine.worker import torch_threads
+
+    cores = len(__import__("os").sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    settings = make_settings(tmp_path)
+    assert torch_threads(settings, 1) == cores and torch_threads(settings, cores * 2) == 1
+    assert torch_threads(make_settings(tmp_path, worker_torch_threads=3), 2) == 3  # the setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an operator's cap is kept
+    assert torch_threads(settings, 1) == 1
