@@ -83,7 +83,8 @@ def plugin_settings(pm: pluggy.PluginManager) -> dict[str, Any]:
 def declared_queues(pm: pluggy.PluginManager) -> dict[str, Any]:
     """Queue name -> `engine.tasks.Queue`, from every plugin's `clipbot_queues` (first wins)."""
     queues: dict[str, Any] = {}
-    for declared in pm.hook.clipbot_queues():
+    # pluggy calls the last registered plugin first; keep registration order (the core's first).
+    for declared in reversed(pm.hook.clipbot_queues()):
         for queue in declared or ():
             queues.setdefault(queue.name, queue)
     return queues
