@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
+from bot.commands import Reply
 from bot.dispatch import Dispatcher
 from bot.events import ChannelRemoved, HistorySource, ImagePosted, MessageDeleted
 
@@ -38,6 +39,14 @@ class App(Dispatcher):
     async def startup(self) -> None:
         """Adapters call this once they are connected and have registered their history sources."""
         await self._notify("clipbot_startup", None)
+
+    def resume_jobs(self, platform: str) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
+        """For each long job `platform`'s conversations still wait for (a restarted bot):
+        (its `Request.conversation`, its reply stream). The adapter renders each stream into that
+        conversation as it would a fresh request's (`bot.longjob`)."""
+        from bot.longjob import resume_jobs
+
+        return resume_jobs(self, platform)
 
     async def _notify(self, hook_name: str, event: Any) -> None:
         # Each plugin's implementation runs on its own, off the loop, so one broken plugin neither

@@ -52,6 +52,7 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="show the configured model and the offline presets")
     pull = models_sub.add_parser("pull", help="download and verify the configured weights")
     pull.add_argument("--clip", help="CLIP spec to pull (default: CLIPBOT_CLIP_MODEL)")
+    pull.add_argument("--vqgan", help="VQGAN spec to pull instead (e.g. imagenet_f16_16384; see CLIPBOT_VQGAN_MODEL)")
     pull.add_argument("--no-prepare", action="store_true",
                       help="only download: skip precomputing (e.g. /whatis's ImageNet label embeddings)")
 
@@ -330,7 +331,11 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
 
 async def _serve(app: Any, settings: Any, adapters: list[Any]) -> None:
     """Every configured platform adapter, concurrently, until one stops or Ctrl-C."""
+    import signal
+
     stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a clean shutdown: adapters close their connections
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(module.serve(app, settings, stop), name=module.__name__) for module in adapters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -368,9 +373,12 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
 
     if args.action == "list":
         print(f"configured CLIP: {settings.clip_model} (cache: {settings.models_dir})")
+        print(f"configured VQGAN: {settings.vqgan_model}")
         for name, about in PRESETS.items():
             print(f"preset {name}: {about}")
         return 0
+    if args.vqgan:
+        return _pull_vqgan(args.vqgan, settings)
     spec = args.clip or settings.clip_model
     parse_clip_spec(spec)  # a bad spec is a user error before any network
     path = pull_clip(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
@@ -384,6 +392,16 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
     with open_app(local, start_worker=False) as app:
         _prepare(app, at_worker_start=False)
     print(f"{spec}: ready")
+    return 0
+
+
+def _pull_vqgan(spec: str, settings: Any) -> int:
+    from engine.models.vqgan import parse_vqgan_spec, pull_vqgan
+
+    parse_vqgan_spec(spec)  # a bad spec is a user error before any network
+    paths = pull_vqgan(spec, cache_dir=settings.models_dir, progress=sys.stderr.isatty())
+    where = f" at {paths[1]}" if paths else " (random weights: nothing to download)"
+    print(f"VQGAN {spec}: ready{where}")
     return 0
 
 

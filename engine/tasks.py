@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from engine.checkpoints import checkpoints_for
 from engine.errors import JobCancelled
 from engine.jobs import PROGRESS
 
@@ -46,16 +47,19 @@ class TaskInfo:
     name: str
     queue: str
     fn: Callable[..., Any]
+    inputs: tuple[str, ...] = ()  # kwargs holding blob keys (or lists of them) that the job consumes
 
 
-def task(name: str, *, queue: str = "gpu") -> Callable[[Callable], Callable]:
+def task(name: str, *, queue: str = "gpu", inputs: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Mark `fn` as the engine task `name` on `queue` (a declared queue: "gpu" for quick model
-    work, "io" for network, or one the plugin declares with `clipbot_queues`)."""
+    work, "io" for network, or one the plugin declares with `clipbot_queues`). `inputs` names
+    the kwargs that carry upload blob keys: those blobs are deleted when the job ends (outputs
+    and snapshots keep their TTL)."""
     if not _QUEUE_NAME.match(queue):
         raise ValueError(f"invalid queue name {queue!r}")
 
     def mark(fn: Callable) -> Callable:
-        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn))
+        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn, inputs=tuple(inputs)))
         return fn
 
     return mark
@@ -93,10 +97,24 @@ class JobContext:
         if self.cancelled():
             raise JobCancelled("The job was cancelled.")
 
-    def progress(self, step: int, total: int, *, message: str = "", snapshot: bytes | None = None) -> None:
-        """Report progress; a snapshot image is stored as a blob and its key sent in the event."""
+    def progress(self, step: int, total: int, *, message: str = "", snapshot: bytes | None = None,
+                 **extra: Any) -> None:
+        """Report progress; a snapshot image is stored as a blob and its key sent in the event.
+        `extra` is more JSON for the event (e.g. eta, loss)."""
         self.check_cancelled()
-        data: dict[str, Any] = {"step": step, "total": total, "message": message}
+        data: dict[str, Any] = {**extra, "step": step, "total": total, "message": message}
         if snapshot is not None:
             data["snapshot"] = self.blobs.put(snapshot)
         self.engine.book.emit(self.job_id, PROGRESS, **data)
+
+    # ---- checkpoints (engine.checkpoints): resumable state keyed by this job's id -------------
+    def save_checkpoint(self, data: bytes, **meta: Any) -> None:
+        """Store `data` as this job's checkpoint (replacing the last); a redelivery can load it."""
+        checkpoints_for(self.engine).save(self.job_id, data, **meta)
+
+    def load_checkpoint(self) -> bytes | None:
+        """The last checkpoint an earlier attempt of this job saved, or None."""
+        return checkpoints_for(self.engine).load(self.job_id)
+
+    def delete_checkpoint(self) -> None:
+        checkpoints_for(self.engine).delete(self.job_id)

@@ -22,7 +22,8 @@ REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"
 # Settings read the environment: pin it before any test builds a Settings object.
 for _name in [n for n in os.environ if n.startswith("CLIPBOT_") and n != "CLIPBOT_TEST_REDIS_URL"]:
     del os.environ[_name]
-os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING"})
+os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING",
+                   "CLIPBOT_VQGAN_MODEL": "tiny-test"})
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,19 @@ def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Pa
     return path
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny 8-bit greyscale PNG whose IHDR claims width×height; it holds one row of pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def red_png(tmp_path) -> Path:
     return write_image(tmp_path / "red.png")
@@ -95,7 +109,8 @@ def redis_url():
 def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPBOT_")}
     env.update({
-        "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_DATA_DIR": str(data_dir),
+        "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_VQGAN_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu",
+        "CLIPBOT_DATA_DIR": str(data_dir),
         "CLIPBOT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
     })
     if redis_url:
@@ -164,6 +179,58 @@ def redis_engine(data_dir, redis_url):
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=60, job_timeout=120)
     with app(settings, start_worker=False) as dispatcher:
         yield dispatcher
+
+
+# ---- engine contract checks, shared by the unit (memory, SQLite) and integration (Redis) tests --
+def check_store(store) -> None:
+    store.set("t:a", {"x": [1, 2]})
+    store.set("t:b", "v", ttl=1)
+    store.set("t_c", 3)  # '_' is not a wildcard for keys()
+    assert store.get("t:a") == {"x": [1, 2]}
+    assert store.keys("t:") == ["t:a", "t:b"]
+    store.delete("t:a")
+    assert store.get("t:a") is None
+    time.sleep(1.2)
+    assert store.get("t:b") is None
+
+
+def check_blobs(blobs) -> None:
+    from engine.blobs import BlobMissing
+
+    key = blobs.put(b"\x89PNG data")
+    assert blobs.get(key) == b"\x89PNG data"
+    short = blobs.put(b"x", ttl=1)
+    blobs.delete(key)
+    with pytest.raises(BlobMissing, match="no longer available"):
+        blobs.get(key)
+    time.sleep(1.1)
+    with pytest.raises(BlobMissing):
+        blobs.get(short)
+
+
+def check_event_feed(book, feed) -> None:
+    """Events reach a follower in order, late subscribers see the past, expiry forgets the log."""
+    import asyncio
+
+    job = f"j-{time.time_ns()}"
+    book.emit(job, "started")
+    book.emit(job, "progress", step=1)
+
+    async def follow():
+        async with feed.follow(job) as events:
+            first = [await events.get(5), await events.get(5)]
+            assert await events.get(0.2) is None  # nothing new: None after the timeout
+            await asyncio.to_thread(book.emit, job, "succeeded", result=1)
+            return first, await events.get(5), await events.get(0.2)
+
+    first, last, after = asyncio.run(follow())
+    assert [(e.kind, e.data) for e in first] == [("started", {}), ("progress", {"step": 1})]
+    assert last.kind == "succeeded" and last.final and last.data == {"result": 1} and after is None
+    assert [e.kind for e in book.events.events(job)] == ["started", "progress", "succeeded"]
+    book.events.expire(job, 1)
+    time.sleep(2.1)
+    book.emit("other-job", "queued")  # the memory log sweeps when something is added
+    assert book.events.events(job) == []
 
 
 # ---- PostgreSQL + pgvector for the scale-out image index ------------------------------------

@@ -36,6 +36,7 @@ class LocalAdapter:
         self.output_dir = Path(output_dir or dispatcher.settings.data_dir / "output")
         self.user_id, self.channel_id, self.is_admin = user_id, channel_id, is_admin
         self._saved = 0
+        self._progress_actions: tuple = ()  # buttons already shown for the current progress message
 
     # ---- parsing ---------------------------------------------------------------------------
     def parse(self, line: str) -> Request:
@@ -92,7 +93,10 @@ class LocalAdapter:
             self.out.write(("error: " if reply.error else "") + text + "\n")
         for image in reply.images:
             self.out.write(f"[image saved: {self.save_image(image.data, image.filename)}]\n")
-        for action in reply.actions:
+        # A progress message is edited in place on chat platforms: print its buttons once, not per edit.
+        repeated = reply.progress is not None and not reply.final and reply.actions == self._progress_actions
+        self._progress_actions = reply.actions if reply.progress is not None and not reply.final else ()
+        for action in () if repeated else reply.actions:
             self.out.write(f"[{action.label}] {action_command(action)}\n")
         self.out.flush()
 
@@ -103,17 +107,44 @@ class LocalAdapter:
         path.write_bytes(data)
         return path
 
+    async def resume(self) -> list[asyncio.Task]:
+        """Pick up the long jobs that were running when the chat last stopped; their progress and
+        results print as they come. Returns the tasks rendering them."""
+        tasks = []
+        async for _conversation, replies in self.dispatcher.resume_jobs(self.platform):
+            tasks.append(asyncio.create_task(self._render_stream(replies)))
+        if tasks:
+            self.out.write(f"(following {len(tasks)} unfinished job{'s' if len(tasks) > 1 else ''} "
+                           "from last time)\n")
+        return tasks
+
+    async def _render_stream(self, replies: Any) -> None:
+        async for reply in replies:
+            await asyncio.to_thread(self.render, reply)
+
     async def repl(self, stdin: TextIO = sys.stdin) -> None:
-        """Read commands until EOF or /quit."""
+        """Read commands until EOF or /quit. At EOF (piped input) resumed jobs are waited for; /quit
+        leaves them running on the workers, to be followed again next time."""
         interactive = stdin.isatty()
         self.out.write("clipbot local chat. /help lists commands, /quit leaves.\n")
+        resumed = await self.resume()
+        quit_asked = await self._read_loop(stdin, interactive)
+        for task in resumed:
+            if quit_asked:
+                task.cancel()
+        await asyncio.gather(*resumed, return_exceptions=True)
+
+    async def _read_loop(self, stdin: TextIO, interactive: bool) -> bool:
+        """True when the user typed /quit, False at EOF."""
         while True:
             if interactive:
                 self.out.write(PROMPT)
                 self.out.flush()
             line = await asyncio.to_thread(stdin.readline)
-            if not line or line.strip() in ("/quit", "/exit"):
-                return
+            if not line:
+                return False
+            if line.strip() in ("/quit", "/exit"):
+                return True
             if line.strip():
                 await self.handle_line(line)
 

@@ -6,7 +6,7 @@ seeded random models for tests and offline demos. Importing this package does no
 
 from engine.models.registry import ModelRegistry, registry, resolve_device
 
-__all__ = ["ModelRegistry", "clip_for", "registry", "resolve_device"]
+__all__ = ["ModelRegistry", "clip_for", "registry", "resolve_device", "vqgan_for"]
 
 
 def clip_for(settings):
@@ -14,3 +14,10 @@ def clip_for(settings):
     from engine.models.clip import get_clip
 
     return get_clip(settings.clip_model, device=settings.device, cache_dir=settings.models_dir)
+
+
+def vqgan_for(settings, spec: str | None = None):
+    """The VQGAN the settings configure (or `spec`), loaded once per worker process (lazily)."""
+    from engine.models.vqgan import get_vqgan
+
+    return get_vqgan(spec or settings.vqgan_model, device=settings.device, cache_dir=settings.models_dir)

@@ -15,13 +15,10 @@ with a message that says what to do.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import http.client
 import json
 import logging
 import os
 import re
-import socket
 import threading
 import urllib.parse
 import urllib.request
@@ -40,7 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from engine.errors import ModelUnavailable
-from engine.models import presets
+from engine.models import downloads, presets
+from engine.models.downloads import sha256_file  # noqa: F401 - re-exported
 from engine.models.registry import registry, resolve_device
 
 DEFAULT_CLIP_SPEC = "ViT-B-32:laion2b_s34b_b79k"
@@ -50,8 +48,7 @@ PROMPT_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(open_clip.OPENAI_IMAG
 SpecKind = Literal["preset", "pretrained", "file", "random"]
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-_NETWORK_TIMEOUT_S = 5.0  # connect (and per-read) timeout: offline should fail in seconds
-_CHUNK_BYTES = 1 << 20
+_NETWORK_TIMEOUT_S = downloads.NETWORK_TIMEOUT_S
 _OPEN_CLIP_URL_CACHE = "~/.cache/clip"  # where open_clip puts url downloads without a cache_dir
 _CONFIG_LOCK = threading.Lock()  # open_clip's config registry is a module global
 _TEXT_BATCH_CPU = 64
@@ -455,21 +452,10 @@ def _looks_like_checkpoint(path: Path) -> bool:
     return head[8:9] == b"{" and 8 + size <= path.stat().st_size
 
 
-def _brief(exc: BaseException) -> str:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
+_brief = downloads.brief
 
 
 # --- weights cache and downloads ---------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pull_clip(spec: str, *, cache_dir: str | Path | None = None, progress: bool = True) -> Path | None:
@@ -556,18 +542,9 @@ def _hf_offline() -> bool:
 
 
 def _check_reachable(label: str, url: str) -> None:
-    """Fail in seconds when the server (or proxy) is unreachable, rather than after the Hub
-    client's retries with back-off (about 25 s for a refused connection)."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host or ""):
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy_parts.hostname, proxy_parts.port or 80
-    try:
-        socket.create_connection((host, port), timeout=_NETWORK_TIMEOUT_S).close()
-    except OSError as exc:
-        raise _download_failed(label, f"cannot reach {host}:{port} ({_brief(exc)})") from exc
+    problem = downloads.check_reachable(url)
+    if problem:
+        raise _download_failed(label, problem)
 
 
 def _pull_url(label: str, url: str, cache_dir: str | Path | None, progress: bool) -> Path:
@@ -595,29 +572,12 @@ def _expected_sha256(url: str) -> str:
 
 
 def _download_url(label: str, url: str, target: Path, expected_sha256: str, *, progress: bool) -> Path:
-    """Stream `url` to `target` with a progress bar, verifying the SHA-256 prefix if one is given.
-    The file appears at `target` only when complete and verified."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-    digest = hashlib.sha256()
+    """Stream `url` to `target`, verifying the SHA-256 prefix if one is given (engine.models.downloads)."""
     try:
-        with urllib.request.urlopen(url, timeout=_NETWORK_TIMEOUT_S) as response, partial.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
-                while chunk := response.read(_CHUNK_BYTES):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, short bodies
-        partial.unlink(missing_ok=True)
-        raise _download_failed(label, f"fetching {url} failed ({_brief(exc)})") from exc
-    if expected_sha256 and not digest.hexdigest().startswith(expected_sha256):
-        partial.unlink(missing_ok=True)
-        raise ModelUnavailable(
-            f"The CLIP weights downloaded for {label} from {url} failed their SHA-256 check "
-            f"(got {digest.hexdigest()[:16]}…, expected {expected_sha256[:16]}…) and were deleted; try again."
-        )
-    partial.replace(target)
+        downloads.download(url, target, expected_sha256=expected_sha256, progress=progress,
+                           what=f"The CLIP weights for {label}")
+    except downloads.DownloadFailed as exc:
+        raise _download_failed(label, str(exc)) from exc
     return target
 
 

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env, write_image
-from tests.unit.test_images import png_header_only
+from tests.conftest import ROOT, clipbot_env, png_header_only, write_image
 
 
 def clipbot(data_dir, *args, stdin=None, timeout=240, **env):

@@ -142,7 +142,8 @@ def test_env_example_lists_every_setting(tmp_path):
         fields += [(env_prefix(plugin), name, field) for name, field in type(values).model_fields.items()]
     assert any(prefix == "CLIPBOT_WHATIS_" for prefix, _, _ in fields)
     for prefix, name, field in fields:
-        line = f"{prefix}{name.upper()}="
+        alias = field.validation_alias  # e.g. DISCORD_TOKEN, SLACK_BOT_TOKEN: the platform's own variable name
+        line = f"{alias.choices[0] if alias is not None else prefix + name.upper()}="
         assert line in example, f".env.example lacks {line}"
         assert field.description, f"{prefix}{name.upper()} needs a description"
 
@@ -253,4 +254,4 @@ def test_hook_clipbot_startup(tmp_path):
     with _events_app(tmp_path) as app:
         app.pm.register(recorder, name="recorder")
         asyncio.run(app.startup())
-    assert recorder.seen == [("startup", ["help"])]
+    assert recorder.seen == [("startup", ["cancel", "help"])]

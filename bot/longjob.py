@@ -1,0 +1,257 @@
+"""Long jobs in a conversation: the one place that turns a job's events into chat replies.
+
+A plugin submits with `submit(ctx, task, kwargs, queue=..., finish=fn)` and returns
+`follow(ctx.app, job_id)`: queue position and ETA while waiting, throttled progress replies
+(step/total, ETA, snapshot images, a Cancel button) while running, and `finish(app, result)`'s
+reply at the end. Where a job answers (platform + the request's `conversation`) is stored with
+it, so a restarted bot picks it up again with `resume_jobs(app, platform)`: nothing is lost.
+`finish` is stored by name (`module:function`), so it must be a module-level function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import time
+from typing import Any, AsyncIterator, Callable
+
+from typing import Annotated
+
+from bot.commands import Action, Image, Reply, command
+from bot.markup import bold
+from engine.errors import JobCancelled, UserError
+
+_ENTRY = "clipbot:longjob:"
+_SECONDS = "clipbot:longjob-seconds:"  # recent run time per task, for queue ETAs
+ENTRY_TTL = 7 * 86400
+THROTTLE_S = 2.0  # fewest seconds between two text-only progress edits
+_WAIT_REFRESH_S = 5.0  # how often the queue position is refreshed while waiting
+
+Finish = Callable[[Any, dict], Reply]
+
+
+async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finish, label: str = "") -> str:
+    """Queue `task` and remember where it answers; returns the job id."""
+    engine = ctx.engine
+    job_id = await ctx.run_blocking(engine.submit, task, kwargs, queue=queue)
+    request = ctx.request
+    entry = {
+        "job_id": job_id, "task": task, "queue": queue, "label": label, "finish": _name_of(finish),
+        "platform": request.platform, "conversation": request.conversation or {"channel": request.channel_id},
+        "user_id": request.user_id, "channel_id": request.channel_id, "created": time.time(),
+    }
+    await ctx.run_blocking(engine.store.set, _ENTRY + job_id, entry, ttl=ENTRY_TTL)
+    return job_id
+
+
+def entry(app: Any, job_id: str) -> dict | None:
+    """What was stored about a long job when it was submitted (blocking)."""
+    return app.engine.store.get(_ENTRY + job_id)
+
+
+def cancel_action(job_id: str) -> Action:
+    return Action("Cancel", "cancel", {"job": job_id}, style="danger")
+
+
+async def follow(app: Any, job_id: str, *, resumed: bool = False) -> AsyncIterator[Reply]:
+    """The replies for one long job, ending with its final reply (or an error / cancelled one)."""
+    info = await asyncio.to_thread(entry, app, job_id)
+    if info is None:
+        raise UserError("I no longer know that job (it finished long ago or never existed).")
+    label = info.get("label") or "Working"
+    inbox: asyncio.Queue = asyncio.Queue()
+    # A reader task feeds the events in; waiting on the inbox (unlike on the event stream itself)
+    # may time out safely, to refresh the queue position.
+    reader = asyncio.create_task(_read_events(app, job_id, resumed, inbox))
+    yield Reply(text=f"{bold(label)}: queued", progress=0.0, actions=(cancel_action(job_id),))
+    try:
+        async for reply in _replies(app, info, label, inbox):
+            yield reply
+            if reply.final:
+                break
+    except UserError:
+        await _forget(app, job_id)  # failed, or no worker: the conversation has its answer
+        raise
+    else:
+        await _forget(app, job_id)  # delivered (or cancelled)
+    finally:
+        # A stopped follower (the bot shutting down) keeps the entry: the next start resumes it.
+        reader.cancel()
+
+
+async def _replies(app: Any, info: dict, label: str, inbox: asyncio.Queue) -> AsyncIterator[Reply]:
+    job_id = info["job_id"]
+    finish = _load(info["finish"])
+    running = False
+    last_text_at = 0.0
+    waiting_text = ""
+    while True:
+        try:
+            kind, event = await asyncio.wait_for(inbox.get(), timeout=None if running else _WAIT_REFRESH_S)
+        except asyncio.TimeoutError:
+            waiting = await _waiting_reply(app, info, label)
+            if waiting.text != waiting_text:  # only when the queue position (or its ETA) moved
+                waiting_text = waiting.text
+                yield waiting
+            continue
+        if kind == "error":
+            if isinstance(event, JobCancelled):
+                yield Reply(text=f"{bold(label)}: cancelled.", final=True)
+                return
+            raise event
+        if kind == "end":
+            return
+        running = running or event.kind in ("started", "progress")
+        if event.kind == "succeeded":
+            await asyncio.to_thread(_remember_duration, app, info)
+            yield await asyncio.to_thread(finish, app, event.data.get("result") or {})
+            return
+        if event.kind != "progress":
+            continue
+        if event.data.get("snapshot") is None and time.monotonic() - last_text_at < THROTTLE_S:
+            continue  # a text-only update soon after the last one: skip it (throttle)
+        last_text_at = time.monotonic()
+        yield await _progress_reply(app, job_id, label, event.data)
+
+
+async def _forget(app: Any, job_id: str) -> None:
+    await asyncio.to_thread(app.engine.store.delete, _ENTRY + job_id)
+
+
+async def _read_events(app: Any, job_id: str, resumed: bool, inbox: asyncio.Queue) -> None:
+    record = await asyncio.to_thread(app.engine.book.get, job_id) if resumed else None
+    # Long jobs bound themselves (their step caps): no job timeout. A resumed job that already
+    # started may have had its early events trimmed, so it gets no queue timeout either.
+    queue_timeout = math.inf if record is not None and record.state != "queued" else None
+    try:
+        async for event in app.engine.follow(job_id, job_timeout=math.inf, queue_timeout=queue_timeout):
+            inbox.put_nowait(("event", event))
+        inbox.put_nowait(("end", None))
+    except Exception as exc:  # JobFailed, JobCancelled, WorkerUnavailable: the follower raises them
+        inbox.put_nowait(("error", exc))
+
+
+async def _progress_reply(app: Any, job_id: str, label: str, data: dict) -> Reply:
+    step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
+    parts = [f"{bold(label)}: step {step}/{total}"]
+    if data.get("eta") is not None:
+        parts.append(f"about {format_seconds(float(data['eta']))} left")
+    if data.get("message"):
+        parts.append(str(data["message"]))
+    images: tuple[Image, ...] = ()
+    if data.get("snapshot"):
+        try:
+            png = await asyncio.to_thread(app.engine.blobs.get, data["snapshot"])
+            images = (Image(png, data.get("filename") or f"step-{step:04d}.png", f"step {step} of {total}"),)
+        except UserError:
+            pass  # expired (a resumed, old job): the text still says where it stands
+    return Reply(text=" · ".join(parts), images=images, progress=step / total, actions=(cancel_action(job_id),))
+
+
+async def _waiting_reply(app: Any, info: dict, label: str) -> Reply:
+    position = await asyncio.to_thread(queue_position, app.engine, info["job_id"], info["queue"])
+    text = f"{bold(label)}: waiting for a worker"
+    if position:
+        text += f" · position {position} in the queue"
+        seconds = await asyncio.to_thread(app.engine.store.get, _SECONDS + info["task"])
+        if seconds:
+            text += f" · starts in about {format_seconds(position * float(seconds))}"
+    return Reply(text=text, progress=0.0, actions=(cancel_action(info["job_id"]),))
+
+
+def queue_position(engine: Any, job_id: str, queue: str) -> int | None:
+    """1 = next to run. None when unknown (the embedded engine) or no longer queued."""
+    if getattr(engine, "redis", None) is None:
+        return None
+    # kombu's Redis transport LPUSHes and BRPOPs: the next message is at the right end.
+    waiting = engine.redis.lrange(engine.queue_name(queue), 0, -1)
+    needle = job_id.encode()
+    for position, raw in enumerate(reversed(waiting), start=1):
+        if needle in raw:
+            return position
+    return None
+
+
+def _remember_duration(app: Any, info: dict) -> None:
+    record = app.engine.book.get(info["job_id"])
+    if record is None or not record.started_at or not record.finished_at:
+        return
+    took = record.finished_at - record.started_at
+    previous = app.engine.store.get(_SECONDS + info["task"])
+    app.engine.store.set(_SECONDS + info["task"], took if previous is None else 0.7 * previous + 0.3 * took,
+                         ttl=30 * 86400)
+
+
+def unfinished(app: Any, platform: str) -> list[dict]:
+    """The long jobs this platform's conversations still wait for (blocking)."""
+    entries = (app.engine.store.get(key) for key in app.engine.store.keys(_ENTRY))
+    return sorted((e for e in entries if e and e.get("platform") == platform), key=lambda e: e["created"])
+
+
+async def resume_jobs(app: Any, platform: str) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
+    """For each unfinished job of `platform`: (its conversation, its reply stream from now on).
+
+    An adapter calls this at start and renders each stream into its conversation, as it would a
+    fresh request's. Errors end a stream with an error reply instead of escaping."""
+    for info in await asyncio.to_thread(unfinished, app, platform):
+        if await asyncio.to_thread(app.engine.book.get, info["job_id"]) is None:
+            # The embedded engine keeps jobs in memory: a restart lost this one. Say so, once.
+            await _forget(app, info["job_id"])
+            yield info["conversation"], _lost(info)
+            continue
+        yield info["conversation"], _guarded(follow(app, info["job_id"], resumed=True))
+
+
+async def _lost(info: dict) -> AsyncIterator[Reply]:
+    label = info.get("label") or "A job"
+    yield Reply(text=f"{bold(label)}: lost when clipbot restarted (the embedded engine keeps jobs in memory); "
+                     "please ask again.", error=True, final=True)
+
+
+async def _guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
+    try:
+        async for reply in replies:
+            yield reply
+    except UserError as exc:
+        yield Reply(text=str(exc), error=True, final=True)
+
+
+@command
+async def cancel(ctx, job: Annotated[str, "the job to stop (its Cancel button fills this in)"]) -> Reply:
+    """Stop a running job (yours, or any if you are an admin)."""
+    info = await ctx.run_blocking(entry, ctx.app, job)
+    if info is None and not ctx.request.is_admin:
+        raise UserError("That job is not running any more.")
+    if not may_cancel(info, ctx.request):
+        raise UserError("Only the person who started that job, or an admin, can cancel it.")
+    await ctx.run_blocking(ctx.engine.cancel, job)
+    return Reply(text="Cancelling…", ephemeral=True)
+
+
+def may_cancel(info: dict | None, request: Any) -> bool:
+    """The requester (same platform and user) or an admin."""
+    if request.is_admin:
+        return True
+    return bool(info) and info["user_id"] == request.user_id and info["platform"] == request.platform
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _name_of(fn: Callable) -> str:
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in name:
+        raise ValueError("finish must be a module-level function (it is stored by name)")
+    return name
+
+
+def _load(name: str) -> Finish:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)

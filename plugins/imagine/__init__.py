@@ -1,0 +1,164 @@
+"""/imagine: VQGAN+CLIP generation, with live progress, buttons, and jobs that survive restarts.
+
+This module is the light part (command, handler, reply rendering; no torch). The worker imports
+`plugins.imagine.tasks`, which runs `plugins.imagine.pipeline`. Following the job is
+`bot.longjob`'s work; this module only says what to submit and how the result reads.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, AsyncIterator, Literal
+
+from bot import longjob
+from bot.commands import Action, Attachment, Image, Reply, command
+from bot.hookspecs import hookimpl
+from bot.markup import bold, code, escape, italic
+from engine.errors import UserError
+from engine.tasks import Queue
+from plugins.imagine.plan import ImagineSettings, check_request
+from plugins.imagine.prompts import parse_prompts, parse_size
+
+TASK = "imagine.generate"
+QUEUE = "gpu-long"
+SAME_PROMPT = "="  # `prompt: =` with `from_job`: the earlier job's prompt (what buttons send)
+MODES = ("reroll", "vary", "continue", "init")
+_VARY_NOISE = 0.3
+
+
+@command(long_running=True)
+async def imagine(
+    ctx,
+    prompt: Annotated[str, "what to draw; weigh parts with | and :w, e.g. `a watercolor fox:1 | blurry:-0.5`"],
+    steps: Annotated[int, "optimisation steps (default: from the quality preset)"] = None,
+    size: Annotated[str, "picture size, e.g. 256 or 256x192 (default: from the quality preset)"] = "",
+    seed: Annotated[int, "random seed: the same seed and settings draw the same picture"] = None,
+    every: Annotated[int, "a snapshot every N steps"] = None,
+    init: Annotated[Attachment, "a picture to start from"] = None,
+    drawer: Annotated[Literal["auto", "vqgan", "pixels"], "vqgan, or pixels (CLIP only)"] = None,
+    preset: Annotated[Literal["draft", "normal", "best"], "quality preset"] = None,
+    from_job: Annotated[str, "an earlier /imagine job to build on (see mode)"] = "",
+    mode: Annotated[Literal["reroll", "vary", "continue", "init"], "with from_job: what to do with it"] = None,
+) -> AsyncIterator[Reply]:
+    """Draw a picture from a text prompt (VQGAN+CLIP), showing it take shape."""
+    limits: ImagineSettings = ctx.plugin_settings("imagine")
+    asked = dict(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
+                 preset=preset, from_job=from_job, mode=mode)
+    kwargs = await ctx.run_blocking(_build_request, ctx, asked, limits)
+    label = f"Imagining {italic(escape(_short(kwargs['prompt'])))}"
+    job_id = await longjob.submit(ctx, TASK, kwargs, queue=QUEUE, finish=finish_reply, label=label)
+    async for reply in longjob.follow(ctx.app, job_id):
+        yield reply
+
+
+def _build_request(ctx: Any, asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
+    """The task's arguments for what was asked, checked against the caps (blocking: store reads)."""
+    if asked["mode"] and not asked["from_job"]:
+        raise UserError("mode needs from_job: the /imagine job to build on.")
+    if asked["from_job"]:
+        return _from_job(ctx, asked, limits)
+    if asked["prompt"].strip() == SAME_PROMPT:
+        raise UserError(f"`prompt: {SAME_PROMPT}` means the prompt of from_job; give a prompt or a from_job.")
+    return _fresh(asked, limits)
+
+
+def _fresh(asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
+    parse_prompts(asked["prompt"])  # a bad prompt is refused now, not after queueing
+    size = parse_size(asked["size"]) if asked["size"] else None
+    check_request(limits, size=size, steps=asked["steps"], every=asked["every"])
+    kwargs: dict[str, Any] = {
+        "prompt": asked["prompt"].strip(),
+        "seed": asked["seed"] if asked["seed"] is not None else secrets.randbelow(2**31),
+        "quality": asked["preset"], "steps": asked["steps"], "every": asked["every"],
+        "drawer": asked["drawer"] or limits.drawer,
+    }
+    if size:
+        kwargs["width"], kwargs["height"] = size
+    if asked["init"] is not None:
+        kwargs["init"] = asked["init"].key
+    return kwargs
+
+
+def _from_job(ctx: Any, asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
+    """reroll (new seed), vary (final latent + noise), continue (+steps from the final state),
+    init (the final picture as the init image): the earlier job's settings unless overridden."""
+    record = ctx.engine.book.get(asked["from_job"])
+    earlier = (record.result if record and record.task == TASK else None) or {}
+    if not earlier.get("state"):
+        raise UserError("I can't find that finished /imagine job (it may have expired); start a new one.")
+    mode = asked["mode"] or "reroll"
+    prompt = earlier["prompt"] if asked["prompt"].strip() == SAME_PROMPT else asked["prompt"]
+    merged = {
+        **asked, "prompt": prompt, "mode": None, "from_job": "",
+        "size": asked["size"] or earlier["size"], "drawer": asked["drawer"] or earlier["drawer"],
+        "steps": asked["steps"] or earlier["steps"], "every": asked["every"] or earlier["every"],
+        "preset": asked["preset"] or earlier.get("quality"),
+    }
+    if mode == "continue":
+        merged["seed"] = earlier["seed"]
+        merged["steps"] = asked["steps"] or earlier["steps"]  # this many more
+    kwargs = _fresh(merged, limits)
+    if mode == "continue" and earlier["steps"] + kwargs["steps"] > limits.max_steps:
+        raise UserError(f"That would make {earlier['steps'] + kwargs['steps']} steps; the most is {limits.max_steps}.")
+    if mode == "continue":
+        kwargs["start"] = {"mode": "continue", "state": earlier["state"]}
+    elif mode == "vary":
+        kwargs["start"] = {"mode": "vary", "state": earlier["state"], "noise": _VARY_NOISE}
+    elif mode == "init":
+        kwargs["init"] = earlier["final"]
+    return kwargs
+
+
+def finish_reply(app: Any, result: dict) -> Reply:
+    """The final reply for a finished job (blocking: reads the picture from the blob store).
+    Also used by a restarted bot for jobs that finished while it was away."""
+    final = app.engine.blobs.get(result["final"])
+    losses = result.get("loss") or []
+    lines = [
+        f"{bold(escape(result['prompt']))}",
+        f"seed {code(str(result['seed']))} · {result['steps']} steps · {result['size']} · {result['drawer']} · "
+        f"{result['cutouts']} cutouts",
+    ]
+    if losses:
+        lines.append(f"loss {losses[0]:.4f} → {losses[-1]:.4f}")
+    if result.get("meaningless"):
+        lines.append(f"⚠ {escape(result['model'])} has random test weights: this picture means nothing.")
+    job_id = result.get("job_id", "")
+    data = {
+        "seed": result["seed"], "steps": result["steps"], "size": result["size"], "final": "final.png",
+        "snapshots": [s["filename"] for s in result.get("snapshots", [])], "loss": losses,
+    }
+    return Reply(text="\n".join(lines), images=(Image(final, "final.png", result["prompt"]),), final=True,
+                 data=data, actions=_actions(job_id) if job_id else ())
+
+
+def _actions(job_id: str) -> tuple[Action, ...]:
+    def act(label: str, mode: str, style: str = "secondary") -> Action:
+        return Action(label, "imagine", {"prompt": SAME_PROMPT, "from_job": job_id, "mode": mode}, style=style)
+
+    return (act("Reroll", "reroll", "primary"), act("Variations", "vary"), act("Continue", "continue"),
+            act("Use as init", "init"))
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@hookimpl
+def clipbot_commands():
+    return [imagine]
+
+
+@hookimpl
+def clipbot_task_modules():
+    return ["plugins.imagine.tasks"]
+
+
+@hookimpl
+def clipbot_settings():
+    return ImagineSettings
+
+
+@hookimpl
+def clipbot_queues():
+    return [Queue(QUEUE, "long GPU jobs (/imagine: minutes each), kept apart from quick work")]

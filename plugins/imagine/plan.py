@@ -1,0 +1,78 @@
+"""What an /imagine run will do, decided without torch: settings, quality presets, limits.
+
+The handler checks what the user typed against the caps before anything is queued; the task
+fills what was left open from the quality preset for the device it runs on (small on a CPU),
+then clamps to the same caps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from bot.config import PluginSettings
+from engine.errors import UserError
+
+Quality = Literal["draft", "normal", "best"]
+Drawer = Literal["auto", "vqgan", "pixels"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    size: int
+    steps: int
+    cutouts: int
+
+
+# Per device class: a CPU step of f16 VQGAN + ViT-B/32 at 128 px with 32 cutouts takes seconds.
+PRESETS: dict[str, dict[str, Preset]] = {
+    "cpu": {"draft": Preset(128, 20, 8), "normal": Preset(192, 50, 16), "best": Preset(256, 100, 32)},
+    "gpu": {"draft": Preset(256, 100, 32), "normal": Preset(384, 300, 32), "best": Preset(512, 500, 64)},
+}
+
+
+class ImagineSettings(PluginSettings):
+    """/imagine settings: CLIPBOT_IMAGINE_<NAME>."""
+
+    max_size: int = Field(512, ge=16, description="largest picture side in pixels a request may ask for")
+    max_steps: int = Field(1000, ge=1, description="most optimisation steps one request may ask for")
+    max_cutouts: int = Field(64, ge=1, description="most CLIP cutouts per step")
+    max_snapshots: int = Field(10, ge=1, le=20, description="most progress snapshots one run keeps")
+    quality: Quality = Field("normal", description="default quality preset: draft, normal or best")
+    drawer: Drawer = Field("auto", description="default drawer: auto (vqgan when its weights are here), vqgan, pixels")
+    checkpoint_every: int = Field(10, ge=1, description="steps between checkpoints a restarted job resumes from")
+    cut_pow: float = Field(1.0, gt=0, description="cutout size power (higher: smaller cutouts)")
+    learning_rate: float = Field(0.1, gt=0, le=10, description="Adam step size on the latents")
+    state_ttl: int = Field(86400, ge=60, description="seconds a finished picture's latent is kept for continue/variations")
+
+
+def check_request(limits: ImagineSettings, *, size: tuple[int, int] | None, steps: int | None,
+                  every: int | None) -> None:
+    """Refuse, in one sentence, what the caps do not allow (before anything is queued)."""
+    if size is not None and max(size) > limits.max_size:
+        raise UserError(f"{size[0]}x{size[1]} is too big: the largest side allowed here is {limits.max_size} px.")
+    if steps is not None and not 1 <= steps <= limits.max_steps:
+        raise UserError(f"steps must be between 1 and {limits.max_steps}.")
+    if every is not None:
+        if every < 1:
+            raise UserError("every must be at least 1 (a snapshot every N steps).")
+        if steps is not None and steps // every > limits.max_snapshots:
+            least = math.ceil(steps / limits.max_snapshots)
+            raise UserError(f"every {every} would make {steps // every} snapshots; the most is "
+                            f"{limits.max_snapshots} (use every {least} or more).")
+
+
+def resolve(limits: ImagineSettings, device_class: str, *, quality: str | None, size: tuple[int, int] | None,
+            steps: int | None, every: int | None) -> dict[str, Any]:
+    """Fill what the request left open from the quality preset for this device; clamp to the caps."""
+    preset = PRESETS[device_class][quality or limits.quality]
+    width, height = size or (preset.size, preset.size)
+    scale = min(1.0, limits.max_size / max(width, height))
+    width, height = max(16, int(width * scale)), max(16, int(height * scale))
+    steps = min(steps or preset.steps, limits.max_steps)
+    every = max(every or math.ceil(steps / 4), math.ceil(steps / limits.max_snapshots))
+    return {"width": width, "height": height, "steps": steps, "every": every,
+            "cutouts": min(preset.cutouts, limits.max_cutouts)}

@@ -1,0 +1,193 @@
+"""/imagine through the real machine Redis and real `clipbot worker` processes: cancel, continue,
+reroll, a worker killed mid-run (the child, and the whole worker), a bot restarted mid-job."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from bot.adapters.local import LocalAdapter, action_command
+from engine.checkpoints import checkpoints_for
+from tests.conftest import ROOT, clipbot_env, make_settings
+
+LONG = "gpu-long"
+
+
+@pytest.fixture
+def client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.delete("clipbot:workers")
+    return client
+
+
+def say(adapter, line):
+    return asyncio.run(adapter.handle_line(line))
+
+
+def _final(replies, worker):
+    final = replies[-1]
+    assert final.final and not final.error, f"{final.text}\n{worker.log()}"
+    return final
+
+
+def _wait(predicate, what, timeout=120, worker=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}\n{worker.log() if worker else ''}")
+
+
+def _submit(app, line):
+    """Start a request in a background thread's event loop; returns (job id, thread, replies list)."""
+    import threading
+
+    adapter = LocalAdapter(app, out=io.StringIO(), output_dir=ROOT / ".pytest-out-unused", channel_id="imagine")
+    request = adapter.parse(line)
+    replies: list = []
+    got_job = threading.Event()
+
+    async def drive():
+        async for reply in app.handle(request):
+            replies.append(reply)
+            if reply.actions and reply.actions[0].command == "cancel":
+                got_job.set()
+        got_job.set()
+
+    thread = threading.Thread(target=lambda: asyncio.run(drive()), daemon=True)
+    thread.start()
+    assert got_job.wait(60), replies
+    return replies[0].actions[0].options["job"], thread, replies
+
+
+def test_continue_and_reroll_through_a_worker(redis_engine, start_worker, client, tmp_path):
+    worker = start_worker("--queues", LONG)
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-1")
+    first = _final(say(adapter, "/imagine a lighthouse steps: 12 size: 64 every: 4 seed: 21"), worker)
+    assert first.data["snapshots"] == ["step-0004.png", "step-0008.png", "step-0012.png"]
+    actions = {a.label: a for a in first.actions}
+    more = _final(say(adapter, action_command(actions["Continue"]) + " steps: 8"), worker)
+    assert more.data["steps"] == 20 and more.data["loss"][:12] == first.data["loss"]
+    again = _final(say(adapter, action_command(actions["Reroll"])), worker)
+    assert again.data["seed"] != 21 and again.images[0].data != first.images[0].data
+    assert not list(client.scan_iter("clipbot:checkpoint:*"))  # finished jobs leave no checkpoint
+
+
+def test_cancel_stops_within_one_step(redis_engine, start_worker, client):
+    # A checkpoint every step makes the worker's step count visible from here, step by step.
+    worker = start_worker("--queues", LONG, CLIPBOT_IMAGINE_CHECKPOINT_EVERY="1")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    job, thread, replies = _submit(redis_engine, "/imagine a slow river steps: 1000 size: 64 every: 100")
+    checkpoints = checkpoints_for(redis_engine.engine)
+    _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 5, "five steps", worker=worker)
+    redis_engine.engine.cancel(job)
+    at_cancel = checkpoints.meta(job)["step"]
+    thread.join(60)
+    assert replies[-1].final and "cancelled" in replies[-1].text, worker.log()
+    # The task's last progress event names the last step it completed (the reporter flushes it).
+    events, _ = redis_engine.engine.book.events.read(job, redis_engine.engine.book.events.START, 1)
+    last_step = max(e.data["step"] for e in events if e.kind == "progress")
+    assert at_cancel <= last_step <= at_cancel + 1  # the step in flight may finish; no later one starts
+    assert redis_engine.engine.book.get(job).state == "cancelled"
+
+
+def _run_killed(redis_engine, start_worker, kill, tmp_path, **worker_env):
+    env = {"CLIPBOT_IMAGINE_CHECKPOINT_EVERY": "20", **worker_env}
+    worker = start_worker("--queues", LONG, **env)
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    job, thread, replies = _submit(redis_engine, "/imagine a red kite steps: 200 size: 64 every: 20 seed: 8")
+    checkpoints = checkpoints_for(redis_engine.engine)
+    _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 40, "two checkpoints", worker=worker)
+    kill(worker)
+    last_checkpoint = checkpoints.meta(job)["step"]  # nothing can write one now
+    fresh = start_worker("--queues", LONG, **env) if worker.proc.poll() is not None else worker
+    thread.join(300)
+    final = replies[-1]
+    assert final.final and not final.error, f"{final.text}\n{worker.log()}\n{fresh.log()}"
+    return job, final, last_checkpoint, fresh
+
+
+def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_worker, client, tmp_path):
+    def kill_child(worker):
+        (child,) = worker.children()
+        os.kill(child, signal.SIGKILL)  # the OOM killer, a CUDA fault, ...
+
+    job, final, last_checkpoint, worker = _run_killed(redis_engine, start_worker, kill_child, tmp_path)
+    record = redis_engine.engine.book.get(job)
+    assert record.attempts == 2
+    runs = record.result["runs"]
+    # the second attempt started at the last checkpoint: no step before it ran twice
+    assert runs == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
+    assert final.data["steps"] == 200 and len(final.data["loss"]) == 200
+    assert len(final.data["snapshots"]) == 10
+    # and resuming changed nothing: an uninterrupted run with the same seed draws the same picture
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-2")
+    clean = _final(say(adapter, "/imagine a red kite steps: 200 size: 64 every: 20 seed: 8"), worker)
+    assert clean.data["loss"] == final.data["loss"]
+    assert clean.images[0].data == final.images[0].data
+
+
+def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker, client, tmp_path):
+    def kill_all(worker):
+        os.killpg(worker.proc.pid, signal.SIGKILL)  # parent and children: the host went away
+        worker.proc.wait(10)
+
+    # The unacked job is redelivered once it is older than the visibility timeout; a fresh worker
+    # sweeps for such jobs as it starts.
+    job, final, last_checkpoint, _ = _run_killed(redis_engine, start_worker, kill_all, tmp_path,
+                                                 CLIPBOT_VISIBILITY_TIMEOUT="3")
+    runs = redis_engine.engine.book.get(job).result["runs"]
+    assert runs[0] == {"attempt": 1, "from_step": 0} and runs[-1]["from_step"] == last_checkpoint
+    assert all(run["from_step"] >= last_checkpoint for run in runs[1:])
+    assert final.data["steps"] == 200
+
+
+def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
+    worker = start_worker("--queues", LONG)
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    env = clipbot_env(data_dir, redis_url)
+    bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True, text=True)
+    bot.stdin.write("/imagine a stone bridge steps: 150 size: 64 every: 15 seed: 4\n")
+    bot.stdin.flush()
+    seen = ""
+    while "step 15/150" not in seen:  # it is running and the bot has shown progress
+        line = bot.stdout.readline()
+        assert line, seen + worker.log()
+        seen += line
+    os.killpg(bot.pid, signal.SIGKILL)  # the bot dies mid-job; the worker carries on
+    bot.wait(10)
+
+    again = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    out = again.stdout
+    assert again.returncode == 0, out + again.stderr
+    assert "(following 1 unfinished job from last time)" in out
+    assert "seed 4 · 150 steps · 64x64" in out and "final.png" in out
+    assert "[Reroll] /imagine prompt: = from_job: " in out
+    assert not list(client.scan_iter("clipbot:longjob:*"))  # delivered: nothing left to resume
+
+
+def test_a_waiting_job_shows_its_place_in_the_queue(redis_engine, start_worker, client):
+    worker = start_worker("--queues", LONG)
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    busy, busy_thread, _ = _submit(redis_engine, "/imagine a busy bee steps: 1000 size: 64 every: 100")
+    _wait(lambda: redis_engine.engine.book.get(busy).state == "started", "the first job to start", worker=worker)
+    waiting, waiting_thread, replies = _submit(redis_engine, "/imagine a patient cat steps: 4 size: 64 every: 2")
+    _wait(lambda: any("position 1 in the queue" in r.text for r in replies), "a queue position", worker=worker)
+    redis_engine.engine.cancel(busy)
+    waiting_thread.join(120)
+    busy_thread.join(60)
+    assert replies[-1].final and not replies[-1].error, replies[-1].text
