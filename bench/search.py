@@ -161,7 +161,7 @@ def query_part(args: argparse.Namespace) -> None:
             import pgserver
 
             server = pgserver.get_server(work / "pg", cleanup_mode="delete")
-        print(f"{'size':>8} {'backend':>9} {'filter':>10} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}  load")
+        print(f"{'size':>8} {'backend':>15} {'filter':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}  load")
         for n in args.sizes:
             data, queries = dataset(n, args.queries + 20)
             for backend in args.backends:
@@ -172,12 +172,16 @@ def query_part(args: argparse.Namespace) -> None:
                     index, build = load_pgvector(args.pg_url or server.get_uri(), data, args.workers)
                     note = f", HNSW build {build:.0f} s"
                 load = time.perf_counter() - started
-                for filtered in (False, True):
-                    m = measure(index, data, queries, filtered=filtered)
-                    print(f"{n:>8} {backend:>9} {'1 of 20' if filtered else 'none':>10} {m['p50']:>8.2f} "
-                          f"{m['p99']:>8.2f} {m['recall']:>9.3f}  {load:.0f} s{note}", flush=True)
+                for ef in (args.ef_search if backend == "pgvector" else [0]):
+                    if ef:
+                        index.ef_search = ef
+                    name = f"{backend}" + (f" ef={ef}" if ef else "")
+                    for filtered in (False, True):
+                        m = measure(index, data, queries, filtered=filtered)
+                        print(f"{n:>8} {name:>15} {'1 of 20' if filtered else 'none':>8} {m['p50']:>8.2f} "
+                              f"{m['p99']:>8.2f} {m['recall']:>9.3f}  {load:.0f} s{note}", flush=True)
                 if backend == "embedded":
-                    print(f"{n:>8} {'floor':>9} {'none':>10} {scan_floor(data, queries):>8.2f}  (one bare float16 "
+                    print(f"{n:>8} {'floor':>15} {'none':>8} {scan_floor(data, queries):>8.2f}  (one bare float16 "
                           "matrix-vector product over the same rows, same run)", flush=True)
                 index.close()
                 shutil.rmtree(work / f"emb-{n}", ignore_errors=True)
@@ -258,6 +262,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedded scan")
+    parser.add_argument("--ef-search", default="100", type=lambda s: [int(x) for x in s.split(",")],
+                        help="pgvector hnsw.ef_search values to measure on one build (e.g. 100,200,400)")
     args = parser.parse_args()
     import torch
 

@@ -37,6 +37,7 @@ _SAVED = "clipbot:search:saved:"
 _GONE_MESSAGE = "clipbot:search:gone:"
 _GONE_CHANNEL = "clipbot:search:gone-channel:"
 _BACKFILL = "clipbot:search:backfill:"
+UNAPPLIED = "clipbot:search:unapplied-removals"
 TOMBSTONE_TTL = 2 * 86400
 
 
@@ -83,16 +84,25 @@ def clipbot_image_posted(app, event):
 def clipbot_message_deleted(app, event: MessageDeleted):
     key = f"{_GONE_MESSAGE}{event.space_id}:{event.channel_id}:{event.message_id}"
     app.engine.store.set(key, list(event.source_ids), ttl=TOMBSTONE_TTL)  # for pictures still queued
-    app.engine.submit(REMOVE, {"space": event.space_id, "message_id": event.message_id,
-                               "channel_id": event.channel_id, "source_ids": list(event.source_ids)}, queue="gpu")
+    _remove(app.engine, {"space": event.space_id, "message_id": event.message_id, "channel_id": event.channel_id,
+                         "source_ids": list(event.source_ids)})
 
 
 @hookimpl
 def clipbot_channel_removed(app, event: ChannelRemoved):
     app.engine.store.set(f"{_GONE_CHANNEL}{event.space_id}:{event.channel_id}", time.time(), ttl=TOMBSTONE_TTL)
     app.engine.store.delete(_backfill_key(event.platform, event.space_id, event.channel_id))
-    app.engine.submit(REMOVE, {"space": event.space_id, "channel_id": event.channel_id, "whole_channel": True},
-                      queue="gpu")
+    _remove(app.engine, {"space": event.space_id, "channel_id": event.channel_id, "whole_channel": True})
+
+
+def _remove(engine: Any, removal: dict) -> None:
+    """Submit a removal; with no worker online, keep it in the store for the next indexing or
+    removal job, so a deletion is never lost."""
+    try:
+        engine.submit(REMOVE, removal, queue="gpu")
+    except Exception:
+        engine.store.set(UNAPPLIED, (engine.store.get(UNAPPLIED) or []) + [removal])
+        raise
 
 
 def is_gone(store: Any, item: dict) -> bool:

@@ -19,7 +19,7 @@ from engine.index import Filter, open_index
 from engine.models import clip_for
 from engine.tasks import JobContext, task
 from plugins.search import (
-    DRAIN, INDEX_NOW, MAX_TOP, QUERY, REEMBED, REMOVE, STATS, decode_vector, encode_vector, is_gone)
+    DRAIN, INDEX_NOW, MAX_TOP, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
 from plugins.search import pipeline
 from plugins.search.pending import pending_queue
 from plugins.search.query import MAX_TERM_CHARS, MAX_TERMS
@@ -58,6 +58,7 @@ def drain(job: JobContext) -> dict:
     clip, index = clip_for(job.settings), index_for(job.settings)
     _check_model(job, clip)
     _maybe_expire(job, index, settings.retention_days)
+    _apply_unapplied(job, index)
     totals = {"indexed": 0, "embedded": 0, "skipped": 0, "batches": 0}
     while True:
         if totals["batches"] >= settings.drain_batches and queue.size():
@@ -94,6 +95,22 @@ def index_now(job: JobContext, items: list) -> dict:
 def remove(job: JobContext, space: str, message_id: str | None = None, channel_id: str | None = None,
            source_ids: list | None = None, whole_channel: bool = False) -> dict:
     index = index_for(job.settings)
+    _apply_unapplied(job, index)
+    return _remove(index, space, message_id, channel_id, source_ids, whole_channel)
+
+
+def _apply_unapplied(job: JobContext, index: Any) -> None:
+    """Removals that arrived while no worker was online."""
+    waiting = job.engine.store.get(UNAPPLIED)
+    if waiting:
+        job.engine.store.delete(UNAPPLIED)
+        for removal in waiting:
+            _remove(index, **{"message_id": None, "channel_id": None, "source_ids": None, "whole_channel": False,
+                              **removal})
+
+
+def _remove(index: Any, space: str, message_id: str | None, channel_id: str | None, source_ids: list | None,
+            whole_channel: bool) -> dict:
     if whole_channel:
         if not channel_id:
             raise UserError("Which channel's pictures should go?")

@@ -77,3 +77,17 @@ def test_posted_pictures_are_embedded_in_batches_by_the_worker(redis_url, data_d
         while "m3" in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]}:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+        # a deletion while no worker is online is kept, and applied by the next job
+        worker.stop()
+        asyncio.run(app.message_deleted(MessageDeleted("local", space, "c1", "m7")))
+        assert json.loads(client.get("clipbot:search:unapplied-removals")) == [
+            {"space": space, "message_id": "m7", "channel_id": "c1", "source_ids": []}]
+        start_worker().wait_ready(app.engine)
+        post(8, message="m8-again")
+        deadline = time.monotonic() + 60
+        while "m8-again" not in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]}:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        left = {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]}
+        assert "m7" not in left and len(left) == 20 and not client.exists("clipbot:search:unapplied-removals")
