@@ -51,10 +51,11 @@ class BotProcess:
         settings = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
                     "CLIPBOT_DISCORD_GATEWAY_URL": fake.gateway_url, "CLIPBOT_DISCORD_DEV_GUILD": world.guild,
                     "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
+        redis_url = env.pop("redis_url", None)  # set: Redis engine, jobs run on `clipbot worker`s
         settings.update(env)
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
-                                     env=clipbot_env(data_dir, env.pop("redis_url", None), **settings),
+                                     env=clipbot_env(data_dir, redis_url, **settings),
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -75,9 +76,9 @@ class BotProcess:
         path = self.data_dir / "probe-events.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-    def stop(self) -> int:
+    def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
