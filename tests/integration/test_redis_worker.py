@@ -94,12 +94,16 @@ def test_dead_worker_job_is_cancelled_and_never_runs_later(data_dir, redis_url, 
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=1.5)
     from bot.app import open_app as app
 
+    def cancelled():  # earlier tests in the session may have cancelled jobs of their own
+        return {k.decode() for k in client.scan_iter("clipbot:job:*")
+                if json.loads(client.get(k) or "{}").get("state") == "cancelled"}
+
+    before = cancelled()
     with app(settings, start_worker=False) as dispatcher:
         adapter = LocalAdapter(dispatcher, out=io.StringIO(), output_dir=tmp_path)
         reply = say(adapter, f"/whatis {write_image(tmp_path / 'g.png')} labels: a, b")[-1]
         assert reply.error and "No worker picked up the job within 2 s; it was cancelled" in reply.text
-        (job_key,) = [k.decode() for k in client.scan_iter("clipbot:job:*")
-                      if json.loads(client.get(k))["state"] == "cancelled"]
+        (job_key,) = cancelled() - before
         job_id = job_key.rsplit(":", 1)[1]
         # a worker that comes back later must not run the cancelled job
         worker = start_worker()
