@@ -1,7 +1,7 @@
 """Latency of one /whatis classification, three ways, same model, image and labels; or, with
 --label-matrix, how long the ImageNet label matrix takes to build, before and after trimming.
 
-    python bench/whatis.py [--model tiny-test] [--iterations 200] [--redis-db 12] [--json out.json]
+    python bench/whatis.py [--model tiny-test] [--iterations 200] [--concurrent 200] [--redis-db 12] [--json out.json]
     python bench/whatis.py --label-matrix [--model ViT-B-32:random] [--classes 1000] [--sweep 16,64,256]
 
 1. direct          what the task does, called inline: blob get + decode_image + clip_for + classify
@@ -10,6 +10,10 @@
 3. redis+worker    the same awaited call with Redis as broker/state and a real
                    `python -m bot.cli worker` subprocess (--pool solo, then --pool prefork,
                    the production default)
+
+After its sequential calls, each engine path also fires --concurrent (default 200) requests at
+once, each submitting and following its own job: all answered?, latency p50/p99, and how long
+after its job finished each answer reached its requester (the follower's own lag).
 
 Each path is warmed up first (model load, label-embedding cache) and timed with
 time.perf_counter_ns; the engine paths report their p50 overhead over direct. For the engine
@@ -115,7 +119,7 @@ class JobIds:
         engine.submit = recording_submit
 
 
-def engine_path(engine: Any, key: str, warmup: int, iterations: int, top: int) -> tuple[list[int], dict]:
+def engine_path(engine: Any, image: bytes, warmup: int, iterations: int, top: int) -> tuple[list[int], dict]:
     """Time `classify_image` on `engine` and split the p50 into phases using the job records
     (wall clock, time.time, so cross-process on one machine is fine at ~µs precision)."""
     from plugins.whatis import classify_image
@@ -124,7 +128,8 @@ def engine_path(engine: Any, key: str, warmup: int, iterations: int, top: int) -
     returned_at: dict[str, float] = {}
 
     async def call() -> None:
-        await classify_image(engine, key, LABELS, top)
+        # a fresh upload per request, as an adapter stores one: a task may delete its inputs
+        await classify_image(engine, engine.blobs.put(image), LABELS, top)
         returned_at[ids.ids[-1]] = time.time()
 
     async def main() -> list[int]:
@@ -143,6 +148,44 @@ def engine_path(engine: Any, key: str, warmup: int, iterations: int, top: int) -
     return samples, breakdown
 
 
+def concurrent_path(engine: Any, image: bytes, concurrent: int, top: int) -> dict:
+    """`concurrent` requests at once, each submitting and following its own job (what
+    `engine.run` does): are all answered, how long each waited (p50/p99), and how long after its
+    job finished each answer reached its requester (the follower's own lag)."""
+    from plugins.whatis import TASK
+
+    def submit() -> str:
+        return engine.submit(TASK, {"image": engine.blobs.put(image), "labels": LABELS, "top": top}, queue="gpu")
+
+    async def one() -> tuple[int, str, float]:
+        t0 = time.perf_counter_ns()
+        job_id = await asyncio.to_thread(submit)
+        async for event in engine.follow(job_id):
+            pass
+        return time.perf_counter_ns() - t0, job_id, time.time()
+
+    async def main() -> list[Any]:
+        await one()  # warm: model, label cache, the loop's event reader
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(concurrent)), return_exceptions=True)
+        return [results, time.perf_counter() - t0]
+
+    results, wall = asyncio.run(main())
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    lags = []
+    for _, job_id, returned_at in answered:
+        record = engine.book.get(job_id)
+        if record is not None and record.finished_at is not None:
+            lags.append(int((returned_at - record.finished_at) * 1e9))
+    out = {"requests": concurrent, "answered": len(answered), "wall_s": wall,
+           "errors": sorted({f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)})[:3]}
+    if answered:
+        out["latency"] = stats([r[0] for r in answered])
+    if lags:
+        out["finished_to_answered"] = stats(lags)
+    return out
+
+
 # ---- the three paths -------------------------------------------------------------------
 def run_direct(settings: Any, image: bytes, warmup: int, iterations: int, top: int) -> list[int]:
     """Exactly the work of plugins/whatis/tasks.py::classify, inline, without the engine."""
@@ -153,12 +196,13 @@ def run_direct(settings: Any, image: bytes, warmup: int, iterations: int, top: i
     from plugins.whatis import pipeline
 
     blobs = MemoryBlobStore(settings.blob_ttl)
-    key = blobs.put(image)
     cache_dir = settings.data_dir / "cache" / "labels"
 
     async def call() -> None:
+        key = blobs.put(image)
         picture = decode_image(blobs.get(key), max_bytes=settings.max_image_bytes,
                                max_pixels=settings.max_image_pixels)
+        blobs.delete(key)
         clip = clip_for(settings)
         pipeline.classify(clip, picture, LABELS or IMAGENET_CLASSNAMES, top=top, cache_dir=cache_dir)
 
@@ -168,14 +212,15 @@ def run_direct(settings: Any, image: bytes, warmup: int, iterations: int, top: i
     return asyncio.run(main())
 
 
-def run_embedded(settings: Any, image: bytes, warmup: int, iterations: int, top: int) -> tuple[list[int], dict]:
+def run_embedded(settings: Any, image: bytes, warmup: int, iterations: int, top: int,
+                 concurrent: int = 0) -> tuple[list[int], dict, dict | None]:
     from engine.app import create_engine
 
     engine = create_engine(settings)
     engine.start_embedded(["plugins.whatis.tasks"])
     try:
-        key = engine.blobs.put(image)
-        return engine_path(engine, key, warmup, iterations, top)
+        samples, breakdown = engine_path(engine, image, warmup, iterations, top)
+        return samples, breakdown, concurrent_path(engine, image, concurrent, top) if concurrent else None
     finally:
         engine.stop()  # its worker thread polls the memory transport; do not let it disturb later paths
 
@@ -223,7 +268,7 @@ class Worker:
 
 
 def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: bytes, warmup: int,
-              iterations: int, top: int) -> tuple[list[int], dict]:
+              iterations: int, top: int, concurrent: int = 0) -> tuple[list[int], dict, dict | None]:
     import redis
 
     from engine.app import create_engine
@@ -234,8 +279,8 @@ def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: byt
     worker = Worker(pool, data_dir, broker_url, model)
     try:
         worker.wait_ready(engine)
-        key = engine.blobs.put(image)
-        return engine_path(engine, key, warmup, iterations, top)
+        samples, breakdown = engine_path(engine, image, warmup, iterations, top)
+        return samples, breakdown, concurrent_path(engine, image, concurrent, top) if concurrent else None
     finally:
         worker.stop()
         redis.Redis.from_url(broker_url).flushdb()  # leave no job records, events or blobs behind
@@ -340,6 +385,23 @@ def report(results: dict[str, dict], breakdowns: dict[str, dict]) -> list[str]:
     return lines
 
 
+def concurrency_report(concurrency: dict[str, dict | None]) -> list[str]:
+    rows = {name: c for name, c in concurrency.items() if c}
+    if not rows:
+        return []
+    n = next(iter(rows.values()))["requests"]
+    lines = ["", f"{n} requests at once (each submits and follows its own job; ms):",
+             f"{'path':<28}{'answered':>9}{'wall s':>8}{'latency p50':>13}{'p99':>9}{'finish->answer p50':>20}{'p99':>9}"]
+    for name, c in rows.items():
+        lat, lag = c.get("latency", {}), c.get("finished_to_answered", {})
+        lines.append(f"{name:<28}{c['answered']:>5}/{c['requests']:<3}{c['wall_s']:>8.2f}"
+                     f"{lat.get('p50_ms', float('nan')):>13.1f}{lat.get('p99_ms', float('nan')):>9.1f}"
+                     f"{lag.get('p50_ms', float('nan')):>20.2f}{lag.get('p99_ms', float('nan')):>9.2f}")
+        for error in c["errors"]:
+            lines.append(f"    error: {error}")
+    return lines
+
+
 def goal_word(name: str, results: dict[str, dict]) -> str:
     if name not in results:
         return "skipped"
@@ -358,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-db", type=int, default=12, help="Redis db to use; it is FLUSHED (default 12)")
     parser.add_argument("--pools", default="solo,prefork",
                         help="worker pools to measure, comma-separated (default solo,prefork; '' skips Redis)")
+    parser.add_argument("--concurrent", type=int, default=200,
+                        help="requests fired at once per engine path after the sequential ones (default 200; 0 skips)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     matrix = parser.add_argument_group("label-matrix mode: ImageNet label-matrix build time, 77 tokens vs trimmed")
     matrix.add_argument("--label-matrix", action="store_true", help="run this mode instead (model default ViT-B-32:random)")
@@ -394,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     breakdowns: dict[str, dict] = {}
+    concurrency: dict[str, dict | None] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="clipbot-bench-") as tmp:
         data_dir = Path(tmp)
@@ -403,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  direct done ({time.monotonic() - t:.1f} s)", flush=True)
 
         t = time.monotonic()
-        samples, breakdowns["embedded"] = run_embedded(settings, image, args.warmup, args.iterations, top)
+        samples, breakdowns["embedded"], concurrency["embedded"] = run_embedded(
+            settings, image, args.warmup, args.iterations, top, args.concurrent)
         results["embedded"] = stats(samples)
         print(f"  embedded done ({time.monotonic() - t:.1f} s)", flush=True)
 
@@ -419,8 +485,9 @@ def main(argv: list[str] | None = None) -> int:
             name = f"redis+worker ({pool})"
             t = time.monotonic()
             try:
-                samples, breakdowns[name] = run_redis(pool, data_dir, args.model, broker_url, image,
-                                                      args.warmup, args.iterations, top)
+                samples, breakdowns[name], concurrency[name] = run_redis(
+                    pool, data_dir, args.model, broker_url, image, args.warmup, args.iterations, top,
+                    args.concurrent)
                 results[name] = stats(samples)
                 print(f"  {name} done ({time.monotonic() - t:.1f} s)", flush=True)
             except Exception as exc:
@@ -443,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                          "numbers (compare the two direct rows; run again on a quiet machine)")
     print()
     print("\n".join(report(results, breakdowns)))
+    print("\n".join(concurrency_report(concurrency)))
     for note in notes:
         print(f"note: {note}")
     print(f"goal: engine overhead <= {GOAL_MS:.0f} ms p50 over direct: embedded {goal_word('embedded', results)}, "
@@ -458,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "others_busy_percent": {"before": busy_before, "after": busy_after},
             "goal_overhead_p50_ms": GOAL_MS, "paths": results, "phase_p50_ms": breakdowns, "notes": notes,
+            "concurrent": {k: v for k, v in concurrency.items() if v},
         }, indent=2) + "\n")
     return 0
 

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from bot.commands import Reply, command
 from bot.longjob import cancel
-from bot.dispatch import ROADMAP
 from bot.hookspecs import hookimpl
 from bot.markup import bold, code
 from engine.tasks import CORE_QUEUES
@@ -25,9 +24,6 @@ async def help_(ctx, command: Annotated[str, "a command to explain"] = "") -> Re
                            "options": [{"name": o.name, "required": o.required} for o in spec.options]})
     lines = [bold("Commands:")]
     lines += [f"- /{s.name}: {s.description}" for s in sorted(commands.values(), key=lambda s: s.name)]
-    planned = [f"- /{name}: not built yet ({what})" for name, what in ROADMAP.items() if name not in commands]
-    if planned:
-        lines += [bold("Coming later:"), *planned]
     lines.append(f"Type {code('/help <command>')} for its options.")
     return Reply(text="\n".join(lines), ephemeral=True, data={"commands": sorted(commands)})
 

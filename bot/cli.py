@@ -71,10 +71,14 @@ def _add_command_verb(sub: Any, spec: Any) -> None:
 
     verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
     positional = next((o for o in spec.options if o.required), None) or next(
-        (o for o in spec.options if o.type is str and not o.choices and o.name not in GENERIC_FLAGS), None)
+        (o for o in spec.options if o.type is str and not o.choices and not o.multiple
+         and o.name not in GENERIC_FLAGS), None)
     for option in spec.options:
         if option.name in GENERIC_FLAGS:
             continue  # the generic flag of the same name wins; the option stays reachable by chat
+        if option.multiple:
+            _add_multiple(verb, option)
+            continue
         kwargs: dict[str, Any] = {"help": option.description or None}
         if option.choices:
             kwargs["choices"] = list(option.choices)
@@ -104,12 +108,38 @@ def _add_command_verb(sub: Any, spec: Any) -> None:
     verb.set_defaults(spec_name=spec.name)
 
 
+def _add_multiple(verb: Any, option: Any) -> None:
+    """A list option: files are trailing positionals (`clipbot index add ... a.png b.png`),
+    anything else a repeatable flag."""
+    from bot.commands import Attachment
+
+    if option.type is Attachment:
+        verb.add_argument(f"opt_{option.name}", nargs="*", metavar=option.name.upper(),
+                          help=option.description or None)
+        verb.set_defaults(trailing_files=f"opt_{option.name}")
+    else:
+        verb.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", action="append",
+                          help=option.description or None)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse stops filling positionals at the first flag (`index add --space S a.png`): file
+    paths left over after the flags go to the verb's file list, anything else is an error."""
+    args, extras = parser.parse_known_args(argv)
+    files = getattr(args, "trailing_files", None)
+    if extras and files and not any(e.startswith("-") for e in extras):
+        setattr(args, files, list(getattr(args, files) or []) + extras)
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in raw or "-v" in raw
     try:
         settings = _settings()
-        args = _parser(_command_specs(settings)).parse_args(argv)
+        args = _parse(_parser(_command_specs(settings)), argv)
         _configure_logging(args, settings)
         if getattr(args, "spec_name", None):
             return _command(args, settings)
@@ -188,7 +218,9 @@ def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
         value = getattr(args, f"opt_{option.name}", None)
         if value is None:
             continue
-        options[option.name] = _attach(app, value) if option.type is Attachment else value
+        if option.type is Attachment:
+            value = [_attach(app, v) for v in value] if option.multiple else _attach(app, value)
+        options[option.name] = value
     channels = list(dict.fromkeys(args.channel))
     return Request(
         command=spec.name, options=options, user_id=args.user, user_name=args.user,
@@ -299,7 +331,11 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
 
 async def _serve(app: Any, settings: Any, adapters: list[Any]) -> None:
     """Every configured platform adapter, concurrently, until one stops or Ctrl-C."""
+    import signal
+
     stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a clean shutdown: adapters close their connections
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(module.serve(app, settings, stop), name=module.__name__) for module in adapters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

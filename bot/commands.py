@@ -61,9 +61,17 @@ class Option:
     required: bool = False
     default: Any = None
     choices: tuple[str, ...] = ()
+    multiple: bool = False  # a list of `type` (`files: list[Attachment] = ()`): the CLI takes several
 
     def convert(self, raw: Any) -> Any:
-        """Turn a raw value (text from a terminal, JSON from a platform) into `type`."""
+        """Turn a raw value (text from a terminal, JSON from a platform) into `type`; for a
+        `multiple` option, a list (or one value) into a tuple of `type`."""
+        if self.multiple:
+            values = raw if isinstance(raw, (list, tuple)) else [raw]
+            return tuple(self._convert_one(v) for v in values)
+        return self._convert_one(raw)
+
+    def _convert_one(self, raw: Any) -> Any:
         if self.type is Attachment:
             if not isinstance(raw, Attachment):
                 raise UserError(f"option '{self.name}' needs an attached image")
@@ -227,6 +235,9 @@ def command(
             if typing.get_origin(hint) is typing.Literal:
                 choices = tuple(typing.get_args(hint))
                 hint = str
+            multiple = typing.get_origin(hint) in (list, tuple)
+            if multiple:
+                hint = typing.get_args(hint)[0]
             required = p.default is inspect.Parameter.empty
             options.append(
                 Option(
@@ -234,8 +245,9 @@ def command(
                     type=hint,
                     description=desc,
                     required=required,
-                    default=None if required else p.default,
+                    default=None if required else (tuple(p.default) if multiple else p.default),
                     choices=choices,
+                    multiple=multiple,
                 )
             )
         doc = inspect.getdoc(fn) or ""

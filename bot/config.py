@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["PluginSettings", "Settings", "env_prefix"]
@@ -36,12 +36,24 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, description="worker child processes (1 per GPU is usual)")
     worker_queues: Annotated[list[str], NoDecode] = Field(
         [], description="queues a worker consumes; empty means every queue the plugins declare")
+    # engine: job lifetime and worker health
+    job_ttl: int = Field(3600, description="seconds a finished job's record and events are kept")
+    max_attempts: int = Field(3, ge=1, description="deliveries of one job before it fails (a job that "
+                              "kills its worker every time)")
+    worker_dead_after: float = Field(60.0, gt=0, description="seconds without a heartbeat after which a worker "
+                                     "process counts as dead: its jobs are queued again, a hung child replaced")
+    worker_torch_threads: int = Field(0, ge=0, description="torch threads per worker child; 0: CPU cores / children")
 
     # models
     clip_model: str = Field("ViT-B-32:laion2b_s34b_b79k", description="ARCH:TAG, ARCH:/path/file, or a preset")
     vqgan_model: str = Field("imagenet_f16_16384", description="official VQGAN name, CONFIG.yaml:CKPT, or a preset")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     model_cache: Path | None = Field(None, description="model weights cache; defaults to data_dir/models")
+
+    # image index (/search)
+    index_url: str | None = Field(
+        None, description="image index: empty = embedded (SQLite + float16 matrices under data_dir/index), "
+        "sqlite:///DIR, or postgresql://... (pgvector >= 0.8)")
 
     # plugins
     plugins: Annotated[list[str], NoDecode] = Field(["*"], description="allowlist of plugin names; * means all")
@@ -54,9 +66,42 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="logging level")
 
+    # Discord adapter (bot/adapters/discord.py); `clipbot run` serves Discord when the token is set
+    discord_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("DISCORD_TOKEN", "CLIPBOT_DISCORD_TOKEN"),
+        description="Discord bot token (env DISCORD_TOKEN); set: `clipbot run` serves Discord")
+    discord_dev_guild: int | None = Field(None, description="sync commands to this server id only (instant); "
+                                          "unset: sync globally")
+    discord_api_base: str | None = Field(None, description="Discord REST base URL override, e.g. a rate-limit "
+                                         "proxy (default https://discord.com/api/v10)")
+    discord_gateway_url: str | None = Field(None, description="Discord gateway URL override (default "
+                                            "wss://gateway.discord.gg/)")
+    discord_edit_interval: float = Field(2.0, description="seconds between progress edits in one channel")
+    discord_token_ttl: float = Field(840.0, description="seconds an interaction token is used before answers "
+                                     "move to channel messages (Discord: 15 min)")
+
+    # Slack (the three secrets use Slack's own unprefixed variable names)
+    slack_bot_token: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token"),
+        description="Slack bot token (xoxb-...); set, `clipbot run` serves Slack")
+    slack_app_token: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
+        description="Slack app-level token (xapp-..., connections:write); set: Socket Mode, unset: HTTP mode")
+    slack_signing_secret: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret"),
+        description="Slack signing secret; HTTP mode verifies every request with it")
+    slack_port: int = Field(3000, description="HTTP mode: port serving /slack/events (0 = any free port)")
+    slack_host: str = Field("0.0.0.0", description="HTTP mode: address to listen on")
+    slack_api_url: str | None = Field(None, description="Slack Web API base URL override (GovSlack, tests)")
+    slack_command_prefix: str = Field("", description="prefix of the Slack slash commands, e.g. cb- for /cb-whatis")
+    slack_admins: Annotated[list[str], NoDecode] = Field([], description="Slack user ids treated as clipbot admins")
+    slack_progress_interval: float = Field(3.0, description="seconds between progress edits/snapshots per job")
+    slack_channel_interval: float = Field(1.1, description="seconds between bot posts/edits in one channel")
+
     _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", mode="before")(
         _split_list
     )
+    _split_slack = field_validator("slack_admins", mode="before")(_split_list)
 
     @property
     def state_redis_url(self) -> str | None:

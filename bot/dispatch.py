@@ -23,10 +23,6 @@ from engine.errors import UserError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Commands announced but not built yet; /help lists them and asking for one says so.
-ROADMAP = {
-    "search": "search this channel's image history by text or by image",
-}
 
 
 class CommandContext:
@@ -83,8 +79,6 @@ class Dispatcher:
         spec = self.commands.get(name)
         if spec is not None:
             return spec
-        if name in ROADMAP:
-            raise UserError(f"/{name} is not built yet: it will {ROADMAP[name]}. Try /help for what works today.")
         close = difflib.get_close_matches(name, list(self.commands), n=1)
         hint = f" Did you mean /{close[0]}?" if close else ""
         raise UserError(f"I don't know the command /{name}.{hint} Try /help.")

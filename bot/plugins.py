@@ -19,7 +19,8 @@ from bot import hookspecs
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "clipbot.plugins"
-BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis", "imagine": "plugins.imagine"}
+BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis", "imagine": "plugins.imagine",
+                   "search": "plugins.search", "localchat": "bot.localchat"}
 
 
 def _enabled(name: str, settings: Any) -> bool:

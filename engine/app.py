@@ -1,27 +1,25 @@
-"""The engine: a Celery app plus the state around it (blobs, job records, events, workers).
+"""The engine, client side: submit jobs, follow their events, cancel them.
 
 With a broker URL it is distributed: Redis carries tasks, records, events and blobs, and
-`clipbot worker` processes run the tasks. Without one it is embedded: the same tasks go
-through Celery in-process (memory transport and a worker thread), so there is one code path.
+`clipbot worker` processes run the tasks (`engine.worker`). Without one it is embedded: the
+same tasks go through Celery in-process (memory transport and a worker thread started by
+`start_embedded`), so there is one code path. The bot process only needs this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-import logging
-import os
-import socket
-import threading
 import time
 import uuid
+import weakref
 from typing import Any, AsyncIterator, Iterable
 
 from celery import Celery
 
 from engine.blobs import BlobStore, MemoryBlobStore, RedisBlobStore
-from engine.errors import JobCancelled, JobFailed, UserError, WorkerUnavailable
+from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
+from engine.feed import MemoryFeed, RedisFeed
 from engine.jobs import (
     CANCELLED,
     FAILED,
@@ -34,16 +32,21 @@ from engine.jobs import (
     ProgressEvent,
     RedisEventLog,
 )
-from engine.store import RedisStore, SqliteStore, Store
-from engine.tasks import CORE_QUEUES, JobContext, Queue, TaskInfo, tasks_in
+from engine.store import RedisStore, SqliteStore, Store, reachable, redis_where
+from engine.tasks import CORE_QUEUES, Queue
 
-log = logging.getLogger(__name__)
+WORKERS = "clipbot:workers"  # hash: "node/pid" of each process that runs jobs -> its heartbeat
+# A follower re-reads the job record at least this often, so a lost event cannot strand it.
+_RECHECK = 30.0
 
-_WORKERS = "clipbot:workers"
-HEARTBEAT_EVERY = 5.0
-HEARTBEAT_STALE = 20.0
-# How long one blocking read of the event log may wait before deadlines are re-checked.
-_POLL = 1.0
+
+def heartbeat_every(settings: Any) -> float:
+    return min(5.0, settings.worker_dead_after / 4)
+
+
+def stale_after(settings: Any) -> float:
+    """A process whose last heartbeat is older than this is not advertised as a worker."""
+    return min(20.0, settings.worker_dead_after)
 
 
 def _celery_config(settings: Any) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def _celery_config(settings: Any) -> dict[str, Any]:
 
 
 class Engine:
-    """Submit jobs, follow their events, cancel them; run them when this process is a worker."""
+    """Submit jobs, follow their events, cancel them. Workers (`engine.worker`) run them."""
 
     def __init__(self, settings: Any, *, celery: Celery, blobs: BlobStore, store: Store, book: JobBook,
                  redis: Any = None, queues: Iterable[Queue] = CORE_QUEUES,
@@ -85,11 +88,10 @@ class Engine:
         self.store = store
         self.book = book
         self.redis = redis
-        self.hostname = f"clipbot@{socket.gethostname()}.{os.getpid()}"
         self._instance = uuid.uuid4().hex[:12]
-        self._embedded_worker: Any = None
-        self._embedded_thread: threading.Thread | None = None
-        celery.clipbot_engine = self  # tasks find their engine through their app
+        self._embedded: Any = None  # engine.worker.EmbeddedWorker once started
+        self._feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisFeed] = weakref.WeakKeyDictionary()
+        self._memory_feed = MemoryFeed(book.events, book.get) if isinstance(book.events, MemoryEventLog) else None
 
     @property
     def embedded(self) -> bool:
@@ -100,107 +102,65 @@ class Engine:
         every connection in a process, so each embedded engine gets queues of its own."""
         return f"{queue}.{self._instance}" if self.embedded else queue
 
-    # ---- tasks -------------------------------------------------------------------------
-    def register_task_modules(self, modules: Iterable[str]) -> list[TaskInfo]:
-        """Import task modules (heavy: they may import torch) and bind their tasks to Celery."""
-        infos = []
-        for name in modules:
-            for info in tasks_in(importlib.import_module(name)):
-                if info.name not in self.celery.tasks:
-                    self._bind(info)
-                infos.append(info)
-        return infos
-
-    def _bind(self, info: TaskInfo) -> None:
-        if info.queue not in self.queues:
-            raise ValueError(f"task {info.name} uses the queue {info.queue!r}, which no plugin declares "
-                             f"(declared: {', '.join(self.queues)}); declare it with the clipbot_queues hook")
-        engine = self
-
-        def run(self_task: Any, job_id: str, **kwargs: Any) -> Any:
-            return engine.run_job(info, job_id, kwargs)
-
-        run.__name__ = info.name.replace(".", "_")
-        # shared=False: a shared task would be copied onto every Celery app in the process,
-        # still bound to this engine.
-        self.celery.task(run, name=info.name, bind=True, queue=self.queue_name(info.queue), shared=False)
-
-    def run_job(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> Any:
-        """Execute one delivery of a job: record it, run the function, record the outcome."""
-        record = self.book.get(job_id) or JobRecord(id=job_id, task=info.name, queue=info.queue)
-        if record.finished:  # a redelivery of a job that already ended: nothing to do
-            return record.result
-        attempt = record.attempts + 1
-        if self.book.cancel_requested(job_id):
-            return self._finish(job_id, CANCELLED, error="The job was cancelled.")
-        self.book.update(job_id, state=STARTED, started_at=time.time(), attempts=attempt, worker=self.hostname)
-        self.book.emit(job_id, STARTED, attempt=attempt, worker=self.hostname)
-        try:
-            result = info.fn(JobContext(self, job_id, attempt), **kwargs)
-        except JobCancelled as exc:
-            return self._finish(job_id, CANCELLED, error=str(exc))
-        except UserError as exc:
-            return self._finish(job_id, FAILED, error=str(exc))
-        except Exception:
-            log.exception("job %s (%s) crashed", job_id, info.name)
-            return self._finish(
-                job_id, FAILED, error=f"Something went wrong on the worker (job {job_id[:8]}); it has been logged."
-            )
-        return self._finish(job_id, SUCCEEDED, result=result)
-
-    def _finish(self, job_id: str, state: str, *, result: Any = None, error: str | None = None) -> Any:
-        self.book.update(job_id, state=state, finished_at=time.time(), result=result, error=error)
-        self.book.emit(job_id, state, result=result, error=error)
-        return result
-
     # ---- submitting and following --------------------------------------------------------
-    def submit(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu") -> str:
-        """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online."""
+    def submit(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", record_extra: dict | None = None,
+               input_blobs: Iterable[str] = ()) -> str:
+        """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online.
+        `input_blobs` (and the task's declared inputs) are deleted when the job ends."""
         if queue not in self.queues:
             raise ValueError(f"unknown queue {queue!r} (declared: {', '.join(self.queues)})")
         self.require_worker(queue)
         job_id = uuid.uuid4().hex
-        self.book.create(JobRecord(id=job_id, task=task, queue=queue))
-        self.celery.send_task(task, args=(job_id,), kwargs=kwargs, task_id=job_id, queue=self.queue_name(queue))
+        self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=list(input_blobs),
+                                   extra=dict(record_extra or {})))
+        self._publish(job_id, task, kwargs, queue)
         return job_id
+
+    def _publish(self, job_id: str, task: str, kwargs: dict[str, Any], queue: str) -> None:
+        from kombu.exceptions import OperationalError
+
+        try:
+            self.celery.send_task(task, args=(job_id,), kwargs=kwargs, task_id=job_id, queue=self.queue_name(queue))
+        except OperationalError as exc:
+            if self.embedded:
+                raise
+            self.book.update(job_id, ttl=self.book.finished_ttl, state=FAILED, error="not queued: Redis unreachable")
+            raise BackendUnavailable(redis_where(self.redis), exc) from exc
 
     def cancel(self, job_id: str) -> None:
         """Ask a job to stop: a queued one never starts, a running one stops at its next check."""
+        record = self.book.get(job_id)
+        if record is not None and record.finished:
+            return
         self.book.request_cancel(job_id)
         self.celery.control.revoke(job_id)
-        record = self.book.get(job_id)
         if record and record.state == QUEUED:
-            self._finish(job_id, CANCELLED, error="The job was cancelled.")
+            self.book.finish(job_id, CANCELLED, error="The job was cancelled.")
 
     async def follow(self, job_id: str, *, job_timeout: float | None = None,
                      queue_timeout: float | None = None) -> AsyncIterator[ProgressEvent]:
         """Yield a job's events until it ends. Raise a user-facing error when it fails, is
         cancelled, waits for a worker longer than `queue_timeout`, or runs past `job_timeout`
-        (None: the settings' values; math.inf: no limit, for long jobs that bound themselves)."""
-        started = time.monotonic()
-        job_timeout = self.settings.job_timeout if job_timeout is None else job_timeout
-        queue_timeout = self.settings.queue_timeout if queue_timeout is None else queue_timeout
-        queue_deadline = started + queue_timeout
-        job_deadline = started + job_timeout
-        cursor = self.book.events.START  # type: ignore[attr-defined]
-        running = False
-        while True:
-            now = time.monotonic()
-            if now >= job_deadline:
-                self.cancel(job_id)
-                raise JobFailed(f"The job took longer than {job_timeout:.0f} s and was stopped.")
-            if not running and now >= queue_deadline:
-                self.cancel(job_id)
-                raise WorkerUnavailable(
-                    f"No worker picked up the job within {queue_timeout:.0f} s; it was cancelled. "
-                    "The workers may be busy or down: try again later, or ask an admin."
-                )
-            deadline = job_deadline if running else min(queue_deadline, job_deadline)
-            batch, cursor = await asyncio.to_thread(
-                self.book.events.read, job_id, cursor, min(_POLL, max(0.001, deadline - now))
-            )
-            for event in batch:
-                running = running or event.kind == STARTED
+        (None: the settings' values; math.inf: no limit, for long jobs that bound themselves).
+
+        Deadlines count from the job's own timestamps and are confirmed against its record,
+        so a follower that reads late (a busy event loop, Redis restarting) never times out a
+        job that did start. One reader serves every follower of the loop (`engine.feed`)."""
+        limits = (self.settings.job_timeout if job_timeout is None else job_timeout,
+                  self.settings.queue_timeout if queue_timeout is None else queue_timeout)
+        async with self._feed().follow(job_id) as events:
+            created = time.time()  # until the job's own "queued" event says when it was created
+            started, floor = False, 0.0
+            while True:
+                event = await events.get(self._next_check(created, started, floor, limits))
+                if event is None:
+                    event, started = await self._check_deadlines(job_id, created, started, limits)
+                    floor = 1.0  # the record said "wait on": look again in a second at the earliest
+                    if event is None:
+                        continue
+                if event.kind == QUEUED and not event.data:
+                    created = event.at
+                started = started or event.kind == STARTED
                 yield event
                 if event.kind == FAILED:
                     raise JobFailed(event.data.get("error") or "The job failed.")
@@ -209,19 +169,63 @@ class Engine:
                 if event.final:
                     return
 
-    async def run(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu") -> Any:
+    def _next_check(self, created: float, started: bool, floor: float, limits: tuple[float, float]) -> float:
+        job_timeout, queue_timeout = limits
+        deadlines = [created + job_timeout] + ([] if started else [created + queue_timeout])
+        return max(floor, 0.01, min(min(deadlines) - time.time(), _RECHECK))
+
+    async def _check_deadlines(self, job_id: str, created: float, started: bool, limits: tuple[float, float]
+                               ) -> tuple[ProgressEvent | None, bool]:
+        """No event for a while: look at the record. Returns the final event when the job ended
+        but its event never came; raises when a deadline really passed; else None (wait on),
+        with whether the job has started."""
+        job_timeout, queue_timeout = limits
+        try:
+            record = await self._feed().record(job_id)
+        except Exception:  # Redis away: the reader is reconnecting; deadlines wait for facts
+            if time.time() < created + job_timeout + queue_timeout:
+                return None, started
+            raise WorkerUnavailable("I lost contact with the job queue (Redis) while waiting; try again later.")
+        if record is None:
+            raise JobFailed("I have no record of that job any more (it expired, or Redis lost it); please try again.")
+        if record.finished:
+            event = ProgressEvent(record.state, job_id, record.finished_at or time.time(),
+                                  {"result": record.result, "error": record.error})
+            return event, True
+        now = time.time()
+        if record.state == QUEUED and record.attempts == 0 and now >= record.created_at + queue_timeout:
+            await asyncio.to_thread(self.cancel, job_id)
+            raise WorkerUnavailable(
+                f"No worker picked up the job within {queue_timeout:.0f} s; it was cancelled. "
+                "The workers may be busy or down: try again later, or ask an admin."
+            )
+        if now >= record.created_at + job_timeout:
+            await asyncio.to_thread(self.cancel, job_id)
+            raise JobFailed(f"The job took longer than {job_timeout:.0f} s and was stopped.")
+        return None, started or record.state != QUEUED or record.attempts > 0
+
+    async def run(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", **submit: Any) -> Any:
         """Submit and wait for the result, ignoring progress events."""
-        job_id = await asyncio.to_thread(self.submit, task, kwargs, queue=queue)
+        job_id = await asyncio.to_thread(self.submit, task, kwargs, queue=queue, **submit)
         result = None
         async for event in self.follow(job_id):
             if event.kind == SUCCEEDED:
                 result = event.data.get("result")
         return result
 
+    def _feed(self) -> MemoryFeed | RedisFeed:
+        if self._memory_feed is not None:
+            return self._memory_feed
+        loop = asyncio.get_running_loop()
+        feed = self._feeds.get(loop)
+        if feed is None:
+            feed = self._feeds[loop] = RedisFeed(self.settings.state_redis_url, self.book.record_key)
+        return feed
+
     # ---- workers -------------------------------------------------------------------------
     def require_worker(self, queue: str) -> None:
         if self.embedded:
-            if self._embedded_thread is None or not self._embedded_thread.is_alive():
+            if self._embedded is None or not self._embedded.alive:
                 raise WorkerUnavailable("The embedded engine is not running.")
             return
         if not self.live_workers(queue):
@@ -231,65 +235,30 @@ class Engine:
             )
 
     def live_workers(self, queue: str | None = None) -> list[dict[str, Any]]:
+        """The processes that ran a heartbeat recently (a hung or killed one drops out)."""
         if self.embedded:
-            return [{"hostname": self.hostname, "queues": list(self.queues)}] if self._embedded_thread else []
-        now = time.time()
-        workers = [json.loads(v) for v in self.redis.hgetall(_WORKERS).values()]
-        return [
-            w for w in workers
-            if now - w["at"] < HEARTBEAT_STALE and (queue is None or queue in w["queues"])
-        ]
+            alive = self._embedded is not None and self._embedded.alive
+            return [{"node": "embedded", "pid": 0, "queues": list(self.queues)}] if alive else []
+        now, stale = time.time(), stale_after(self.settings)
+        return [w for w in self._announcements() if now - w["at"] < stale and (queue is None or queue in w["queues"])]
 
-    def heartbeat(self, queues: list[str], pid: int, *, gone: bool = False) -> None:
-        """Announce (or withdraw) this worker; readers ignore announcements older than 20 s."""
-        if gone:
-            self.redis.hdel(_WORKERS, self.hostname)
-        else:
-            info = {"hostname": self.hostname, "queues": queues, "pid": pid, "at": time.time()}
-            self.redis.hset(_WORKERS, self.hostname, json.dumps(info))
+    @reachable
+    def _announcements(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in self.redis.hgetall(WORKERS).values()]
 
     def start_embedded(self, task_modules: Iterable[str]) -> None:
         """Start the in-process worker thread (embedded mode only)."""
         if not self.embedded:
             raise RuntimeError("start_embedded is for the embedded engine")
-        if self._embedded_thread is not None:
-            return
-        from celery.worker import WorkController
+        if self._embedded is None:
+            from engine.worker import EmbeddedWorker
 
-        self.register_task_modules(task_modules)
-        ready = threading.Event()
-        self.celery.finalize()
-        worker = WorkController(
-            app=self.celery,
-            hostname=f"embedded-{self._instance}@{socket.gethostname()}",
-            pool="solo",
-            concurrency=1,
-            queues=[self.queue_name(q) for q in self.queues],
-            ready_callback=lambda consumer: ready.set(),
-            without_heartbeat=True,
-            without_mingle=True,
-            without_gossip=True,
-            loglevel=self.settings.log_level,
-        )
-
-        def serve() -> None:
-            # Celery runs tasks against the thread's *current* app; with several engines in
-            # one process (tests, tools) the worker thread must name its own.
-            self.celery.set_current()
-            worker.start()
-
-        thread = threading.Thread(target=serve, name="clipbot-embedded-worker", daemon=True)
-        thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the embedded worker did not start within 30 s")
-        self._embedded_worker, self._embedded_thread = worker, thread
+            self._embedded = EmbeddedWorker(self, task_modules)
 
     def stop(self) -> None:
-        if self._embedded_worker is not None:
-            self._embedded_worker.stop(in_sighandler=False)
-            assert self._embedded_thread is not None
-            self._embedded_thread.join(10)
-            self._embedded_worker = self._embedded_thread = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
 
 
 def create_engine(settings: Any, *, queues: Iterable[Queue] = CORE_QUEUES,
@@ -303,13 +272,13 @@ def create_engine(settings: Any, *, queues: Iterable[Queue] = CORE_QUEUES,
     if redis_url:
         import redis
 
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
         store: Store = RedisStore(client)
-        book = JobBook(store, RedisEventLog(client))
-        return Engine(settings, celery=celery, blobs=RedisBlobStore(client, settings.blob_ttl), store=store,
-                      book=book, redis=client, **extra)
+        blobs = RedisBlobStore(client, settings.blob_ttl)
+        book = JobBook(store, RedisEventLog(client), finished_ttl=settings.job_ttl, blobs=blobs)
+        return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, redis=client, **extra)
     # Settings such as label sets persist in a file; job records live in memory with the jobs.
     store = SqliteStore(settings.data_dir / "state.sqlite3")
-    book = JobBook(SqliteStore(":memory:"), MemoryEventLog())
-    return Engine(settings, celery=celery, blobs=MemoryBlobStore(settings.blob_ttl), store=store, book=book,
-                  **extra)
+    blobs = MemoryBlobStore(settings.blob_ttl)
+    book = JobBook(SqliteStore(":memory:"), MemoryEventLog(), finished_ttl=settings.job_ttl, blobs=blobs)
+    return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, **extra)

@@ -8,6 +8,7 @@ import uuid
 from typing import Protocol
 
 from engine.errors import UserError
+from engine.store import reachable
 
 _PREFIX = "clipbot:blob:"
 
@@ -31,19 +32,29 @@ def _new_key() -> str:
 
 
 class MemoryBlobStore:
-    """In-process blobs for the embedded engine and tests; expired entries are dropped on access."""
+    """In-process blobs for the embedded engine and tests. Expired entries are dropped when
+    read and, at most once a second, all at once when something is stored."""
 
     def __init__(self, default_ttl: int | None = None) -> None:
         self._items: dict[str, tuple[bytes, float | None]] = {}
         self._lock = threading.Lock()
         self._default_ttl = default_ttl
+        self._next_sweep = 0.0
 
     def put(self, data: bytes, *, ttl: int | None = None) -> str:
         key = _new_key()
         ttl = ttl or self._default_ttl
+        now = time.monotonic()
         with self._lock:
-            self._items[key] = (bytes(data), time.monotonic() + ttl if ttl else None)
+            self._items[key] = (bytes(data), now + ttl if ttl else None)
+            if now >= self._next_sweep:
+                self._next_sweep = now + 1.0
+                for old in [k for k, (_, expires) in self._items.items() if expires is not None and expires < now]:
+                    del self._items[old]
         return key
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, key: str) -> bytes:
         with self._lock:
@@ -67,16 +78,19 @@ class RedisBlobStore:
         self._redis = client
         self._default_ttl = default_ttl
 
+    @reachable
     def put(self, data: bytes, *, ttl: int | None = None) -> str:
         key = _new_key()
         self._redis.set(_PREFIX + key, bytes(data), ex=ttl or self._default_ttl)
         return key
 
+    @reachable
     def get(self, key: str) -> bytes:
         data = self._redis.get(_PREFIX + key)
         if data is None:
             raise BlobMissing(key)
         return data
 
+    @reachable
     def delete(self, key: str) -> None:
         self._redis.delete(_PREFIX + key)

@@ -25,3 +25,13 @@ class JobFailed(UserError):
 
 class JobCancelled(UserError):
     """The job was cancelled before it finished."""
+
+
+class BackendUnavailable(WorkerUnavailable):
+    """Redis (the job queue and shared state) cannot be reached."""
+
+    def __init__(self, where: str, reason: object = "") -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"I can't reach Redis at {where}{why}, so jobs can't run right now. "
+                         "Check that Redis is running, or ask an admin.")
+        self.where = where

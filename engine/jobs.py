@@ -1,8 +1,10 @@
 """Job records and progress events.
 
-Every job has a record (state, timings, attempts, small JSON result) in the `Store` and an
-append-only event log: a Redis stream when distributed, an in-process list when embedded.
-A log, not pub/sub, so a reader that subscribes late still sees every event.
+Every job has a record (state, timings, attempts, its arguments, small JSON result) in the
+`Store` and an append-only event log: a Redis stream when distributed, an in-process list when
+embedded. A log, not pub/sub, so a reader that subscribes late still sees every event.
+Finished jobs are forgotten `finished_ttl` seconds after they end, records and logs alike,
+so a long-running process does not grow.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Protocol
 
-from engine.store import Store
+from engine.store import Store, reachable
 
-RECORD_TTL = 7 * 86400
-EVENTS_TTL = 86400
+RECORD_TTL = 7 * 86400  # a job that never ends (its whole worker host vanished) goes after a week
 _RECORD = "clipbot:job:"
 _CANCEL = "clipbot:cancel:"
-_EVENTS = "clipbot:events:"
+EVENTS = "clipbot:events:"
 
 # Event kinds; the last three end a job.
 QUEUED, STARTED, PROGRESS, SUCCEEDED, FAILED, CANCELLED = (
@@ -60,8 +61,10 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
-    worker: str | None = None
-    progress: dict[str, Any] = field(default_factory=dict)
+    worker: str | None = None  # the process running the current attempt ("node/pid")
+    kwargs: dict[str, Any] = field(default_factory=dict)  # so a reaper can queue the job again
+    inputs: list[str] = field(default_factory=list)  # blob keys deleted when the job ends
+    extra: dict[str, Any] = field(default_factory=dict)  # the submitter's own notes (where to answer)
     result: Any = None
     error: str | None = None
 
@@ -69,70 +72,113 @@ class JobRecord:
     def finished(self) -> bool:
         return self.state in FINAL_KINDS
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "JobRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
 
 class EventLog(Protocol):
     def append(self, event: ProgressEvent) -> None: ...
-    def read(self, job_id: str, cursor: str, timeout: float) -> tuple[list[ProgressEvent], str]: ...
+    def events(self, job_id: str) -> list[ProgressEvent]: ...
+    def expire(self, job_id: str, ttl: float) -> None: ...
 
 
 class MemoryEventLog:
-    """Event log for the embedded engine: lists guarded by one condition variable."""
-
-    START = "0"
+    """Event log for the embedded engine. Followers subscribe with a callback that is called
+    (under the lock, so in order) for every new event; it must not block."""
 
     def __init__(self) -> None:
         self._logs: dict[str, list[ProgressEvent]] = {}
-        self._cond = threading.Condition()
+        self._expires: dict[str, float] = {}  # job id -> monotonic time its log goes
+        self._listeners: dict[str, list[Callable[[ProgressEvent], None]]] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
 
     def append(self, event: ProgressEvent) -> None:
-        with self._cond:
+        now = time.monotonic()
+        with self._lock:
+            if event.job_id not in self._logs:
+                self._expires[event.job_id] = now + RECORD_TTL
             self._logs.setdefault(event.job_id, []).append(event)
-            self._cond.notify_all()
+            for listener in self._listeners.get(event.job_id, ()):
+                listener(event)
+            if now >= self._next_sweep:
+                self._sweep(now)
 
-    def read(self, job_id: str, cursor: str, timeout: float) -> tuple[list[ProgressEvent], str]:
-        start = int(cursor)
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._logs.get(job_id, ())) > start, timeout=timeout)
-            events = self._logs.get(job_id, [])[start:]
-        return events, str(start + len(events))
+    def events(self, job_id: str) -> list[ProgressEvent]:
+        with self._lock:
+            return list(self._logs.get(job_id, ()))
 
-    def forget(self, job_id: str) -> None:
-        with self._cond:
+    def expire(self, job_id: str, ttl: float) -> None:
+        with self._lock:
+            if job_id in self._logs:
+                self._expires[job_id] = time.monotonic() + ttl
+
+    def subscribe(self, job_id: str, listener: Callable[[ProgressEvent], None]
+                  ) -> tuple[list[ProgressEvent], Callable[[], None]]:
+        """The events so far and a function that unsubscribes; `listener` gets every later one."""
+        with self._lock:
+            self._listeners.setdefault(job_id, []).append(listener)
+            past = list(self._logs.get(job_id, ()))
+
+        def unsubscribe() -> None:
+            with self._lock:
+                listeners = self._listeners.get(job_id, [])
+                if listener in listeners:
+                    listeners.remove(listener)
+                if not listeners:
+                    self._listeners.pop(job_id, None)
+
+        return past, unsubscribe
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 1.0  # at most once a second: the scan is O(jobs)
+        for job_id in [j for j, at in self._expires.items() if at <= now]:
+            del self._expires[job_id]
             self._logs.pop(job_id, None)
 
 
 class RedisEventLog:
-    """Event log as one Redis stream per job (XADD / XREAD BLOCK), expiring after a day."""
-
-    START = "0-0"
+    """Event log as one Redis stream per job (XADD); followers read it through `engine.feed`."""
 
     def __init__(self, client) -> None:
         self._redis = client
 
+    @reachable
     def append(self, event: ProgressEvent) -> None:
-        key = _EVENTS + event.job_id
+        key = EVENTS + event.job_id
         pipe = self._redis.pipeline(transaction=False)
         pipe.xadd(key, {"e": event.to_json()}, maxlen=1000, approximate=True)
-        pipe.expire(key, EVENTS_TTL)
+        if event.kind == QUEUED and not event.data:
+            pipe.expire(key, RECORD_TTL)
         pipe.execute()
 
-    def read(self, job_id: str, cursor: str, timeout: float) -> tuple[list[ProgressEvent], str]:
-        block_ms = max(1, int(timeout * 1000))
-        answer = self._redis.xread({_EVENTS + job_id: cursor}, block=block_ms)
-        events = []
-        for _stream, entries in answer or ():
-            for entry_id, fields in entries:
-                cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                events.append(ProgressEvent.from_json(fields[b"e"] if b"e" in fields else fields["e"]))
-        return events, cursor
+    @reachable
+    def events(self, job_id: str) -> list[ProgressEvent]:
+        return [ProgressEvent.from_json(fields[b"e"]) for _id, fields in self._redis.xrange(EVENTS + job_id)]
+
+    @reachable
+    def expire(self, job_id: str, ttl: float) -> None:
+        self._redis.expire(EVENTS + job_id, max(1, int(ttl)))
 
 
 class JobBook:
-    """Reads and writes job records and events; shared by the submitting side and workers."""
+    """Reads and writes job records and events; shared by the submitting side and workers.
+    `blobs`, when given, is where a job's input blobs are deleted as it ends."""
 
-    def __init__(self, store: Store, events: EventLog) -> None:
+    def __init__(self, store: Store, events: EventLog, *, finished_ttl: float = 3600, blobs: Any = None) -> None:
         self.store = store
         self.events = events
+        self.finished_ttl = finished_ttl
+        self.blobs = blobs
+
+    @staticmethod
+    def record_key(job_id: str) -> str:
+        return _RECORD + job_id
 
     def create(self, record: JobRecord) -> None:
         self.store.set(_RECORD + record.id, asdict(record), ttl=RECORD_TTL)
@@ -140,19 +186,31 @@ class JobBook:
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.store.get(_RECORD + job_id)
-        return JobRecord(**raw) if raw else None
+        return JobRecord.from_dict(raw) if raw else None
 
-    def update(self, job_id: str, **changes: Any) -> JobRecord:
+    def update(self, job_id: str, *, ttl: float = RECORD_TTL, **changes: Any) -> JobRecord:
         record = self.get(job_id) or JobRecord(id=job_id, task="?", queue="?")
         for name, value in changes.items():
             setattr(record, name, value)
-        self.store.set(_RECORD + job_id, asdict(record), ttl=RECORD_TTL)
+        self.store.set(_RECORD + job_id, asdict(record), ttl=max(1, int(ttl)))
         return record
 
     def emit(self, job_id: str, kind: str, **data: Any) -> ProgressEvent:
         event = ProgressEvent(kind=kind, job_id=job_id, at=time.time(), data=data)
         self.events.append(event)
         return event
+
+    def finish(self, job_id: str, state: str, *, result: Any = None, error: str | None = None) -> JobRecord:
+        """End a job: final record and event, both kept `finished_ttl` more seconds; inputs deleted."""
+        record = self.update(job_id, ttl=self.finished_ttl, state=state, finished_at=time.time(), result=result,
+                             error=error)
+        self.emit(job_id, state, result=result, error=error)
+        self.events.expire(job_id, self.finished_ttl)
+        self.store.delete(_CANCEL + job_id)
+        if self.blobs is not None:
+            for key in record.inputs:
+                self.blobs.delete(key)
+        return record
 
     def request_cancel(self, job_id: str) -> None:
         self.store.set(_CANCEL + job_id, True, ttl=RECORD_TTL)

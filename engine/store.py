@@ -6,12 +6,17 @@ sets survive restarts; the distributed engine shares it through Redis.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
+
+from engine.errors import BackendUnavailable
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Store(Protocol):
@@ -30,7 +35,9 @@ class SqliteStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT, expires REAL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires)")
         self._lock = threading.Lock()
+        self._next_purge = 0.0
 
     def get(self, key: str) -> Any | None:
         with self._lock:
@@ -40,11 +47,15 @@ class SqliteStore:
         return json.loads(row[0])
 
     def set(self, key: str, value: Any, *, ttl: int | None = None) -> None:
-        expires = time.time() + ttl if ttl else None
+        now = time.time()
+        expires = now + ttl if ttl else None
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)", (key, json.dumps(value), expires)
             )
+            if now >= self._next_purge:  # expired rows go for real, at most once a second
+                self._next_purge = now + 1.0
+                self._db.execute("DELETE FROM kv WHERE expires < ?", (now,))
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -60,22 +71,52 @@ class SqliteStore:
         return sorted(r[0] for r in rows)
 
 
+def redis_where(client) -> str:
+    """host:port/db of a Redis client, for messages (never the password)."""
+    kw = client.connection_pool.connection_kwargs
+    where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    return f"{where}/{kw.get('db', 0)}"
+
+
+def reachable(method: F) -> F:
+    """Turn "Redis is down" into one user-facing BackendUnavailable instead of a traceback."""
+    import redis
+
+    @functools.wraps(method)
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(redis_where(self._redis), _reason(exc)) from exc
+
+    return call  # type: ignore[return-value]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text.rsplit(". ", 1)[-1].strip(" .") if "Connection refused" not in text else "connection refused"
+
+
 class RedisStore:
     """JSON values under plain Redis keys."""
 
     def __init__(self, client) -> None:
         self._redis = client
 
+    @reachable
     def get(self, key: str) -> Any | None:
         raw = self._redis.get(key)
         return None if raw is None else json.loads(raw)
 
+    @reachable
     def set(self, key: str, value: Any, *, ttl: int | None = None) -> None:
         self._redis.set(key, json.dumps(value), ex=ttl)
 
+    @reachable
     def delete(self, key: str) -> None:
         self._redis.delete(key)
 
+    @reachable
     def keys(self, prefix: str) -> list[str]:
         escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
         return sorted(k.decode() if isinstance(k, bytes) else k for k in self._redis.scan_iter(match=escaped + "*"))

@@ -47,16 +47,19 @@ class TaskInfo:
     name: str
     queue: str
     fn: Callable[..., Any]
+    inputs: tuple[str, ...] = ()  # kwargs holding blob keys (or lists of them) that the job consumes
 
 
-def task(name: str, *, queue: str = "gpu") -> Callable[[Callable], Callable]:
+def task(name: str, *, queue: str = "gpu", inputs: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Mark `fn` as the engine task `name` on `queue` (a declared queue: "gpu" for quick model
-    work, "io" for network, or one the plugin declares with `clipbot_queues`)."""
+    work, "io" for network, or one the plugin declares with `clipbot_queues`). `inputs` names
+    the kwargs that carry upload blob keys: those blobs are deleted when the job ends (outputs
+    and snapshots keep their TTL)."""
     if not _QUEUE_NAME.match(queue):
         raise ValueError(f"invalid queue name {queue!r}")
 
     def mark(fn: Callable) -> Callable:
-        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn))
+        setattr(fn, _MARK, TaskInfo(name=name, queue=queue, fn=fn, inputs=tuple(inputs)))
         return fn
 
     return mark

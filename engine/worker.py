@@ -1,25 +1,309 @@
-"""`clipbot worker`: a Celery prefork worker for the distributed engine.
+"""The engine, worker side: bind tasks to Celery, run deliveries, heartbeat, reap.
+
+`clipbot worker` runs a Celery worker for the distributed engine (`run_worker`); `clipbot run`
+runs the same tasks on a thread in the bot process (`EmbeddedWorker`).
+
+Health, distributed: every process that runs jobs (a prefork child, or the worker itself with
+the solo/threads pool) announces itself in Redis from a heartbeat thread, so a hung child
+stops being advertised. The worker's main process ("node") also beats, and every few seconds:
+- kills its own children that stopped beating (SIGSTOP, a wedged C call); Celery replaces the
+  child and puts its job back in the queue (`task_reject_on_worker_lost`);
+- reaps: a job whose process and node both stopped beating (the whole worker was killed) is
+  queued again, or failed once it has used up `max_attempts`.
+A delivery of a job that already ended is acknowledged and not run again.
 
 Models load lazily in the worker children, never in the parent before it forks (CUDA is not
 fork-safe), and nothing slow runs in `worker_process_init` (Celery kills a child whose init
-takes over 4 s). The parent announces itself in Redis so the bot can tell users when no
-worker is online instead of queueing into the void.
+takes over 4 s).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
+import time
+import uuid
+import warnings
 from typing import Any, Callable, Iterable
 
-from celery import signals
-
-from engine.app import HEARTBEAT_EVERY, Engine
-from engine.errors import UserError
+from engine.app import WORKERS, Engine, heartbeat_every
+from engine.errors import JobCancelled, UserError
+from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED, JobRecord
 from engine.models.registry import registry
+from engine.tasks import JobContext, TaskInfo, tasks_in
 
 log = logging.getLogger(__name__)
+
+_NODES = "clipbot:nodes"  # hash: node name -> the worker main process's heartbeat
+_RUNNING = "clipbot:running"  # hash: job id -> "node/pid" of the process running it
+_REAPER = "clipbot:reaper"  # lock: one reaper per round across all workers
+_FORGET_AFTER = 3600.0  # announcements of processes gone this long are deleted
+
+
+class WorkerRuntime:
+    """What every worker process needs: its tasks bound to Celery and a way to run them."""
+
+    def __init__(self, engine: Engine, *, node: str, queues: Iterable[str]) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.book = engine.book
+        self.redis = engine.redis  # None when embedded: no heartbeats, nothing to reap
+        self.node = node
+        self.queues = list(queues)
+        self.main_pid = os.getpid()
+
+    @property
+    def process(self) -> str:
+        return f"{self.node}/{os.getpid()}"
+
+    # ---- tasks -------------------------------------------------------------------------
+    def register(self, modules: Iterable[str]) -> list[TaskInfo]:
+        """Import task modules (heavy: they may import torch) and bind their tasks to Celery."""
+        import importlib
+
+        infos = []
+        for name in modules:
+            for info in tasks_in(importlib.import_module(name)):
+                if info.name not in self.engine.celery.tasks:
+                    self._bind(info)
+                infos.append(info)
+        return infos
+
+    def _bind(self, info: TaskInfo) -> None:
+        if info.queue not in self.engine.queues:
+            raise ValueError(f"task {info.name} uses the queue {info.queue!r}, which no plugin declares "
+                             f"(declared: {', '.join(self.engine.queues)}); declare it with the clipbot_queues hook")
+        runtime = self
+
+        def run(self_task: Any, job_id: str, **kwargs: Any) -> None:
+            runtime.run_delivery(info, job_id, kwargs)
+
+        run.__name__ = info.name.replace(".", "_")
+        # shared=False: a shared task would be copied onto every Celery app in the process,
+        # still bound to this runtime.
+        self.engine.celery.task(run, name=info.name, bind=True, queue=self.engine.queue_name(info.queue),
+                                shared=False)
+
+    def run_delivery(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> None:
+        """Execute one delivery of a job: record it, run the function, record the outcome."""
+        record = self.book.get(job_id) or JobRecord(id=job_id, task=info.name, queue=info.queue, kwargs=kwargs)
+        if record.finished:  # a redelivery of a job that already ended: nothing to do
+            log.info("job %s already ended (%s); not running it again", job_id[:8], record.state)
+            return
+        inputs = sorted(set(record.inputs) | set(_blob_keys(info, kwargs)))
+        attempt = record.attempts + 1
+        if self.book.cancel_requested(job_id):
+            self.book.update(job_id, inputs=inputs)
+            self.book.finish(job_id, CANCELLED, error="The job was cancelled.")
+            return
+        if attempt > self.settings.max_attempts:
+            self.book.update(job_id, inputs=inputs)
+            self.book.finish(job_id, FAILED, error=gave_up_message(job_id, record.attempts))
+            return
+        me = self.process
+        self.book.update(job_id, state=STARTED, started_at=time.time(), attempts=attempt, worker=me, inputs=inputs)
+        if self.redis is not None:
+            self.redis.hset(_RUNNING, job_id, me)
+        self.book.emit(job_id, STARTED, attempt=attempt, worker=me)
+        try:
+            result = info.fn(JobContext(self.engine, job_id, attempt), **kwargs)
+        except JobCancelled as exc:
+            return self._finish(job_id, attempt, CANCELLED, error=str(exc))
+        except UserError as exc:
+            return self._finish(job_id, attempt, FAILED, error=str(exc))
+        except Exception:
+            log.exception("job %s (%s) crashed", job_id, info.name)
+            return self._finish(
+                job_id, attempt, FAILED,
+                error=f"Something went wrong on the worker (job {job_id[:8]}); it has been logged.")
+        self._finish(job_id, attempt, SUCCEEDED, result=result)
+
+    def _finish(self, job_id: str, attempt: int, state: str, *, result: Any = None, error: str | None = None) -> None:
+        current = self.book.get(job_id)
+        if current is not None and (current.finished or current.attempts != attempt):
+            # this attempt was given up on (its process looked dead) and another one took over
+            log.warning("job %s attempt %d ended after it was superseded; dropping its outcome", job_id[:8], attempt)
+            return
+        self.book.finish(job_id, state, result=result, error=error)
+        if self.redis is not None:
+            self.redis.hdel(_RUNNING, job_id)
+
+    # ---- heartbeats (distributed only) -------------------------------------------------
+    def beat(self) -> None:
+        """Announce this process as one that runs jobs; readers ignore stale announcements."""
+        info = {"node": self.node, "pid": self.main_pid, "process": os.getpid(), "queues": self.queues,
+                "at": time.time()}
+        self.redis.hset(WORKERS, self.process, json.dumps(info))
+
+    def withdraw(self) -> None:
+        """Remove this process's announcements, at once or not at all: shutting down must not
+        wait out the retries that ride over a Redis restart (the entries go stale anyway)."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        quick = redis.Redis.from_url(self.settings.state_redis_url, socket_timeout=2, socket_connect_timeout=2,
+                                     retry=Retry(NoBackoff(), 0))
+        try:
+            quick.hdel(WORKERS, self.process)
+            if os.getpid() == self.main_pid:
+                quick.hdel(_NODES, self.node)
+        finally:
+            quick.close()
+
+    def tend(self, *, has_children: bool) -> None:
+        """The node's round: beat, replace hung children, reap jobs of dead workers."""
+        self.redis.hset(_NODES, self.node, json.dumps({"pid": self.main_pid, "at": time.time()}))
+        if has_children:
+            self._replace_hung_children()
+        self.reap()
+
+    def _replace_hung_children(self) -> None:
+        now, dead_after = time.time(), self.settings.worker_dead_after
+        for field, raw in self.redis.hgetall(WORKERS).items():
+            info = json.loads(raw)
+            pid = info.get("process")
+            if info.get("node") != self.node or not isinstance(pid, int) or pid == self.main_pid:
+                continue
+            if not _is_my_child(pid):  # it exited and Celery replaced it
+                self.redis.hdel(WORKERS, field)
+            elif now - info["at"] > dead_after:
+                log.error("worker child %d sent no heartbeat for %.0f s (hung?); killing it so Celery replaces it "
+                          "and its job is retried", pid, now - info["at"])
+                os.kill(pid, signal.SIGKILL)
+                self.redis.hdel(WORKERS, field)
+
+    def reap(self) -> list[str]:
+        """Queue again the jobs whose whole worker stopped beating; returns their ids."""
+        if not self.redis.set(_REAPER, self.node, nx=True, px=max(100, int(heartbeat_every(self.settings) * 900))):
+            return []  # another worker reaps this round
+        now, dead_after = time.time(), self.settings.worker_dead_after
+        processes = _load(self.redis.hgetall(WORKERS))
+        nodes = _load(self.redis.hgetall(_NODES))
+        reaped = []
+        for raw_job, raw_process in self.redis.hgetall(_RUNNING).items():
+            job_id, process = raw_job.decode(), raw_process.decode()
+            node = process.rsplit("/", 1)[0]
+            if any(now - info.get("at", 0) < dead_after for info in (processes.get(process), nodes.get(node)) if info):
+                continue  # alive, or its node is alive and replaces a hung child itself
+            if self.redis.hdel(_RUNNING, job_id):  # claim it: exactly one reaper gets 1
+                self._requeue(job_id, process)
+                reaped.append(job_id)
+        for key, table in ((WORKERS, processes), (_NODES, nodes)):
+            gone = [name for name, info in table.items() if now - info.get("at", 0) > _FORGET_AFTER]
+            if gone:
+                self.redis.hdel(key, *gone)
+        return reaped
+
+    def _requeue(self, job_id: str, process: str) -> None:
+        record = self.book.get(job_id)
+        if record is None or record.finished or record.state != STARTED:
+            return
+        if record.attempts >= self.settings.max_attempts:
+            log.error("job %s: worker %s died on attempt %d; giving up", job_id[:8], process, record.attempts)
+            self.book.finish(job_id, FAILED, error=gave_up_message(job_id, record.attempts))
+            return
+        log.warning("job %s: worker %s stopped heartbeating; queueing the job again", job_id[:8], process)
+        self.book.update(job_id, state=QUEUED, worker=None)
+        self.book.emit(job_id, QUEUED, requeued=True, attempt=record.attempts)
+        self.engine.celery.send_task(record.task, args=(job_id,), kwargs=record.kwargs, task_id=job_id,
+                                     queue=self.engine.queue_name(record.queue))
+
+
+def gave_up_message(job_id: str, attempts: int) -> str:
+    return (f"This job stopped the worker running it {attempts} times, so I gave up on it. It may be too big "
+            f"for the worker: try something smaller, or ask an admin to check the worker logs (job {job_id[:8]}).")
+
+
+def _blob_keys(info: TaskInfo, kwargs: dict[str, Any]) -> list[str]:
+    keys: list[str] = []
+    for name in info.inputs:
+        value = kwargs.get(name)
+        if isinstance(value, str):
+            keys.append(value)
+        elif isinstance(value, (list, tuple)):
+            keys.extend(v for v in value if isinstance(v, str))
+    return keys
+
+
+def _load(table: dict) -> dict[str, dict]:
+    return {k.decode() if isinstance(k, bytes) else k: json.loads(v) for k, v in table.items()}
+
+
+def _is_my_child(pid: int) -> bool:
+    """A live (not zombie) child of this process: /proc tells, so a recycled pid is never killed."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return state != "Z" and int(ppid) == os.getpid()
+
+
+def _every(period: float, stop: threading.Event, step: Any, what: str) -> threading.Thread:
+    """Run `step` now and every `period` seconds until `stop`; failures are one log line each."""
+    def loop() -> None:
+        while True:
+            try:
+                step()
+            except Exception as exc:
+                log.warning("%s failed: %s", what, exc)
+            if stop.wait(period):
+                return
+
+    thread = threading.Thread(target=loop, name=f"clipbot-{what.replace(' ', '-')}", daemon=True)
+    thread.start()
+    return thread
+
+
+def torch_threads(settings: Any, children: int) -> int:
+    """Torch threads per child: the setting, or the CPU cores shared out among the children (no
+    more than an OMP_NUM_THREADS the operator set)."""
+    if settings.worker_torch_threads:
+        return settings.worker_torch_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, children))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(omp)) if omp.isdigit() and int(omp) > 0 else share
+
+
+def _limit_torch_threads(threads: int) -> None:
+    # Before torch is imported the environment decides its pool size; after, set_num_threads does.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+# ---- `clipbot worker` ---------------------------------------------------------------------
+def wait_for_redis(url: str, *, retry_every: float = 3.0, out: Any = None) -> None:
+    """Block until Redis answers; one line on `out` per failed try. Ctrl-C raises KeyboardInterrupt."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from engine.store import redis_where
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    out = out or sys.stderr
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                reason = "connection refused" if "refused" in str(exc) else str(exc)
+                print(f"clipbot worker: can't reach Redis at {redis_where(client)} ({reason}); "
+                      f"retrying in {retry_every:.0f} s (Ctrl-C to stop)", file=out, flush=True)
+                time.sleep(retry_every)
+    finally:
+        client.close()
 
 
 def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str], concurrency: int,
@@ -30,47 +314,76 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
     starts (e.g. precomputing caches; never in `worker_process_init` itself: it must stay fast)."""
     if engine.embedded:  # callers check settings first and tell the user; this guards the API
         raise ValueError("run_worker needs a Redis-backed engine, not the embedded one")
-    infos = engine.register_task_modules(task_modules)
-    log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
-    registry.forbid_loading("models load in worker children, not in the prefork parent (CUDA is not fork-safe)")
-    stop = threading.Event()
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_EVERY):
-            _safe_heartbeat(engine, queues)
+    settings = engine.settings
+    wait_for_redis(settings.state_redis_url)
+    logging.getLogger("celery.worker.consumer.consumer").addFilter(_one_line)
+    # Ride out a Redis restart mid-job (about a minute) instead of failing the job's writes.
+    engine.redis.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), 40))
+    runtime = WorkerRuntime(engine, node=f"clipbot@{socket.gethostname()}.{os.getpid()}", queues=queues)
+    infos = runtime.register(task_modules)
+    log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
+    period, stop = heartbeat_every(settings), threading.Event()
+    children = concurrency if pool == "prefork" else 1
+    _connect_signals(runtime, pool, period, stop, torch_threads(settings, children), prepare)
+    if pool == "prefork":
+        registry.forbid_loading("models load in worker children, not in the prefork parent (CUDA is not fork-safe)")
+    else:
+        registry.allow_loading()
+    worker = engine.celery.Worker(
+        hostname=runtime.node, queues=queues, concurrency=concurrency, pool=pool, loglevel=loglevel,
+        without_mingle=True, without_gossip=True,
+    )
+    worker.start()
+    return worker.exitcode or 0
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Celery's "Cannot connect to redis://...\nTrying again in 2.00 seconds..." as one line."""
+    if record.exc_info is None and "\n" in str(record.msg):
+        record.msg, record.args = record.getMessage().replace("..\n", ". ").replace("\n", " "), ()
+    return True
+
+
+def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: threading.Event,
+                     threads: int, prepare: Callable[[], Any] | None) -> None:
+    from celery import signals
+
+    prefork = pool == "prefork"
 
     def start_preparing() -> None:
         if prepare is not None:
             threading.Thread(target=_safe_prepare, args=(prepare,), name="clipbot-prepare", daemon=True).start()
 
     @signals.worker_process_init.connect(weak=False)
-    def _child_init(**_: Any) -> None:
+    def _child_init(**_: Any) -> None:  # in each prefork child; must stay cheap (4 s limit)
         registry.allow_loading()
+        _limit_torch_threads(threads)
+        _every(period, threading.Event(), runtime.beat, "worker heartbeat")
         start_preparing()
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_exit(**_: Any) -> None:
+        _quietly(runtime.withdraw)
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
-        if pool != "prefork":  # solo/threads: this process runs the jobs
+        # We keep Celery's current default (running jobs go on through a broker outage); its notice
+        # about a future default is a 7-line warning on every reconnect. (Celery sets its own
+        # warning filters while starting, so ours goes in now.)
+        warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change")
+        if not prefork:  # this process runs the jobs itself
+            _limit_torch_threads(threads)
+            _every(period, stop, runtime.beat, "worker heartbeat")
             start_preparing()
-        _safe_heartbeat(engine, queues)
-        threading.Thread(target=beat, name="clipbot-heartbeat", daemon=True).start()
+        _every(period, stop, lambda: runtime.tend(has_children=prefork), "worker upkeep")
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
         stop.set()
-        try:
-            engine.heartbeat(queues, os.getpid(), gone=True)
-        except Exception:  # the broker may already be gone; the entry goes stale by itself
-            log.warning("could not withdraw the worker announcement", exc_info=True)
-
-    if pool == "solo":
-        registry.allow_loading()
-    worker = engine.celery.Worker(
-        hostname=engine.hostname, queues=queues, concurrency=concurrency, pool=pool, loglevel=loglevel,
-        without_mingle=True, without_gossip=True,
-    )
-    worker.start()
-    return worker.exitcode or 0
+        _quietly(runtime.withdraw)
 
 
 def _safe_prepare(prepare: Callable[[], Any]) -> None:
@@ -80,8 +393,46 @@ def _safe_prepare(prepare: Callable[[], Any]) -> None:
         log.warning("preparing at start failed: %s", exc, exc_info=not isinstance(exc, UserError))
 
 
-def _safe_heartbeat(engine: Engine, queues: list[str]) -> None:
+def _quietly(step: Any) -> None:
     try:
-        engine.heartbeat(queues, os.getpid())
-    except Exception:
-        log.warning("worker heartbeat failed", exc_info=True)
+        step()
+    except Exception as exc:  # the broker may already be gone; the entry goes stale by itself
+        log.warning("could not withdraw the worker announcement: %s", exc)
+
+
+# ---- the embedded engine's worker thread ------------------------------------------------
+class EmbeddedWorker:
+    """Celery's worker on a thread of this process (solo pool, memory transport)."""
+
+    def __init__(self, engine: Engine, task_modules: Iterable[str]) -> None:
+        from celery.worker import WorkController
+
+        self.runtime = WorkerRuntime(engine, node=f"embedded-{uuid.uuid4().hex[:8]}@{socket.gethostname()}",
+                                     queues=list(engine.queues))
+        self.runtime.register(task_modules)
+        ready = threading.Event()
+        engine.celery.finalize()
+        self._worker = WorkController(
+            app=engine.celery, hostname=self.runtime.node, pool="solo", concurrency=1,
+            queues=[engine.queue_name(q) for q in engine.queues], ready_callback=lambda consumer: ready.set(),
+            without_heartbeat=True, without_mingle=True, without_gossip=True, loglevel=engine.settings.log_level,
+        )
+
+        def serve() -> None:
+            # Celery runs tasks against the thread's *current* app; with several engines in
+            # one process (tests, tools) the worker thread must name its own.
+            engine.celery.set_current()
+            self._worker.start()
+
+        self._thread = threading.Thread(target=serve, name="clipbot-embedded-worker", daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the embedded worker did not start within 30 s")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._worker.stop(in_sighandler=False)
+        self._thread.join(10)

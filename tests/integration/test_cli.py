@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env, write_image
-from tests.unit.test_images import png_header_only
+from tests.conftest import ROOT, clipbot_env, png_header_only, write_image
 
 
 def clipbot(data_dir, *args, stdin=None, timeout=240, **env):
@@ -109,13 +108,14 @@ def test_models_pull_no_prepare_only_downloads(tmp_path):
 
 def test_local_chat_session(data_dir, tmp_path):
     image = write_image(tmp_path / "chat.png")
-    script = f"/help\n/whatis {image} labels: cat, dog, person\n/search sketch\nhello\n/quit\n"
+    script = f"/help\n/whatis {image} labels: cat, dog, person\n/post {image}\n/search sketch\nhello\n/quit\n"
     out = clipbot(data_dir, "run", stdin=script, CLIPBOT_DATA_DIR=str(tmp_path / "d"))
     assert out.returncode == 0, out.stderr
     assert "/whatis: Say what is in a picture" in out.stdout
     assert "Looks like" in out.stdout or "I'm not sure" in out.stdout
     assert "[image saved: " in out.stdout
-    assert "/search is not built yet" in out.stdout
+    assert "as message 1 (local://local/1)" in out.stdout  # /post, then /search finds it
+    assert "1. local-user in #local" in out.stdout and "[More]" not in out.stdout
     assert "Commands start with /" in out.stdout
     assert "Traceback" not in out.stderr
 

@@ -79,9 +79,12 @@ def test_worker_killed_mid_task_does_not_lose_the_job(redis_url, start_worker, c
 
 def test_no_worker_online_is_a_clear_error(redis_engine, client, tmp_path):
     adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path)
+    # Not 0: Celery sometimes leaves a second copy of a killed child's job (the earlier test) in
+    # the queue; a worker that gets it skips it, the job having ended.
+    queued = client.llen("gpu")
     reply = say(adapter, f"/whatis {write_image(tmp_path / 'a.png')} labels: a, b")[-1]
     assert reply.error and "No clipbot worker is online for the 'gpu' queue" in reply.text
-    assert client.llen("gpu") == 0  # nothing was queued into the void
+    assert client.llen("gpu") == queued  # nothing was queued into the void
 
 
 def test_dead_worker_job_is_cancelled_and_never_runs_later(data_dir, redis_url, client, start_worker, tmp_path):

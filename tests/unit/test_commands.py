@@ -73,3 +73,18 @@ def test_value_types_are_frozen():
     reply = Reply(text="a")
     with pytest.raises(AttributeError):
         reply.text = "b"  # type: ignore[misc]
+
+
+def test_list_options_take_several_values():
+    from bot.commands import Attachment, command
+
+    @command
+    async def collect(ctx, files: list[Attachment] = (), tags: list[str] = ()):
+        """Collect files."""
+
+    files, tags = collect.options
+    assert files.multiple and files.type is Attachment and files.default == ()
+    a = Attachment("k1", "a.png", "image/png", 3)
+    assert files.convert([a, a]) == (a, a) and tags.convert("x") == ("x",)
+    with pytest.raises(UserError):
+        files.convert(["not an attachment"])

@@ -72,7 +72,6 @@ def test_stream_gets_a_final_reply(dispatcher):
 @pytest.mark.parametrize("command, options, expected", [
     ("nope", {}, "I don't know the command /nope"),
     ("ecoh", {}, "Did you mean /echo?"),
-    ("search", {}, "/search is not built yet"),
     ("echo", {}, "/echo needs 'text'"),
     ("echo", {"text": "a", "colour": "red"}, "/echo has no option 'colour' (options: text, times)"),
     ("echo", {"text": "a", "times": "lots"}, "must be a whole number"),

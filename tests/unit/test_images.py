@@ -7,7 +7,6 @@ import random
 import resource
 import struct
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from engine.images import (
     inspect_image,
     to_png_bytes,
 )
+from tests.conftest import png_header_only  # noqa: F401  (shared with the CLI and plugin tests)
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 HAS_WEBP = features.check("webp")
@@ -37,17 +37,6 @@ def noise(size: tuple[int, int]) -> Image.Image:
     """Random pixels, so compressed data is long enough to cut in half."""
     width, height = size
     return Image.frombytes("RGB", size, random.Random(0).randbytes(width * height * 3))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny 8-bit greyscale PNG whose IHDR claims width×height; it holds one row of pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def reject(call, *args, **kwargs) -> str:

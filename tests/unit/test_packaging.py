@@ -37,7 +37,7 @@ def test_core_is_light_and_extras_carry_the_rest():
     assert names(expand("worker")) >= HEAVY | {"einops", "setuptools"}
     assert "torch==2.14.1" in PROJECT["optional-dependencies"]["worker"]
     assert "torchvision==0.29.1" in PROJECT["optional-dependencies"]["worker"]
-    assert names(expand("discord")) == {"discord-py"} and names(expand("slack")) == {"slack-bolt"}
+    assert names(expand("discord")) == {"discord-py"} and names(expand("slack")) == {"slack-bolt", "aiohttp"}
     assert names(expand("all")) == names(expand("worker") + expand("discord") + expand("slack"))
     assert names(expand("dev")) >= names(expand("all")) | {"pytest", "pytest-timeout", "hypothesis"}
 

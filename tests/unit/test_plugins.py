@@ -119,7 +119,7 @@ def test_broken_plugin_is_skipped_and_reported(tmp_path, monkeypatch):
 def test_light_modules_import_without_torch():
     code = (
         "import sys, bot.cli, bot.plugins, bot.dispatch, bot.adapters.local, engine.app, engine.images, "
-        "engine.worker, plugins.whatis, bot.builtin\n"
+        "engine.worker, plugins.whatis, bot.builtin, plugins.search, bot.localchat\n"
         "from bot.config import Settings\n"
         "from bot.plugins import build_plugin_manager\n"
         "pm = build_plugin_manager(Settings(_env_file=None))\n"
@@ -142,7 +142,8 @@ def test_env_example_lists_every_setting(tmp_path):
         fields += [(env_prefix(plugin), name, field) for name, field in type(values).model_fields.items()]
     assert any(prefix == "CLIPBOT_WHATIS_" for prefix, _, _ in fields)
     for prefix, name, field in fields:
-        line = f"{prefix}{name.upper()}="
+        alias = field.validation_alias  # e.g. DISCORD_TOKEN, SLACK_BOT_TOKEN: the platform's own variable name
+        line = f"{alias.choices[0] if alias is not None else prefix + name.upper()}="
         assert line in example, f".env.example lacks {line}"
         assert field.description, f"{prefix}{name.upper()} needs a description"
 

@@ -1,0 +1,278 @@
+"""/search benchmark: query latency and recall per index backend, and indexing throughput.
+
+Part 1, queries: for each size (default 10k, 100k; add 1000000 for 1M) fill each backend with the
+same 512-d unit embeddings (clustered like CLIP's: 2000 centres + noise) posted in 20 channels,
+then time `ImageIndex.search` for held-out queries: unfiltered and filtered to 1 channel of 20
+(the permission filter inside the query). Recall@10 is measured against exact float32 search
+over the same rows and filter, in the same run. pgvector is loaded with COPY BINARY and its
+HNSW index built afterwards with parallel workers (m=16, ef_construction=64).
+
+Part 2, indexing: N generated pictures go through the whole path (ImagePosted hook -> pending
+queue -> drain job on the embedded engine -> decode, hash, preview, one CLIP call per batch ->
+index) and, in the same run, straight through `ClipModel.encode_images` in the same batches
+(model only, pictures already decoded). Reported as pictures/s and their ratio.
+
+    python3 bench/search.py                                   # 10k + 100k, both backends, indexing
+    python3 bench/search.py --sizes 1000000 --backends embedded
+    python3 bench/search.py --skip-queries --index-images 256 --model ViT-B-32:random
+
+Goals (issue 7): p99 <= 20 ms at 100k embedded; <= 30 ms at 1M with recall@10 >= 0.95 on
+pgvector; indexing >= 0.9x the model-only rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.index import Filter, Occurrence  # noqa: E402
+
+DIM = 512
+CHANNELS = 20
+SPACE = "bench"
+MODEL = "bench-model"
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def clustered(n: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(centres), n)
+    out = np.empty((n, DIM), np.float32)
+    for start in range(0, n, 100_000):
+        part = slice(start, min(n, start + 100_000))
+        x = centres[picks[part]] + 0.6 * rng.standard_normal((part.stop - part.start, DIM)).astype(np.float32) / np.sqrt(DIM)
+        out[part] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def dataset(n: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((2000, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return clustered(n, 1, centres), clustered(queries, 2, centres)
+
+
+def channel_of(i: int) -> str:
+    return f"c{i % CHANNELS}"
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def load_embedded(root: Path, data: np.ndarray) -> object:
+    from engine.index.embedded import EmbeddedIndex
+
+    index = EmbeddedIndex(root)
+    chunk = 20_000
+    for start in range(0, len(data), chunk):
+        rows = range(start, min(len(data), start + chunk))
+        index.add(SPACE, MODEL, {f"h{i}": (data[i], None) for i in rows},
+                  [Occurrence(SPACE, channel_of(i), f"m{i}", f"h{i}", posted_at=float(i)) for i in rows])
+    return index
+
+
+def load_pgvector(url: str, data: np.ndarray, workers: int) -> tuple[object, float]:
+    from pgvector import HalfVector
+
+    from engine.index.pgvector import PgVectorIndex
+
+    index = PgVectorIndex(url)
+    conn = index._conn
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE clipbot_embeddings, clipbot_occurrences, clipbot_thumbnails")
+        cur.execute(f"DROP INDEX IF EXISTS clipbot_embeddings_hnsw_{DIM}")
+        with cur.copy("COPY clipbot_embeddings (space, hash, model, dim, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "text", "text", "int4", "halfvec"])
+            for i, v in enumerate(data):
+                copy.write_row([SPACE, f"h{i}", MODEL, DIM, HalfVector(v)])
+        with cur.copy("COPY clipbot_occurrences (space, channel, message_id, hash, posted_at) FROM STDIN "
+                      "WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "text", "text", "text", "float8"])
+            for i in range(len(data)):
+                copy.write_row([SPACE, channel_of(i), f"m{i}", f"h{i}", float(i)])
+        cur.execute("ANALYZE clipbot_embeddings")
+        cur.execute("ANALYZE clipbot_occurrences")
+        cur.execute("SET maintenance_work_mem = '6GB'")
+        cur.execute(f"SET max_parallel_maintenance_workers = {workers}")
+        started = time.perf_counter()
+        cur.execute(f"CREATE INDEX clipbot_embeddings_hnsw_{DIM} ON clipbot_embeddings USING hnsw "
+                    f"((embedding::halfvec({DIM})) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) "
+                    f"WHERE dim = {DIM}")
+        build = time.perf_counter() - started
+    index._dims.add(DIM)
+    return index, build
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+def exact_top(data: np.ndarray, q: np.ndarray, allowed: np.ndarray | None, k: int) -> set[str]:
+    scores = data @ q
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    top = np.argpartition(-scores, k)[:k]
+    return {f"m{i}" for i in top}
+
+
+def measure(index: object, data: np.ndarray, queries: np.ndarray, *, filtered: bool, k: int = 10,
+            warmup: int = 20) -> dict:
+    ids = np.arange(len(data))
+    times, recalls = [], []
+    for j, q in enumerate(queries):
+        channel = channel_of(j) if filtered else None
+        where = Filter(channels=frozenset({channel})) if filtered else Filter()
+        started = time.perf_counter()
+        hits = index.search(SPACE, MODEL, q, where, k=k)
+        elapsed = time.perf_counter() - started
+        if j < warmup:
+            continue
+        times.append(elapsed * 1000)
+        allowed = (ids % CHANNELS == j % CHANNELS) if filtered else None
+        truth = exact_top(data, q, allowed, k)
+        recalls.append(len(truth & {h.occurrence.message_id for h in hits}) / k)
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
+            "recall": float(np.mean(recalls))}
+
+
+def scan_floor(data: np.ndarray, queries: np.ndarray) -> float:
+    """p50 ms of the bare float16 scan the embedded backend does: its speed limit on this machine."""
+    import torch
+
+    matrix = torch.from_numpy(data.astype(np.float16))
+    times = []
+    for q in queries[:100]:
+        started = time.perf_counter()
+        (matrix @ torch.from_numpy(q.astype(np.float16))).float()
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 50))
+
+
+def query_part(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="clipbot-bench-"))
+    server = None
+    try:
+        if "pgvector" in args.backends and not args.pg_url:
+            import pgserver
+
+            server = pgserver.get_server(work / "pg", cleanup_mode="delete")
+        print(f"{'size':>8} {'backend':>15} {'filter':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}  load")
+        for n in args.sizes:
+            data, queries = dataset(n, args.queries + 20)
+            for backend in args.backends:
+                started = time.perf_counter()
+                if backend == "embedded":
+                    index, note = load_embedded(work / f"emb-{n}", data), ""
+                else:
+                    index, build = load_pgvector(args.pg_url or server.get_uri(), data, args.workers)
+                    note = f", HNSW build {build:.0f} s"
+                load = time.perf_counter() - started
+                for ef in (args.ef_search if backend == "pgvector" else [0]):
+                    if ef:
+                        index.ef_search = ef
+                    name = f"{backend}" + (f" ef={ef}" if ef else "")
+                    for filtered in (False, True):
+                        m = measure(index, data, queries, filtered=filtered)
+                        print(f"{n:>8} {name:>15} {'1 of 20' if filtered else 'none':>8} {m['p50']:>8.2f} "
+                              f"{m['p99']:>8.2f} {m['recall']:>9.3f}  {load:.0f} s{note}", flush=True)
+                if backend == "embedded":
+                    print(f"{n:>8} {'floor':>15} {'none':>8} {scan_floor(data, queries):>8.2f}  (one bare float16 "
+                          "matrix-vector product over the same rows, same run)", flush=True)
+                index.close()
+                shutil.rmtree(work / f"emb-{n}", ignore_errors=True)
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- indexing throughput -------------------------------------------------------------------------
+def make_pictures(n: int, folder: Path) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(n):
+        base = rng.integers(0, 255, (240 // 8, 320 // 8, 3), dtype=np.uint8)
+        picture = Image.fromarray(base).resize((320, 240), Image.Resampling.BILINEAR)
+        path = folder / f"p{i}.jpg"
+        picture.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def indexing_part(args: argparse.Namespace) -> None:
+    from bot.app import open_app
+    from bot.commands import Attachment
+    from bot.config import Settings
+    from bot.events import ImagePosted
+    from engine.images import decode_image
+    from engine.models import clip_for
+    from plugins.search.pending import pending_queue
+
+    work = Path(tempfile.mkdtemp(prefix="clipbot-bench-idx-"))
+    try:
+        paths = make_pictures(args.index_images, work)
+        settings = Settings(_env_file=None, data_dir=work / "data", clip_model=args.model, device=args.device,
+                            log_level="WARNING")
+        os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(args.batch)
+        with open_app(settings) as app:
+            clip = clip_for(settings)
+            warm = [decode_image(p.read_bytes()) for p in paths[: args.batch]]
+            clip.encode_images(warm, batch_size=args.batch)  # load and warm the model once for both
+            pictures = [decode_image(p.read_bytes()) for p in paths]
+            started = time.perf_counter()
+            clip.encode_images(pictures, batch_size=args.batch)
+            model_rate = len(pictures) / (time.perf_counter() - started)
+
+            blobs = [(p, app.engine.blobs.put(p.read_bytes())) for p in paths]
+            started = time.perf_counter()
+            for i, (path, key) in enumerate(blobs):
+                event = ImagePosted("local", SPACE, "c1", f"m{i}", "u", time.time(), "",
+                                    (Attachment(key, path.name, "image/jpeg", path.stat().st_size),))
+                asyncio.run(app.image_posted(event))
+            queue = pending_queue(app.engine)
+            while queue.size():
+                time.sleep(0.005)
+            stats = asyncio.run(app.engine.run("search.stats", {"space": SPACE}, queue="gpu"))
+            path_rate = len(paths) / (time.perf_counter() - started)
+            assert stats["embeddings"] == len(paths), stats
+        print(f"indexing {len(paths)} pictures, {args.model} on {args.device}, batches of {args.batch}: "
+              f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--backends", default="embedded,pgvector", type=lambda s: s.split(","))
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--pg-url", help="an existing PostgreSQL with pgvector (default: start one with pgserver)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel HNSW build workers")
+    parser.add_argument("--skip-queries", action="store_true")
+    parser.add_argument("--skip-indexing", action="store_true")
+    parser.add_argument("--index-images", type=int, default=256)
+    parser.add_argument("--model", default="ViT-B-32:random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedded scan")
+    parser.add_argument("--ef-search", default="100", type=lambda s: [int(x) for x in s.split(",")],
+                        help="pgvector hnsw.ef_search values to measure on one build (e.g. 100,200,400)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.skip_queries:
+        query_part(args)
+    if not args.skip_indexing:
+        indexing_part(args)
+
+
+if __name__ == "__main__":
+    main()

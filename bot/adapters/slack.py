@@ -1,0 +1,405 @@
+"""Slack adapter: a slack-bolt async app that serves every plugin's commands in Slack.
+
+`clipbot run` starts it when SLACK_BOT_TOKEN is set: Socket Mode when SLACK_APP_TOKEN is set
+(no public URL), otherwise HTTP mode on CLIPBOT_SLACK_PORT at /slack/events, where bolt checks
+every request's signature (SLACK_SIGNING_SECRET, 5-minute window) and answers 401 to forged or
+stale ones before any listener runs.
+
+Ways in, all acked at once (Slack wants an ack within 3 s) and then answered in the background:
+- one slash command per plugin command (`/whatis`, `/imagine`, ...; CLIPBOT_SLACK_COMMAND_PREFIX
+  is prepended; names Slack keeps for itself, like /search, become /clip-search). Slash commands
+  carry only text (the shared option parser reads it) and Slack refuses them inside threads;
+- message shortcuts with callback id `clipbot_<command>` ("What is this?" = `clipbot_whatis`)
+  run the command on the message's picture;
+- `@clipbot <command> ...` mentions, with an attached picture or in a thread (the thread's
+  latest picture);
+- Block Kit buttons (`action_id` prefix `clipbot:`) whose value is an encoded `Action`: a click
+  is an ordinary request from the clicker, so buttons keep working after a restart.
+Message events feed the index (`app.image_posted`), deletions leave it, duplicates run once.
+No plugin contains Slack code: the adapter reads `CommandSpec`s and renders `Reply`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from typing import Any, Awaitable
+
+from bot.actions import decode_action
+from bot.adapters.slack_manifest import slack_specs, slash_name
+from bot.commands import Attachment, CommandSpec, Reply, Request
+from bot.events import ChannelRemoved, MessageDeleted
+from bot.options import parse_command_text
+from engine.errors import UserError
+
+try:  # the `slack` extra; without it `configured` still answers and `serve` says what to install
+    from slack_bolt.async_app import AsyncApp
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
+                                          image_files, image_posted)
+    from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
+    _MISSING = ""
+except ModuleNotFoundError as exc:
+    _MISSING = exc.name or "slack-bolt"
+    PLATFORM = "slack"
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+SHORTCUT_PREFIX = "clipbot_"
+ACTION_PREFIX = "clipbot:"
+CACHE_SECONDS = 60.0  # channel memberships and admin flags: short, so a leave takes effect soon
+_MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+
+
+def configured(settings: Any) -> bool:
+    return bool(settings.slack_bot_token)
+
+
+async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
+    """Serve Slack until `stop_event` is set."""
+    if _MISSING:
+        raise UserError(f"Slack needs the package {_MISSING}: pip install 'clipbot[slack]'")
+    adapter = SlackAdapter(app, settings)
+    await adapter.start()
+    try:
+        await stop_event.wait()
+    finally:
+        await adapter.stop()
+
+
+class SlackAdapter:
+    def __init__(self, app: Any, settings: Any) -> None:
+        self.app, self.settings = app, settings
+        self.socket_mode = bool(settings.slack_app_token)
+        if not self.socket_mode and not settings.slack_signing_secret:
+            raise UserError("Slack HTTP mode needs SLACK_SIGNING_SECRET (or set SLACK_APP_TOKEN for Socket Mode).")
+        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
+        self.client = AsyncWebClient(token=settings.slack_bot_token, **kwargs)
+        # Waits out HTTP 429 with Retry-After (conversations.history may allow 1 call a minute).
+        self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))
+        self.bolt = AsyncApp(client=self.client, signing_secret=settings.slack_signing_secret or "",
+                             logger=logging.getLogger("slack_bolt"))
+        self.fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
+                                   max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        self.dedupe = EventDedupe(settings)
+        self.locations = FileLocations(app.engine.store)
+        self.pacer = ChannelPacer(settings.slack_channel_interval)
+        self.identity: dict[str, Any] = {}
+        self._cache: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._commands = {slash_name(spec.name, settings.slack_command_prefix): spec.name
+                          for spec in slack_specs(app.pm)}
+        self._stoppers: list[Any] = []
+        self._register()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            self.identity = dict((await self.client.auth_test()).data)
+        except SlackApiError as exc:
+            raise UserError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')}).") from None
+        sources = getattr(self.app, "history_sources", None)
+        if sources is not None:
+            sources[PLATFORM] = SlackHistory(self.client, self.fetcher, self.app.engine.blobs, self._workspace_url,
+                                             self.locations)
+        if self.socket_mode:
+            await self._start_socket_mode()
+        else:
+            await self._start_http()
+
+    async def _start_socket_mode(self) -> None:
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        handler = AsyncSocketModeHandler(self.bolt, self.settings.slack_app_token, web_client=self.client)
+        await handler.connect_async()
+        self._stoppers.append(handler.close_async)
+        log.info("Slack: connected as @%s to %s (Socket Mode)", self.identity.get("user"), self.identity.get("team"))
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+        from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+
+        async def events(request: web.Request) -> web.Response:
+            return await to_aiohttp_response(await self.bolt.async_dispatch(await to_bolt_request(request)))
+
+        web_app = web.Application()
+        web_app.add_routes([web.post(EVENTS_PATH, events)])
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.slack_host, self.settings.slack_port)
+        await site.start()
+        self._stoppers.append(runner.cleanup)
+        port = site._server.sockets[0].getsockname()[1]  # the real port when CLIPBOT_SLACK_PORT=0
+        log.info("Slack: @%s for %s, HTTP mode listening on http://%s:%d%s", self.identity.get("user"),
+                 self.identity.get("team"), self.settings.slack_host, port, EVENTS_PATH)
+
+    async def stop(self) -> None:
+        for stop in reversed(self._stoppers):
+            await stop()
+        if self._tasks:  # give answers in flight a moment to land, then stop them
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+        await self.fetcher.close()
+        await self.dedupe.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _workspace_url(self) -> str:
+        return self.identity.get("url") or "https://slack.com/"
+
+    # ---- bolt listeners --------------------------------------------------------------------------
+    def _register(self) -> None:
+        self.bolt.command(re.compile(r"^/"))(self._on_command)
+        self.bolt.shortcut(re.compile(f"^{SHORTCUT_PREFIX}"))(self._on_shortcut)
+        self.bolt.action(re.compile(f"^{re.escape(ACTION_PREFIX)}"))(self._on_action)
+        self.bolt.event("app_mention")(self._on_mention)
+        self.bolt.event("message")(self._on_message)
+        self.bolt.event("file_deleted")(self._on_file_deleted)
+        self.bolt.event("channel_left")(self._on_channel_left)
+        self.bolt.event("group_left")(self._on_channel_left)
+
+    async def _on_command(self, ack: Any, body: dict, respond: Any) -> None:
+        await ack()
+        target = Target(body["channel_id"], body["user_id"], body.get("thread_ts"), respond)
+        name = self._commands.get(body.get("command", ""), body.get("command", "").lstrip("/"))
+        self._spawn(self._guarded(target, self._run_text(
+            name, body.get("text", ""), target, team=body.get("team_id", ""), user_name=body.get("user_name", ""),
+            files=(), latest_fallback=True)))
+
+    async def _on_shortcut(self, ack: Any, body: dict, respond: Any) -> None:
+        await ack()
+        message = body.get("message") or {}
+        channel = (body.get("channel") or {}).get("id", "")
+        target = Target(channel, body["user"]["id"], message.get("thread_ts") or message.get("ts"), respond)
+        name = body.get("callback_id", "")[len(SHORTCUT_PREFIX):]
+        self._spawn(self._guarded(target, self._run_on_message(name, message, target, team=_team(body))))
+
+    async def _on_action(self, ack: Any, body: dict, respond: Any) -> None:
+        await ack()
+        message = body.get("message") or {}
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        target = Target(channel, body["user"]["id"], message.get("thread_ts"), respond)
+        self._spawn(self._guarded(target, self._run_action(body, message, target)))
+
+    async def _on_mention(self, body: dict, event: dict) -> None:
+        if not await self.dedupe.claim(body.get("event_id", "")):
+            return
+        words = _MENTION.sub(" ", event.get("text", "")).strip()
+        name, _, text = words.partition(" ")
+        thread = event.get("thread_ts")
+        target = Target(event["channel"], event.get("user", ""), thread or event["ts"])
+        if not name:
+            name, text = "help", ""
+        self._spawn(self._guarded(target, self._run_text(
+            name.lstrip("/").lower(), text, target, team=body.get("team_id", ""), files=image_files(event),
+            latest_fallback=thread is not None, thread=thread)))
+
+    async def _on_message(self, body: dict, event: dict) -> None:
+        if not await self.dedupe.claim(body.get("event_id", "")):
+            log.info("Slack event %s already handled (retry %s)", body.get("event_id"), event.get("ts"))
+            return
+        team, channel, subtype = body.get("team_id", ""), event.get("channel", ""), event.get("subtype")
+        if subtype == "message_deleted":
+            await self.app.message_deleted(MessageDeleted(PLATFORM, team, channel, event.get("deleted_ts", "")))
+        elif subtype == "message_changed":
+            before = {f.get("id") for f in (event.get("previous_message") or {}).get("files") or ()}
+            after = {f.get("id") for f in (event.get("message") or {}).get("files") or ()}
+            message = event.get("message") or {}
+            if before - after:  # files removed from a message (or it became a tombstone)
+                await self.app.message_deleted(MessageDeleted(PLATFORM, team, channel, message.get("ts", ""),
+                                                              source_ids=tuple(sorted(before - after))))
+        elif subtype in (None, "file_share", "thread_broadcast") and image_files(event):
+            posted = await image_posted(self.fetcher, self.app.engine.blobs, team=team, channel=channel,
+                                        message=event, workspace_url=await self._workspace_url())
+            if posted is not None:
+                await self.locations.remember(posted)
+                await self.app.image_posted(posted)
+
+    async def _on_file_deleted(self, body: dict, event: dict) -> None:
+        if not await self.dedupe.claim(body.get("event_id", "")):
+            return
+        # Slack names the file, not where it was posted: the places come from when it was indexed.
+        team, file_id = body.get("team_id", ""), event.get("file_id", "")
+        for channel, message_id in await self.locations.forget(team, file_id) or [("", "")]:
+            await self.app.message_deleted(MessageDeleted(PLATFORM, team, channel, message_id, source_ids=(file_id,)))
+
+    async def _on_channel_left(self, body: dict, event: dict) -> None:
+        if await self.dedupe.claim(body.get("event_id", "")):
+            await self.app.channel_removed(ChannelRemoved(PLATFORM, body.get("team_id", ""), event.get("channel", "")))
+
+    # ---- from Slack to a Request -------------------------------------------------------------------
+    async def _guarded(self, target: Target, work: Awaitable[None]) -> None:
+        """Run one answer; a user mistake becomes a private one-line reply, a crash is logged."""
+        try:
+            await work
+        except UserError as exc:
+            await self._say_privately(target, str(exc))
+        except Exception:
+            log.exception("Slack request in %s failed", target.channel)
+            await self._say_privately(target, "Something went wrong on my side. It has been logged.")
+
+    async def _say_privately(self, target: Target, text: str) -> None:
+        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=0)
+
+        async def one() -> Any:
+            yield Reply(text=text, error=True, ephemeral=True, final=True)
+
+        await poster.deliver(one())
+
+    async def _run_text(self, name: str, text: str, target: Target, *, team: str, files: list[dict],
+                        latest_fallback: bool, user_name: str = "", thread: str | None = None) -> None:
+        spec = self.app.spec(name)
+        # Pictures never come from the text on Slack, so words fill the text options only:
+        # `/whatis cat, dog` means labels.
+        text_only = dataclasses.replace(spec, options=tuple(o for o in spec.options if o.type is not Attachment))
+        options: dict[str, Any] = parse_command_text(text_only, _unescape(text))
+        await self._attach(spec, options, files, target.channel, thread or target.thread_ts, latest_fallback)
+        await self._answer(spec, options, target, team=team, user_name=user_name, thread=thread)
+
+    async def _run_on_message(self, name: str, message: dict, target: Target, *, team: str) -> None:
+        spec = self.app.spec(name)
+        files = image_files(message)
+        if not files:
+            raise UserError(f"That message has no picture for /{spec.name}.")
+        options: dict[str, Any] = {}
+        await self._attach(spec, options, files, target.channel, None, latest_fallback=False)
+        await self._answer(spec, options, target, team=team, thread=message.get("thread_ts"))
+
+    async def _run_action(self, body: dict, message: dict, target: Target) -> None:
+        try:
+            action = decode_action(body["actions"][0]["value"])
+        except (ValueError, KeyError, IndexError):
+            raise UserError("I can't read that button any more; run the command again.") from None
+        spec = self.app.spec(action.command)
+        if not spec.long_running:  # quick answers go under the clicked message
+            target.thread_ts = message.get("thread_ts") or message.get("ts")
+        await self._answer(spec, dict(action.options), target, team=_team(body), thread=message.get("thread_ts"))
+
+    async def _attach(self, spec: CommandSpec, options: dict[str, Any], files: list[dict], channel: str,
+                      thread: str | None, latest_fallback: bool) -> None:
+        """Fill image options from the message's files, else (when asked) the thread's latest picture."""
+        files = list(files)
+        for option in (o for o in spec.options if o.type is Attachment):
+            if files:
+                options[option.name] = await self.fetcher.attachment(self.app.engine.blobs, files.pop(0))
+            elif options.get(option.name):
+                raise UserError(f"On Slack, /{spec.name} can't take a file name: use the message shortcut on a "
+                                "message with a picture, or mention me with the picture attached.")
+            elif option.required and latest_fallback:
+                file = await self._latest_image(channel, thread)
+                options[option.name] = await self.fetcher.attachment(self.app.engine.blobs, file)
+
+    async def _latest_image(self, channel: str, thread: str | None) -> dict:
+        try:
+            if thread:
+                page = await self.client.conversations_replies(channel=channel, ts=thread, limit=200)
+            else:
+                page = await self.client.conversations_history(channel=channel, limit=50)
+        except SlackApiError as exc:
+            raise UserError(f"I can't read this conversation ({exc.response.get('error')}): invite me first "
+                            "with /invite @clipbot.") from None
+        messages = page.get("messages") or []
+        newest_first = reversed(messages) if thread else messages  # replies come oldest first
+        for message in newest_first:
+            files = image_files(message)
+            if files:
+                return files[-1]
+        where = "this thread" if thread else "the last messages here"
+        raise UserError(f"I found no picture in {where}. Use the message shortcut \"What is this?\" on a "
+                        "message with a picture, or mention me with a picture attached.")
+
+    async def _answer(self, spec: CommandSpec, options: dict[str, Any], target: Target, *, team: str,
+                      user_name: str = "", thread: str | None = None) -> None:
+        if spec.name not in self._commands.values():
+            raise UserError(f"/{spec.name} is not available in Slack.")
+        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.settings.slack_progress_interval)
+        conversation = {"platform": PLATFORM, "team": team, "channel": target.channel, "thread": target.thread_ts,
+                        "user": target.user}
+        if spec.long_running:
+            header = f"<@{target.user}> /{spec.name}: {_summary(options)}".rstrip(": ")
+            parent = await poster.open_parent(header)
+            conversation.update(message=parent, thread=poster.thread_ts, header=header)
+        request = Request(command=spec.name, options=options, user_id=target.user, channel_id=target.channel,
+                          platform=PLATFORM, is_admin=await self._is_admin(target.user), thread_id=thread,
+                          space_id=team, readable_channels=await self._readable(target.user, target.channel),
+                          user_name=user_name, conversation=conversation)
+        await poster.deliver(self.app.handle(request))
+
+    async def deliver(self, conversation: dict, replies: Any) -> None:
+        """Post a reply stream into a conversation stored earlier (`Request.conversation`), e.g. a
+        long job's progress and result after the bot restarted: the parent message is edited on."""
+        target = Target(conversation["channel"], conversation.get("user", ""), conversation.get("thread"))
+        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.settings.slack_progress_interval)
+        if conversation.get("message"):
+            poster.resume_parent(conversation["message"], conversation.get("header", ""))
+        await poster.deliver(replies)
+
+    # ---- who may do and see what -------------------------------------------------------------------
+    async def _cached(self, kind: str, key: str, load: Any) -> Any:
+        """`load()`'s value for a while; concurrent askers share one call (a burst of commands from
+        one user makes one users.conversations walk, not fifty)."""
+        hit = self._cache.get((kind, key))
+        if hit and hit[0] > time.monotonic():
+            return await asyncio.shield(hit[1])
+        future = asyncio.ensure_future(load())
+        self._cache[(kind, key)] = (time.monotonic() + CACHE_SECONDS, future)
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            self._cache.pop((kind, key), None)  # a failed look-up is not remembered
+            raise
+
+    async def _readable(self, user: str, channel: str) -> frozenset[str]:
+        """Channels the user is a member of (they are reading `channel` right now)."""
+        async def load() -> frozenset[str]:
+            ids, cursor = set(), None
+            while True:
+                page = await self.client.users_conversations(user=user, cursor=cursor, limit=200, exclude_archived=True,
+                                                             types="public_channel,private_channel,mpim,im")
+                ids.update(c["id"] for c in page.get("channels") or ())
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    return frozenset(ids)
+
+        return await self._cached("channels", user, load) | {channel}
+
+    async def _is_admin(self, user: str) -> bool:
+        if user in self.settings.slack_admins:
+            return True
+
+        async def load() -> bool:
+            try:
+                info = (await self.client.users_info(user=user)).get("user") or {}
+            except SlackApiError:
+                return False
+            return bool(info.get("is_admin") or info.get("is_owner") or info.get("is_primary_owner"))
+
+        return await self._cached("admin", user, load)
+
+
+def _unescape(text: str) -> str:
+    """Slack escapes &, < and > in message and command text."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _team(body: dict) -> str:
+    return (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id", "")
+
+
+def _summary(options: dict[str, Any]) -> str:
+    first = ("prompt", "query")  # the words people typed lead; options follow
+    items = sorted(options.items(), key=lambda kv: kv[0] not in first)
+    shown = [f"{v}" if k in first else f"{k}: {v}" for k, v in items
+             if v not in (None, "") and not isinstance(v, Attachment)]
+    return " ".join(shown)[:300]

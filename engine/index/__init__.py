@@ -1,0 +1,142 @@
+"""The image index: CLIP embeddings of posted pictures, where each was posted, and a thumbnail.
+
+One picture (content hash) has one embedding per model and any number of *occurrences* (the
+messages it was posted in). Searches filter occurrences by space, readable channels, author
+and date INSIDE the query, so a caller never sees what it may not read, and k results come
+back even when most of the index is filtered out.
+
+Two backends share the `ImageIndex` protocol (and one test suite):
+  - `EmbeddedIndex` (default): SQLite for metadata + an exact cosine scan over a float16
+    matrix file per (space, model), memory-mapped; fast to ~100k pictures per space;
+  - `PgVectorIndex`: PostgreSQL + pgvector (HNSW, iterative scans), for `CLIPBOT_INDEX_URL=postgresql://...`.
+
+Embeddings carry the model fingerprint that made them: a search with another model does
+not see them, and `stale()` lists what needs re-embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["Filter", "Hit", "ImageIndex", "Occurrence", "SpaceStats", "open_index"]
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One posting of a picture: where, by whom, when, and the hash of its bytes."""
+
+    space_id: str
+    channel_id: str
+    message_id: str
+    content_hash: str
+    source_id: str = ""  # platform file id; "" when the message has one picture or none is known
+    author_id: str = ""
+    author_name: str = ""
+    posted_at: float = 0.0
+    permalink: str = ""
+    thread_id: str | None = None
+    platform: str = ""
+
+
+@dataclass(frozen=True)
+class Hit:
+    occurrence: Occurrence
+    score: float  # cosine similarity, -1..1
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a search may return. `channels=None` means every channel of the space (operator
+    CLI only); an empty set means nothing."""
+
+    channels: frozenset[str] | None = None
+    authors: frozenset[str] | None = None
+    after: float | None = None  # posted_at >= after
+    before: float | None = None  # posted_at < before
+
+
+@dataclass(frozen=True)
+class SpaceStats:
+    embeddings: int  # distinct pictures with an embedding of the current model
+    occurrences: int
+    channels: int
+    stale: int  # pictures whose only embedding comes from another model
+    by_channel: dict[str, int] = field(default_factory=dict)
+
+
+class ImageIndex(Protocol):
+    def missing(self, space_id: str, hashes: list[str], model: str) -> set[str]:
+        """The hashes among `hashes` with no embedding of `model` in this space."""
+
+    def add(self, space_id: str, model: str, embeddings: dict[str, tuple[np.ndarray, bytes | None]],
+            occurrences: list[Occurrence]) -> int:
+        """Store new embeddings ({hash: (unit vector, thumbnail or None to keep the old one)}),
+        replacing other models' embeddings of those hashes, and occurrences (each hash must
+        have an embedding). Returns how many occurrences were new (duplicates are ignored)."""
+
+    def search(self, space_id: str, model: str, vector: np.ndarray, where: Filter, *, k: int,
+               offset: int = 0) -> list[Hit]:
+        """Occurrences allowed by `where`, most similar first: ranks offset..offset+k-1."""
+
+    def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
+        """The indexed pictures of one message."""
+
+    def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        ...
+
+    def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
+        ...
+
+    def remove_message(self, space_id: str, message_id: str, *, channel_id: str | None = None,
+                       source_ids: tuple[str, ...] = ()) -> int:
+        """Drop a message's occurrences (only `source_ids` files when given); pictures no
+        longer posted anywhere lose their embeddings and thumbnails. Returns occurrences removed."""
+
+    def remove_channel(self, space_id: str, channel_id: str) -> int:
+        ...
+
+    def expire(self, before: float) -> int:
+        """Drop every occurrence posted before `before` (retention), in every space."""
+
+    def stale(self, model: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` (space, hash) pairs with no embedding of `model` (to re-embed)."""
+
+    def stats(self, space_id: str, model: str) -> SpaceStats:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def open_index(url: str | None, data_dir: Path) -> Any:
+    """The index `url` names: None/"" = embedded under data_dir/index, `sqlite:///DIR`, or
+    `postgresql://...` (needs the `postgres` extra)."""
+    from engine.errors import UserError
+
+    if not url:
+        from engine.index.embedded import EmbeddedIndex
+
+        return EmbeddedIndex(Path(data_dir) / "index")
+    if url.startswith("sqlite:///"):
+        from engine.index.embedded import EmbeddedIndex
+
+        return EmbeddedIndex(Path(url[len("sqlite:///"):]).expanduser())
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from engine.index.pgvector import PgVectorIndex
+        except ImportError as exc:
+            raise UserError(f"CLIPBOT_INDEX_URL names PostgreSQL but its driver is missing ({exc}); "
+                            "install clipbot[postgres].") from None
+        return PgVectorIndex(url)
+    raise UserError("CLIPBOT_INDEX_URL must be empty (embedded), sqlite:///DIR or postgresql://...")
+
+
+def unit(vector: Any) -> np.ndarray:
+    """A float32 unit vector (zero stays zero)."""
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v

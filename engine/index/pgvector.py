@@ -1,0 +1,257 @@
+"""The scale-out image index: PostgreSQL + pgvector (HNSW over halfvec, cosine distance).
+
+Embeddings of any dimension share one table; each dimension gets a partial HNSW index on
+`embedding::halfvec(dim)`, so a model change with another width needs no migration. The
+permission filter (space, channels, authors, dates) is part of the query; pgvector 0.8's
+iterative index scans (`hnsw.iterative_scan`) keep reading the graph until k allowed rows
+are found, so a filtered search still returns k results. The planner may also answer a
+very selective filter exactly from the btree indexes, which is both faster and exact.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector
+from pgvector.psycopg import register_vector
+
+from engine.index import Filter, Hit, Occurrence, SpaceStats, unit
+
+_SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE IF NOT EXISTS clipbot_embeddings (space text NOT NULL, hash text NOT NULL, model text NOT NULL,
+    dim integer NOT NULL, embedding halfvec NOT NULL, PRIMARY KEY (space, hash, model));
+CREATE TABLE IF NOT EXISTS clipbot_thumbnails (space text NOT NULL, hash text NOT NULL, data bytea NOT NULL,
+    PRIMARY KEY (space, hash));
+CREATE TABLE IF NOT EXISTS clipbot_occurrences (id bigserial PRIMARY KEY, space text NOT NULL, channel text NOT NULL,
+    message_id text NOT NULL, hash text NOT NULL, source_id text NOT NULL DEFAULT '', author_id text NOT NULL DEFAULT '',
+    author_name text NOT NULL DEFAULT '', posted_at double precision NOT NULL DEFAULT 0,
+    permalink text NOT NULL DEFAULT '', thread_id text, platform text NOT NULL DEFAULT '',
+    UNIQUE (space, channel, message_id, source_id));
+CREATE INDEX IF NOT EXISTS clipbot_occurrences_hash ON clipbot_occurrences (space, hash);
+CREATE INDEX IF NOT EXISTS clipbot_occurrences_message ON clipbot_occurrences (space, message_id);
+CREATE INDEX IF NOT EXISTS clipbot_occurrences_channel ON clipbot_occurrences (space, channel);
+CREATE INDEX IF NOT EXISTS clipbot_occurrences_time ON clipbot_occurrences (posted_at);
+"""
+_OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
+                "thread_id, platform")
+_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text")
+_MAX_EF_SEARCH = 1000  # pgvector's limit
+
+
+class PgVectorIndex:
+    def __init__(self, url: str, *, ef_search: int = 100, max_scan_tuples: int = 50_000,
+                 exact_below: int = 2_000) -> None:
+        self.url = url
+        self.exact_below = exact_below
+        self.ef_search = ef_search
+        self.max_scan_tuples = max_scan_tuples
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._lock = threading.RLock()
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('clipbot_index_schema'))")
+            cur.execute(_SCHEMA)
+        register_vector(self._conn)
+        self._dims: set[int] = set()
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor]:
+        with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+            yield cur
+
+    def _ensure_hnsw(self, cur: psycopg.Cursor, dim: int) -> None:
+        if dim in self._dims:
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('clipbot_index_schema'))")
+        cur.execute(f"CREATE INDEX IF NOT EXISTS clipbot_embeddings_hnsw_{int(dim)} ON clipbot_embeddings "
+                    f"USING hnsw ((embedding::halfvec({int(dim)})) halfvec_cosine_ops) WHERE dim = {int(dim)}")
+        self._dims.add(dim)
+
+    # ---- writing -------------------------------------------------------------------------
+    def missing(self, space_id: str, hashes: list[str], model: str) -> set[str]:
+        wanted = set(hashes)
+        if not wanted:
+            return set()
+        with self._tx() as cur:
+            cur.execute("SELECT hash FROM clipbot_embeddings WHERE space = %s AND model = %s AND hash = ANY(%s)",
+                        (space_id, model, list(wanted)))
+            return wanted - {h for (h,) in cur.fetchall()}
+
+    def add(self, space_id: str, model: str, embeddings: dict[str, tuple[np.ndarray, bytes | None]],
+            occurrences: list[Occurrence]) -> int:
+        with self._tx() as cur:
+            if embeddings:
+                self._store_vectors(cur, space_id, model, embeddings)
+            if not occurrences:
+                return 0
+            cur.execute("SELECT DISTINCT hash FROM clipbot_embeddings WHERE space = %s AND hash = ANY(%s)",
+                        (space_id, [o.content_hash for o in occurrences]))
+            known = {h for (h,) in cur.fetchall()}
+            for occ in occurrences:
+                if occ.space_id != space_id or occ.content_hash not in known:
+                    raise ValueError(f"occurrence {occ.message_id} has no embedding in space {space_id}")
+            columns = list(zip(*(_occ_values(o) for o in occurrences)))
+            unnest = ", ".join(f"%s::{t}[]" for t in _OCC_TYPES)
+            cur.execute(f"INSERT INTO clipbot_occurrences ({_OCC_COLUMNS}) SELECT * FROM unnest({unnest}) "
+                        "ON CONFLICT DO NOTHING", [list(c) for c in columns])
+            return cur.rowcount
+
+    def _store_vectors(self, cur: psycopg.Cursor, space_id: str, model: str,
+                       embeddings: dict[str, tuple[np.ndarray, bytes | None]]) -> None:
+        dims = {len(v) for v, _ in embeddings.values()}
+        for dim in dims:
+            self._ensure_hnsw(cur, dim)
+        cur.executemany(
+            "INSERT INTO clipbot_embeddings (space, hash, model, dim, embedding) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (space, hash, model) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding",
+            [(space_id, h, model, len(v), HalfVector(unit(v))) for h, (v, _) in embeddings.items()])
+        cur.execute("DELETE FROM clipbot_embeddings WHERE space = %s AND hash = ANY(%s) AND model <> %s",
+                    (space_id, list(embeddings), model))
+        thumbs = [(space_id, h, t) for h, (_, t) in embeddings.items() if t is not None]
+        if thumbs:
+            cur.executemany("INSERT INTO clipbot_thumbnails (space, hash, data) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (space, hash) DO UPDATE SET data = EXCLUDED.data", thumbs)
+
+    # ---- removing ------------------------------------------------------------------------
+    def remove_message(self, space_id: str, message_id: str, *, channel_id: str | None = None,
+                       source_ids: tuple[str, ...] = ()) -> int:
+        sql, args = "space = %s AND message_id = %s", [space_id, message_id]
+        if channel_id is not None:
+            sql, args = sql + " AND channel = %s", args + [channel_id]
+        if source_ids:
+            sql, args = sql + " AND source_id = ANY(%s)", args + [list(source_ids)]
+        return self._remove_where(sql, args)
+
+    def remove_channel(self, space_id: str, channel_id: str) -> int:
+        return self._remove_where("space = %s AND channel = %s", [space_id, channel_id])
+
+    def expire(self, before: float) -> int:
+        return self._remove_where("posted_at < %s", [before])
+
+    def _remove_where(self, where: str, args: list) -> int:
+        with self._tx() as cur:
+            cur.execute(f"DELETE FROM clipbot_occurrences WHERE {where} RETURNING space, hash", args)
+            deleted = cur.fetchall()
+            gone = sorted(set(deleted))
+            if gone:
+                spaces, hashes = [s for s, _ in gone], [h for _, h in gone]
+                orphans = ("(space, hash) IN (SELECT g.s, g.h FROM unnest(%s::text[], %s::text[]) AS g(s, h) "
+                           "WHERE NOT EXISTS (SELECT 1 FROM clipbot_occurrences o WHERE o.space = g.s AND o.hash = g.h))")
+                cur.execute(f"DELETE FROM clipbot_embeddings WHERE {orphans}", (spaces, hashes))
+                cur.execute(f"DELETE FROM clipbot_thumbnails WHERE {orphans}", (spaces, hashes))
+        return len(deleted)
+
+    # ---- reading -------------------------------------------------------------------------
+    def search(self, space_id: str, model: str, vector: np.ndarray, where: Filter, *, k: int,
+               offset: int = 0) -> list[Hit]:
+        want = k + offset
+        if k <= 0 or (where.channels is not None and not where.channels) or (
+                where.authors is not None and not where.authors):
+            return []
+        query = unit(vector)
+        dim = len(query)
+        # The scan's order is relaxed (iterative scans), so take more candidates than asked for and
+        # rank them exactly: the LIMIT inside would otherwise keep the first-found, not the best.
+        filtered = where != Filter()
+        candidates = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search * (2 if filtered else 1)))
+        conditions, args = ["o.space = %(space)s"], {
+            "space": space_id, "model": model, "q": HalfVector(query), "n": candidates, "want": want}
+        if where.channels is not None:
+            conditions.append("o.channel = ANY(%(channels)s)")
+            args["channels"] = sorted(where.channels)
+        if where.authors is not None:
+            conditions.append("o.author_id = ANY(%(authors)s)")
+            args["authors"] = sorted(where.authors)
+        if where.after is not None:
+            conditions.append("o.posted_at >= %(after)s")
+            args["after"] = where.after
+        if where.before is not None:
+            conditions.append("o.posted_at < %(before)s")
+            args["before"] = where.before
+        allowed = " AND ".join(conditions)
+        distance = f"e.embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})"
+        with self._tx() as cur:
+            # Few allowed rows (a small space, a selective filter): rank them all exactly; the sort
+            # key `+ 0` keeps the planner off the HNSW index. Many: the HNSW iterative scan.
+            cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM clipbot_occurrences o WHERE {allowed} "
+                        f"LIMIT {self.exact_below + 1}) s", args)
+            exact = cur.fetchone()[0] <= self.exact_below
+            order = f"({distance}) + 0" if exact else distance
+            if exact:  # from the few allowed occurrences to their embeddings, not the other way round
+                cur.execute("SET LOCAL enable_hashjoin = off")
+                cur.execute("SET LOCAL enable_mergejoin = off")
+            sql = (f"WITH hits AS MATERIALIZED (SELECT o.id, {distance} AS distance FROM clipbot_embeddings e "
+                   "JOIN clipbot_occurrences o ON o.space = e.space AND o.hash = e.hash WHERE e.space = %(space)s "
+                   f"AND e.model = %(model)s AND e.dim = {dim} AND {allowed} ORDER BY {order} LIMIT %(n)s) "
+                   f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))}, 1 - h.distance "
+                   "FROM hits h JOIN clipbot_occurrences o ON o.id = h.id "
+                   "ORDER BY h.distance, o.posted_at DESC LIMIT %(want)s")
+            # relaxed order + the outer re-sort: pgvector's recommended way to filter with HNSW
+            cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cur.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
+            cur.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.max_scan_tuples)}")
+            cur.execute(sql, args)
+            rows = cur.fetchall()
+        return [Hit(_occ(r[:11]), float(r[11])) for r in rows[offset:want]]
+
+    def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
+        sql, args = "space = %s AND message_id = %s", [space_id, message_id]
+        if channel_id is not None:
+            sql, args = sql + " AND channel = %s", args + [channel_id]
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_OCC_COLUMNS} FROM clipbot_occurrences WHERE {sql} ORDER BY id", args)
+            return [_occ(r) for r in cur.fetchall()]
+
+    def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        with self._tx() as cur:
+            cur.execute("SELECT embedding FROM clipbot_embeddings WHERE space = %s AND hash = %s AND model = %s",
+                        (space_id, content_hash, model))
+            row = cur.fetchone()
+        return None if row is None else np.asarray(row[0].to_numpy(), dtype=np.float32)
+
+    def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
+        if not hashes:
+            return {}
+        with self._tx() as cur:
+            cur.execute("SELECT hash, data FROM clipbot_thumbnails WHERE space = %s AND hash = ANY(%s)",
+                        (space_id, list(set(hashes))))
+            return {h: bytes(d) for h, d in cur.fetchall()}
+
+    def stale(self, model: str, limit: int) -> list[tuple[str, str]]:
+        with self._tx() as cur:
+            cur.execute("SELECT DISTINCT o.space, o.hash FROM clipbot_occurrences o WHERE NOT EXISTS (SELECT 1 FROM "
+                        "clipbot_embeddings e WHERE e.space = o.space AND e.hash = o.hash AND e.model = %s) LIMIT %s",
+                        (model, limit))
+            return [tuple(r) for r in cur.fetchall()]
+
+    def stats(self, space_id: str, model: str) -> SpaceStats:
+        with self._tx() as cur:
+            cur.execute("SELECT COUNT(*) FROM clipbot_embeddings WHERE space = %s AND model = %s", (space_id, model))
+            embeddings = cur.fetchone()[0]
+            cur.execute("SELECT channel, COUNT(*) FROM clipbot_occurrences WHERE space = %s GROUP BY channel",
+                        (space_id,))
+            by_channel = dict(cur.fetchall())
+            cur.execute("SELECT COUNT(DISTINCT o.hash) FROM clipbot_occurrences o WHERE o.space = %s AND NOT EXISTS "
+                        "(SELECT 1 FROM clipbot_embeddings e WHERE e.space = o.space AND e.hash = o.hash "
+                        "AND e.model = %s)", (space_id, model))
+            stale = cur.fetchone()[0]
+        return SpaceStats(embeddings, sum(by_channel.values()), len(by_channel), stale, by_channel)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _occ_values(occ: Occurrence) -> tuple:
+    return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
+            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform)
+
+
+def _occ(row) -> Occurrence:
+    return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
+                      author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
+                      platform=row[10])

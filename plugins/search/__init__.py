@@ -1,0 +1,423 @@
+"""/search and /index: every posted picture indexed with CLIP, found again by text or image.
+
+Light part (no torch): commands, the hooks adapters call, permissions. Pictures posted are
+queued (`plugins.search.pending`) and embedded in batches by `plugins.search.tasks` on the
+worker, which owns the `engine.index` ImageIndex. The requester's readable channels travel
+with every query and filter inside the index: nobody sees a thumbnail, link or count from a
+channel they cannot read, nor from another space.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Annotated, Any, AsyncIterator, Literal
+
+from pydantic import Field
+
+from bot.commands import Action, Attachment, Image, Reply, command
+from bot.config import PluginSettings
+from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
+from bot.hookspecs import hookimpl
+from bot.markup import bold, code, escape, italic, link
+from engine.errors import UserError
+from plugins.search.pending import pending_queue
+from plugins.search.query import ParsedQuery, parse_query
+
+log = logging.getLogger(__name__)
+
+DRAIN, INDEX_NOW, QUERY, REMOVE, STATS, REEMBED = (
+    "search.drain", "search.index_now", "search.query", "search.remove", "search.stats", "search.reembed")
+MAX_TOP = 25
+SAVED_SEARCH_TTL = 86400
+_SAVED = "clipbot:search:saved:"
+_GONE_MESSAGE = "clipbot:search:gone:"
+_GONE_CHANNEL = "clipbot:search:gone-channel:"
+_BACKFILL = "clipbot:search:backfill:"
+UNAPPLIED = "clipbot:search:unapplied-removals"
+TOMBSTONE_TTL = 2 * 86400
+
+
+class SearchSettings(PluginSettings):
+    """/search and indexing: CLIPBOT_SEARCH_<NAME> (the index itself is CLIPBOT_INDEX_URL)."""
+
+    top: int = Field(10, ge=1, le=MAX_TOP, description="results per page of /search")
+    batch_size: int = Field(32, ge=1, le=512, description="pictures embedded per model call when indexing")
+    drain_batches: int = Field(4, ge=1, description="batches one indexing job runs before queries get a turn")
+    retention_days: float = Field(0, ge=0, description="forget pictures posted longer ago than this; 0 keeps all")
+    backfill_page: int = Field(100, ge=1, le=1000, description="messages asked for per history page in a backfill")
+    backfill_delay: float = Field(1.0, ge=0, description="seconds between history pages (platform rate limits)")
+
+
+# ---- indexing: what adapters tell us ------------------------------------------------------------
+def event_items(event: ImagePosted) -> list[dict]:
+    """One pending item per picture of a message (JSON: it crosses Redis to the worker)."""
+    return [{
+        "space_id": event.space_id, "channel_id": event.channel_id, "message_id": event.message_id,
+        "source_id": attachment.source_id or (str(i) if len(event.attachments) > 1 else ""),
+        "key": attachment.key, "author_id": event.author_id, "author_name": event.author_name,
+        "posted_at": event.posted_at, "permalink": event.permalink, "thread_id": event.thread_id,
+        "platform": event.platform,
+    } for i, attachment in enumerate(event.attachments)]
+
+
+def enqueue(engine: Any, items: list[dict]) -> None:
+    """Queue pictures for indexing; the first to queue while no drain job runs submits one."""
+    queue = pending_queue(engine)
+    if items and queue.push(items):
+        try:
+            engine.submit(DRAIN, {}, queue="gpu")
+        except Exception:
+            queue.abandon()  # the next post (or backfill page) tries again
+            raise
+
+
+@hookimpl
+def clipbot_image_posted(app, event):
+    enqueue(app.engine, event_items(event))
+
+
+@hookimpl
+def clipbot_message_deleted(app, event: MessageDeleted):
+    key = f"{_GONE_MESSAGE}{event.space_id}:{event.channel_id}:{event.message_id}"
+    app.engine.store.set(key, list(event.source_ids), ttl=TOMBSTONE_TTL)  # for pictures still queued
+    _remove(app.engine, {"space": event.space_id, "message_id": event.message_id, "channel_id": event.channel_id,
+                         "source_ids": list(event.source_ids)})
+
+
+@hookimpl
+def clipbot_channel_removed(app, event: ChannelRemoved):
+    app.engine.store.set(f"{_GONE_CHANNEL}{event.space_id}:{event.channel_id}", time.time(), ttl=TOMBSTONE_TTL)
+    app.engine.store.delete(_backfill_key(event.platform, event.space_id, event.channel_id))
+    _remove(app.engine, {"space": event.space_id, "channel_id": event.channel_id, "whole_channel": True})
+
+
+def _remove(engine: Any, removal: dict) -> None:
+    """Submit a removal; with no worker online, keep it in the store for the next indexing or
+    removal job, so a deletion is never lost."""
+    try:
+        engine.submit(REMOVE, removal, queue="gpu")
+    except Exception:
+        engine.store.set(UNAPPLIED, (engine.store.get(UNAPPLIED) or []) + [removal])
+        raise
+
+
+def is_gone(store: Any, item: dict) -> bool:
+    """Was this queued picture's message deleted, or its channel left, after it was posted?"""
+    gone = store.get(f"{_GONE_MESSAGE}{item['space_id']}:{item['channel_id']}:{item['message_id']}")
+    if gone is not None and (not gone or item.get("source_id") in gone):
+        return True
+    left = store.get(f"{_GONE_CHANNEL}{item['space_id']}:{item['channel_id']}")
+    return left is not None and float(item.get("posted_at") or 0) <= float(left)
+
+
+# ---- /search ---------------------------------------------------------------------------------------
+@command
+async def search(
+    ctx,
+    query: Annotated[str, "what to find: words, +more -less, in:#channel or in:all, from:@user, "
+                          "before:/after:YYYY-MM-DD, last week"] = "",
+    image: Annotated[Attachment, "find pictures like this one"] = None,
+    top: Annotated[int, f"results per page (1-{MAX_TOP})"] = 0,
+    similar: Annotated[str, "find pictures like the one in this message (CHANNEL/MESSAGE or MESSAGE)"] = "",
+    page: Annotated[int, "which page of results"] = 1,
+    more: Annotated[str, "a saved search to continue (the More button)"] = "",
+) -> AsyncIterator[Reply]:
+    """Find pictures posted in your channels, by text, by example, or like a message's picture."""
+    request = ctx.request
+    settings = ctx.plugin_settings("search")
+    top = top or settings.top
+    if not 1 <= top <= MAX_TOP:
+        raise UserError(f"top must be between 1 and {MAX_TOP}.")
+    if page < 1:
+        raise UserError("page starts at 1.")
+    if more:
+        saved = await ctx.run_blocking(ctx.store.get, _SAVED + more)
+        if saved is None:
+            raise UserError("That search has expired; run /search again.")
+        parsed = _parsed_from(saved["query"])
+        top = saved["top"]
+        kwargs = {"vector_ref": saved["vector_ref"], "exclude": saved.get("exclude")}
+        label = saved["label"]
+    else:
+        parsed = parse_query(query, user_id=request.user_id)
+        kwargs, label = _what(request, parsed, image, similar)
+    channels, scope = _channels(request, parsed)
+    result = await ctx.engine.run(QUERY, {
+        **kwargs, "space": request.space_id, "channels": None if channels is None else sorted(channels),
+        "authors": list(parsed.authors) or None, "after": parsed.after, "before": parsed.before,
+        "k": top, "offset": (page - 1) * top}, queue="gpu")
+    if not more:
+        await ctx.run_blocking(ctx.store.set, _SAVED + result["vector_ref"], {
+            "query": _parsed_to(parsed), "top": top, "vector_ref": result["vector_ref"],
+            "exclude": kwargs.get("exclude"), "label": label}, ttl=SAVED_SEARCH_TTL)
+    sheet = await ctx.run_blocking(ctx.engine.blobs.get, result["sheet"]) if result["sheet"] else None
+    yield _answer(result, label=label, scope=scope, parsed=parsed, page=page, top=top, sheet=sheet,
+                  ref=more or result["vector_ref"])
+
+
+def _what(request: Any, parsed: ParsedQuery, image: Attachment | None, similar: str) -> tuple[dict, str]:
+    """The query task's arguments for what to look for, and a label for the reply."""
+    if similar:
+        channel, _, message = similar.strip().rpartition("/")
+        channel = channel or request.channel_id
+        return {"similar": {"channel_id": channel, "message_id": message}, "exclude": message}, \
+            f"pictures like message {message}"
+    if not parsed.terms and image is None:
+        raise UserError("Tell me what to look for: `/search query: whiteboard sketch` or attach an image.")
+    label = " + ".join(p for p in (parsed.text and f"“{parsed.text}”", image and f"picture {image.filename}") if p)
+    return {"terms": [list(t) for t in parsed.terms], "image": image.key if image else None}, label
+
+
+def _channels(request: Any, parsed: ParsedQuery) -> tuple[frozenset[str] | None, str]:
+    """The channels this search may look in: what the query asks for, within what the requester may
+    read. `None` = the whole space (the operator CLI without --channel)."""
+    readable = request.readable_channels
+    if parsed.all_channels:
+        return readable, "all your channels"
+    if parsed.channels:
+        if readable is not None and not set(parsed.channels) <= readable:
+            raise UserError("I can only search channels you can read; check the `in:` channel.")
+        return frozenset(parsed.channels), ", ".join("#" + c for c in parsed.channels)
+    if request.conversation is None or readable is None or request.channel_id not in readable:
+        # not typed in a channel (the operator CLI): its scope is every channel it may read
+        return readable, "all your channels"
+    return frozenset({request.channel_id}), "this channel"
+
+
+def _parsed_to(parsed: ParsedQuery) -> dict:
+    return {"channels": list(parsed.channels), "all": parsed.all_channels, "authors": list(parsed.authors),
+            "after": parsed.after, "before": parsed.before, "terms": [list(t) for t in parsed.terms]}
+
+
+def _parsed_from(saved: dict) -> ParsedQuery:
+    return ParsedQuery(terms=tuple(tuple(t) for t in saved["terms"]), channels=tuple(saved["channels"]),
+                       all_channels=saved["all"], authors=tuple(saved["authors"]), after=saved["after"],
+                       before=saved["before"])
+
+
+def _answer(result: dict, *, label: str, scope: str, parsed: ParsedQuery, page: int, top: int,
+            sheet: bytes | None, ref: str) -> Reply:
+    results = result["results"]
+    first = (page - 1) * top + 1
+    data = {"results": [{k: r[k] for k in ("message_id", "channel", "author", "score", "permalink")}
+                        for r in results], "page": page, "model": result["model"]}
+    if not results:
+        where = "there" if page == 1 else "after those"
+        text = f"No pictures match {escape(label)} in {escape(scope)} {where}."
+        if result.get("reindexing"):
+            text += " Pictures are being re-indexed for a new model; try again in a while."
+        return Reply(text=text, data=data, final=True)
+    lines = [f"{bold('Search')}: {escape(label)} in {escape(scope)}" + (f" (page {page})" if page > 1 else "")]
+    lines += [f"{first + i}. {_result_line(r)}" for i, r in enumerate(results)]
+    notes = list(parsed.notes)
+    if result.get("meaningless"):
+        notes.append(f"{result['model']} is a random test model: these results mean nothing")
+    if result.get("reindexing"):
+        notes.append("pictures are being re-indexed for a new model; some may be missing")
+    if notes:
+        lines.append(italic("; ".join(notes)))
+    actions = [Action(f"Like {first + i}", "search", {"similar": f"{r['channel']}/{r['message_id']}"})
+               for i, r in enumerate(results[:4]) if len(f"{r['channel']}/{r['message_id']}") <= 60]
+    if len(results) == top:
+        actions.append(Action("More", "search", {"more": ref, "page": page + 1}, style="primary"))
+    images = (Image(sheet, "search.png", f"results {first}-{first + len(results) - 1}"),) if sheet else ()
+    return Reply(text="\n".join(lines), images=images, data=data, actions=tuple(actions), final=True)
+
+
+def _result_line(r: dict) -> str:
+    when = time.strftime("%Y-%m-%d", time.gmtime(r["posted_at"])) if r.get("posted_at") else ""
+    who = r.get("author_name") or r.get("author") or "someone"
+    text = f"{who} in #{r['channel']}" + (f", {when}" if when else "")
+    shown = link(text, r["permalink"]) if r.get("permalink") else escape(text)
+    return f"{shown} · {r['score']:.2f}"
+
+
+# ---- /index ---------------------------------------------------------------------------------------
+@command(name="index", long_running=True)
+async def index_(
+    ctx,
+    action: Annotated[Literal["status", "stats", "backfill", "add", "remove"], "what to do"],
+    target: Annotated[str, "backfill: the channel (default: this one)"] = "",
+    images: Annotated[list[Attachment], "add: pictures to index"] = (),
+    message_id: Annotated[str, "add/remove: the message the pictures belong to"] = "",
+    author: Annotated[str, "add: who posted them"] = "",
+    restart: Annotated[bool, "backfill: start again from the newest message"] = False,
+) -> AsyncIterator[Reply]:
+    """Index status; admins: backfill a channel's history, add or remove pictures by hand."""
+    request = ctx.request
+    if action in ("status", "stats"):
+        yield dataclasses.replace(await _stats(ctx), final=True)
+        return
+    if not request.is_admin:
+        raise UserError(f"Only admins can use /index {action}.")
+    if action == "backfill":
+        async for reply in _backfill(ctx, target, restart):
+            yield reply
+    elif action == "add":
+        yield dataclasses.replace(await _add(ctx, list(images), message_id, author), final=True)
+    else:
+        if not message_id:
+            raise UserError("/index remove needs message_id (the message whose pictures go).")
+        channel = None if request.readable_channels is None else request.channel_id
+        result = await ctx.engine.run(REMOVE, {"space": request.space_id, "message_id": message_id,
+                                               "channel_id": channel}, queue="gpu")
+        n = result["removed"]
+        yield Reply(text=f"Removed {n} picture{'s' * (n != 1)} of message {escape(message_id)} from the index.",
+                    data={"message_id": message_id, "removed": n}, final=True)
+
+
+async def _stats(ctx: Any) -> Reply:
+    request = ctx.request
+    stats = await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu")
+    pending = await ctx.run_blocking(lambda: pending_queue(ctx.engine).size())
+    readable = request.readable_channels
+    by_channel = {c: n for c, n in stats["by_channel"].items() if readable is None or c in readable}
+    data: dict[str, Any] = {"space": request.space_id, "model": stats["model"], "by_channel": by_channel,
+                            "occurrences": sum(by_channel.values()), "channels": len(by_channel)}
+    if readable is None:  # whole-space totals only for the operator: they count unreadable channels
+        data.update(embeddings=stats["embeddings"], stale=stats["stale"], pending=pending)
+    lines = [f"{bold('Index')} of {escape(request.space_id or 'this space')}: {data['occurrences']} pictures "
+             f"in {data['channels']} channel{'s' * (data['channels'] != 1)} you can read"]
+    lines += [f"- #{escape(c)}: {n}" for c, n in sorted(by_channel.items())]
+    if readable is None:
+        lines.append(f"{stats['embeddings']} distinct pictures; {pending} waiting to be indexed"
+                     + (f"; {stats['stale']} being re-embedded for {stats['model']}" if stats["stale"] else ""))
+    states = await ctx.run_blocking(_backfill_states, ctx.store, request.platform, request.space_id, readable)
+    if states:
+        data["backfills"] = states
+        lines += [f"- backfill #{escape(c)}: " + ("done" if s.get("done") else "in progress")
+                  + f", {s.get('queued', 0)} pictures from {s.get('messages', 0)} messages" for c, s in states.items()]
+    return Reply(text="\n".join(lines), data=data)
+
+
+async def _add(ctx: Any, images: list[Attachment], message_id: str, author: str) -> Reply:
+    if not images:
+        raise UserError("/index add needs at least one picture.")
+    request = ctx.request
+    message_id = message_id or f"cli-{uuid.uuid4().hex[:12]}"
+    items = [{"space_id": request.space_id, "channel_id": request.channel_id, "message_id": message_id,
+              "source_id": a.source_id or (str(i) if len(images) > 1 else ""), "key": a.key,
+              "author_id": author or request.user_id, "author_name": author or request.user_name,
+              "posted_at": time.time(), "permalink": "", "platform": request.platform}
+             for i, a in enumerate(images)]
+    result = await ctx.engine.run(INDEX_NOW, {"items": items}, queue="gpu")
+    text = (f"Indexed {result['indexed']} of {len(images)} picture{'s' * (len(images) != 1)} as message "
+            f"{escape(message_id)} ({result['embedded']} new embeddings).")
+    if result["skipped"]:
+        text += f" {result['skipped']} could not be read."
+    return Reply(text=text, data={"message_id": message_id, "channel": request.channel_id, **result})
+
+
+# ---- backfill --------------------------------------------------------------------------------------
+def _backfill_key(platform: str, space: str, channel: str) -> str:
+    return f"{_BACKFILL}{platform}:{space}:{channel}"
+
+
+def _backfill_states(store: Any, platform: str, space: str, readable: frozenset[str] | None) -> dict:
+    prefix = f"{_BACKFILL}{platform}:{space}:"
+    states = {key[len(prefix):]: store.get(key) for key in store.keys(prefix)}
+    return {c: s for c, s in states.items() if s and (readable is None or c in readable)}
+
+
+async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply]:
+    """Walk a channel's history through the adapter, page by page, queueing its pictures like live
+    posts. The cursor is saved after every page, so an interrupted backfill resumes there."""
+    from bot.localchat import history_source
+
+    request, settings = ctx.request, ctx.plugin_settings("search")
+    named = parse_query(f"in:{target.split()[0]}").channels if target.strip() else (request.channel_id,)
+    if not named:
+        raise UserError("Backfill one channel at a time: `/index backfill #channel`.")
+    channel = named[0]
+    if not request.may_read(channel):
+        raise UserError("I can only backfill a channel you can read.")
+    source = history_source(ctx.app, request.platform)
+    if source is None:
+        raise UserError(f"The {request.platform} adapter offers no message history to backfill from.")
+    key = _backfill_key(request.platform, request.space_id, channel)
+    state = None if restart else await ctx.run_blocking(ctx.store.get, key)
+    if state is None or state.get("done"):
+        state = {"cursor": None, "pages": 0, "messages": 0, "queued": 0, "done": False}
+        await ctx.run_blocking(ctx.store.delete, f"{_GONE_CHANNEL}{request.space_id}:{channel}")
+    elif state["pages"]:
+        yield Reply(text=f"Resuming the backfill of #{escape(channel)} after {state['messages']} messages.",
+                    progress=0.0)
+    while True:
+        try:
+            events, cursor = await source.history(request.space_id, channel, state["cursor"], settings.backfill_page)
+        except UserError:
+            raise
+        except Exception as exc:
+            log.warning("history of %s/%s failed", request.space_id, channel, exc_info=True)
+            raise UserError(f"Reading the history of #{channel} failed ({type(exc).__name__}); run /index backfill "
+                            f"again to resume after {state['messages']} messages.") from None
+        await _backpressure(ctx, settings.batch_size)
+        for event in events:  # as if posted now: every plugin hears it (clipbot_image_posted)
+            await ctx.app.image_posted(event)
+        items = [item for event in events for item in event_items(event)]
+        state.update(cursor=cursor, pages=state["pages"] + 1, messages=state["messages"] + len(events),
+                     queued=state["queued"] + len(items), done=cursor is None, updated=time.time())
+        await ctx.run_blocking(ctx.store.set, key, state)
+        if cursor is None:
+            break
+        yield Reply(text=f"Backfilling #{escape(channel)}: {state['queued']} pictures from {state['messages']} "
+                    "messages so far", progress=min(0.95, state["pages"] / (state["pages"] + 2)))
+        await _sleep(settings.backfill_delay)
+    await _wait_indexed(ctx)
+    yield Reply(text=f"Backfill of #{escape(channel)} done: {state['queued']} pictures from {state['messages']} "
+                f"messages are searchable.", final=True,
+                data={"channel": channel, **{k: state[k] for k in ("pages", "messages", "queued")}})
+
+
+async def _backpressure(ctx: Any, batch_size: int) -> None:
+    # Don't read history faster than the worker embeds it: the queue stays a few batches long.
+    queue = pending_queue(ctx.engine)
+    while await ctx.run_blocking(queue.size) > 4 * batch_size:
+        await _sleep(0.2)
+
+
+async def _wait_indexed(ctx: Any) -> None:
+    queue = pending_queue(ctx.engine)
+    deadline = time.monotonic() + ctx.settings.job_timeout
+    while await ctx.run_blocking(queue.size) and time.monotonic() < deadline:
+        await _sleep(0.1)
+    # the last batch may still be embedding: a tiny query job runs after it on the same queue
+    await ctx.engine.run(STATS, {"space": ctx.request.space_id}, queue="gpu")
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@hookimpl
+def clipbot_commands():
+    return [search, index_]
+
+
+@hookimpl
+def clipbot_task_modules():
+    return ["plugins.search.tasks"]
+
+
+@hookimpl
+def clipbot_settings():
+    return SearchSettings
+
+
+def encode_vector(vector: Any) -> str:
+    """A query vector as short text (float16, base64) for the saved-search store."""
+    import numpy as np
+
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode()
+
+
+def decode_vector(text: str) -> Any:
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)

@@ -1,0 +1,171 @@
+"""Indexing and querying as functions of a loaded CLIP model and an ImageIndex (heavy: torch).
+
+`index_items` embeds every new picture of a batch in ONE model call; pictures already
+embedded with this model (the same bytes posted again) only gain an occurrence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from engine.errors import UserError
+from engine.images import decode_image
+from engine.index import Filter, Occurrence, unit
+from plugins.search.sheet import make_preview
+
+log = logging.getLogger(__name__)
+
+_TEXT_CACHE_SLOTS = 512
+_text_cache: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
+_text_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], bytes], *,
+                max_bytes: int, max_pixels: int) -> dict:
+    """Index posted pictures. Each item: space_id, channel_id, message_id, key (blob), and
+    optionally source_id, author_id, author_name, posted_at, permalink, thread_id, platform.
+    A picture that is gone from the blob store or is not a readable image is skipped."""
+    occurrences: dict[str, list[Occurrence]] = {}
+    data_of: dict[tuple[str, str], bytes] = {}
+    skipped = 0
+    for item in items:
+        try:
+            data = load(item["key"])
+        except UserError:
+            skipped += 1
+            continue
+        h = content_hash(data)
+        occurrences.setdefault(item["space_id"], []).append(_occurrence(item, h))
+        data_of.setdefault((item["space_id"], h), data)
+    todo = [(space, h) for space, occs in occurrences.items()
+            for h in sorted(index.missing(space, [o.content_hash for o in occs], clip.fingerprint))]
+    def prepare(data: bytes) -> tuple[Any, bytes] | str:
+        try:
+            picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        except UserError as exc:
+            return str(exc)
+        return picture, make_preview(picture)
+
+    # Pillow decodes and encodes without the GIL: a few threads keep a fast GPU fed.
+    prepared = list(_pool().map(prepare, [data_of[key] for key in todo]))
+    images, previews, ok = [], [], []
+    for (space, h), done in zip(todo, prepared):
+        if isinstance(done, str):
+            log.info("not indexing a picture in %s: %s", space, done)
+            continue
+        images.append(done[0])
+        previews.append(done[1])
+        ok.append((space, h))
+    vectors = clip.encode_images(images).numpy() if images else np.zeros((0, 0), np.float32)
+    embedded: dict[str, dict[str, tuple[np.ndarray, bytes]]] = {}
+    for (space, h), vector, preview in zip(ok, vectors, previews):
+        embedded.setdefault(space, {})[h] = (vector, preview)
+    added = 0
+    for space, occs in occurrences.items():
+        new = embedded.get(space, {})
+        keep = [o for o in occs if o.content_hash in new or o.content_hash not in {h for s, h in todo if s == space}]
+        skipped += len(occs) - len(keep)
+        added += index.add(space, clip.fingerprint, new, keep)
+    return {"indexed": added, "embedded": len(ok), "skipped": skipped, "batch": len(items)}
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _text_lock:
+        if _executor is None or _executor_pid != os.getpid():  # a forked worker child needs its own
+            _set_pool(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="clipbot-decode"))
+        return _executor
+
+
+def _set_pool(pool: ThreadPoolExecutor) -> None:
+    global _executor, _executor_pid
+    _executor, _executor_pid = pool, os.getpid()
+
+
+def _occurrence(item: dict, h: str) -> Occurrence:
+    return Occurrence(
+        space_id=str(item["space_id"]), channel_id=str(item["channel_id"]), message_id=str(item["message_id"]),
+        content_hash=h, source_id=str(item.get("source_id") or ""), author_id=str(item.get("author_id") or ""),
+        author_name=str(item.get("author_name") or ""), posted_at=float(item.get("posted_at") or 0.0),
+        permalink=str(item.get("permalink") or ""), thread_id=item.get("thread_id"),
+        platform=str(item.get("platform") or ""),
+    )
+
+
+def encode_terms(clip: Any, terms: Iterable[tuple[str, float]]) -> np.ndarray:
+    """The weighted sum of the terms' text embeddings, normalised. Each text is encoded once
+    per model and cached, so repeating or paging a query costs no model call."""
+    terms = list(terms)
+    missing = [t for t, _ in terms if (clip.fingerprint, t) not in _text_cache]
+    if missing:
+        encoded = clip.encode_texts(list(dict.fromkeys(missing))).numpy()
+        with _text_lock:
+            for text, vector in zip(dict.fromkeys(missing), encoded):
+                _text_cache[(clip.fingerprint, text)] = vector
+                while len(_text_cache) > _TEXT_CACHE_SLOTS:
+                    _text_cache.popitem(last=False)
+    with _text_lock:
+        vectors = []
+        for text, weight in terms:
+            vector = _text_cache.get((clip.fingerprint, text))
+            if vector is None:  # evicted by a concurrent query meanwhile
+                vector = clip.encode_texts([text]).numpy()[0]
+            _text_cache[(clip.fingerprint, text)] = vector
+            vectors.append(weight * vector)
+    return unit(np.sum(vectors, axis=0))
+
+
+def encode_picture(clip: Any, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return unit(clip.encode_images([picture]).numpy()[0])
+
+
+def search(index: Any, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int, offset: int,
+           exclude_message: str | None = None) -> list[dict]:
+    """Results as JSON-able dicts, best first."""
+    hits = index.search(space, model, vector, where, k=k + (1 if exclude_message else 0), offset=offset)
+    results = []
+    for hit in hits:
+        o = hit.occurrence
+        if exclude_message and o.message_id == exclude_message:
+            continue
+        results.append({
+            "message_id": o.message_id, "channel": o.channel_id, "author": o.author_id,
+            "author_name": o.author_name, "score": round(hit.score, 4), "permalink": o.permalink,
+            "posted_at": o.posted_at, "thread_id": o.thread_id, "hash": o.content_hash,
+        })
+    return results[:k]
+
+
+def reembed(index: Any, clip: Any, limit: int, *, max_pixels: int) -> int:
+    """Re-embed up to `limit` pictures whose embedding comes from another model, from their
+    stored previews, in one model call. Returns how many were done."""
+    stale = index.stale(clip.fingerprint, limit)
+    by_space: dict[str, list[str]] = {}
+    for space, h in stale:
+        by_space.setdefault(space, []).append(h)
+    done = 0
+    for space, hashes in by_space.items():
+        previews = index.thumbnails(space, hashes)
+        usable = [h for h in hashes if h in previews]
+        pictures = [decode_image(previews[h], max_pixels=max_pixels) for h in usable]
+        vectors = clip.encode_images(pictures).numpy() if pictures else []
+        index.add(space, clip.fingerprint, {h: (v, None) for h, v in zip(usable, vectors)}, [])
+        done += len(usable)
+        if len(usable) < len(hashes):  # only pictures indexed without a preview; they stay stale
+            log.warning("%d pictures in %s have no preview to re-embed from", len(hashes) - len(usable), space)
+    return done

@@ -1,0 +1,247 @@
+"""Engine tasks of /search (heavy: CLIP through the pipeline). All run on the quick `gpu` queue.
+
+The worker process owns the ImageIndex (one handle per process, opened lazily after a fork).
+Indexing is drained in batches: one job embeds up to `drain_batches` × `batch_size` queued
+pictures, then re-queues itself so waiting queries get their turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+from engine.errors import UserError
+from engine.index import Filter, open_index
+from engine.models import clip_for
+from engine.tasks import JobContext, task
+from plugins.search import (
+    DRAIN, INDEX_NOW, MAX_TOP, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
+from plugins.search import pipeline
+from plugins.search.pending import pending_queue
+from plugins.search.query import MAX_TERM_CHARS, MAX_TERMS
+from plugins.search.sheet import contact_sheet
+
+log = logging.getLogger(__name__)
+
+_MODEL_KEY = "clipbot:search:model"
+_REEMBEDDING = "clipbot:search:reembedding"
+_EXPIRED_AT = "clipbot:search:expired-at"
+_VECTOR = "clipbot:search:vector:"
+VECTOR_TTL = 86400
+SHEET_TTL = 3600
+_indexes: dict[tuple, Any] = {}
+_indexes_lock = threading.Lock()
+
+
+def index_for(settings: Any) -> Any:
+    """This process's ImageIndex for the settings (a forked worker child opens its own)."""
+    key = (os.getpid(), settings.index_url or "", str(settings.data_dir))
+    with _indexes_lock:
+        if key not in _indexes:
+            _indexes[key] = open_index(settings.index_url, settings.data_dir)
+        return _indexes[key]
+
+
+def _image_limits(job: JobContext) -> dict:
+    return {"max_bytes": job.settings.max_image_bytes, "max_pixels": job.settings.max_image_pixels}
+
+
+# ---- indexing --------------------------------------------------------------------------------------
+@task(DRAIN, queue="gpu")
+def drain(job: JobContext) -> dict:
+    settings = job.plugin_settings("search")
+    queue = pending_queue(job.engine)
+    clip, index = clip_for(job.settings), index_for(job.settings)
+    _check_model(job, clip)
+    _maybe_expire(job, index, settings.retention_days)
+    _apply_unapplied(job, index)
+    totals = {"indexed": 0, "embedded": 0, "skipped": 0, "batches": 0}
+    while True:
+        if totals["batches"] >= settings.drain_batches and queue.size():
+            job.engine.submit(DRAIN, {}, queue="gpu")  # keeps the lease: the next job carries on
+            break
+        batch = queue.peek(settings.batch_size)
+        if not batch:
+            if queue.release():
+                continue
+            break
+        live = [item for item in batch if not is_gone(job.engine.store, item)]
+        result = pipeline.index_items(index, clip, live, job.blobs.get, **_image_limits(job))
+        queue.ack(len(batch))
+        for name in ("indexed", "embedded", "skipped"):
+            totals[name] += result[name]
+        totals["batches"] += 1
+    return totals
+
+
+@task(INDEX_NOW, queue="gpu")
+def index_now(job: JobContext, items: list) -> dict:
+    """Index these pictures now, in one batch (`/index add`, `clipbot index add`)."""
+    if not isinstance(items, list) or not items or len(items) > 1000:
+        raise UserError("Give between 1 and 1000 pictures to index.")
+    required = ("space_id", "channel_id", "message_id", "key")
+    if any(not isinstance(i, dict) or any(not isinstance(i.get(k), str) for k in required) for i in items):
+        raise UserError("Each picture to index needs a space, a channel, a message id and an upload.")
+    clip, index = clip_for(job.settings), index_for(job.settings)
+    _check_model(job, clip)
+    return pipeline.index_items(index, clip, items, job.blobs.get, **_image_limits(job))
+
+
+@task(REMOVE, queue="gpu")
+def remove(job: JobContext, space: str, message_id: str | None = None, channel_id: str | None = None,
+           source_ids: list | None = None, whole_channel: bool = False) -> dict:
+    index = index_for(job.settings)
+    _apply_unapplied(job, index)
+    return _remove(index, space, message_id, channel_id, source_ids, whole_channel)
+
+
+def _apply_unapplied(job: JobContext, index: Any) -> None:
+    """Removals that arrived while no worker was online."""
+    waiting = job.engine.store.get(UNAPPLIED)
+    if waiting:
+        job.engine.store.delete(UNAPPLIED)
+        for removal in waiting:
+            _remove(index, **{"message_id": None, "channel_id": None, "source_ids": None, "whole_channel": False,
+                              **removal})
+
+
+def _remove(index: Any, space: str, message_id: str | None, channel_id: str | None, source_ids: list | None,
+            whole_channel: bool) -> dict:
+    if whole_channel:
+        if not channel_id:
+            raise UserError("Which channel's pictures should go?")
+        return {"removed": index.remove_channel(space, channel_id)}
+    if not message_id:
+        raise UserError("Which message's pictures should go?")
+    return {"removed": index.remove_message(space, message_id, channel_id=channel_id,
+                                            source_ids=tuple(source_ids or ()))}
+
+
+@task(STATS, queue="gpu")
+def stats(job: JobContext, space: str) -> dict:
+    clip, index = clip_for(job.settings), index_for(job.settings)
+    s = index.stats(space, clip.fingerprint)
+    return {"model": clip.spec, "embeddings": s.embeddings, "occurrences": s.occurrences, "channels": s.channels,
+            "stale": s.stale, "by_channel": s.by_channel}
+
+
+@task(REEMBED, queue="gpu")
+def reembed(job: JobContext) -> dict:
+    """Re-embed every picture whose embedding comes from another model, batch by batch."""
+    clip, index = clip_for(job.settings), index_for(job.settings)
+    batch = job.plugin_settings("search").batch_size
+    job.engine.store.set(_REEMBEDDING, clip.fingerprint, ttl=3600)
+    done = 0
+    try:
+        while True:
+            job.check_cancelled()
+            n = pipeline.reembed(index, clip, batch, max_pixels=job.settings.max_image_pixels)
+            if not n:
+                break
+            done += n
+            job.progress(done, done + batch, message=f"re-embedded {done} pictures for {clip.spec}")
+    finally:
+        job.engine.store.delete(_REEMBEDDING)
+    return {"reembedded": done}
+
+
+def _check_model(job: JobContext, clip: Any) -> None:
+    """The first job after a model change starts re-embedding the index in the background."""
+    store = job.engine.store
+    if store.get(_MODEL_KEY) == clip.fingerprint:
+        return
+    previous = store.get(_MODEL_KEY)
+    store.set(_MODEL_KEY, clip.fingerprint)
+    if previous is not None:
+        log.info("CLIP model changed (%s -> %s): re-embedding the index", previous, clip.fingerprint)
+        job.engine.submit(REEMBED, {}, queue="gpu")
+
+
+def _maybe_expire(job: JobContext, index: Any, retention_days: float) -> None:
+    if retention_days <= 0:
+        return
+    store, now = job.engine.store, time.time()
+    if now - float(store.get(_EXPIRED_AT) or 0) < 3600:
+        return
+    store.set(_EXPIRED_AT, now)
+    gone = index.expire(now - retention_days * 86400)
+    if gone:
+        log.info("retention: forgot %d pictures posted over %s days ago", gone, retention_days)
+
+
+# ---- querying --------------------------------------------------------------------------------------
+@task(QUERY, queue="gpu")
+def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | None = None,
+          image: str | None = None, similar: dict | None = None, vector_ref: str | None = None,
+          exclude: str | None = None, channels: list | None = None, authors: list | None = None,
+          after: float | None = None, before: float | None = None) -> dict:
+    _check_query(k, offset, terms, channels, authors)
+    clip, index = clip_for(job.settings), index_for(job.settings)
+    _check_model(job, clip)
+    where = Filter(channels=None if channels is None else frozenset(channels),
+                   authors=None if authors is None else frozenset(authors), after=after, before=before)
+    vector = _query_vector(job, clip, index, space, where, terms, image, similar, vector_ref)
+    ref = vector_ref or uuid.uuid4().hex[:16]
+    if not vector_ref:
+        job.engine.store.set(_VECTOR + ref, encode_vector(vector), ttl=VECTOR_TTL)
+    results = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
+                              exclude_message=exclude)
+    sheet = None
+    if results:
+        thumbs = index.thumbnails(space, [r["hash"] for r in results])
+        png = contact_sheet([thumbs.get(r["hash"]) for r in results], first_number=offset + 1)
+        sheet = job.blobs.put(png, ttl=SHEET_TTL)
+    for r in results:
+        del r["hash"]
+    return {"results": results, "sheet": sheet, "model": clip.spec, "meaningless": bool(clip.meaningless),
+            "vector_ref": ref, "reindexing": job.engine.store.get(_REEMBEDDING) is not None}
+
+
+def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any) -> None:
+    if not isinstance(k, int) or not 1 <= k <= MAX_TOP:
+        raise UserError(f"top must be between 1 and {MAX_TOP}.")
+    if not isinstance(offset, int) or not 0 <= offset <= 10_000:
+        raise UserError("That page is out of range.")
+    if terms is not None:
+        if not isinstance(terms, list) or len(terms) > MAX_TERMS or any(
+                not isinstance(t, list) or len(t) != 2 or not isinstance(t[0], str) or not t[0].strip()
+                or len(t[0]) > MAX_TERM_CHARS or not isinstance(t[1], (int, float)) for t in terms):
+            raise UserError(f"Give up to {MAX_TERMS} search terms of up to {MAX_TERM_CHARS} characters.")
+    for name, value in (("channels", channels), ("authors", authors)):
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise UserError(f"Bad {name} filter.")
+
+
+def _query_vector(job: JobContext, clip: Any, index: Any, space: str, where: Filter, terms: list | None,
+                  image: str | None, similar: dict | None, vector_ref: str | None) -> Any:
+    if vector_ref:
+        saved = job.engine.store.get(_VECTOR + vector_ref)
+        if saved is None:
+            raise UserError("That search has expired; run /search again.")
+        return decode_vector(saved)
+    if similar:
+        return _similar_vector(clip, index, space, where, similar)
+    parts = []
+    if terms:
+        parts.append(pipeline.encode_terms(clip, [(t, float(w)) for t, w in terms]))
+    if image:
+        parts.append(pipeline.encode_picture(clip, job.blobs.get(image), **_image_limits(job)))
+    if not parts:
+        raise UserError("Tell me what to look for: words or a picture.")
+    return pipeline.unit(sum(parts))
+
+
+def _similar_vector(clip: Any, index: Any, space: str, where: Filter, similar: dict) -> Any:
+    message, channel = str(similar.get("message_id") or ""), similar.get("channel_id")
+    found = [o for o in index.occurrences(space, message, channel)
+             if where.channels is None or o.channel_id in where.channels]
+    if not found:  # the same answer whether it does not exist or is not readable: nothing leaks
+        raise UserError("I don't have a picture from that message in a channel you can read.")
+    vector = index.embedding(space, found[0].content_hash, clip.fingerprint)
+    if vector is None:
+        raise UserError("That picture is being re-indexed for a new model; try again in a while.")
+    return vector

@@ -1,0 +1,105 @@
+"""Fixtures for end-to-end tests: a fake Discord world and `clipbot run` as a subprocess against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, clipbot_env
+from tests.fakes.discord_fake import BOT_TOKEN, MANAGE_GUILD, VIEW_CHANNEL, FakeDiscord
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    guild: str
+    general: str
+    private: str
+    mods_role: str
+    alice: dict  # a member with no special role: cannot see #private
+    mod: dict  # Manage Server, sees #private
+
+
+@pytest.fixture
+def world():
+    fake = FakeDiscord(attachment_size_limit=256 * 1024).start()
+    guild = fake.add_guild("Team")
+    mods = fake.add_role(guild, "mods", MANAGE_GUILD)
+    general = fake.add_channel(guild, "general")
+    private = fake.add_channel(guild, "private", overwrites=[
+        {"id": guild, "type": 0, "deny": VIEW_CHANNEL}, {"id": mods, "type": 0, "allow": VIEW_CHANNEL}])
+    alice = fake.add_member(guild, "alice")
+    mod = fake.add_member(guild, "mod", roles=[mods])
+    yield World(fake, guild, general, private, mods, alice, mod)
+    fake.stop()
+
+
+class BotProcess:
+    """`clipbot run` serving the fake Discord, as an operator starts it."""
+
+    def __init__(self, world: World, data_dir: Path, log_path: Path, **env: str) -> None:
+        self.world, self.data_dir, self.log_path = world, data_dir, log_path
+        fake = world.fake
+        settings = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
+                    "CLIPBOT_DISCORD_GATEWAY_URL": fake.gateway_url, "CLIPBOT_DISCORD_DEV_GUILD": world.guild,
+                    "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
+        redis_url = env.pop("redis_url", None)  # set: Redis engine, jobs run on `clipbot worker`s
+        settings.update(env)
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
+                                     env=clipbot_env(data_dir, redis_url, **settings),
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60) -> "BotProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Discord: connected as" in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"clipbot run exited early ({self.proc.returncode}):\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"clipbot run not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def events(self) -> list[dict]:
+        path = self.data_dir / "probe-events.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_bot(world, tmp_path):
+    started: list[BotProcess] = []
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+
+    def start(**env: str) -> BotProcess:
+        bot = BotProcess(world, data_dir, tmp_path / f"bot{len(started)}.log", **env)
+        started.append(bot)
+        return bot.wait_ready()
+
+    yield start
+    for i, bot in enumerate(started):
+        bot.stop()
+        print(f"---- clipbot run #{i} log ----\n{bot.log()}")  # pytest shows it when the test fails

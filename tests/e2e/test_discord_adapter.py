@@ -1,0 +1,127 @@
+"""The Discord adapter in process, against the fake Discord: history pages for backfill, the
+file-host allowlist, and what the adapter does when a token is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+
+import discord
+import pytest
+import yarl
+from PIL import Image as PILImage
+
+from bot.adapters.discord import DiscordAdapter, serve
+from engine.errors import UserError
+from tests.conftest import make_settings
+from tests.fakes.discord_fake import BOT_TOKEN, FakeDiscord
+
+
+def _png(shade: int) -> bytes:
+    out = io.BytesIO()
+    PILImage.new("RGB", (24, 24), (shade, 0, 0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeDiscord().start()
+    # serve() points discord.py at the fake through class attributes: restore them afterwards.
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY",
+                        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def app(tmp_path):
+    from bot.app import open_app
+
+    with open_app(make_settings(tmp_path), start_worker=False) as app:
+        yield app
+
+
+def _settings(tmp_path, fake: FakeDiscord, **extra):
+    return make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base,
+                         discord_gateway_url=fake.gateway_url, **extra)
+
+
+async def _serving(app, settings, body):
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, settings, stop))
+    for _ in range(400):
+        if "discord" in app.history_sources and getattr(app.history_sources["discord"].adapter.client, "is_ready",
+                                                        lambda: False)():
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        return await body(app.history_sources["discord"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def test_history_pages_through_a_channel_with_stored_images_and_a_resumable_cursor(fake, app, tmp_path):
+    guild = fake.add_guild()
+    channel = fake.add_channel(guild, "general")
+    other_guild = fake.add_guild("Other")
+    bob = fake.add_member(guild, "bob")
+    posted = []
+    for i in range(7):
+        files = [(f"p{i}.png", _png(i * 30), "image/png")] if i % 2 == 0 else []
+        posted.append((fake.post_message(channel, bob, f"message {i}", files=files), files))
+
+    async def body(source):
+        pages, cursor, events = 0, None, []
+        while True:
+            found, cursor = await source.history(guild, channel, cursor, 3)
+            events += found
+            pages += 1
+            if cursor is None:
+                return pages, events
+            assert pages < 10
+
+    pages, events = asyncio.run(_serving(app, _settings(tmp_path, fake), body))
+    assert {c["name"] for c in fake.commands["global"]} >= {"help", "whatis", "What is this?"}  # no dev guild
+    assert pages == 3
+    with_images = [(m, files) for m, files in posted if files]
+    assert sorted(e.message_id for e in events) == sorted(m["id"] for m, _ in with_images)
+    for event in events:
+        message, files = next((m, f) for m, f in with_images if m["id"] == event.message_id)
+        (stored,) = event.attachments
+        assert app.engine.blobs.get(stored.key) == files[0][1]
+        assert event.space_id == guild and event.channel_id == channel and event.author_id == bob["id"]
+        assert event.platform == "discord" and event.text == message["content"]
+    history_calls = fake.find_calls("GET", rf"/channels/{channel}/messages")
+    assert [c.query.get("before") for c in history_calls][0] is None and all(
+        c.query.get("before") for c in history_calls[1:])
+
+    async def wrong_space(source):
+        with pytest.raises(UserError, match="not in this server"):
+            await source.history(other_guild, channel, None, 3)
+
+    asyncio.run(_serving(app, _settings(tmp_path, fake), wrong_space))
+
+
+def test_attachments_come_only_from_discord_file_hosts(app, tmp_path):
+    adapter = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x"))
+    for url in ("http://127.0.0.1:9/a.png", "https://evil.example/cdn.discordapp.com/a.png",
+                "https://cdn.discordapp.com.evil.example/a.png"):
+        with pytest.raises(UserError, match="Discord's own file servers"):
+            asyncio.run(adapter.attachment({"url": url, "filename": "a.png", "size": 10}))
+    with pytest.raises(UserError, match="too big"):
+        asyncio.run(adapter.attachment({"url": "https://cdn.discordapp.com/a.png", "filename": "a.png",
+                                        "size": 10 ** 9}))
+    allowed = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", discord_api_base="http://127.0.0.1:5/api/v10"))
+    assert "127.0.0.1" in allowed._file_hosts and "cdn.discordapp.com" in allowed._file_hosts
+
+
+def test_a_rejected_token_is_one_clear_error(fake, app, tmp_path):
+    settings = make_settings(tmp_path, DISCORD_TOKEN="wrong", discord_api_base=fake.api_base,
+                             discord_gateway_url=fake.gateway_url)
+    with pytest.raises(UserError, match="rejected DISCORD_TOKEN"):
+        asyncio.run(serve(app, settings, asyncio.Event()))

@@ -1,0 +1,248 @@
+"""`clipbot run` (the real discord.py client) against the fake Discord: commands, permissions, buttons,
+threads and progress, the interaction token's lifetime, and the indexing hooks."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+from PIL import Image as PILImage
+
+from tests.e2e.discord_probe import PREFIX, noise_png
+from tests.fakes.discord_fake import EPHEMERAL, FakeDiscord, InteractionRecord
+
+LOADING = 128  # message flag: the deferred "thinking..." placeholder
+
+
+def _png(color=(200, 30, 30), size=(96, 64)) -> bytes:
+    out = io.BytesIO()
+    PILImage.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _answer(fake: FakeDiscord, record: InteractionRecord, what: str = "the answer") -> dict:
+    """The interaction's original message once it holds an answer (not the loading placeholder)."""
+    def done(f: FakeDiscord):
+        if record.original_id is None:
+            return None
+        message = f.messages[record.channel_id].get(record.original_id)
+        return message if message and not message["flags"] & LOADING else None
+
+    return fake.wait_for(done, 90, what)
+
+
+def _probe_data(message: dict) -> dict:
+    assert message["content"].startswith(PREFIX), message["content"]
+    return json.loads(message["content"][len(PREFIX):])
+
+
+def test_commands_sync_to_the_dev_guild_with_types_and_admin_permissions(world, start_bot):
+    start_bot()
+    fake = world.fake
+    (put,) = fake.find_calls("PUT", rf"/applications/{fake.app_id}/guilds/{world.guild}/commands")
+    by_name = {c["name"]: c for c in put.json}
+    assert {"help", "whatis", "labels", "probe", "What is this?"} <= set(by_name)
+    assert by_name["What is this?"]["type"] == 3
+    assert [o["type"] for o in by_name["whatis"]["options"]] == [11, 3, 4]
+    assert by_name["probe_admin"]["default_member_permissions"] == "32"
+    assert not fake.find_calls("PUT", rf"/applications/{fake.app_id}/commands")
+
+
+def test_whatis_with_an_attachment_is_deferred_then_answered_with_a_chart(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.alice, "whatis", {"labels": "red, green, blue"},
+                        attachments={"image": ("red.png", _png(), "image/png")})
+    message = _answer(fake, record, "the /whatis answer")
+    assert record.callback_type == 5  # deferred with "thinking"
+    calls = fake.calls
+    callback = next(i for i, c in enumerate(calls) if c.path.startswith(f"/interactions/{record.id}/"))
+    download = next(i for i, c in enumerate(calls) if c.path.startswith(f"/attachments/{world.general}/"))
+    assert callback < download, "the interaction must be deferred before any work"
+    assert calls[callback].query.get("with_response")
+    assert "Looks like" in message["content"] or "not sure" in message["content"]
+    assert "red" in message["content"]
+    (chart,) = message["attachments"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(chart["url"]))) as im:
+        assert im.format == "PNG" and im.width > 100
+
+
+def test_message_menu_what_is_this_answers_for_a_posted_image(world, start_bot):
+    start_bot()
+    fake = world.fake
+    # The channel's own labels (an admin sets them through Discord) spare the ImageNet build.
+    saved = _answer(fake, fake.slash(world.guild, world.general, world.mod, "labels",
+                                     {"action": "set", "labels": "cat, dog, tree"}))
+    assert "Saved 3 labels" in saved["content"]
+    posted = fake.post_message(world.general, world.alice, "look", files=[("cat.png", _png((10, 200, 10)), "image/png")])
+    record = fake.context_menu(world.guild, world.general, world.mod, "What is this?", posted["id"])
+    message = _answer(fake, record)
+    assert message["attachments"] and ("Looks like" in message["content"] or "not sure" in message["content"])
+    assert "tree" in message["content"]
+
+    text_only = fake.post_message(world.general, world.alice, "no picture here")
+    record = fake.context_menu(world.guild, world.general, world.mod, "What is this?", text_only["id"])
+    followup = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                        if m.get("interaction_metadata", {}).get("id") == record.id
+                                        and m["flags"] & EPHEMERAL], 30, "an ephemeral refusal")
+    assert "no image" in followup[0]["content"]
+    assert record.original_id not in fake.messages[world.general]  # the placeholder went
+
+
+def test_requests_carry_the_members_readable_channels_and_admin_flag(world, start_bot):
+    start_bot()
+    fake = world.fake
+    alice = _probe_data(_answer(fake, fake.slash(world.guild, world.general, world.alice, "probe")))
+    mod = _probe_data(_answer(fake, fake.slash(world.guild, world.general, world.mod, "probe")))
+    assert alice["platform"] == "discord" and alice["space"] == world.guild and alice["channel"] == world.general
+    assert alice["user"] == world.alice["id"] and alice["name"] == "alice" and alice["admin"] is False
+    assert world.general in alice["readable"] and world.private not in alice["readable"]
+    assert mod["admin"] is True and {world.general, world.private} <= set(mod["readable"])
+    assert alice["conversation"]["channel"] == world.general
+
+
+def test_admin_only_commands_are_refused_server_side_for_members(world, start_bot):
+    start_bot()
+    fake = world.fake
+    assert _answer(fake, fake.slash(world.guild, world.general, world.mod, "probe_admin"))["content"] == "admin ok"
+    record = fake.slash(world.guild, world.general, world.alice, "probe_admin")
+    refusal = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                       if m.get("interaction_metadata", {}).get("id") == record.id
+                                       and m["flags"] & EPHEMERAL], 30, "an ephemeral refusal")
+    assert "Only admins" in refusal[0]["content"]
+
+
+def test_a_button_click_after_a_bot_restart_runs_as_the_clicker(world, start_bot):
+    fake = world.fake
+    bot = start_bot()
+    first = _answer(fake, fake.slash(world.guild, world.general, world.mod, "probe", {"n": 41}))
+    (row,) = first["components"]
+    (button,) = row["components"]
+    assert button["label"] == "+1" and button["style"] == 1 and button["custom_id"].startswith("cb1:")
+    assert bot.stop() == 0
+    start_bot()
+    click = fake.click(world.guild, world.general, world.alice, first["id"], button["custom_id"])
+    data = _probe_data(_answer(fake, click, "the click's answer"))
+    assert click.callback_type == 5
+    assert data["n"] == 42 and data["user"] == world.alice["id"] and data["admin"] is False
+    assert world.private not in data["readable"]
+
+
+def test_posted_images_reach_the_index_hook_with_their_bytes_and_deletes_follow(world, start_bot):
+    bot = start_bot()
+    fake = world.fake
+    red, green = _png(), _png((0, 255, 0), (40, 40))
+    posted = fake.post_message(world.private, world.mod, "two pictures", files=[
+        ("red.png", red, "image/png"), ("notes.txt", b"hello", "text/plain"), ("green.png", green, "image/png"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")])
+    fake.post_message(world.general, world.alice, "just words")
+    event = fake.wait_for(lambda f: [e for e in bot.events() if e.get("posted") == posted["id"]], 60, "image_posted")[0]
+    assert [f["filename"] for f in event["files"]] == ["red.png", "green.png"]
+    assert [f["sha256"] for f in event["files"]] == [hashlib.sha256(red).hexdigest(), hashlib.sha256(green).hexdigest()]
+    assert event["space"] == world.guild and event["channel"] == world.private and event["author"] == world.mod["id"]
+    assert event["permalink"].endswith(f"/{world.guild}/{world.private}/{posted['id']}")
+    assert event["files"][0]["source_id"] == posted["attachments"][0]["id"] and event["text"] == "two pictures"
+
+    second = fake.post_message(world.general, world.alice, "", files=[("b.png", _png((0, 0, 255)), "image/png")])
+    third = fake.post_message(world.general, world.alice, "", files=[("c.png", _png((9, 9, 9)), "image/png")])
+    fake.wait_for(lambda f: len([e for e in bot.events() if "posted" in e]) == 3, 60, "three image events")
+    fake.delete_message(world.private, posted["id"])
+    fake.bulk_delete(world.general, [second["id"], third["id"]])
+    deleted = fake.wait_for(lambda f: [e for e in bot.events() if "deleted" in e] if
+                            len([e for e in bot.events() if "deleted" in e]) == 3 else None, 30, "three deletions")
+    assert {(e["deleted"], e["channel"]) for e in deleted} == {
+        (posted["id"], world.private), (second["id"], world.general), (third["id"], world.general)}
+    assert "not indexing broken.png" in bot.log()
+
+
+def test_a_long_job_gets_a_thread_throttled_progress_edits_and_a_final_image_that_fits(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.mod, "probe_long", {"steps": 8, "delay": 0.4, "big": 400})
+    thread = fake.wait_for(lambda f: next((c for c in f.channels.values() if c.get("parent_id") == world.general),
+                                          None), 30, "a thread")
+    assert thread["type"] == 11 and thread["name"].startswith("/probe_long")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                     if m["content"].startswith("finished")], 60, "the final reply")[0]
+    progress_posts = fake.find_calls("POST", rf"/channels/{thread['id']}/messages")
+    edits = fake.find_calls("PATCH", rf"/channels/{thread['id']}/messages/\d+")
+    assert len(progress_posts) == 1, "progress edits one message"
+    assert edits and all(c.path.endswith(final["id"]) for c in edits)
+    assert len(edits) < 8, "progress edits are throttled"
+    assert not fake.rate_limited, "the bot caused 429s"
+    assert not fake.find_calls("POST", rf"/webhooks/{fake.app_id}/{record.token}"), "thread replies use the bot token"
+    (image,) = final["attachments"]
+    assert len(noise_png(400)) > fake.attachment_size_limit >= image["size"]
+    assert image["filename"] == "final.jpg"
+    original = fake.messages[world.general][record.original_id]
+    assert original["content"].startswith("Working on it")
+
+
+def test_answers_move_to_channel_messages_when_the_interaction_token_expires(world, start_bot):
+    start_bot(CLIPBOT_DISCORD_TOKEN_TTL="1.2")
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.mod, "probe_slow", {"steps": 3, "delay": 1.0})
+    final = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                     if m["content"].startswith("finished")], 60, "the final reply")[0]
+    assert "interaction_metadata" not in final, "after the token's lifetime the bot token posts"
+    assert fake.find_calls("POST", rf"/channels/{world.general}/messages")
+    assert not fake.rate_limited
+
+
+def test_an_expired_token_answer_is_retried_with_the_bot_token(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.mod, "probe_slow", {"steps": 2, "delay": 1.5})
+    fake.wait_for(lambda f: f.messages[world.general].get(record.original_id or "", {}).get("content", "")
+                  .startswith("step 1"), 30, "the first progress edit")
+    fake.expire_token(record.token)
+    final = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                     if m["content"].startswith("finished")], 60, "the final reply")[0]
+    assert "interaction_metadata" not in final
+    assert any(c.status == 401 for c in fake.find_calls("PATCH", rf"/webhooks/{fake.app_id}/{record.token}/.*"))
+
+
+def test_without_the_message_content_intent_the_bot_says_so_and_still_answers(world, start_bot):
+    world.fake.grant_message_content = False
+    bot = start_bot()
+    fake = world.fake
+    assert "WITHOUT the Message Content intent" in bot.log()
+    assert _probe_data(_answer(fake, fake.slash(world.guild, world.general, world.alice, "probe")))["n"] == 0
+
+
+def _thread_of(fake: FakeDiscord, parent: str, prefix: str) -> dict:
+    return fake.wait_for(lambda f: next((c for c in f.channels.values() if c.get("parent_id") == parent
+                                         and c["name"].startswith(prefix)), None), 60, f"a thread {prefix}")
+
+
+def _buttons(message: dict) -> dict[str, str]:
+    return {c["label"]: c["custom_id"] for row in message["components"] for c in row["components"]}
+
+
+def test_imagine_runs_in_a_thread_with_progress_edits_a_final_image_and_working_buttons(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.mod, "imagine",
+                        {"prompt": "a watercolor fox", "steps": 12, "size": "64", "every": 4, "seed": 5})
+    thread = _thread_of(fake, world.general, "/imagine a watercolor fox")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                     if "Reroll" in _buttons(m)], 300, "the final picture")[0]
+    assert record.callback_type == 5
+    (image,) = final["attachments"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(image["url"]))) as im:
+        assert im.size == (64, 64)
+    assert {"Reroll", "Variations", "Continue", "Use as init"} <= set(_buttons(final))
+    posts = fake.find_calls("POST", rf"/channels/{thread['id']}/messages")
+    edits = fake.find_calls("PATCH", rf"/channels/{thread['id']}/messages/\d+")
+    assert len(posts) == 1 and edits, "progress and the final picture edit one message in the thread"
+    assert any(f["filename"].startswith("step-") for c in edits for f in c.files), "snapshots are shown"
+    assert any("Cancel" in str(c.json) for c in posts + edits), "progress carries a Cancel button"
+    assert not fake.rate_limited
+
+    # Anyone in the thread may reroll: a new picture from the clicker, in the same thread.
+    click = fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Reroll"])
+    fake.wait_for(lambda f: len([m for m in f.messages[thread["id"]].values() if "Reroll" in _buttons(m)]) == 2,
+                  300, "the rerolled picture")
+    assert click.callback_type == 5
+    assert len([c for c in fake.channels.values() if c.get("parent_id") == world.general]) == 1, "no second thread"

@@ -1,0 +1,349 @@
+"""Slack end to end: `clipbot run` as a subprocess, its real slack-bolt app talking to the fake
+Slack on 127.0.0.1, in both modes (Socket Mode and HTTP with signed requests).
+
+The commands come from real plugins (/whatis on the tiny random CLIP) and from a third-party-style
+test plugin (tests/probes/chat_probe.py) that shows what the adapter put in a request and records
+the index hooks it receives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.conftest import ROOT, clipbot_env
+from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
+                                    message_shortcut, signed_headers, slash_command)
+
+TEAM = "T0FAKE"
+SECRET = "fake-signing-secret"
+
+
+def _png(color=(200, 30, 30), size=(48, 32)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class SlackBot:
+    """`clipbot run` serving the fake Slack in one mode."""
+
+    def __init__(self, mode: str, fake: FakeSlack, data_dir: Path, log_path: Path) -> None:
+        self.mode, self.fake, self.data_dir, self.log_path = mode, fake, data_dir, log_path
+        self.events_path = data_dir / "probe-events.jsonl"
+        self.url = ""
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = clipbot_env(self.data_dir, None, SLACK_BOT_TOKEN=self.fake.bot_token,
+                          CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
+                          CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0.2",
+                          CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
+        for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+            env.pop(name, None)
+        if self.mode == "socket":
+            env["SLACK_APP_TOKEN"] = self.fake.app_token
+        else:
+            env.update(SLACK_SIGNING_SECRET=SECRET, CLIPBOT_SLACK_PORT="0", CLIPBOT_SLACK_HOST="127.0.0.1")
+        connections = self.fake.socket_connections
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if self.mode == "socket":
+            self._wait(lambda: self.fake.socket_connections > connections and self.fake.socket_connected, "a socket")
+        else:
+            self.url = self._wait(self._listening_url, "the HTTP listener")
+
+    def _listening_url(self) -> str | None:
+        with open(self.log_path, "rb") as log:  # this run's lines only
+            log.seek(self._log_start)
+            lines = log.read().decode(errors="replace").splitlines()
+        for line in lines[::-1]:
+            if "HTTP mode listening on " in line:
+                return line.rsplit("listening on ", 1)[1].strip()
+        return None
+
+    def _wait(self, predicate, what: str, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"clipbot run exited ({self.proc.returncode}):\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"no {what} after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def probe_events(self) -> list[dict]:
+        if not self.events_path.exists():
+            return []
+        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line.strip()]
+
+    # ---- what Slack sends ----------------------------------------------------------------------
+    def send(self, kind: str, payload: dict, *, retry: int = 0) -> int:
+        """Deliver like Slack does in this mode; returns the HTTP status (socket: 200 once acked)."""
+        if self.mode == "socket":
+            envelope = self.fake.socket_send(kind, payload, retry_attempt=retry)
+            self.fake.wait_ack(envelope)
+            return 200
+        if kind == "slash_commands":
+            body, content_type = urlencode(payload), "application/x-www-form-urlencoded"
+        elif kind == "interactive":
+            body, content_type = form_body(payload), "application/x-www-form-urlencoded"
+        else:
+            body, content_type = json.dumps(payload), "application/json"
+        headers = signed_headers(SECRET, body, content_type=content_type, retry_num=retry or None)
+        return self.post(body, headers)
+
+    def post(self, body: str, headers: dict[str, str]) -> int:
+        request = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+
+@pytest.fixture(scope="module")
+def fake():
+    fake = FakeSlack().start()
+    fake.add_user("U1", ["C1", "C2"])
+    fake.add_user("U2", ["C2"])
+    fake.add_user("UADMIN", ["C1"])
+    fake.add_user("UOWNER", ["C1"], admin=True)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module", params=["socket", "http"])
+def bot(request, fake, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp(f"slack-{request.param}")
+    bot = SlackBot(request.param, fake, data_dir, data_dir / "bot.log")
+    bot.start()
+    yield bot
+    bot.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_calls(fake):
+    fake.mark()  # each test looks only at what the bot did during it
+
+
+def _posted(fake: FakeSlack, channel: str, needle: str, method: str = "chat.postMessage"):
+    return fake.wait_call(method, lambda c: c.params.get("channel", c.params.get("channel_id")) == channel
+                          and needle in (c.params.get("text") or c.params.get("initial_comment") or ""))
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# ---- commands -------------------------------------------------------------------------------------
+def test_slash_command_is_acked_then_answered_with_a_button(bot, fake):
+    word = _token()
+    assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", word)) == 200
+    call = _posted(fake, "C1", word)
+    assert call.params["text"] == f"echo from U1: *{word}*"  # neutral markup rendered as mrkdwn
+    button = call.params["blocks"][-1]["elements"][0]
+    assert button["action_id"].startswith("clipbot:") and button["style"] == "primary"
+    assert button["value"].startswith("cb1:")
+
+
+def test_request_carries_team_channels_and_admin(bot, fake):
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whoami"))
+    data = json.loads(_posted(fake, "C2", '"user": "U2"').params["text"].split(" ", 1)[1])
+    assert data == {"user": "U2", "space": TEAM, "channel": "C2", "thread": None, "admin": False,
+                    "readable": ["C2"], "platform": "slack"}
+    for user, admin in (("UADMIN", True), ("UOWNER", True), ("U1", False)):  # config list, users.info
+        bot.send("slash_commands", slash_command(TEAM, "C1", user, "/whoami"))
+        data = json.loads(_posted(fake, "C1", f'"user": "{user}"').params["text"].split(" ", 1)[1])
+        assert data["admin"] is admin, user
+
+
+def test_user_mistakes_answer_privately_in_one_line(bot, fake):
+    bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", ""))
+    call = fake.wait_call("chat.postEphemeral", lambda c: "needs 'text'" in c.params.get("text", ""))
+    assert call.params["user"] == "U1" and "\n" not in call.params["text"]
+
+
+def test_whatis_message_shortcut_classifies_the_picture(bot, fake):
+    # The channel's label set (set by an admin) keeps the tiny model off the 80k ImageNet prompts.
+    bot.send("slash_commands", slash_command(TEAM, "C1", "UADMIN", "/labels", "set cat, dog, car"))
+    _posted(fake, "C1", "Saved 3 labels")
+    photo = fake.add_file(_png(), "cat.png", user="U1")
+    message = fake.post_as_user("C1", "U1", "look", files=[photo])
+    bot.send("interactive", message_shortcut(TEAM, "C1", "U1", message, "clipbot_whatis"))
+    call = fake.wait_call("files.completeUploadExternal",
+                          lambda c: c.params.get("thread_ts") == message["ts"], timeout=120)
+    assert "tiny-test" in call.params["initial_comment"]  # the model is named in the answer
+    assert "this channel's labels" in call.params["initial_comment"]
+    assert (photo["id"], True) in fake.downloads  # fetched with the bot token
+
+
+def test_whatis_slash_command_in_a_channel_uses_its_latest_picture(bot, fake):
+    photo = fake.add_file(_png((90, 90, 250)), "sky.png", user="U2")
+    fake.post_as_user("C2", "U2", "sky", files=[photo])
+    fake.post_as_user("C2", "U2", "a later message without a picture")
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whatis", "sky, sea &amp; sand top: 2"))
+    call = _posted(fake, "C2", "your labels", method="files.completeUploadExternal")
+    assert call.params.get("thread_ts") is None  # answered in the channel
+    # Slack's escaping read back on the way in, mrkdwn escaping applied on the way out (shown as "&").
+    assert "1. sea &amp; sand" in call.params["initial_comment"] or "2. sea &amp; sand" in call.params["initial_comment"]
+    assert (photo["id"], True) in fake.downloads
+
+
+def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
+    parent = fake.post_as_user("C1", "U1", "thread start")
+    photo = fake.add_file(_png((10, 200, 10)), "leaf.png", user="U1")
+    fake.post_as_user("C1", "U1", "a picture", files=[photo], thread_ts=parent["ts"])
+    mention = fake.post_as_user("C1", "U1", "<@UBOT> whatis labels: leaf, car", thread_ts=parent["ts"])
+    event = {**message_event("C1", mention), "type": "app_mention"}
+    bot.send("events_api", event_callback(TEAM, event))
+    call = fake.wait_call("files.completeUploadExternal",
+                          lambda c: c.params.get("thread_ts") == parent["ts"], timeout=120)
+    assert "your labels" in call.params["initial_comment"]
+    assert (photo["id"], True) in fake.downloads
+
+
+# ---- long jobs -------------------------------------------------------------------------------------
+def test_long_running_command_works_in_a_thread(bot, fake):
+    assert bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/slow", "steps: 3")) == 200
+    # Acked first, worked on after: the ack came back while the job had not finished.
+    assert not any("done after" in c.params["text"] for c in fake.calls_to("chat.update"))
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U2> /slow"))
+    parent = [m for m in fake.bot_messages("C2") if m["text"].startswith("<@U2> /slow")][-1]
+    fake.wait_for(lambda: "done after 3 steps" in fake.thread("C2", parent["ts"])[0]["text"], what="final edit")
+    thread = fake.thread("C2", parent["ts"])
+    names = [f["name"] for m in thread[1:] for f in m.get("files", ())]
+    assert names[-1] == "final.png" and any(n.startswith("step-") for n in names)  # snapshots, then the result
+    updates = [c for c in fake.calls_to("chat.update") if c.params["ts"] == parent["ts"]]
+    assert any("step" in c.params["text"] for c in updates)  # progress edited into the parent
+    assert thread[0]["blocks"][-1]["elements"][0]["text"]["text"] == "Again"  # buttons on the answer
+
+
+# ---- buttons survive a restart ---------------------------------------------------------------------
+def test_button_click_after_restart_is_a_request_from_the_clicker(bot, fake):
+    word = _token()
+    bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", word))
+    posted = _posted(fake, "C1", word)
+    message = next(m for m in fake.bot_messages("C1") if word in m["text"])
+    button = posted.params["blocks"][-1]["elements"][0]
+    bot.restart()
+    bot.send("interactive", block_actions(TEAM, "C1", "UADMIN", message, button["action_id"], button["value"]))
+    again = _posted(fake, "C1", f"{word}!")
+    assert again.params["text"] == f"echo from UADMIN: *{word}!*"
+    assert again.params["thread_ts"] == message["ts"]  # answered under the clicked message
+
+
+# ---- indexing hooks ----------------------------------------------------------------------------------
+def test_retried_event_indexes_once_and_deletions_reach_the_index(bot, fake):
+    photo = fake.add_file(_png((0, 0, 255)), "blue.png", user="U1")
+    message = fake.post_as_user("C2", "U1", "blue", files=[photo])
+    event = event_callback(TEAM, message_event("C2", message))
+    bot.send("events_api", event)
+    fake.wait_for(lambda: any(e["message_id"] == message["ts"] for e in bot.probe_events()), what="the index event")
+    bot.send("events_api", event, retry=1)  # Slack's retry of the same event id
+    fake.wait_for(lambda: f"Slack event {event['event_id']} already handled" in bot.log(), what="the retry dropped")
+    other = fake.post_as_user("C2", "U1", "later", files=[fake.add_file(_png(), "later.png", user="U1")])
+    bot.send("events_api", event_callback(TEAM, message_event("C2", other)))
+    fake.wait_for(lambda: any(e["message_id"] == other["ts"] for e in bot.probe_events()), what="second index event")
+    posted = [e for e in bot.probe_events() if e["kind"] == "posted" and e["message_id"] == message["ts"]]
+    assert len(posted) == 1
+    (attachment,) = posted[0]["attachments"]
+    assert posted[0]["space_id"] == TEAM and posted[0]["channel_id"] == "C2" and posted[0]["author_id"] == "U1"
+    assert attachment["source_id"] == photo["id"] and attachment["content_type"] == "image/png"
+    assert posted[0]["permalink"] == f"https://fake.slack.com/archives/C2/p{message['ts'].replace('.', '')}"
+
+    fake.delete_message("C2", message["ts"])
+    bot.send("events_api", event_callback(TEAM, {"type": "message", "subtype": "message_deleted", "channel": "C2",
+                                                 "deleted_ts": message["ts"], "ts": fake.next_ts(),
+                                                 "previous_message": message}))
+    bot.send("events_api", event_callback(TEAM, {"type": "file_deleted", "file_id": photo["id"],
+                                                 "event_ts": fake.next_ts()}))
+    fake.wait_for(lambda: len([e for e in bot.probe_events() if e["kind"] == "deleted"]) >= 2, what="2 deletions")
+    deleted = [e for e in bot.probe_events() if e["kind"] == "deleted"][-2:]
+    by_kind = {bool(e["source_ids"]): e for e in deleted}
+    assert by_kind[False]["message_id"] == message["ts"] and by_kind[False]["channel_id"] == "C2"
+    assert by_kind[True]["source_ids"] == [photo["id"]]
+    # Slack's file_deleted names only the file; the adapter remembered where it was posted.
+    assert (by_kind[True]["channel_id"], by_kind[True]["message_id"]) == ("C2", message["ts"])
+
+
+def test_pictures_only_reach_the_index_with_the_bot_token(bot, fake):
+    # A file link on another host must never get the bot token (it would leak it).
+    evil = {"id": "FEVIL", "name": "x.png", "mimetype": "image/png", "url_private": "http://203.0.113.9/x.png"}
+    message = fake.post_as_user("C1", "U1", "evil")
+    message["files"] = [evil]
+    bot.send("events_api", event_callback(TEAM, message_event("C1", message)))
+    marker = fake.post_as_user("C1", "U1", "marker", files=[fake.add_file(_png(), "m.png", user="U1")])
+    bot.send("events_api", event_callback(TEAM, message_event("C1", marker)))
+    fake.wait_for(lambda: any(e["message_id"] == marker["ts"] for e in bot.probe_events()), what="marker indexed")
+    assert not any(e["message_id"] == message["ts"] for e in bot.probe_events())
+    assert "not on Slack" in bot.log()
+
+
+# ---- signatures (HTTP mode) ----------------------------------------------------------------------------
+def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
+    if bot.mode != "http":
+        pytest.skip("Socket Mode has no request signatures")
+    forged, stale, valid = _token(), _token(), _token()
+    body = urlencode(slash_command(TEAM, "C1", "U1", "/echo", forged))
+    headers = signed_headers("not-the-secret", body, content_type="application/x-www-form-urlencoded")
+    assert bot.post(body, headers) == 401
+    assert bot.post(body, {"Content-Type": "application/x-www-form-urlencoded"}) == 401  # unsigned
+    body = urlencode(slash_command(TEAM, "C1", "U1", "/echo", stale))
+    old = signed_headers(SECRET, body, timestamp=int(time.time()) - 6 * 60,
+                         content_type="application/x-www-form-urlencoded")
+    assert bot.post(body, old) == 401  # a captured request replayed after the 5-minute window
+    assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", valid)) == 200
+    _posted(fake, "C1", valid)
+    texts = [c.params.get("text", "") for m in ("chat.postMessage", "chat.postEphemeral", "chat.update")
+             for c in fake.calls_to(m)]
+    assert not any(forged in t or stale in t for t in texts)
+
+
+def test_operator_mistakes_stop_clipbot_run_with_one_clear_line(fake, tmp_path):
+    cases = [({"SLACK_BOT_TOKEN": fake.bot_token}, "needs SLACK_SIGNING_SECRET"),
+             ({"SLACK_BOT_TOKEN": "xoxb-revoked", "SLACK_APP_TOKEN": fake.app_token}, "refused SLACK_BOT_TOKEN")]
+    for env, message in cases:
+        full = clipbot_env(tmp_path, None, CLIPBOT_SLACK_API_URL=fake.api_url, OMP_NUM_THREADS="1", **env)
+        for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+            if name not in env:
+                full.pop(name, None)
+        out = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=full, capture_output=True,
+                             text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = [line for line in out.stderr.splitlines() if line.startswith("clipbot:")]
+        assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]

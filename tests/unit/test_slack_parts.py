@@ -1,0 +1,174 @@
+"""Slack adapter parts against the fake Slack with the real slack_sdk client: backfill history,
+rate limits, event dedupe, file-host trust, Block Kit rendering, per-channel pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import pytest
+
+from bot.actions import decode_action
+from bot.adapters.slack_files import FileFetcher, SlackHistory, permalink
+from bot.adapters.slack_post import ChannelPacer, _chunks, blocks_for
+from bot.commands import Action
+from engine.blobs import MemoryBlobStore
+from tests.fakes.slack_fake import FakeSlack
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake():
+    fake = FakeSlack().start()
+    fake.add_user("U1", ["C1"])
+    yield fake
+    fake.stop()
+
+
+def _client(fake):
+    from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))
+    return client
+
+
+def test_backfill_pages_through_history_resumably_and_waits_out_rate_limits(fake):
+    pictures = []
+    for i in range(5):
+        message = fake.post_as_user("C1", "U1", f"m{i}", files=[fake.add_file(_png(), f"p{i}.png", user="U1")])
+        pictures.append(message["ts"])
+        fake.post_as_user("C1", "U1", "text only")
+    fake.rate_limit("conversations.history", times=1, retry_after=1)
+    blobs = MemoryBlobStore()
+
+    async def walk():
+        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        history = SlackHistory(_client(fake), fetcher, blobs, _url)
+        seen, cursor, pages = [], None, 0
+        while True:
+            events, cursor = await history.history("T0FAKE", "C1", cursor, 4)
+            seen += events
+            pages += 1
+            if cursor is None:
+                break
+        await fetcher.close()
+        return seen, pages
+
+    async def _url():
+        return "https://fake.slack.com/"
+
+    seen, pages = asyncio.run(walk())
+    assert [e.message_id for e in seen] == pictures[::-1]  # newest first, each once
+    assert pages == 3 and len(fake.calls_to("conversations.history")) == 4  # one 429 retried after Retry-After
+    assert blobs.get(seen[0].attachments[0].key) == _png()
+    assert seen[0].permalink == permalink("https://fake.slack.com/", "C1", pictures[-1])
+
+
+def test_login_page_instead_of_a_file_is_a_clear_error(fake):
+    from engine.errors import UserError
+
+    info = fake.add_file(_png(), "p.png")
+
+    async def fetch(token):
+        fetcher = FileFetcher(token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        try:
+            return await fetcher.fetch(info["url_private"])
+        finally:
+            await fetcher.close()
+
+    with pytest.raises(UserError, match="files:read"):
+        asyncio.run(fetch("xoxb-without-files-read"))
+    assert asyncio.run(fetch(fake.bot_token)) == (_png(), "image/png")
+
+
+def test_redirects_are_followed_only_within_slack(fake):
+    from urllib.parse import quote
+
+    from engine.errors import UserError
+
+    info = fake.add_file(_png(), "p.png")
+
+    async def fetch(url):
+        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        try:
+            return await fetcher.fetch(url)
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(fetch(f"{fake.base}/redirect?to={quote(info['url_private'])}"))[0] == _png()
+    with pytest.raises(UserError, match="not on Slack"):  # never followed, so the token stays here
+        asyncio.run(fetch(f"{fake.base}/redirect?to={quote('http://203.0.113.9/x.png')}"))
+
+
+def test_bot_token_only_goes_to_slack_hosts():
+    fetcher = FileFetcher("xoxb-t", "http://127.0.0.1:5000/api/", max_bytes=1, max_pixels=1)
+    assert fetcher.trusted("https://files.slack.com/files-pri/T-F/x.png")
+    assert fetcher.trusted("http://127.0.0.1:5000/files-pri/F/x.png")  # the configured API host
+    for url in ("https://evil.example/x.png", "http://files.slack.com/x.png", "https://slack.com.evil.io/x",
+                "https://files.slack.com@evil.io/x.png"):
+        assert not fetcher.trusted(url), url
+
+
+def test_blocks_carry_encoded_actions_and_respect_slack_limits():
+    text = "\n".join(["x" * 2000] * 4)
+    blocks = blocks_for(text, (Action("Reroll", "imagine", {"prompt": "a fox", "seed": 3}, "danger"),
+                               Action("Plain", "help")))
+    sections = [b for b in blocks if b["type"] == "section"]
+    assert len(sections) == 4 and all(len(b["text"]["text"]) <= 3000 for b in sections)
+    first, second = blocks[-1]["elements"]
+    decoded = decode_action(first["value"])
+    assert (decoded.command, decoded.options) == ("imagine", {"prompt": "a fox", "seed": 3})
+    assert first["style"] == "danger" and "style" not in second  # Slack has no "secondary" style
+    assert first["action_id"] != second["action_id"]
+    assert _chunks("a\nb", 3000) == ["a\nb"] and _chunks("y" * 7000, 3000) == ["y" * 3000, "y" * 3000, "y" * 1000]
+
+
+def test_channel_pacer_spaces_writes_per_channel_only():
+    async def scenario():
+        pacer = ChannelPacer(0.2)
+        stamps: dict[str, list[float]] = {"A": [], "B": []}
+
+        async def write(channel):
+            async with pacer.slot(channel):
+                stamps[channel].append(time.monotonic())
+
+        await asyncio.gather(*(write(c) for c in "AAAB"))
+        return stamps
+
+    stamps = asyncio.run(scenario())
+    gaps = [b - a for a, b in zip(stamps["A"], stamps["A"][1:])]
+    assert all(gap >= 0.19 for gap in gaps)  # ordering property of the pacer, not a speed goal
+    assert stamps["B"][0] < stamps["A"][1]  # another channel does not queue behind A
+
+
+def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_path):
+    import yaml
+
+    from bot.adapters.slack_manifest import BOT_EVENTS, BOT_SCOPES, manifest, slack_specs, slash_name
+    from bot.plugins import BUILTIN_PLUGINS, build_plugin_manager
+    from tests.conftest import ROOT, make_settings
+
+    specs = slack_specs(build_plugin_manager(make_settings(tmp_path)), plugins=BUILTIN_PLUGINS)
+    deployed = yaml.safe_load((ROOT / "deploy" / "slack-app-manifest.yml").read_text())
+    expected = manifest(specs)
+    hint = "regenerate: python -m bot.adapters.slack_manifest --yaml (keep the header comment)"
+    assert deployed["features"]["slash_commands"] == expected["features"]["slash_commands"], hint
+    assert deployed["features"]["shortcuts"] == expected["features"]["shortcuts"], hint
+    assert deployed["oauth_config"]["scopes"]["bot"] == BOT_SCOPES
+    assert deployed["settings"]["event_subscriptions"]["bot_events"] == BOT_EVENTS
+    shortcuts = {s["callback_id"]: s for s in deployed["features"]["shortcuts"]}
+    assert shortcuts["clipbot_whatis"]["name"] == "What is this?" and shortcuts["clipbot_whatis"]["type"] == "message"
+    assert slash_name("search") == "/clip-search" and slash_name("whatis", "cb-") == "/cb-whatis"
+    http = manifest(specs, request_url="https://bot.example/slack/events")
+    assert not http["settings"]["socket_mode_enabled"]
+    assert all(c["url"] == "https://bot.example/slack/events" for c in http["features"]["slash_commands"])
