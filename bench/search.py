@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedded scan")
-    parser.add_argument("--ef-search", default="100", type=lambda s: [int(x) for x in s.split(",")],
+    parser.add_argument("--ef-search", default="400", type=lambda s: [int(x) for x in s.split(",")],
                         help="pgvector hnsw.ef_search values to measure on one build (e.g. 100,200,400)")
     args = parser.parse_args()
     import torch

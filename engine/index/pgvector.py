@@ -44,7 +44,7 @@ _MAX_EF_SEARCH = 1000  # pgvector's limit
 
 
 class PgVectorIndex:
-    def __init__(self, url: str, *, ef_search: int = 100, max_scan_tuples: int = 50_000,
+    def __init__(self, url: str, *, ef_search: int = 400, max_scan_tuples: int = 50_000,
                  exact_below: int = 2_000) -> None:
         self.url = url
         self.exact_below = exact_below
