@@ -300,3 +300,20 @@ def test_a_deleted_message_leaves_the_index(world, start_bot):
     fake.delete_message(world.general, posted["id"])
     _search_until(fake, world, world.alice, "picture", lambda t: posted["id"] not in t and kept["id"] in t,
                   "the deleted picture gone")
+
+
+def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot):
+    fake = world.fake
+    old = [fake.post_message(world.general, world.alice, f"old {i}",
+                             files=[(f"old{i}.png", _png((i * 60, 100, 100)), "image/png")] if i % 2 == 0 else [])
+           for i in range(5)]  # posted while the bot was away: only the history has them
+    start_bot(CLIPBOT_SEARCH_BACKFILL_PAGE="2", CLIPBOT_SEARCH_BACKFILL_DELAY="0")
+    fake.slash(world.guild, world.general, world.mod, "index", {"action": "backfill"})
+    thread = _thread_of(fake, world.general, "/index")
+    done = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                    if m["content"].startswith("Backfill of")], 120, "the backfill's end")[0]
+    assert "3 pictures" in done["content"]
+    pages = fake.find_calls("GET", rf"/channels/{world.general}/messages")
+    assert len(pages) >= 3 and pages[0].query.get("limit") == "2"
+    found = _search(fake, world, world.alice, "picture")["content"]
+    assert all(m["id"] in found for m in old[::2])
