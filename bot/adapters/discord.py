@@ -41,7 +41,7 @@ from bot.adapters._discord_payloads import (
     message_menus,
 )
 from bot.commands import Action, Attachment, CommandSpec, Reply, Request
-from bot.events import ImagePosted, MessageDeleted
+from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.markup import render_discord
 from engine.errors import UserError
 from engine.images import inspect_image
@@ -101,6 +101,16 @@ class _Client(discord.Client):
 
     async def on_raw_bulk_message_delete(self, event: discord.RawBulkMessageDeleteEvent) -> None:
         await self.adapter.on_deleted(event.guild_id, event.channel_id, sorted(event.message_ids))
+
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self.adapter.on_channels_gone(channel.guild.id, [channel.id])
+
+    async def on_guild_channel_update(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
+        if _bot_reads(before) and not _bot_reads(after):  # the bot lost access: what it learned there goes
+            await self.adapter.on_channels_gone(after.guild.id, [after.id])
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        await self.adapter.on_channels_gone(guild.id, [c.id for c in guild.channels])
 
 
 class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=r"cb1:[\s\S]+"):
@@ -344,6 +354,11 @@ class DiscordAdapter:
                 platform=PLATFORM, space_id=str(guild_id), channel_id=channel or str(channel_id),
                 message_id=str(message_id)))
 
+    async def on_channels_gone(self, guild_id: int, channel_ids: list[int]) -> None:
+        for channel_id in channel_ids:
+            await self.app.channel_removed(ChannelRemoved(platform=PLATFORM, space_id=str(guild_id),
+                                                          channel_id=str(channel_id)))
+
     # ---- answering a stored conversation (a job followed again after a restart) ------------------------
     async def deliver(self, conversation: dict, replies: AsyncIterator[Reply]) -> None:
         """Post a reply stream into a conversation recorded earlier, with the bot token."""
@@ -367,6 +382,11 @@ def readable_channels(guild: discord.Guild, member: discord.Member) -> frozenset
         if perms.view_channel and perms.read_message_history:
             readable.add(str(channel.id))
     return frozenset(readable)
+
+
+def _bot_reads(channel: Any) -> bool:
+    perms = channel.permissions_for(channel.guild.me)
+    return perms.view_channel and perms.read_message_history
 
 
 def _channel_and_thread(channel: Any) -> tuple[str, str | None]:

@@ -11,7 +11,7 @@ import time
 from PIL import Image as PILImage
 
 from tests.e2e.discord_probe import PREFIX, noise_png
-from tests.fakes.discord_fake import EPHEMERAL, FakeDiscord, InteractionRecord
+from tests.fakes.discord_fake import EPHEMERAL, VIEW_CHANNEL, FakeDiscord, InteractionRecord
 
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
@@ -317,3 +317,16 @@ def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot)
     assert len(pages) >= 3 and pages[0].query.get("limit") == "2"
     found = _search(fake, world, world.alice, "picture")["content"]
     assert all(m["id"] in found for m in old[::2])
+
+
+def test_a_deleted_channel_or_one_the_bot_can_no_longer_read_is_removed(world, start_bot):
+    bot = start_bot()
+    fake = world.fake
+    fake.post_message(world.general, world.alice, "", files=[("x.png", _png(), "image/png")])  # reaches the bot
+    fake.wait_for(lambda f: any("posted" in e for e in bot.events()), 60, "the bot to be listening")
+    fake.update_overwrites(world.general, [{"id": fake.app_id, "type": 1, "deny": VIEW_CHANNEL}])
+    removed = fake.wait_for(lambda f: [e for e in bot.events() if "removed" in e], 30, "channel_removed")
+    assert removed[0] == {"removed": world.general, "space": world.guild}
+    fake.delete_channel(world.private)
+    fake.wait_for(lambda f: {e["removed"] for e in bot.events() if "removed" in e} == {world.general, world.private},
+                  30, "the deleted channel removed")  # and no other channel
