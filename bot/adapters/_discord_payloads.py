@@ -13,6 +13,8 @@ from bot.commands import Attachment, CommandSpec, Image, Option
 
 MANAGE_GUILD = 1 << 5  # Discord permission bit "Manage Server"
 WHATIS_MENU = "What is this?"
+MENU_NAMES = {"whatis": WHATIS_MENU, "search": "Find similar pictures"}
+MAX_MENUS = 5  # Discord allows 5 message commands per application
 MAX_FILES = 10  # attachments per message
 MAX_TEXT = 2000  # characters per message
 MAX_BUTTONS = 25  # 5 rows of 5
@@ -25,11 +27,21 @@ GUILD_ONLY = {"contexts": [0], "integration_types": [0]}
 
 
 def command_payloads(commands: dict[str, CommandSpec]) -> list[dict]:
-    """The application commands for every plugin command, plus the "What is this?" message menu."""
+    """The application commands for every plugin command, plus message menus ("What is this?")."""
     payloads = [_chat_input(spec) for spec in sorted(commands.values(), key=lambda s: s.name)]
-    if "whatis" in commands:
-        payloads.append({"type": MESSAGE_MENU, "name": WHATIS_MENU, **GUILD_ONLY})
+    payloads += [{"type": MESSAGE_MENU, "name": name, **GUILD_ONLY} for name in message_menus(commands)]
     return payloads
+
+
+def message_menus(commands: dict[str, CommandSpec]) -> dict[str, tuple[str, str]]:
+    """Menu name -> (command, its picture option), for every command a message's picture alone can run
+    (an image option, nothing else required): Apps > "What is this?" on any message with a picture."""
+    menus: dict[str, tuple[str, str]] = {}
+    for spec in sorted(commands.values(), key=lambda s: (s.name not in MENU_NAMES, s.name)):
+        pictures = [o for o in spec.options if o.type is Attachment and not getattr(o, "multiple", False)]
+        if pictures and all(o.type is Attachment for o in spec.options if o.required):
+            menus[MENU_NAMES.get(spec.name, f"/{spec.name} this")[:32]] = (spec.name, pictures[0].name)
+    return dict(list(menus.items())[:MAX_MENUS])
 
 
 def _chat_input(spec: CommandSpec) -> dict:

@@ -32,16 +32,16 @@ import yarl
 from bot.actions import decode_action, encode_action
 from bot.adapters._discord_payloads import (
     MAX_BUTTONS,
-    WHATIS_MENU,
     clip_text,
     command_payloads,
     fit_images,
     fold_multiple,
     interaction_options,
     is_image,
+    message_menus,
 )
-from bot.commands import Action, Attachment, Reply, Request
-from bot.events import ImagePosted, MessageDeleted
+from bot.commands import Action, Attachment, CommandSpec, Reply, Request
+from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.markup import render_discord
 from engine.errors import UserError
 from engine.images import inspect_image
@@ -53,6 +53,7 @@ DISCORD_FILE_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 _STYLES = {"primary": discord.ButtonStyle.primary, "secondary": discord.ButtonStyle.secondary,
            "danger": discord.ButtonStyle.danger}
 _INVALID_TOKEN = 50027
+LOCAL_ONLY_PLUGINS = frozenset({"localchat"})  # /post puts a picture in the local chat's channel
 
 
 # ---- the registry `clipbot run` reads ---------------------------------------------------------------
@@ -101,6 +102,16 @@ class _Client(discord.Client):
     async def on_raw_bulk_message_delete(self, event: discord.RawBulkMessageDeleteEvent) -> None:
         await self.adapter.on_deleted(event.guild_id, event.channel_id, sorted(event.message_ids))
 
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self.adapter.on_channels_gone(channel.guild.id, [channel.id])
+
+    async def on_guild_channel_update(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
+        if _bot_reads(before) and not _bot_reads(after):  # the bot lost access: what it learned there goes
+            await self.adapter.on_channels_gone(after.guild.id, [after.id])
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        await self.adapter.on_channels_gone(guild.id, [c.id for c in guild.channels])
+
 
 class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=r"cb1:[\s\S]+"):
     """A reply's `Action` as a button; the custom_id is the encoded action, nothing is kept in memory."""
@@ -135,6 +146,10 @@ class DiscordAdapter:
         self.throttle = _Throttle(settings.discord_edit_interval)
         self._session: aiohttp.ClientSession | None = None
         self._started = False
+        # The commands Discord serves: every plugin's, but the local chat's own (/post).
+        local_only = {spec.name for impl in app.pm.hook.clipbot_commands.get_hookimpls()
+                      if impl.plugin_name in LOCAL_ONLY_PLUGINS for spec in impl.function() or ()}
+        self.commands: dict[str, CommandSpec] = {n: s for n, s in app.commands.items() if n not in local_only}
         self._resumed: list[asyncio.Task] = []
         self._file_hosts = set(DISCORD_FILE_HOSTS)
         if settings.discord_api_base:
@@ -194,7 +209,7 @@ class DiscordAdapter:
             log.exception("Discord: could not resume answering in %s", conversation)
 
     async def sync_commands(self, client: discord.Client) -> None:
-        payloads = command_payloads(self.app.commands)
+        payloads = command_payloads(self.commands)
         guild = self.settings.discord_dev_guild
         if guild:
             await client.http.bulk_upsert_guild_commands(client.application_id, guild, payloads)
@@ -209,15 +224,16 @@ class DiscordAdapter:
         data: dict = interaction.data or {}  # type: ignore[assignment]
         try:
             if data.get("type") == 3:
-                if data.get("name") != WHATIS_MENU:
+                menu = message_menus(self.commands).get(data.get("name", ""))
+                if menu is None:
                     raise UserError(f"I don't know the menu command {data.get('name')!r}.")
-                command, options = "whatis", {"image": await self._menu_image(data)}
+                command, options = menu[0], {menu[1]: await self._menu_image(data)}
             else:
                 command = data.get("name", "")
                 options, files = interaction_options(data)
                 for name, found in files.items():
                     options[name] = await self.attachment(found)
-                options = fold_multiple(self.app.commands.get(command), options)
+                options = fold_multiple(self.commands.get(command), options)
         except UserError as exc:
             await _ReplyStream(self, interaction).send(Reply(text=str(exc), error=True, ephemeral=True, final=True))
             return
@@ -238,7 +254,7 @@ class DiscordAdapter:
         try:
             if interaction.guild is None or not isinstance(interaction.user, discord.Member):
                 raise UserError("clipbot answers in servers, not in direct messages.")
-            spec = self.app.commands.get(command)
+            spec = self.commands.get(command)
             if spec is not None and spec.long_running:
                 await stream.open_thread(_thread_name(command, options, interaction.user.display_name))
             request = self._request(interaction, command, options, stream.conversation())
@@ -338,6 +354,11 @@ class DiscordAdapter:
                 platform=PLATFORM, space_id=str(guild_id), channel_id=channel or str(channel_id),
                 message_id=str(message_id)))
 
+    async def on_channels_gone(self, guild_id: int, channel_ids: list[int]) -> None:
+        for channel_id in channel_ids:
+            await self.app.channel_removed(ChannelRemoved(platform=PLATFORM, space_id=str(guild_id),
+                                                          channel_id=str(channel_id)))
+
     # ---- answering a stored conversation (a job followed again after a restart) ------------------------
     async def deliver(self, conversation: dict, replies: AsyncIterator[Reply]) -> None:
         """Post a reply stream into a conversation recorded earlier, with the bot token."""
@@ -361,6 +382,11 @@ def readable_channels(guild: discord.Guild, member: discord.Member) -> frozenset
         if perms.view_channel and perms.read_message_history:
             readable.add(str(channel.id))
     return frozenset(readable)
+
+
+def _bot_reads(channel: Any) -> bool:
+    perms = channel.permissions_for(channel.guild.me)
+    return perms.view_channel and perms.read_message_history
 
 
 def _channel_and_thread(channel: Any) -> tuple[str, str | None]:

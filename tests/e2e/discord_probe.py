@@ -99,3 +99,8 @@ def clipbot_image_posted(app, event):
 @hookimpl
 def clipbot_message_deleted(app, event):
     _log({"deleted": event.message_id, "space": event.space_id, "channel": event.channel_id})
+
+
+@hookimpl
+def clipbot_channel_removed(app, event):
+    _log({"removed": event.channel_id, "space": event.space_id})

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 
 from PIL import Image as PILImage
 
 from tests.e2e.discord_probe import PREFIX, noise_png
-from tests.fakes.discord_fake import EPHEMERAL, FakeDiscord, InteractionRecord
+from tests.fakes.discord_fake import EPHEMERAL, VIEW_CHANNEL, FakeDiscord, InteractionRecord
 
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
@@ -246,3 +247,86 @@ def test_imagine_runs_in_a_thread_with_progress_edits_a_final_image_and_working_
                   300, "the rerolled picture")
     assert click.callback_type == 5
     assert len([c for c in fake.channels.values() if c.get("parent_id") == world.general]) == 1, "no second thread"
+
+
+def _search(fake: FakeDiscord, world, user: dict, query: str) -> dict:
+    return _answer(fake, fake.slash(world.guild, world.general, user, "search", {"query": query}), f"/search {query}")
+
+
+def _search_until(fake: FakeDiscord, world, user: dict, query: str, done, what: str) -> dict:
+    """Indexing is asynchronous (batched on the engine): ask again until the answer shows it."""
+    for _ in range(60):
+        message = _search(fake, world, user, query)
+        if done(message["content"]):
+            return message
+        time.sleep(2)
+    raise AssertionError(f"/search never showed {what}: {message['content']}")
+
+
+def test_posted_images_are_searchable_only_by_members_who_can_read_their_channel(world, start_bot):
+    start_bot()
+    fake = world.fake
+    secret = fake.post_message(world.private, world.mod, "the secret plan",
+                               files=[("plan.png", _png((250, 10, 10)), "image/png")])
+    public = fake.post_message(world.general, world.alice, "lunch",
+                               files=[("lunch.png", _png((10, 250, 10)), "image/png")])
+
+    both = _search_until(fake, world, world.mod, "picture in:all",
+                         lambda text: secret["id"] in text and public["id"] in text, "both pictures to a mod")
+    assert both["attachments"], "results come as a contact sheet"
+
+    alice = _search(fake, world, world.alice, "picture in:all")
+    assert public["id"] in alice["content"]
+    assert secret["id"] not in alice["content"] and world.private not in alice["content"]
+    (sheet,) = alice["attachments"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(sheet["url"]))) as im:
+        assert im.width > 0
+    for row in alice.get("components") or ():
+        assert all(secret["id"] not in c.get("custom_id", "") for c in row["components"])
+
+    record = fake.slash(world.guild, world.general, world.alice, "search", {"query": f"plan in:<#{world.private}>"})
+    refusal = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                       if m.get("interaction_metadata", {}).get("id") == record.id
+                                       and m["flags"] & EPHEMERAL], 60, "a refusal")
+    assert "only search channels you can read" in refusal[0]["content"]
+
+
+def test_a_deleted_message_leaves_the_index(world, start_bot):
+    start_bot()
+    fake = world.fake
+    posted = fake.post_message(world.general, world.alice, "", files=[("gone.png", _png((1, 2, 250)), "image/png")])
+    kept = fake.post_message(world.general, world.alice, "", files=[("kept.png", _png((250, 250, 1)), "image/png")])
+    _search_until(fake, world, world.alice, "picture", lambda t: posted["id"] in t and kept["id"] in t, "both")
+    fake.delete_message(world.general, posted["id"])
+    _search_until(fake, world, world.alice, "picture", lambda t: posted["id"] not in t and kept["id"] in t,
+                  "the deleted picture gone")
+
+
+def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot):
+    fake = world.fake
+    old = [fake.post_message(world.general, world.alice, f"old {i}",
+                             files=[(f"old{i}.png", _png((i * 60, 100, 100)), "image/png")] if i % 2 == 0 else [])
+           for i in range(5)]  # posted while the bot was away: only the history has them
+    start_bot(CLIPBOT_SEARCH_BACKFILL_PAGE="2", CLIPBOT_SEARCH_BACKFILL_DELAY="0")
+    fake.slash(world.guild, world.general, world.mod, "index", {"action": "backfill"})
+    thread = _thread_of(fake, world.general, "/index")
+    done = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                    if m["content"].startswith("Backfill of")], 120, "the backfill's end")[0]
+    assert "3 pictures" in done["content"]
+    pages = fake.find_calls("GET", rf"/channels/{world.general}/messages")
+    assert len(pages) >= 3 and pages[0].query.get("limit") == "2"
+    found = _search(fake, world, world.alice, "picture")["content"]
+    assert all(m["id"] in found for m in old[::2])
+
+
+def test_a_deleted_channel_or_one_the_bot_can_no_longer_read_is_removed(world, start_bot):
+    bot = start_bot()
+    fake = world.fake
+    fake.post_message(world.general, world.alice, "", files=[("x.png", _png(), "image/png")])  # reaches the bot
+    fake.wait_for(lambda f: any("posted" in e for e in bot.events()), 60, "the bot to be listening")
+    fake.update_overwrites(world.general, [{"id": fake.app_id, "type": 1, "deny": VIEW_CHANNEL}])
+    removed = fake.wait_for(lambda f: [e for e in bot.events() if "removed" in e], 30, "channel_removed")
+    assert removed[0] == {"removed": world.general, "space": world.guild}
+    fake.delete_channel(world.private)
+    fake.wait_for(lambda f: {e["removed"] for e in bot.events() if "removed" in e} == {world.general, world.private},
+                  30, "the deleted channel removed")  # and no other channel

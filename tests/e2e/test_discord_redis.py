@@ -21,6 +21,14 @@ def test_a_bot_killed_mid_imagine_delivers_the_picture_after_a_restart(world, st
     worker.wait_ready(redis_engine.engine, queue=LONG)
     fake = world.fake
     bot = start_bot(redis_url=redis_url)
+    try:
+        _kill_and_restart(world, start_bot, bot, redis_url)
+    finally:
+        print(f"---- worker log ----\n{worker.log()}")  # shown when the test fails
+
+
+def _kill_and_restart(world, start_bot, bot, redis_url) -> None:
+    fake = world.fake
     fake.slash(world.guild, world.general, world.mod, "imagine",
                {"prompt": "a stone bridge", "steps": 60, "size": "64", "every": 10, "seed": 4})
     thread = _thread_of(fake, world.general, "/imagine a stone bridge")

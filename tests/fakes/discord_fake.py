@@ -347,6 +347,24 @@ class FakeDiscord:
 
         self._sync(delete)
 
+    def delete_channel(self, channel_id: str) -> None:
+        def delete() -> Any:
+            channel = self.channels.pop(channel_id)
+            self.guilds[channel["guild_id"]]["channels"].remove(channel)
+            return self._dispatch("CHANNEL_DELETE", channel)
+
+        self._sync(delete)
+
+    def update_overwrites(self, channel_id: str, overwrites: list[dict]) -> None:
+        """Change a channel's permission overwrites (CHANNEL_UPDATE goes out)."""
+        def update() -> Any:
+            channel = self.channels[channel_id]
+            channel["permission_overwrites"] = [{"id": o["id"], "type": o["type"], "allow": str(o.get("allow", 0)),
+                                                 "deny": str(o.get("deny", 0))} for o in overwrites]
+            return self._dispatch("CHANNEL_UPDATE", channel)
+
+        self._sync(update)
+
     def slash(self, guild_id: str, channel_id: str, user: dict, name: str, options: dict[str, Any] | None = None,
               attachments: dict[str, tuple[str, bytes, str]] | None = None) -> InteractionRecord:
         """A member runs /name. `options`: name -> value; `attachments`: option -> (filename, bytes, type)."""

@@ -124,3 +124,25 @@ def test_list_options_become_numbered_options_and_fold_back():
         ("image", True), ("image2", False), ("image3", False), ("image4", False)]
     assert payload["options"][0]["name"] == "image"  # required first
     assert fold_multiple(spec, {"image": "a", "image3": "c", "top": 2}) == {"image": ["a", "c"], "top": 2}
+
+
+def test_message_menus_for_commands_a_picture_alone_can_run():
+    from bot.adapters._discord_payloads import message_menus
+
+    @command
+    async def search(ctx, query: str = "", image: Attachment = None) -> None:
+        """Find pictures."""
+
+    @command
+    async def imagine(ctx, prompt: str, init: Attachment = None) -> None:
+        """Draw."""
+
+    @command
+    async def tag(ctx, picture: Attachment) -> None:
+        """Tag a picture."""
+
+    menus = message_menus({"search": search, "imagine": imagine, "whatis": whatis, "tag": tag})
+    assert menus == {"What is this?": ("whatis", "image"), "Find similar pictures": ("search", "image"),
+                     "/tag this": ("tag", "picture")}
+    assert [p["name"] for p in command_payloads({"search": search, "tag": tag}) if p["type"] == 3] == [
+        "Find similar pictures", "/tag this"]
