@@ -113,6 +113,15 @@ class SlackAdapter:
             await self._start_socket_mode()
         else:
             await self._start_http()
+        # Long jobs that were running when the bot stopped: carry on in their threads.
+        async for conversation, replies in self.app.resume_jobs(PLATFORM):
+            self._spawn(self._resumed(conversation, replies))
+
+    async def _resumed(self, conversation: dict, replies: Any) -> None:
+        try:
+            await self.deliver(conversation, replies)
+        except Exception:
+            log.exception("could not resume a long job in %s", conversation.get("channel"))
 
     async def _start_socket_mode(self) -> None:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler

@@ -42,14 +42,15 @@ def _png(color=(200, 30, 30), size=(48, 32)) -> bytes:
 class SlackBot:
     """`clipbot run` serving the fake Slack in one mode."""
 
-    def __init__(self, mode: str, fake: FakeSlack, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, mode: str, fake: FakeSlack, data_dir: Path, log_path: Path, redis_url: str | None = None) -> None:
         self.mode, self.fake, self.data_dir, self.log_path = mode, fake, data_dir, log_path
+        self.redis_url = redis_url
         self.events_path = data_dir / "probe-events.jsonl"
         self.url = ""
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = clipbot_env(self.data_dir, None, SLACK_BOT_TOKEN=self.fake.bot_token,
+        env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
                           CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
                           CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0.2",
                           CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
@@ -139,10 +140,10 @@ class SlackBot:
 @pytest.fixture(scope="module")
 def fake():
     fake = FakeSlack().start()
-    fake.add_user("U1", ["C1", "C2"])
+    fake.add_user("U1", ["C1", "C2", "C3"])
     fake.add_user("U2", ["C2"])
     fake.add_user("UADMIN", ["C1"])
-    fake.add_user("UOWNER", ["C1"], admin=True)
+    fake.add_user("UOWNER", ["C1", "C3"], admin=True)
     yield fake
     fake.stop()
 
@@ -334,6 +335,113 @@ def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
     assert not any(forged in t or stale in t for t in texts)
 
 
+# ---- /search and /imagine through Slack --------------------------------------------------------------
+def _search(bot, fake, user: str, channel: str, query: str) -> str:
+    """Run /clip-search (Slack keeps /search for itself); the answer's text, links included."""
+    fake.mark()
+    bot.send("slash_commands", slash_command(TEAM, channel, user, "/clip-search", query))
+    call = fake.wait_for(lambda: next((c for m in ("chat.postMessage", "chat.postEphemeral")
+                                       for c in fake.calls_to(m) if c.params.get("channel") == channel), None),
+                         timeout=120, what=f"the answer to /clip-search {query}")
+    return call.params["text"]
+
+
+def _post_picture(bot, fake, channel: str, user: str, color) -> dict:
+    photo = fake.add_file(_png(color), f"{_token()}.png", user=user)
+    message = fake.post_as_user(channel, user, "a picture", files=[photo])
+    bot.send("events_api", event_callback(TEAM, message_event(channel, message)))
+    return message
+
+
+def _link(channel: str, message: dict) -> str:
+    return f"https://fake.slack.com/archives/{channel}/p{message['ts'].replace('.', '')}"
+
+
+def test_search_shows_only_channels_the_user_is_in_and_forgets_deleted_files(bot, fake):
+    secret = _post_picture(bot, fake, "C1", "U1", (250, 0, 0))  # U2 is not in C1
+    shared = _post_picture(bot, fake, "C2", "U1", (0, 250, 0))
+    fake.wait_for(lambda: _link("C1", secret) in _search(bot, fake, "U1", "C1", "square in:all")
+                  and _link("C2", shared) in _search(bot, fake, "U1", "C1", "square in:all"),
+                  timeout=180, what="both pictures indexed")
+    seen_by_u2 = _search(bot, fake, "U2", "C2", "square in:all")
+    assert _link("C2", shared) in seen_by_u2 and "C1" not in seen_by_u2
+    refused = _search(bot, fake, "U2", "C2", "square in:<#C1|c1>")
+    assert "only search channels you can read" in refused and "/archives/C1" not in refused
+    fake.mark()
+    assert _link("C2", shared) in _search(bot, fake, "U2", "C2", "square")  # default scope: this channel
+    assert fake.calls_to("files.completeUploadExternal")  # the contact sheet went up with the links
+
+    fake.mark()  # "Find similar pictures" on the message: the picture itself comes first
+    bot.send("interactive", message_shortcut(TEAM, "C2", "U2", shared, "clipbot_search"))
+    similar = fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == shared["ts"], timeout=120)
+    assert _link("C2", shared) in similar.params["text"] and "/archives/C1" not in similar.params["text"]
+
+    file_id = fake.thread("C2", shared["ts"])[0]["files"][0]["id"]
+    bot.send("events_api", event_callback(TEAM, {"type": "file_deleted", "file_id": file_id,
+                                                 "event_ts": fake.next_ts()}))
+    fake.wait_for(lambda: _link("C2", shared) not in _search(bot, fake, "U1", "C2", "square in:all"),
+                  timeout=120, what="the deleted file to leave the index")
+
+
+def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fake):
+    assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine",
+                                                    "a red fox steps: 12 size: 64 every: 4 seed: 3")) == 200
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U1> /imagine"))
+    parent = [m for m in fake.bot_messages("C1") if m["text"].startswith("<@U1> /imagine")][-1]
+    fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", parent["ts"])[1:]
+                              for f in m.get("files", ())), timeout=240, what="the final picture in the thread")
+    fake.wait_for(lambda: fake.thread("C1", parent["ts"])[0].get("blocks"), what="buttons on the parent")
+    thread = fake.thread("C1", parent["ts"])
+    names = [f["name"] for m in thread[1:] for f in m.get("files", ())]
+    assert any(n.startswith("step-") for n in names) and names[-1] == "final.png"
+    assert all(m.get("thread_ts") == parent["ts"] for m in thread[1:])  # nothing spilled into the channel
+    assert any(c.params["ts"] == parent["ts"] for c in fake.calls_to("chat.update"))  # progress edits
+    labels = [e["text"]["text"] for e in thread[0]["blocks"][-1]["elements"]]
+    assert "Reroll" in labels
+
+
+def test_index_backfill_reads_history_patiently(bot, fake):
+    channel = f"C3{bot.mode.upper()}"  # a channel of its own per mode: history from before the bot
+    fake.add_user("UOWNER", ["C1", "C3", channel], admin=True)
+    old = []
+    for color in ((10, 10, 10), (60, 60, 60), (120, 120, 120)):
+        photo = fake.add_file(_png(color), f"{_token()}.png", user="UOWNER")
+        old.append(fake.post_as_user(channel, "UOWNER", "from before", files=[photo]))
+        fake.post_as_user(channel, "UOWNER", "chatter")
+    fake.rate_limit("conversations.history", times=1, retry_after=1)  # Slack says: slow down
+    bot.send("slash_commands", slash_command(TEAM, channel, "UOWNER", "/index", "backfill"))
+    parent = fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@UOWNER> /index"))
+    assert parent.params["channel"] == channel
+    fake.wait_for(lambda: all(_link(channel, m) in _search(bot, fake, "UOWNER", channel, "square top: 5")
+                              for m in old), timeout=180, what="backfilled pictures in search")
+    history = [c for c in list(fake.calls) if c.method == "conversations.history" and c.params.get("channel") == channel]
+    assert len(history) >= 2  # the rate-limited call was waited out and made again
+
+
+def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engine, redis_url, data_dir, start_worker):
+    worker = start_worker("--queues", "gpu-long,gpu,io", "--pool", "solo")
+    worker.wait_ready(redis_engine.engine, "gpu-long")
+    bot = SlackBot("socket", fake, data_dir, data_dir / "slack-bot.log", redis_url=redis_url)
+    bot.start()
+    try:
+        bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine",
+                                                 "a slow fox steps: 40 size: 64 every: 10 seed: 1"))
+        fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U1> /imagine: a slow fox"))
+        parent = [m for m in fake.bot_messages("C1") if m["text"].startswith("<@U1> /imagine: a slow fox")][-1]
+        fake.wait_for(lambda: any(c.params["ts"] == parent["ts"] and "%" in c.params["text"]
+                                  for c in fake.calls_to("chat.update")), timeout=180, what="progress")
+        bot.restart()  # mid-run: the job goes on in the worker; the new bot follows it again
+        restarted = time.time()
+        fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", parent["ts"])[1:]
+                                  for f in m.get("files", ())), timeout=300, what="the final picture")
+        final = fake.wait_for(lambda: (lambda m: m if m.get("blocks") else None)(fake.thread("C1", parent["ts"])[0]),
+                              what="the answer edited into the parent")
+        assert "Reroll" in [e["text"]["text"] for e in final["blocks"][-1]["elements"]]
+        assert any(c.at > restarted and c.params.get("thread_ts") == parent["ts"]  # posted by the new process
+                   for c in fake.calls_to("files.completeUploadExternal"))
+    finally:
+        bot.stop()
+        worker.stop()
 def test_operator_mistakes_stop_clipbot_run_with_one_clear_line(fake, tmp_path):
     cases = [({"SLACK_BOT_TOKEN": fake.bot_token}, "needs SLACK_SIGNING_SECRET"),
              ({"SLACK_BOT_TOKEN": "xoxb-revoked", "SLACK_APP_TOKEN": fake.app_token}, "refused SLACK_BOT_TOKEN")]
