@@ -32,7 +32,8 @@ Finish = Callable[[Any, dict], Reply]
 
 
 async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finish, label: str = "") -> str:
-    """Queue `task` and remember where it answers; returns the job id."""
+    """Queue `task` and remember where it answers; returns the job id. `label` is plain text
+    (e.g. "Imagining a fox"): progress replies show it bold, escaped."""
     engine = ctx.engine
     job_id = await ctx.run_blocking(engine.submit, task, kwargs, queue=queue)
     request = ctx.request

@@ -13,7 +13,7 @@ from typing import Annotated, Any, AsyncIterator, Literal
 from bot import longjob
 from bot.commands import Action, Attachment, Image, Reply, command
 from bot.hookspecs import hookimpl
-from bot.markup import bold, code, escape, italic
+from bot.markup import bold, code, escape
 from engine.errors import UserError
 from engine.tasks import Queue
 from plugins.imagine.plan import ImagineSettings, check_request
@@ -45,7 +45,7 @@ async def imagine(
     asked = dict(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
                  preset=preset, from_job=from_job, mode=mode)
     kwargs = await ctx.run_blocking(_build_request, ctx, asked, limits)
-    label = f"Imagining {italic(escape(_short(kwargs['prompt'])))}"
+    label = f"Imagining {_short(kwargs['prompt'])}"  # plain text: longjob formats (and escapes) it
     job_id = await longjob.submit(ctx, TASK, kwargs, queue=QUEUE, finish=finish_reply, label=label)
     async for reply in longjob.follow(ctx.app, job_id):
         yield reply
@@ -115,7 +115,7 @@ def finish_reply(app: Any, result: dict) -> Reply:
     final = app.engine.blobs.get(result["final"])
     losses = result.get("loss") or []
     lines = [
-        f"{bold(escape(result['prompt']))}",
+        f"{bold(result['prompt'])}",
         f"seed {code(str(result['seed']))} · {result['steps']} steps · {result['size']} · {result['drawer']} · "
         f"{result['cutouts']} cutouts",
     ]

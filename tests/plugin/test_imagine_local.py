@@ -192,3 +192,11 @@ async def _resume_and_wait(chat):
     tasks = await chat.resume()
     await asyncio.gather(*tasks)
     return len(tasks)
+
+
+def test_prompt_text_is_shown_literally_not_escaped_twice(local):
+    replies = say(local, f"/imagine a sea_lion *at* dusk {FAST} seed: 2")
+    assert not final_of(replies).error, final_of(replies).text
+    shown = local.buffer.getvalue()
+    assert "Imagining a sea_lion *at* dusk" in shown  # the progress label
+    assert "\\_" not in shown and "\\*" not in shown
