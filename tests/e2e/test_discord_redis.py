@@ -20,7 +20,8 @@ def test_a_bot_killed_mid_imagine_delivers_the_picture_after_a_restart(world, st
     worker = start_worker("--queues", LONG)
     worker.wait_ready(redis_engine.engine, queue=LONG)
     fake = world.fake
-    bot = start_bot(redis_url=redis_url)
+    fake.edit_limit = (1000, 5.0)  # every snapshot is edited in (no throttle): the wait below must not race it
+    bot = start_bot(redis_url=redis_url, CLIPBOT_DISCORD_EDIT_INTERVAL="0")
     try:
         _kill_and_restart(world, start_bot, bot, redis_url)
     finally:
@@ -36,7 +37,7 @@ def _kill_and_restart(world, start_bot, bot, redis_url) -> None:
                                 for m in f.messages[thread["id"]].values()), 300, "a progress snapshot")
     bot.stop(signal.SIGKILL)  # the bot dies mid-job; the worker carries on
 
-    again = start_bot(redis_url=redis_url)
+    again = start_bot(redis_url=redis_url, CLIPBOT_DISCORD_EDIT_INTERVAL="0")
     final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Reroll" in _buttons(m)],
                           600, "the picture, delivered by the restarted bot")[0]
     assert "seed `4` · 60 steps" in final["content"] and final["attachments"][0]["filename"] == "final.png"

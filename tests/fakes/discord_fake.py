@@ -540,7 +540,8 @@ class FakeDiscord:
             body_headers = {"X-RateLimit-Limit": str(count), "X-RateLimit-Remaining": "0",
                             "X-RateLimit-Reset-After": f"{retry:.3f}", "X-RateLimit-Reset": f"{time.time() + retry:.3f}",
                             "X-RateLimit-Bucket": f"edit-{channel_id}", "Retry-After": f"{retry:.3f}",
-                            "X-RateLimit-Scope": "user"}
+                            "X-RateLimit-Scope": "user",
+                            "Via": "1.1 google"}  # Discord's own 429s pass its proxy; discord.py treats others as bans
             call.status = 429
             return _json({"message": "You are being rate limited.", "retry_after": retry, "global": False},
                          429, body_headers)

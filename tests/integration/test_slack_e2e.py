@@ -52,7 +52,7 @@ class SlackBot:
     def start(self) -> None:
         env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
                           CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
-                          CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0.2",
+                          CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0",
                           CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
         for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
             env.pop(name, None)
