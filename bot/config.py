@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     job_timeout: float = Field(600.0, description="seconds a job may run before the requester gives up")
     queue_timeout: float = Field(120.0, description="seconds a job may wait for a worker before it is cancelled")
     visibility_timeout: int = Field(7200, description="Redis redelivery timeout; must exceed the longest job")
-    blob_ttl: int = Field(86400, description="seconds uploaded and generated images are kept")
+    blob_ttl: int = Field(86400, description="seconds uploaded and generated images are kept at most")
     worker_concurrency: int = Field(1, description="worker child processes (1 per GPU is usual)")
     worker_queues: Annotated[list[str], NoDecode] = Field(
         [], description="queues a worker consumes; empty means every queue the plugins declare")

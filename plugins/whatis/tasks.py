@@ -17,7 +17,7 @@ from plugins.whatis.labels import check_labels, check_top
 _REPORT_EVERY_S = 1.0
 
 
-@task(TASK, queue="gpu")
+@task(TASK, queue="gpu", inputs=("image",))  # the upload goes when the job ends
 def classify(job: JobContext, image: str, labels: list[str] | None, top: int) -> dict:
     """Classify the image stored under blob key `image` against `labels` (None: ImageNet-1k)."""
     settings, config = job.settings, job.plugin_settings("whatis")

@@ -41,9 +41,10 @@ def test_whatis_through_redis_and_a_worker(redis_engine, start_worker, client, t
     other_bot = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="redis-1")
     assert "default: sun, moon" in say(other_bot, "/labels show")[-1].text
 
-    # images travel as blobs, never through Celery's result backend
+    # images travel as blobs, never through Celery's result backend, and an upload is deleted once its
+    # job has ended (it does not wait out CLIPBOT_BLOB_TTL in Redis)
     assert not list(client.scan_iter("celery-task-meta-*"))
-    assert list(client.scan_iter("clipbot:blob:*"))
+    assert not list(client.scan_iter("clipbot:blob:*"))
 
 
 def test_worker_killed_mid_task_does_not_lose_the_job(redis_url, start_worker, client, tmp_path):

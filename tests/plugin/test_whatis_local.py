@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from bot.markup import render_plain
+from engine.blobs import BlobMissing
 from tests.conftest import write_image
 from tests.unit.test_images import animation, encode, noise, png_header_only
 
@@ -212,6 +213,9 @@ def test_classify_task_labels_none_is_imagenet_and_repeats_are_merged(embedded, 
     assert sorted(item["label"] for item in result["labels"]) == ["Cat", "dog"]
     from engine.models.clip import IMAGENET_CLASSNAMES
 
+    with pytest.raises(BlobMissing):  # the job owned its upload: gone once it ended
+        embedded.engine.blobs.get(key)
+    key = embedded.engine.blobs.put(red_png.read_bytes())
     result = asyncio.run(embedded.engine.run(TASK, {"image": key, "labels": None, "top": 3}))
     assert len(result["labels"]) == 3 and {i["label"] for i in result["labels"]} <= set(IMAGENET_CLASSNAMES)
 
