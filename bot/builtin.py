@@ -14,7 +14,7 @@ from engine.tasks import CORE_QUEUES
 @command(name="help")
 async def help_(ctx, command: Annotated[str, "a command to explain"] = "") -> Reply:
     """List the commands, or explain one."""
-    commands = ctx.dispatcher.commands
+    commands = {n: s for n, s in ctx.dispatcher.commands.items() if s.offered_on(ctx.request.platform)}
     if command:
         spec = ctx.dispatcher.spec(command.lstrip("/"))
         lines = [f"{bold('/' + spec.name)}: {spec.description}", f"Usage: {code(spec.usage())}"]

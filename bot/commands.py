@@ -12,7 +12,7 @@ import inspect
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Union
 
 from engine.errors import UserError
 
@@ -120,6 +120,10 @@ class CommandSpec:
     options: tuple[Option, ...] = ()
     admin_only: bool = False
     long_running: bool = False  # minutes, not seconds: adapters open a thread and leave the interaction token
+    platforms: frozenset[str] | None = None  # the platforms that offer it (None: all); others never register it
+
+    def offered_on(self, platform: str) -> bool:
+        return self.platforms is None or platform in self.platforms
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -213,7 +217,7 @@ class Reply:
 
 def command(
     func: Callable | None = None, *, name: str | None = None, admin_only: bool = False,
-    long_running: bool = False,
+    long_running: bool = False, platforms: Iterable[str] | None = None,
 ) -> Any:
     """Build a `CommandSpec` from an async handler `async def name(ctx, opt: T = default, ...)`."""
 
@@ -259,6 +263,7 @@ def command(
             options=tuple(options),
             admin_only=admin_only,
             long_running=long_running,
+            platforms=frozenset(platforms) if platforms is not None else None,
         )
 
     return build(func) if func is not None else build

@@ -103,6 +103,9 @@ class Dispatcher:
         final_seen = False
         try:
             spec = self.spec(request.command)
+            if not spec.offered_on(request.platform):
+                where = ", ".join(sorted(spec.platforms or ()))
+                raise UserError(f"/{spec.name} is not available on {request.platform} (only on {where}).")
             if spec.admin_only and not request.is_admin:
                 raise UserError(f"Only admins can use /{spec.name}.")
             options = self.convert_options(spec, request.options)

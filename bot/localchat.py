@@ -94,7 +94,7 @@ def _save_post(app: Any, request: Any, image: Attachment, text: str) -> dict:
     return post
 
 
-@command
+@command(platforms=(PLATFORM,))
 async def post(
     ctx,
     image: Annotated[Attachment, "the picture to post"],
@@ -102,8 +102,6 @@ async def post(
 ) -> Reply:
     """Post a picture into this local channel, as someone would on Discord (local chat only)."""
     request = ctx.request
-    if request.platform != PLATFORM:
-        raise UserError("/post is for the local chat; on Discord or Slack, just post the picture.")
     saved = await ctx.run_blocking(_save_post, ctx.app, request, image, text)
     await ctx.app.image_posted(_event(saved, image))
     return Reply(text=f"Posted {escape(image.filename)} in #{escape(saved['channel_id'])} as "

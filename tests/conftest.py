@@ -101,9 +101,25 @@ def redis_url():
         client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"integration tests need Redis at {REDIS_URL} (.ci/run starts it): {exc}")
+    url = REDIS_URL if "CLIPBOT_TEST_REDIS_URL" in os.environ else _quiet_db(client)
+    client = redis.Redis.from_url(url)
     client.flushdb()
-    yield REDIS_URL
+    yield url
     client.flushdb()
+
+
+def _quiet_db(client) -> str:
+    """A database no other client is connected to. A worker left behind by a killed test run stays
+    connected to its database and would take this run's jobs there; the default moves past it."""
+    base = REDIS_URL.rsplit("/", 1)[0]
+    me = client.client_id()
+    busy = {int(c.get("db", 0)) for c in client.client_list() if int(c["id"]) != me}
+    first = int(REDIS_URL.rsplit("/", 1)[1] or 0)
+    for db in [first, *range(15, 7, -1)]:
+        if db not in busy:
+            return f"{base}/{db}"
+    pytest.fail(f"every test database on {base} (8-15) has other clients connected: stray `clipbot worker`s? "
+                "Stop them, or set CLIPBOT_TEST_REDIS_URL")
 
 
 def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, str]:

@@ -53,7 +53,6 @@ DISCORD_FILE_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 _STYLES = {"primary": discord.ButtonStyle.primary, "secondary": discord.ButtonStyle.secondary,
            "danger": discord.ButtonStyle.danger}
 _INVALID_TOKEN = 50027
-LOCAL_ONLY_PLUGINS = frozenset({"localchat"})  # /post puts a picture in the local chat's channel
 
 
 # ---- the registry `clipbot run` reads ---------------------------------------------------------------
@@ -146,10 +145,8 @@ class DiscordAdapter:
         self.throttle = _Throttle(settings.discord_edit_interval)
         self._session: aiohttp.ClientSession | None = None
         self._started = False
-        # The commands Discord serves: every plugin's, but the local chat's own (/post).
-        local_only = {spec.name for impl in app.pm.hook.clipbot_commands.get_hookimpls()
-                      if impl.plugin_name in LOCAL_ONLY_PLUGINS for spec in impl.function() or ()}
-        self.commands: dict[str, CommandSpec] = {n: s for n, s in app.commands.items() if n not in local_only}
+        # The commands Discord serves: every plugin's that is offered here (not the local chat's /post).
+        self.commands: dict[str, CommandSpec] = {n: s for n, s in app.commands.items() if s.offered_on(PLATFORM)}
         self._resumed: list[asyncio.Task] = []
         self._file_hosts = set(DISCORD_FILE_HOSTS)
         if settings.discord_api_base:

@@ -33,17 +33,16 @@ RESERVED = frozenset({"me", "status", "away", "dnd", "shrug", "remind", "msg", "
                       "leave", "join", "open", "search", "topic", "mute", "pro", "shortcuts", "invite", "apps",
                       "active", "archive", "call", "giphy"})
 # Plugins whose commands only make sense in the local chat (/post puts a picture in the local channel).
-LOCAL_ONLY_PLUGINS = frozenset({"localchat"})
 # Friendly names for message shortcuts (Slack allows 24 characters); other commands get "/name this".
 SHORTCUT_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
 
 
 def slack_specs(pm: Any, *, plugins: Iterable[str] | None = None) -> list[CommandSpec]:
-    """The commands Slack serves: every loaded plugin's (or those of `plugins`), but the local chat's own."""
+    """The commands Slack serves: every loaded plugin's (or those of `plugins`) offered on Slack."""
     wanted = set(plugins) if plugins is not None else None
     return [spec for impl in pm.hook.clipbot_commands.get_hookimpls()
-            if impl.plugin_name not in LOCAL_ONLY_PLUGINS and (wanted is None or impl.plugin_name in wanted)
-            for spec in impl.function() or ()]
+            if wanted is None or impl.plugin_name in wanted
+            for spec in impl.function() or () if spec.offered_on("slack")]
 
 
 def shortcut_fits(spec: CommandSpec) -> bool:

@@ -38,7 +38,12 @@ def _plugin_module():
         """Admins only."""
         return Reply(text="ok")
 
-    mod.clipbot_commands = hookimpl(lambda: [echo, stream, boom, secret])
+    @command(platforms=("local",))
+    async def here(ctx) -> Reply:
+        """Local chat only."""
+        return Reply(text="here")
+
+    mod.clipbot_commands = hookimpl(lambda: [echo, stream, boom, secret, here])
     return mod
 
 
@@ -51,9 +56,10 @@ def dispatcher(tmp_path, monkeypatch):
     return Dispatcher(build_plugin_manager(settings), create_engine(settings), settings)
 
 
-def ask(dispatcher, command, is_admin=False, **options):
+def ask(dispatcher, command, is_admin=False, platform="local", **options):
     async def collect():
-        return [r async for r in dispatcher.handle(Request(command=command, options=options, is_admin=is_admin))]
+        request = Request(command=command, options=options, is_admin=is_admin, platform=platform)
+        return [r async for r in dispatcher.handle(request)]
 
     return asyncio.run(collect())
 
@@ -81,6 +87,14 @@ def test_user_errors(dispatcher, command, options, expected):
     replies = ask(dispatcher, command, **options)
     assert len(replies) == 1 and replies[0].error and replies[0].final
     assert expected in replies[0].text
+
+
+def test_a_command_offered_on_some_platforms_is_refused_and_unlisted_elsewhere(dispatcher):
+    assert ask(dispatcher, "here")[0].text == "here"
+    (refused,) = ask(dispatcher, "here", platform="discord")
+    assert refused.error and "/here is not available on discord (only on local)" in refused.text
+    assert "here" in ask(dispatcher, "help")[-1].data["commands"]
+    assert "here" not in ask(dispatcher, "help", platform="slack")[-1].data["commands"]
 
 
 def test_admin_allowed(dispatcher):
