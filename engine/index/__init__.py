@@ -85,6 +85,9 @@ class ImageIndex(Protocol):
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
         """The indexed pictures of one message."""
 
+    def author_ids(self, space_id: str, names: list[str]) -> set[str]:
+        """The ids of the authors in the space whose display name is one of `names` (any case)."""
+
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         ...
 

@@ -268,6 +268,15 @@ class EmbeddedIndex:
             rows = self._db.execute(f"SELECT {_OCC_COLUMNS} FROM occurrences WHERE {sql} ORDER BY id", args).fetchall()
         return [_occ(r) for r in rows]
 
+    def author_ids(self, space_id: str, names: list[str]) -> set[str]:
+        folded = sorted({n.casefold() for n in names if n})
+        if not folded:
+            return set()
+        with self._lock:  # a space has few authors; case folding in Python also covers non-ASCII names
+            rows = self._db.execute("SELECT DISTINCT author_id, author_name FROM occurrences WHERE space = ?",
+                                    (space_id,)).fetchall()
+        return {author for author, name in rows if name and name.casefold() in folded}
+
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         with self._lock:
             row = self._db.execute(

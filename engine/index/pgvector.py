@@ -206,6 +206,16 @@ class PgVectorIndex:
             cur.execute(f"SELECT {_OCC_COLUMNS} FROM clipbot_occurrences WHERE {sql} ORDER BY id", args)
             return [_occ(r) for r in cur.fetchall()]
 
+    def author_ids(self, space_id: str, names: list[str]) -> set[str]:
+        folded = sorted({n.casefold() for n in names if n})
+        if not folded:
+            return set()
+        with self._tx() as cur:  # a space has few authors; case folding in Python also covers non-ASCII names
+            cur.execute("SELECT DISTINCT author_id, author_name FROM clipbot_occurrences WHERE space = %s",
+                        (space_id,))
+            rows = cur.fetchall()
+        return {author for author, name in rows if name and name.casefold() in folded}
+
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         with self._tx() as cur:
             cur.execute("SELECT embedding FROM clipbot_embeddings WHERE space = %s AND hash = %s AND model = %s",

@@ -182,6 +182,8 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
     _check_query(k, offset, terms, channels, authors)
     clip, index = clip_for(job.settings), index_for(job.settings)
     _check_model(job, clip)
+    if authors is not None:  # `from:@ana`: an id or mention as typed, or a display name seen in this space
+        authors = sorted(set(authors) | index.author_ids(space, authors))
     where = Filter(channels=None if channels is None else frozenset(channels),
                    authors=None if authors is None else frozenset(authors), after=after, before=before)
     vector = _query_vector(job, clip, index, space, where, terms, image, similar, vector_ref)

@@ -87,6 +87,18 @@ def test_filters_channels_authors_dates_and_spaces(index):
     assert index.search("s", "another-model", q, Filter(), k=10) == []
 
 
+def test_author_ids_resolve_display_names_in_one_space_in_any_case(index):
+    index.add("s", MODEL, {"a": (vec(1), None)},
+              [occ("s", "c1", "m1", "a", author_id="U1", author_name="Ana"),
+               occ("s", "c1", "m2", "a", author_id="U2", author_name="Ánder"),
+               occ("s", "c1", "m3", "a", author_id="U3", author_name="bo")])
+    index.add("other", MODEL, {"a": (vec(1), None)}, [occ("other", "c1", "m1", "a", author_id="X9", author_name="ana")])
+    assert index.author_ids("s", ["ANA"]) == {"U1"}
+    assert index.author_ids("s", ["ánder", "bo", "nobody"]) == {"U2", "U3"}
+    assert index.author_ids("s", ["U1", ""]) == set()  # ids are not names
+    assert index.author_ids("nowhere", ["ana"]) == set()
+
+
 def test_a_filtered_search_still_returns_k_and_pages_follow_on(index):
     # 1 channel in 25: a global top-k trimmed afterwards would return almost nothing
     space = "big"

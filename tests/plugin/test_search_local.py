@@ -225,6 +225,9 @@ def test_weighted_queries_and_filters_reach_the_index(bot, pictures):
     assert [r["message_id"] for r in recent] == ["new"]
     by_bo = ask(bot, "search", query="square from:<@bo>").data["results"]
     assert [r["message_id"] for r in by_bo] == ["old"]
+    by_name = ask(bot, "search", query="square from:@BO").data["results"]  # display name "Bo", any case
+    assert [r["message_id"] for r in by_name] == ["old"]
+    assert ask(bot, "search", query="square from:@nobody").data["results"] == []
     bad = ask(bot, "search", query="square before:yesterday-ish")
     assert bad.error and "2024-05-31" in bad.text
 
