@@ -71,7 +71,9 @@ def clipbot_image_posted(app, event):
     Adapters call this (through `App.image_posted`) for every new message with images, after
     storing the bytes in the blob store, and backfills call it for old ones. It runs off the
     event loop and must return quickly: queue engine work (`app.engine.submit`) rather than
-    running a model here. Exceptions are logged and do not stop other plugins.
+    running a model here. Exceptions are logged and do not stop other plugins. The blobs of
+    `event.attachments` are deleted once the search plugin has indexed them: a plugin that needs
+    the bytes later stores its own copy here (`app.engine.blobs.put(app.engine.blobs.get(key))`).
     """
 
 

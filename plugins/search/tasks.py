@@ -72,6 +72,7 @@ def drain(job: JobContext) -> dict:
         live = [item for item in batch if not is_gone(job.engine.store, item)]
         result = pipeline.index_items(index, clip, live, job.blobs.get, **_image_limits(job))
         queue.ack(len(batch))
+        _forget_uploads(job, batch)  # indexed (or skipped) for good: the bytes need not wait out the TTL
         for name in ("indexed", "embedded", "skipped"):
             totals[name] += result[name]
         totals["batches"] += 1
@@ -88,7 +89,19 @@ def index_now(job: JobContext, items: list) -> dict:
         raise UserError("Each picture to index needs a space, a channel, a message id and an upload.")
     clip, index = clip_for(job.settings), index_for(job.settings)
     _check_model(job, clip)
-    return pipeline.index_items(index, clip, items, job.blobs.get, **_image_limits(job))
+    result = pipeline.index_items(index, clip, items, job.blobs.get, **_image_limits(job))
+    _forget_uploads(job, items)
+    return result
+
+
+def _forget_uploads(job: JobContext, items: list[dict]) -> None:
+    """Delete the blobs of pictures that are in the index now (after the work, never before: a
+    crash in between leaves them to their TTL, not lost)."""
+    for key in {item["key"] for item in items if isinstance(item.get("key"), str)}:
+        try:
+            job.blobs.delete(key)
+        except Exception:
+            log.warning("could not delete an indexed upload; it expires with its TTL", exc_info=True)
 
 
 @task(REMOVE, queue="gpu")
@@ -174,7 +187,7 @@ def _maybe_expire(job: JobContext, index: Any, retention_days: float) -> None:
 
 
 # ---- querying --------------------------------------------------------------------------------------
-@task(QUERY, queue="gpu")
+@task(QUERY, queue="gpu", inputs=("image",))  # a query picture goes when the job ends ("More" reuses the vector)
 def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | None = None,
           image: str | None = None, similar: dict | None = None, vector_ref: str | None = None,
           exclude: str | None = None, channels: list | None = None, authors: list | None = None,

@@ -111,6 +111,20 @@ def test_duplicate_events_index_once_and_a_repost_is_one_embedding(bot, pictures
     assert sorted(r["message_id"] for r in found) == ["m1", "m2"]
 
 
+def test_indexed_pictures_and_query_pictures_leave_the_blob_store(bot, pictures):
+    from engine.blobs import BlobMissing
+
+    event = post_event(bot, pictures["red"], message="m1")
+    assert operator_stats(bot)["occurrences"] == 1
+    with pytest.raises(BlobMissing):  # in the index now: the bytes do not wait out CLIPBOT_BLOB_TTL
+        bot.app.engine.blobs.get(event.attachments[0].key)
+    key = bot.app.engine.blobs.put(pictures["red"].read_bytes())
+    by_image = ask(bot, "search", image=Attachment(key, "red.png", "image/png", 1)).data["results"]
+    assert [r["message_id"] for r in by_image] == ["m1"]
+    with pytest.raises(BlobMissing):  # the query picture went with its job; "More" reuses the vector
+        bot.app.engine.blobs.get(key)
+
+
 def test_users_never_see_channels_they_cannot_read(bot, pictures):
     post_event(bot, pictures["red"], channel="general", message="g1")
     post_event(bot, pictures["blue"], channel="secret", message="s1")
