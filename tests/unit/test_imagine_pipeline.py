@@ -30,6 +30,35 @@ def _build(clip, vqgan, prompt="a red fox | blurry:-0.5", drawer="vqgan", seed=3
                               seed=seed, cutouts=cutouts, **kw)
 
 
+def _reference_vector_quantize(x, codebook):
+    """nerdyrodent/VQGAN-CLIP's: distances and a one-hot matmul, all under autograd."""
+    d = x.pow(2).sum(dim=-1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2 * x @ codebook.T
+    x_q = F.one_hot(d.argmin(-1), codebook.shape[0]).to(d.dtype) @ codebook
+    return P.replace_grad(x_q, x)
+
+
+def test_vector_quantize_is_the_reference_bit_for_bit_with_straight_through_gradients():
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.randn(1024, 16, generator=gen)
+    x = torch.randn(1, 6, 7, 16, generator=gen, requires_grad=True)
+    ours, ref = P.vector_quantize(x, codebook), _reference_vector_quantize(x, codebook)
+    assert torch.equal(ours, ref)
+    assert {tuple(r) for r in ours.reshape(-1, 16).tolist()} <= {tuple(r) for r in codebook.tolist()}
+    weights = torch.randn(ours.shape, generator=gen)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), x)
+    assert torch.equal(grad, weights)  # straight through: the quantiser's gradient is the identity
+
+
+def test_taming_runs_with_a_fused_silu_equal_to_its_own_activation():
+    import taming.modules.diffusionmodules.model as taming_model
+
+    from engine.models.vqgan import TAMING_NONLINEARITY
+
+    assert taming_model.nonlinearity is F.silu
+    x = torch.linspace(-8, 8, 1001)
+    torch.testing.assert_close(F.silu(x), TAMING_NONLINEARITY(x), rtol=1e-6, atol=1e-7)
+
+
 def test_loop_matches_a_plain_reference_loop(clip, vqgan):
     """Augmentations off, same seed: the loss trajectory and final latent of `Generation` equal
     those of the textbook loop written here from the same primitives."""
@@ -55,7 +84,7 @@ def test_loop_matches_a_plain_reference_loop(clip, vqgan):
     losses = []
     for _ in range(steps):
         opt.zero_grad()
-        z_q = P.vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)
+        z_q = _reference_vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)
         out = P.clamp_with_grad(vqgan.decode(z_q).add(1).div(2), 0, 1)
         crops = P.make_cutouts(out, cut_size=cin.size, cutn=cutn, cut_pow=cut_pow, generator=gen, augment=False)
         embeds = clip.model.encode_image((crops - cin.mean) / cin.std).float()
