@@ -5,7 +5,7 @@ same 512-d unit embeddings (clustered like CLIP's: 2000 centres + noise) posted 
 then time `ImageIndex.search` for held-out queries: unfiltered and filtered to 1 channel of 20
 (the permission filter inside the query). Recall@10 is measured against exact float32 search
 over the same rows and filter, in the same run. pgvector is loaded with COPY BINARY and its
-HNSW index built afterwards with parallel workers (m=16, ef_construction=64).
+HNSW index built afterwards with parallel workers, with the product's m and ef_construction.
 
 Part 2, indexing: N generated pictures go through the whole path (ImagePosted hook -> pending
 queue -> drain job on the embedded engine -> decode, hash, preview, one CLIP call per batch ->
@@ -79,10 +79,12 @@ def load_embedded(root: Path, data: np.ndarray) -> object:
     return index
 
 
-def load_pgvector(url: str, data: np.ndarray, workers: int) -> tuple[object, float]:
+def load_pgvector(url: str, data: np.ndarray, workers: int, ef_construction: int | None = None) -> tuple[object, float]:
     from pgvector import HalfVector
 
-    from engine.index.pgvector import PgVectorIndex
+    from engine.index.pgvector import HNSW_EF_CONSTRUCTION, HNSW_M, PgVectorIndex
+
+    ef_construction = ef_construction or HNSW_EF_CONSTRUCTION
 
     index = PgVectorIndex(url)
     conn = index._conn
@@ -104,8 +106,8 @@ def load_pgvector(url: str, data: np.ndarray, workers: int) -> tuple[object, flo
         cur.execute(f"SET max_parallel_maintenance_workers = {workers}")
         started = time.perf_counter()
         cur.execute(f"CREATE INDEX clipbot_embeddings_hnsw_{DIM} ON clipbot_embeddings USING hnsw "
-                    f"((embedding::halfvec({DIM})) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) "
-                    f"WHERE dim = {DIM}")
+                    f"((embedding::halfvec({DIM})) halfvec_cosine_ops) WITH (m = {HNSW_M}, "
+                    f"ef_construction = {ef_construction}) WHERE dim = {DIM}")
         build = time.perf_counter() - started
     index._dims.add(DIM)
     return index, build
@@ -169,9 +171,13 @@ def query_part(args: argparse.Namespace) -> None:
                 if backend == "embedded":
                     index, note = load_embedded(work / f"emb-{n}", data), ""
                 else:
-                    index, build = load_pgvector(args.pg_url or server.get_uri(), data, args.workers)
+                    index, build = load_pgvector(args.pg_url or server.get_uri(), data, args.workers,
+                                                 args.ef_construction)
                     note = f", HNSW build {build:.0f} s"
                 load = time.perf_counter() - started
+                if backend == "pgvector":  # a serving database has its index in cache: read it once first
+                    for q in queries[: args.queries]:
+                        index.search(SPACE, MODEL, q, Filter(), k=10)
                 for ef in (args.ef_search if backend == "pgvector" else [0]):
                     if ef:
                         index.ef_search = ef
@@ -262,6 +268,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedded scan")
+    parser.add_argument("--ef-construction", type=int, help="HNSW build setting (default: the product's)")
     parser.add_argument("--ef-search", default="400", type=lambda s: [int(x) for x in s.split(",")],
                         help="pgvector hnsw.ef_search values to measure on one build (e.g. 100,200,400)")
     args = parser.parse_args()
