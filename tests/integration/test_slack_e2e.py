@@ -425,12 +425,14 @@ def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engi
     bot.start()
     try:
         bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine",
-                                                 "a slow fox steps: 40 size: 64 every: 10 seed: 1"))
+                                                 "a slow fox steps: 400 size: 64 every: 50 seed: 1"))
         fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U1> /imagine: a slow fox"))
         parent = [m for m in fake.bot_messages("C1") if m["text"].startswith("<@U1> /imagine: a slow fox")][-1]
         fake.wait_for(lambda: any(c.params["ts"] == parent["ts"] and "%" in c.params["text"]
                                   for c in fake.calls_to("chat.update")), timeout=180, what="progress")
-        bot.restart()  # mid-run: the job goes on in the worker; the new bot follows it again
+        # mid-run (400 tiny steps outlast the old process's 5 s grace to finish answers and the new
+        # one's start): the job goes on in the worker; the new bot follows it again
+        bot.restart()
         restarted = time.time()
         fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", parent["ts"])[1:]
                                   for f in m.get("files", ())), timeout=300, what="the final picture")
