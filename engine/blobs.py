@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from engine.errors import UserError
 from engine.store import reachable
 
 _PREFIX = "clipbot:blob:"
+log = logging.getLogger(__name__)
 
 
 class BlobStore(Protocol):
@@ -25,6 +27,15 @@ class BlobMissing(UserError):
     def __init__(self, key: str) -> None:
         super().__init__("That image is no longer available (uploads expire); please post it again.")
         self.key = key
+
+
+def discard(blobs: BlobStore, keys: Iterable[str], why: str) -> None:
+    """Delete blobs whose work is done, best effort: a failure is logged and the TTL removes them."""
+    for key in dict.fromkeys(keys):
+        try:
+            blobs.delete(key)
+        except Exception:
+            log.warning("could not delete blob %s (%s); it expires with its TTL", key, why, exc_info=True)
 
 
 def _new_key() -> str:

@@ -10,15 +10,13 @@ so a long-running process does not grow.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Protocol
 
+from engine.blobs import discard
 from engine.store import Store, reachable
-
-log = logging.getLogger(__name__)
 
 RECORD_TTL = 7 * 86400  # a job that never ends (its whole worker host vanished) goes after a week
 _RECORD = "clipbot:job:"
@@ -208,11 +206,7 @@ class JobBook:
         record = self.update(job_id, ttl=self.finished_ttl, state=state, finished_at=time.time(), result=result,
                              error=error)
         if self.blobs is not None:  # before the final event: whoever hears it finds the uploads gone
-            for key in record.inputs:
-                try:
-                    self.blobs.delete(key)
-                except Exception:  # best effort: the blob's TTL removes it anyway, the answer must go out
-                    log.warning("job %s: could not delete its input %s", job_id, key, exc_info=True)
+            discard(self.blobs, record.inputs, f"an input of job {job_id}")
         self.emit(job_id, state, result=result, error=error)
         self.events.expire(job_id, self.finished_ttl)
         self.store.delete(_CANCEL + job_id)

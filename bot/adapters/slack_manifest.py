@@ -32,7 +32,6 @@ BOT_EVENTS = ["app_mention", "channel_left", "file_deleted", "group_left", "mess
 RESERVED = frozenset({"me", "status", "away", "dnd", "shrug", "remind", "msg", "feed", "who", "collapse", "expand",
                       "leave", "join", "open", "search", "topic", "mute", "pro", "shortcuts", "invite", "apps",
                       "active", "archive", "call", "giphy"})
-# Plugins whose commands only make sense in the local chat (/post puts a picture in the local channel).
 # Friendly names for message shortcuts (Slack allows 24 characters); other commands get "/name this".
 SHORTCUT_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
@@ -113,6 +113,13 @@ class ImageIndex(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def authors_named(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> set[str]:
+    """The author ids of (author_id, author_name) pairs whose name is one of `names`, case folded
+    in Python (non-ASCII names too; SQL's lower() is ASCII-only in SQLite)."""
+    folded = {n.casefold() for n in names if n}
+    return {author for author, name in pairs if name and name.casefold() in folded}
 
 
 def open_index(url: str | None, data_dir: Path) -> Any:

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.index import Filter, Hit, Occurrence, SpaceStats, unit
+from engine.index import Filter, Hit, Occurrence, SpaceStats, authors_named, unit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS matrices (space TEXT, model TEXT, file TEXT, dim INTEGER, rows INTEGER,
@@ -269,13 +269,12 @@ class EmbeddedIndex:
         return [_occ(r) for r in rows]
 
     def author_ids(self, space_id: str, names: list[str]) -> set[str]:
-        folded = sorted({n.casefold() for n in names if n})
-        if not folded:
+        if not any(names):
             return set()
-        with self._lock:  # a space has few authors; case folding in Python also covers non-ASCII names
+        with self._lock:  # a space has few authors
             rows = self._db.execute("SELECT DISTINCT author_id, author_name FROM occurrences WHERE space = ?",
                                     (space_id,)).fetchall()
-        return {author for author, name in rows if name and name.casefold() in folded}
+        return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         with self._lock:

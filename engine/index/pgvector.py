@@ -19,7 +19,7 @@ import psycopg
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
-from engine.index import Filter, Hit, Occurrence, SpaceStats, unit
+from engine.index import Filter, Hit, Occurrence, SpaceStats, authors_named, unit
 
 _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -211,14 +211,13 @@ class PgVectorIndex:
             return [_occ(r) for r in cur.fetchall()]
 
     def author_ids(self, space_id: str, names: list[str]) -> set[str]:
-        folded = sorted({n.casefold() for n in names if n})
-        if not folded:
+        if not any(names):
             return set()
-        with self._tx() as cur:  # a space has few authors; case folding in Python also covers non-ASCII names
+        with self._tx() as cur:  # a space has few authors
             cur.execute("SELECT DISTINCT author_id, author_name FROM clipbot_occurrences WHERE space = %s",
                         (space_id,))
             rows = cur.fetchall()
-        return {author for author, name in rows if name and name.casefold() in folded}
+        return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         with self._tx() as cur:

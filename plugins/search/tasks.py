@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from engine.blobs import discard
 from engine.errors import UserError
 from engine.index import Filter, open_index
 from engine.models import clip_for
@@ -97,11 +98,7 @@ def index_now(job: JobContext, items: list) -> dict:
 def _forget_uploads(job: JobContext, items: list[dict]) -> None:
     """Delete the blobs of pictures that are in the index now (after the work, never before: a
     crash in between leaves them to their TTL, not lost)."""
-    for key in {item["key"] for item in items if isinstance(item.get("key"), str)}:
-        try:
-            job.blobs.delete(key)
-        except Exception:
-            log.warning("could not delete an indexed upload; it expires with its TTL", exc_info=True)
+    discard(job.blobs, [item["key"] for item in items if isinstance(item.get("key"), str)], "indexed")
 
 
 @task(REMOVE, queue="gpu")
