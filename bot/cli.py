@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -207,7 +208,37 @@ def _command(args: argparse.Namespace, settings: Any) -> int:
 
     with open_app(settings) as app:
         request = _request(app, app.spec(args.spec_name), args)
-        return asyncio.run(_answer(app, request, args))
+        return asyncio.run(_answer_with_history(app, request, args, settings))
+
+
+async def _answer_with_history(app: Any, request: Any, args: argparse.Namespace, settings: Any) -> int:
+    """`_answer`, with the platform's message history reachable over its Web API when a command
+    (`clipbot index backfill --platform discord ...`) walks it; nothing connects unless one does."""
+    async with contextlib.AsyncExitStack() as stack:
+        if args.platform in _PLATFORM_ADAPTERS:
+            app.history_sources[args.platform] = _ShellHistory(stack, args.platform, app, settings)
+        return await _answer(app, request, args)
+
+
+class _ShellHistory:
+    """A platform's `HistorySource` from the shell: logs in (REST only) on first use, closes at exit."""
+
+    TOKENS = {"discord": "DISCORD_TOKEN", "slack": "SLACK_BOT_TOKEN"}
+
+    def __init__(self, stack: contextlib.AsyncExitStack, platform: str, app: Any, settings: Any) -> None:
+        self._stack, self._platform, self._app, self._settings = stack, platform, app, settings
+        self._source: Any = None
+
+    async def history(self, space_id: str, channel_id: str, cursor: str | None, limit: int) -> Any:
+        if self._source is None:
+            import importlib
+
+            module = importlib.import_module(_PLATFORM_ADAPTERS[self._platform])
+            if not module.configured(self._settings):
+                raise UserError(f"Reading {self._platform} history needs the bot's token: set "
+                                f"{self.TOKENS[self._platform]} (as for `clipbot run`).")
+            self._source = await self._stack.enter_async_context(module.open_history(self._app, self._settings))
+        return await self._source.history(space_id, channel_id, cursor, limit)
 
 
 def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:

@@ -22,6 +22,7 @@ import asyncio
 import io
 import logging
 import time
+from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -65,6 +66,26 @@ async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
     _point_discord_py_at(settings)
     adapter = DiscordAdapter(app, settings)
     await adapter.run(stop_event)
+
+
+@asynccontextmanager
+async def open_history(app: Any, settings: Any) -> AsyncIterator["DiscordHistory"]:
+    """Discord's message history over REST only (no gateway session), for `clipbot index backfill`
+    run from a shell while the bot itself may be serving elsewhere."""
+    _point_discord_py_at(settings)
+    adapter = DiscordAdapter(app, settings)
+    adapter.client = discord.Client(intents=discord.Intents.none())
+    adapter._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+    try:
+        try:
+            await adapter.client.login(settings.discord_token.get_secret_value())
+        except discord.LoginFailure:
+            raise UserError("Discord rejected DISCORD_TOKEN (improper token). Copy the bot token again from the "
+                            "Developer Portal > Bot > Reset Token.") from None
+        yield DiscordHistory(adapter)
+    finally:
+        await adapter.client.close()
+        await adapter._session.close()
 
 
 def _point_discord_py_at(settings: Any) -> None:
@@ -565,7 +586,12 @@ class DiscordHistory:
 
     async def history(self, space_id: str, channel_id: str, cursor: str | None,
                       limit: int) -> tuple[list[ImagePosted], str | None]:
-        channel = await self.adapter._channel(int(channel_id))
+        try:
+            channel = await self.adapter._channel(int(channel_id))
+        except ValueError:
+            raise UserError(f"{channel_id!r} is not a Discord channel id (Developer Mode > Copy Channel ID).") from None
+        except (discord.NotFound, discord.Forbidden):
+            raise UserError("I cannot see that channel: is the bot in it, with Read Message History?") from None
         if str(getattr(getattr(channel, "guild", None), "id", "")) != str(space_id):
             raise UserError("That channel is not in this server.")
         before = discord.Object(int(cursor)) if cursor else None

@@ -26,7 +26,8 @@ import dataclasses
 import logging
 import re
 import time
-from typing import Any, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable
 
 from bot.actions import decode_action
 from bot.adapters.slack_manifest import slack_specs, slash_name
@@ -74,16 +75,48 @@ async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
         await adapter.stop()
 
 
+def _web_client(settings: Any) -> "AsyncWebClient":
+    kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
+    client = AsyncWebClient(token=settings.slack_bot_token, **kwargs)
+    # Waits out HTTP 429 with Retry-After (conversations.history may allow 1 call a minute).
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))
+    return client
+
+
+async def _identity(client: "AsyncWebClient") -> dict[str, Any]:
+    try:
+        return dict((await client.auth_test()).data)
+    except SlackApiError as exc:
+        raise UserError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')}).") from None
+
+
+@asynccontextmanager
+async def open_history(app: Any, settings: Any) -> AsyncIterator["SlackHistory"]:
+    """Slack's message history over the Web API only (no events, no Socket Mode), for
+    `clipbot index backfill` run from a shell while the bot itself may be serving elsewhere."""
+    if _MISSING:
+        raise UserError(f"Slack needs the package {_MISSING}: pip install 'clipbot[slack]'")
+    client = _web_client(settings)
+    identity = await _identity(client)
+    fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
+                          max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+    async def workspace_url() -> str:
+        return identity.get("url") or "https://slack.com/"
+
+    try:
+        yield SlackHistory(client, fetcher, app.engine.blobs, workspace_url, FileLocations(app.engine.store))
+    finally:
+        await fetcher.close()
+
+
 class SlackAdapter:
     def __init__(self, app: Any, settings: Any) -> None:
         self.app, self.settings = app, settings
         self.socket_mode = bool(settings.slack_app_token)
         if not self.socket_mode and not settings.slack_signing_secret:
             raise UserError("Slack HTTP mode needs SLACK_SIGNING_SECRET (or set SLACK_APP_TOKEN for Socket Mode).")
-        kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
-        self.client = AsyncWebClient(token=settings.slack_bot_token, **kwargs)
-        # Waits out HTTP 429 with Retry-After (conversations.history may allow 1 call a minute).
-        self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))
+        self.client = _web_client(settings)
         self.bolt = AsyncApp(client=self.client, signing_secret=settings.slack_signing_secret or "",
                              logger=logging.getLogger("slack_bolt"))
         self.fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
@@ -101,10 +134,7 @@ class SlackAdapter:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        try:
-            self.identity = dict((await self.client.auth_test()).data)
-        except SlackApiError as exc:
-            raise UserError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')}).") from None
+        self.identity = await _identity(self.client)
         sources = getattr(self.app, "history_sources", None)
         if sources is not None:
             sources[PLATFORM] = SlackHistory(self.client, self.fetcher, self.app.engine.blobs, self._workspace_url,

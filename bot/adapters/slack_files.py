@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from slack_sdk.errors import SlackApiError
 from yarl import URL
 
 from bot.commands import Attachment
@@ -174,8 +175,18 @@ class SlackHistory:
 
     async def history(self, space_id: str, channel_id: str, cursor: str | None,
                       limit: int) -> tuple[list[ImagePosted], str | None]:
-        page = await self._client.conversations_history(channel=channel_id, cursor=cursor or None,
-                                                        limit=max(1, min(limit, 200)))
+        try:
+            page = await self._client.conversations_history(channel=channel_id, cursor=cursor or None,
+                                                            limit=max(1, min(limit, 200)))
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error in ("channel_not_found", "not_in_channel"):
+                raise UserError("I cannot read that channel's history: invite me to it first "
+                                f"(/invite @clipbot), then backfill again ({error}).") from None
+            if error == "missing_scope":
+                raise UserError("Reading history needs the channels:history (and groups:history) scopes: "
+                                "reinstall the app from its manifest.") from None
+            raise
         found = []
         for message in page.get("messages") or ():
             if message.get("subtype") not in (None, "file_share", "thread_broadcast") or not image_files(message):

@@ -324,6 +324,56 @@ def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot)
     assert all(m["id"] in found for m in old[::2])
 
 
+def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_path):
+    """`clipbot index backfill --platform discord` walks the history over REST alone (no bot
+    running, no gateway), resumes from its cursor, and a bad channel or token is one clear line."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, clipbot_env
+    from tests.fakes.discord_fake import BOT_TOKEN
+
+    fake = world.fake
+    old = [fake.post_message(world.general, world.alice, f"old {i}",
+                             files=[(f"old{i}.png", _png((i * 40, 200 - i * 30, 90)), "image/png")] if i % 2 == 0 else [])
+           for i in range(7)]
+    data = tmp_path / "data"
+    env = clipbot_env(data, None, DISCORD_TOKEN=BOT_TOKEN, CLIPBOT_DISCORD_API_BASE=fake.api_base,
+                      CLIPBOT_SEARCH_BACKFILL_PAGE="2", CLIPBOT_SEARCH_BACKFILL_DELAY="0")
+
+    def clipbot(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, text=True, capture_output=True,
+                              timeout=240, env={**env, **extra})
+
+    where = ["--platform", "discord", "--space", world.guild, "--channel", world.general]
+    out = clipbot("index", "backfill", *where, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"channel": world.general, "pages": 4, "messages": 4, "queued": 4}
+    assert fake.identifies == []  # REST only: no gateway session was opened
+    pages = fake.find_calls("GET", rf"/channels/{world.general}/messages")
+    assert [p.query.get("limit") for p in pages] == ["2"] * 4
+    found = json.loads(clipbot("search", *where, "--top", "10", "--json", "picture").stdout)["results"]
+    assert {r["message_id"] for r in found} == {m["id"] for m in old[::2]}
+    assert all(r["permalink"].endswith(f"/{world.guild}/{world.general}/{r['message_id']}") for r in found)
+
+    newer = fake.post_message(world.general, world.alice, "new", files=[("new.png", _png((9, 9, 9)), "image/png")])
+    again = clipbot("index", "backfill", *where, "--json")  # a finished backfill starts again from the newest
+    assert json.loads(again.stdout)["queued"] == 5, again.stderr
+    found = json.loads(clipbot("search", *where, "--top", "10", "--json", "picture").stdout)["results"]
+    assert newer["id"] in {r["message_id"] for r in found} and len(found) == 5  # re-walked pictures index once
+
+    bad = clipbot("index", "backfill", "--platform", "discord", "--space", world.guild, "--channel", "123")
+    assert bad.returncode == 2 and "cannot see that channel" in bad.stderr and "Traceback" not in bad.stderr
+    other = fake.add_guild("Elsewhere")
+    foreign = fake.add_channel(other, "lobby")
+    bad = clipbot("index", "backfill", "--platform", "discord", "--space", world.guild, "--channel", foreign)
+    assert bad.returncode == 2 and "not in this server" in bad.stderr
+    bad = clipbot("index", "backfill", *where, DISCORD_TOKEN="")
+    assert bad.returncode == 2 and "set DISCORD_TOKEN" in bad.stderr
+    bad = clipbot("index", "backfill", *where, DISCORD_TOKEN="not-a-token")
+    assert bad.returncode == 2 and "rejected DISCORD_TOKEN" in bad.stderr, bad.stderr
+
+
 def test_a_deleted_channel_or_one_the_bot_can_no_longer_read_is_removed(world, start_bot):
     bot = start_bot()
     fake = world.fake

@@ -418,6 +418,43 @@ def test_index_backfill_reads_history_patiently(bot, fake):
     assert len(history) >= 2  # the rate-limited call was waited out and made again
 
 
+def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_path):
+    """`clipbot index backfill --platform slack` reads conversations.history over the Web API alone
+    (no bot running), waits out a rate limit, and the pictures are then searchable from the shell."""
+    channel = "C9SHELL"
+    fake.add_user("USHELL", [channel])
+    old = []
+    for color in ((250, 10, 10), (10, 250, 10), (10, 10, 250)):
+        photo = fake.add_file(_png(color), f"{_token()}.png", user="USHELL")
+        old.append(fake.post_as_user(channel, "USHELL", "from before", files=[photo]))
+        fake.post_as_user(channel, "USHELL", "chatter")
+    env = clipbot_env(tmp_path / "data", None, SLACK_BOT_TOKEN=fake.bot_token, CLIPBOT_SLACK_API_URL=fake.api_url,
+                      CLIPBOT_SEARCH_BACKFILL_PAGE="2", CLIPBOT_SEARCH_BACKFILL_DELAY="0")
+    for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):  # the shell needs neither
+        env.pop(name, None)
+
+    def clipbot(*args, **extra):
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, text=True, capture_output=True,
+                              timeout=240, env={**env, **extra})
+
+    where = ["--platform", "slack", "--space", TEAM, "--channel", channel]
+    fake.rate_limit("conversations.history", times=1, retry_after=1)
+    out = clipbot("index", "backfill", *where, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"channel": channel, "pages": 3, "messages": 3, "queued": 3}
+    history = [c for c in fake.calls_to("conversations.history") if c.params.get("channel") == channel]
+    assert len(history) == 4  # three pages, one of them asked twice after the 429
+    found = json.loads(clipbot("search", *where, "--top", "10", "--json", "square").stdout)["results"]
+    assert {r["permalink"] for r in found} == {_link(channel, m) for m in old}
+
+    bad = clipbot("index", "backfill", "--platform", "slack", "--space", TEAM, "--channel", "CNOWHERE")
+    assert bad.returncode == 2 and "invite me to it" in bad.stderr and "Traceback" not in bad.stderr
+    bad = clipbot("index", "backfill", *where, SLACK_BOT_TOKEN="")
+    assert bad.returncode == 2 and "set SLACK_BOT_TOKEN" in bad.stderr
+    bad = clipbot("index", "backfill", *where, SLACK_BOT_TOKEN="xoxb-wrong")
+    assert bad.returncode == 2 and "refused SLACK_BOT_TOKEN" in bad.stderr, bad.stderr
+
+
 def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engine, redis_url, data_dir, start_worker):
     worker = start_worker("--queues", "gpu-long,gpu,io", "--pool", "solo")
     worker.wait_ready(redis_engine.engine, "gpu-long")
