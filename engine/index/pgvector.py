@@ -48,8 +48,9 @@ HNSW_M, HNSW_EF_CONSTRUCTION = 16, 128
 
 class PgVectorIndex:
     def __init__(self, url: str, *, ef_search: int = 400, max_scan_tuples: int = 50_000,
-                 exact_below: int = 2_000) -> None:
+                 exact_below: int = 2_000, filtered_limit: int = 100) -> None:
         self.url = url
+        self.filtered_limit = filtered_limit
         self.exact_below = exact_below
         self.ef_search = ef_search
         self.max_scan_tuples = max_scan_tuples
@@ -160,8 +161,12 @@ class PgVectorIndex:
         dim = len(query)
         # The scan's order is relaxed (iterative scans), so take more candidates than asked for and
         # rank them exactly: the LIMIT inside would otherwise keep the first-found, not the best.
+        # Unfiltered, the first ef_search-long pass holds them all. Filtered, every row the graph
+        # yields is joined to its occurrences and checked, so the LIMIT is what the scan must find
+        # *allowed*: asking for ef_search of them would walk ~ef_search/selectivity rows.
         filtered = where != Filter()
-        candidates = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search * (2 if filtered else 1)))
+        ef_search = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search))
+        candidates = min(ef_search, max(2 * want, self.filtered_limit)) if filtered else ef_search
         conditions, args = ["o.space = %(space)s"], {
             "space": space_id, "model": model, "q": HalfVector(query), "n": candidates, "want": want}
         if where.channels is not None:
@@ -196,7 +201,7 @@ class PgVectorIndex:
                    "ORDER BY h.distance, o.posted_at DESC LIMIT %(want)s")
             # relaxed order + the outer re-sort: pgvector's recommended way to filter with HNSW
             cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            cur.execute(f"SET LOCAL hnsw.ef_search = {candidates}")
+            cur.execute(f"SET LOCAL hnsw.ef_search = {ef_search}")
             cur.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.max_scan_tuples)}")
             cur.execute(sql, args)
             rows = cur.fetchall()
