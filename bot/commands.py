@@ -106,6 +106,11 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+# Friendly names for the message menus (Discord) and shortcuts (Slack) of the built-in commands;
+# any other command a picture alone can run is offered as "/NAME this".
+MESSAGE_ACTION_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     """A slash command: its name, description, options and the async handler that serves it.
@@ -133,6 +138,18 @@ class CommandSpec:
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
+
+    def picture_option(self) -> str | None:
+        """The option a message's picture fills when that picture alone can run the command (an image
+        option, nothing else required): Discord's message menus and Slack's message shortcuts."""
+        pictures = [o for o in self.options if o.type is Attachment and not o.multiple]
+        if pictures and all(o.type is Attachment for o in self.options if o.required):
+            return pictures[0].name
+        return None
+
+    def message_action_name(self, limit: int) -> str:
+        """What a message menu or shortcut running this command is called ("What is this?")."""
+        return MESSAGE_ACTION_NAMES.get(self.name, f"/{self.name} this")[:limit]
 
     def usage(self) -> str:
         parts = [f"/{self.name}"]

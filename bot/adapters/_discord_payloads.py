@@ -9,11 +9,10 @@ from __future__ import annotations
 import io
 from typing import Any, Iterable
 
-from bot.commands import Attachment, CommandSpec, Image, Option
+from bot.commands import MESSAGE_ACTION_NAMES, Attachment, CommandSpec, Image, Option
 
 MANAGE_GUILD = 1 << 5  # Discord permission bit "Manage Server"
-WHATIS_MENU = "What is this?"
-MENU_NAMES = {"whatis": WHATIS_MENU, "search": "Find similar pictures"}
+WHATIS_MENU = MESSAGE_ACTION_NAMES["whatis"]
 MAX_MENUS = 5  # Discord allows 5 message commands per application
 MAX_FILES = 10  # attachments per message
 MAX_TEXT = 2000  # characters per message
@@ -37,10 +36,10 @@ def message_menus(commands: dict[str, CommandSpec]) -> dict[str, tuple[str, str]
     """Menu name -> (command, its picture option), for every command a message's picture alone can run
     (an image option, nothing else required): Apps > "What is this?" on any message with a picture."""
     menus: dict[str, tuple[str, str]] = {}
-    for spec in sorted(commands.values(), key=lambda s: (s.name not in MENU_NAMES, s.name)):
-        pictures = [o for o in spec.options if o.type is Attachment and not getattr(o, "multiple", False)]
-        if pictures and all(o.type is Attachment for o in spec.options if o.required):
-            menus[MENU_NAMES.get(spec.name, f"/{spec.name} this")[:32]] = (spec.name, pictures[0].name)
+    for spec in sorted(commands.values(), key=lambda s: (s.name not in MESSAGE_ACTION_NAMES, s.name)):
+        picture = spec.picture_option()
+        if picture is not None:
+            menus[spec.message_action_name(32)] = (spec.name, picture)
     return dict(list(menus.items())[:MAX_MENUS])
 
 

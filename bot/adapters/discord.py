@@ -168,6 +168,7 @@ class DiscordAdapter:
         self._started = False
         # The commands Discord serves: every plugin's that is offered here (not the local chat's /post).
         self.commands: dict[str, CommandSpec] = {n: s for n, s in app.commands.items() if s.offered_on(PLATFORM)}
+        self.menus = message_menus(self.commands)  # Apps > "What is this?": menu name -> (command, option)
         self._resumed: list[asyncio.Task] = []
         self._file_hosts = set(DISCORD_FILE_HOSTS)
         if settings.discord_api_base:
@@ -242,7 +243,7 @@ class DiscordAdapter:
         data: dict = interaction.data or {}  # type: ignore[assignment]
         try:
             if data.get("type") == 3:
-                menu = message_menus(self.commands).get(data.get("name", ""))
+                menu = self.menus.get(data.get("name", ""))
                 if menu is None:
                     raise UserError(f"I don't know the menu command {data.get('name')!r}.")
                 command, options = menu[0], {menu[1]: await self._menu_image(data)}

@@ -32,8 +32,6 @@ BOT_EVENTS = ["app_mention", "channel_left", "file_deleted", "group_left", "mess
 RESERVED = frozenset({"me", "status", "away", "dnd", "shrug", "remind", "msg", "feed", "who", "collapse", "expand",
                       "leave", "join", "open", "search", "topic", "mute", "pro", "shortcuts", "invite", "apps",
                       "active", "archive", "call", "giphy"})
-# Friendly names for message shortcuts (Slack allows 24 characters); other commands get "/name this".
-SHORTCUT_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
 
 
 def slack_specs(pm: Any, *, plugins: Iterable[str] | None = None) -> list[CommandSpec]:
@@ -42,12 +40,6 @@ def slack_specs(pm: Any, *, plugins: Iterable[str] | None = None) -> list[Comman
     return [spec for impl in pm.hook.clipbot_commands.get_hookimpls()
             if wanted is None or impl.plugin_name in wanted
             for spec in impl.function() or () if spec.offered_on("slack")]
-
-
-def shortcut_fits(spec: CommandSpec) -> bool:
-    """A message shortcut can run a command that takes a picture and needs nothing else."""
-    pictures = [o for o in spec.options if o.type is Attachment]
-    return bool(pictures) and all(o.type is Attachment for o in spec.options if o.required)
 
 
 def slash_name(command: str, prefix: str = "") -> str:
@@ -67,9 +59,10 @@ def manifest(specs: Iterable[CommandSpec], *, prefix: str = "", request_url: str
         if request_url:
             command["url"] = request_url
         commands.append({k: v for k, v in command.items() if v != ""})
-    shortcuts = [{"name": SHORTCUT_NAMES.get(s.name, f"/{s.name} this")[:24], "type": "message",
+    # a message shortcut for each command a picture alone can run (Slack allows 24 characters a name)
+    shortcuts = [{"name": s.message_action_name(24), "type": "message",
                   "callback_id": f"clipbot_{s.name}", "description": s.description[:150]}
-                 for s in specs if shortcut_fits(s)]
+                 for s in specs if s.picture_option() is not None]
     events: dict[str, Any] = {"bot_events": BOT_EVENTS}
     interactivity: dict[str, Any] = {"is_enabled": True}
     if request_url:

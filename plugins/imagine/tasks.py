@@ -221,7 +221,7 @@ class _Reporter:
             if png is not None:
                 key = self._job.blobs.put(png)
                 name = f"step-{item['step']:04d}.png"
-                if not item.get("preview"):
+                if not item.get("preview") or item["step"] == 0:  # the start is a snapshot; a resume's is not new
                     with self._cond:
                         self._snapshots.append({"step": item["step"], "key": key, "filename": name})
                 item.update(snapshot=key, filename=name)

@@ -75,7 +75,7 @@ def test_continue_and_reroll_through_a_worker(redis_engine, start_worker, client
     worker.wait_ready(redis_engine.engine, queue=LONG)
     adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-1")
     first = _final(say(adapter, "/imagine a lighthouse steps: 12 size: 64 every: 4 seed: 21"), worker)
-    assert first.data["snapshots"] == ["step-0004.png", "step-0008.png", "step-0012.png"]
+    assert first.data["snapshots"] == ["step-0000.png", "step-0004.png", "step-0008.png", "step-0012.png"]
     actions = {a.label: a for a in first.actions}
     more = _final(say(adapter, action_command(actions["Continue"]) + " steps: 8"), worker)
     assert more.data["steps"] == 20 and more.data["loss"][:12] == first.data["loss"]
@@ -130,7 +130,7 @@ def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_wo
     # the second attempt started at the last checkpoint: no step before it ran twice
     assert runs == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
     assert final.data["steps"] == 200 and len(final.data["loss"]) == 200
-    assert len(final.data["snapshots"]) == 10
+    assert len(final.data["snapshots"]) == 11  # the start, then at most max_snapshots
     # and resuming changed nothing: an uninterrupted run with the same seed draws the same picture
     adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-2")
     clean = _final(say(adapter, "/imagine a red kite steps: 200 size: 64 every: 20 seed: 8"), worker)

@@ -28,7 +28,7 @@ def test_progress_snapshots_final_data_and_actions(local):
     replies = say(local, f"/imagine a watercolor fox:1 | blurry:-0.5 {FAST} seed: 5")
     final = final_of(replies)
     assert final.data["seed"] == 5 and final.data["steps"] == 12 and final.data["size"] == "64x64"
-    assert final.data["snapshots"] == ["step-0004.png", "step-0008.png", "step-0012.png"]
+    assert final.data["snapshots"] == ["step-0000.png", "step-0004.png", "step-0008.png", "step-0012.png"]
     assert len(final.data["loss"]) == 12 and final.data["final"] == "final.png"
     assert [i.filename for i in final.images] == ["final.png"]
     assert Image.open(io.BytesIO(final.images[0].data)).size == (64, 64)
@@ -156,7 +156,8 @@ def test_cli_contract(data_dir, tmp_path):
     assert set(answer) == {"seed", "steps", "size", "final", "snapshots", "loss"}
     assert answer["seed"] == 3 and answer["steps"] == 12 and answer["size"] == "64x64"
     assert answer["final"] == str(tmp_path / "o" / "final.png")
-    assert answer["snapshots"] == [str(tmp_path / "o" / f"step-{n:04d}.png") for n in (4, 8, 12)]
+    assert answer["snapshots"] == [str(tmp_path / "o" / f"step-{n:04d}.png") for n in (0, 4, 8, 12)]
+    assert sorted(str(p) for p in (tmp_path / "o").iterdir()) == sorted([answer["final"], *answer["snapshots"]])
     assert all(Image.open(p).size == (64, 64) for p in [answer["final"], *answer["snapshots"]])
     assert len(answer["loss"]) == 12
     assert "step 12/12" in out.stderr  # progress went to stderr; stdout is clean JSON
