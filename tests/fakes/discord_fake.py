@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
 
+from tests.polling import wait_until
+
 DISCORD_EPOCH_MS = 1420070400000
 BOT_TOKEN = "fake-bot-token"
 
@@ -439,13 +441,7 @@ class FakeDiscord:
     # ---- observing -------------------------------------------------------------------------------
     def wait_for(self, predicate: Callable[["FakeDiscord"], Any], timeout: float = 60, what: str = "") -> Any:
         """Poll `predicate(self)` (on the fake's loop) until it returns something truthy."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = self._sync(lambda: predicate(self))
-            if result:
-                return result
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        return wait_until(lambda: self._sync(lambda: predicate(self)), timeout=timeout, what=what or str(predicate))
 
     def find_calls(self, method: str, pattern: str) -> list[Call]:
         regex = re.compile(pattern)

@@ -26,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
 
+from tests.polling import wait_until
+
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
 
 
@@ -179,14 +181,8 @@ class FakeSlack:
             return [dict(m) for m in self.messages.get(channel, []) if m["ts"] == ts or m.get("thread_ts") == ts]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"fake Slack: timed out waiting for {what}; calls: "
-                             f"{[c.method for c in self.calls][-30:]}")
+        return wait_until(predicate, timeout=timeout, what=f"{what} (fake Slack)",
+                          detail=lambda: f"calls: {[c.method for c in self.calls][-30:]}")
 
     def wait_call(self, method: str, predicate: Callable[[Call], bool] = lambda c: True,
                   timeout: float = 30) -> Call:

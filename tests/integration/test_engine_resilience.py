@@ -18,6 +18,7 @@ import pytest
 from engine.app import create_engine
 from engine.errors import JobFailed
 from tests.conftest import ROOT, WorkerProcess, clipbot_env, make_settings, write_image
+from tests.polling import wait_until
 
 SAMPLE = {"CLIPBOT_EXTRA_PLUGINS": "tests.sample_plugin"}
 
@@ -41,13 +42,7 @@ def engine_for(url: str, tmp_path, **settings):
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout=timeout, what=what)
 
 
 async def outcome(engine, job_id):

@@ -17,6 +17,7 @@ import redis
 from bot.adapters.local import LocalAdapter, action_command
 from engine.checkpoints import checkpoints_for
 from tests.conftest import ROOT, clipbot_env, make_settings
+from tests.polling import wait_until
 
 LONG = "gpu-long"
 
@@ -39,13 +40,7 @@ def _final(replies, worker):
 
 
 def _wait(predicate, what, timeout=120, worker=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{worker.log() if worker else ''}")
+    return wait_until(predicate, timeout=timeout, what=what, detail=worker.log if worker else None)
 
 
 def _submit(app, line):
