@@ -107,6 +107,24 @@ class ClipModel:
                     progress(done, len(texts))
         return out
 
+    def image_encoder_for_grad(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`model.encode_image` (unnormalised features) for loops that backpropagate into the image
+        (/imagine): the same weights and values, laid out for the backward pass.
+
+        open_clip runs its vision transformer batch-first; nn.MultiheadAttention then works on a
+        transposed, non-contiguous copy, and on a CPU the QKV projection of that copy (and its
+        gradient) becomes a batched matmul over a broadcast weight instead of one matrix multiply:
+        ~18% of a ViT-B/32 forward+backward. A sequence-first view of the same modules (shallow
+        copies: no weight is copied) avoids it. Inference keeps the shared model as it is (its
+        batch-first fast path). Built once per model; other architectures get `encode_image`.
+        """
+        encoder = self.__dict__.get("_grad_encoder")
+        if encoder is None:
+            visual = _sequence_first(self.model.visual)
+            encoder = visual if visual is not None else self.model.encode_image
+            self.__dict__["_grad_encoder"] = encoder
+        return encoder
+
     def _text_batches(self, tokens: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(row indices, token rows) per batch: in order at full length, or, where the tower
         allows, sorted by used length and cut to each batch's longest."""
@@ -130,6 +148,32 @@ class ClipModel:
     def _encode(self, encode: Callable[..., torch.Tensor], batches) -> torch.Tensor:
         chunks = [encode(batch.to(self.device), normalize=True).float().cpu() for batch in batches]
         return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
+
+def _sequence_first(visual: Any) -> Any | None:
+    """A view of an open_clip vision tower that shares its modules' weights but runs its transformer
+    sequence-first; None where the tower is not a batch-first transformer of multi-head attention."""
+    import copy
+
+    transformer = getattr(visual, "transformer", None)
+    blocks = getattr(transformer, "resblocks", None)
+    if not getattr(transformer, "batch_first", False) or blocks is None or not all(
+            isinstance(getattr(b, "attn", None), torch.nn.MultiheadAttention) and b.attn.batch_first for b in blocks):
+        return None
+
+    def view(module: torch.nn.Module, **children: torch.nn.Module) -> torch.nn.Module:
+        clone = copy.copy(module)  # shares parameters and buffers; own attribute dict
+        clone._modules = {**module._modules, **children}
+        return clone
+
+    new_blocks = []
+    for block in blocks:
+        attn = copy.copy(block.attn)
+        attn.batch_first = False
+        new_blocks.append(view(block, attn=attn))
+    seq_first = view(transformer, resblocks=torch.nn.ModuleList(new_blocks))
+    seq_first.batch_first = False
+    return view(visual, transformer=seq_first)
 
 
 def text_batch_size(device: torch.device) -> int:

@@ -290,7 +290,7 @@ class Generation:
         image = self.drawer.synth()
         crops = make_cutouts(image, cut_size=self.input.size, cutn=self.cutouts, cut_pow=self.cut_pow,
                              generator=self.generator, augment=self.augment)
-        embeds = self.clip.model.encode_image(self.input.normalize(crops)).float()
+        embeds = self.clip.image_encoder_for_grad()(self.input.normalize(crops)).float()
         total = sum(prompt_loss(embeds, t.embed, t.weight, t.stop) for t in self.targets)
         return total, image
 

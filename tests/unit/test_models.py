@@ -534,3 +534,31 @@ def test_resolve_device():
 def test_resolve_cuda_without_cuda(name):
     with pytest.raises(ModelUnavailable, match="no usable CUDA GPU"):
         resolve_device(name)
+
+
+@pytest.mark.parametrize("spec", ["tiny-test", "ViT-B-32:random"])
+def test_the_image_encoder_for_gradients_is_encode_image_laid_out_sequence_first(spec):
+    """/imagine's encoder: the same features and input gradients as `model.encode_image`, from the
+    same weights (nothing copied), without touching the shared model's batch-first layout."""
+    model = load_clip(spec, device="cpu")
+    model.model.requires_grad_(False)
+    encoder = model.image_encoder_for_grad()
+    size = model.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    crops = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for encode in (model.model.encode_image, encoder):
+        x = crops.clone().requires_grad_(True)
+        features = encode(x)
+        (features * torch.linspace(-1, 1, features.shape[-1])).sum().backward()
+        grads.append((features.detach(), x.grad))
+    # the same arithmetic, summed in another order: equal to float32 rounding
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6 * float(grads[0][1].abs().max()))
+    assert encoder is model.image_encoder_for_grad()  # built once
+    if encoder is not model.model.encode_image:
+        assert not encoder.transformer.batch_first and model.model.visual.transformer.batch_first
+        assert all(not b.attn.batch_first for b in encoder.transformer.resblocks)
+        assert all(b.attn.batch_first for b in model.model.visual.transformer.resblocks)
+        shared = {p.data_ptr() for p in model.model.visual.parameters()}
+        assert {p.data_ptr() for p in encoder.parameters()} == shared
