@@ -9,7 +9,9 @@ Defaults time the real f16 VQGAN and ViT-B/32 architectures with random weights 
 its peak RSS is its own), with one warm-up step before `--steps` timed ones; augmentations are on
 in both and driven by the same seeded generator, so both loops must give the same losses (checked,
 rtol 1e-4). The reference runs taming as it ships (x * sigmoid(x)) and its own vector quantiser
-(nerdyrodent's: a one-hot matmul under autograd); ours has the loader's fused SiLU and a lookup.
+(nerdyrodent's: a one-hot matmul under autograd) and calls open_clip's `encode_image`; ours has
+the loader's fused SiLU, a lookup, and CLIP's vision transformer sequence-first
+(`ClipModel.image_encoder_for_grad`).
 With `--rounds N` the three loops run N times, interleaved, and each reports its fastest step. The reference runs twice: with CLIP as `load_clip` returns it (weights requiring
 grad, as a straightforward loop leaves them) and with CLIP frozen. A benchmark reports, it
 never fails: the exit code is 0 whatever the numbers.
