@@ -223,20 +223,13 @@ async def _answer_with_history(app: Any, request: Any, args: argparse.Namespace,
 class _ShellHistory:
     """A platform's `HistorySource` from the shell: logs in (REST only) on first use, closes at exit."""
 
-    TOKENS = {"discord": "DISCORD_TOKEN", "slack": "SLACK_BOT_TOKEN"}
-
     def __init__(self, stack: contextlib.AsyncExitStack, platform: str, app: Any, settings: Any) -> None:
         self._stack, self._platform, self._app, self._settings = stack, platform, app, settings
         self._source: Any = None
 
     async def history(self, space_id: str, channel_id: str, cursor: str | None, limit: int) -> Any:
         if self._source is None:
-            import importlib
-
-            module = importlib.import_module(_PLATFORM_ADAPTERS[self._platform])
-            if not module.configured(self._settings):
-                raise UserError(f"Reading {self._platform} history needs the bot's token: set "
-                                f"{self.TOKENS[self._platform]} (as for `clipbot run`).")
+            module = _adapter_module(self._platform)
             self._source = await self._stack.enter_async_context(module.open_history(self._app, self._settings))
         return await self._source.history(space_id, channel_id, cursor, limit)
 
@@ -324,19 +317,27 @@ def _with_paths(value: Any, written: dict[str, str]) -> Any:
 _PLATFORM_ADAPTERS = {"discord": "bot.adapters.discord", "slack": "bot.adapters.slack"}
 
 
-def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[Any]:
-    """Adapter modules to serve: the one asked for, or (auto) every configured one."""
+def _adapter_module(name: str) -> Any:
+    """The adapter module for platform `name`; a UserError when its packages are not installed."""
     import importlib
 
-    wanted = _PLATFORM_ADAPTERS if args.adapter == "auto" else (
-        {} if args.adapter == "local" else {args.adapter: _PLATFORM_ADAPTERS[args.adapter]})
+    try:
+        return importlib.import_module(_PLATFORM_ADAPTERS[name])
+    except ModuleNotFoundError as exc:
+        raise UserError(f"the {name} adapter is not available ({exc}); install clipbot[{name}]") from None
+
+
+def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[Any]:
+    """Adapter modules to serve: the one asked for, or (auto) every configured one."""
+    wanted = list(_PLATFORM_ADAPTERS) if args.adapter == "auto" else (
+        [] if args.adapter == "local" else [args.adapter])
     modules = []
-    for name, module_name in wanted.items():
+    for name in wanted:
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
+            module = _adapter_module(name)
+        except UserError:
             if args.adapter == name:
-                raise UserError(f"the {name} adapter is not available ({exc}); install clipbot[{name}]") from None
+                raise
             continue
         if module.configured(settings):
             modules.append(module)

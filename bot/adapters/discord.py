@@ -54,6 +54,8 @@ DISCORD_FILE_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 _STYLES = {"primary": discord.ButtonStyle.primary, "secondary": discord.ButtonStyle.secondary,
            "danger": discord.ButtonStyle.danger}
 _INVALID_TOKEN = 50027
+TOKEN_REJECTED = ("Discord rejected DISCORD_TOKEN (improper token). Copy the bot token again from the "
+                  "Developer Portal > Bot > Reset Token.")
 
 
 # ---- the registry `clipbot run` reads ---------------------------------------------------------------
@@ -72,6 +74,8 @@ async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
 async def open_history(app: Any, settings: Any) -> AsyncIterator["DiscordHistory"]:
     """Discord's message history over REST only (no gateway session), for `clipbot index backfill`
     run from a shell while the bot itself may be serving elsewhere."""
+    if not configured(settings):
+        raise UserError("Reading discord history needs the bot's token: set DISCORD_TOKEN (as for `clipbot run`).")
     _point_discord_py_at(settings)
     adapter = DiscordAdapter(app, settings)
     adapter.client = discord.Client(intents=discord.Intents.none())
@@ -80,8 +84,7 @@ async def open_history(app: Any, settings: Any) -> AsyncIterator["DiscordHistory
         try:
             await adapter.client.login(settings.discord_token.get_secret_value())
         except discord.LoginFailure:
-            raise UserError("Discord rejected DISCORD_TOKEN (improper token). Copy the bot token again from the "
-                            "Developer Portal > Bot > Reset Token.") from None
+            raise UserError(TOKEN_REJECTED) from None
         yield DiscordHistory(adapter)
     finally:
         await adapter.client.close()
@@ -204,8 +207,7 @@ class DiscordAdapter:
             log.warning("Discord refused the Message Content intent (privileged intents are off for this bot).")
             return False
         if isinstance(error, discord.LoginFailure):
-            raise UserError("Discord rejected DISCORD_TOKEN (improper token). Copy the bot token again from the "
-                            "Developer Portal > Bot > Reset Token.")
+            raise UserError(TOKEN_REJECTED)
         if error is not None:
             raise error
         return True

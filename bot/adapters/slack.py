@@ -96,6 +96,8 @@ async def open_history(app: Any, settings: Any) -> AsyncIterator["SlackHistory"]
     `clipbot index backfill` run from a shell while the bot itself may be serving elsewhere."""
     if _MISSING:
         raise UserError(f"Slack needs the package {_MISSING}: pip install 'clipbot[slack]'")
+    if not configured(settings):
+        raise UserError("Reading slack history needs the bot's token: set SLACK_BOT_TOKEN (as for `clipbot run`).")
     client = _web_client(settings)
     identity = await _identity(client)
     fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
