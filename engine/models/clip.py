@@ -22,7 +22,7 @@ import re
 import threading
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -78,6 +78,7 @@ class ClipModel:
     logit_scale: float
     fingerprint: str = ""  # names these exact weights, for caches keyed by model (file specs add size+mtime)
     text_tower: "_TextTower | None" = None  # set when texts may be encoded on a token prefix
+    _grad_encoder: Any = field(default=None, init=False, repr=False)  # image_encoder_for_grad's, built once
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
@@ -118,12 +119,10 @@ class ClipModel:
         copies: no weight is copied) avoids it. Inference keeps the shared model as it is (its
         batch-first fast path). Built once per model; other architectures get `encode_image`.
         """
-        encoder = self.__dict__.get("_grad_encoder")
-        if encoder is None:
+        if self._grad_encoder is None:
             visual = _sequence_first(self.model.visual)
-            encoder = visual if visual is not None else self.model.encode_image
-            self.__dict__["_grad_encoder"] = encoder
-        return encoder
+            self._grad_encoder = visual if visual is not None else self.model.encode_image
+        return self._grad_encoder
 
     def _text_batches(self, tokens: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(row indices, token rows) per batch: in order at full length, or, where the tower
