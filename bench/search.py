@@ -272,13 +272,19 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32:random")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="torch threads for the embedded scan (default: every core, as a one-child worker has)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads for the embedded scan (default: a one-child worker's, engine.worker.torch_threads)")
     parser.add_argument("--ef-construction", type=int, help="HNSW build setting (default: the product's)")
     parser.add_argument("--ef-search", default="400", type=lambda s: [int(x) for x in s.split(",")],
                         help="pgvector hnsw.ef_search values to measure on one build (e.g. 100,200,400)")
     args = parser.parse_args()
     import torch
+
+    if args.threads is None:
+        from bot.config import Settings
+        from engine.worker import torch_threads
+
+        args.threads = torch_threads(Settings(_env_file=None), children=1)
 
     torch.set_num_threads(args.threads)
     if not args.skip_queries:
