@@ -135,6 +135,13 @@ def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str
     return env
 
 
+def run_clipbot(data_dir: Path, *args: str, stdin: str | None = None, timeout: float = 240,
+                **env: str) -> subprocess.CompletedProcess:
+    """`clipbot ARGS...` as a fresh process on the embedded engine (tiny presets, `data_dir`)."""
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, input=stdin, text=True,
+                          capture_output=True, timeout=timeout, env=clipbot_env(data_dir, None, **env))
+
+
 class WorkerProcess:
     """`clipbot worker` as a subprocess, as an operator runs it."""
 

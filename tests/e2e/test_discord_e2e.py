@@ -327,10 +327,7 @@ def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot)
 def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_path):
     """`clipbot index backfill --platform discord` walks the history over REST alone (no bot
     running, no gateway), resumes from its cursor, and a bad channel or token is one clear line."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, clipbot_env
+    from tests.conftest import run_clipbot
     from tests.fakes.discord_fake import BOT_TOKEN
 
     fake = world.fake
@@ -338,12 +335,11 @@ def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_
                              files=[(f"old{i}.png", _png((i * 40, 200 - i * 30, 90)), "image/png")] if i % 2 == 0 else [])
            for i in range(7)]
     data = tmp_path / "data"
-    env = clipbot_env(data, None, DISCORD_TOKEN=BOT_TOKEN, CLIPBOT_DISCORD_API_BASE=fake.api_base,
-                      CLIPBOT_SEARCH_BACKFILL_PAGE="2", CLIPBOT_SEARCH_BACKFILL_DELAY="0")
+    env = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
+           "CLIPBOT_SEARCH_BACKFILL_PAGE": "2", "CLIPBOT_SEARCH_BACKFILL_DELAY": "0"}
 
     def clipbot(*args, **extra):
-        return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, text=True, capture_output=True,
-                              timeout=240, env={**env, **extra})
+        return run_clipbot(data, *args, **{**env, **extra})
 
     where = ["--platform", "discord", "--space", world.guild, "--channel", world.general]
     out = clipbot("index", "backfill", *where, "--json")

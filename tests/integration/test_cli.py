@@ -1,17 +1,10 @@
 """The `clipbot` command as operators and our acceptance checks use it (embedded engine)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env, png_header_only, write_image
-
-
-def clipbot(data_dir, *args, stdin=None, timeout=240, **env):
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, input=stdin, text=True,
-                          capture_output=True, timeout=timeout, env=clipbot_env(data_dir, None, **env))
+from tests.conftest import png_header_only, run_clipbot as clipbot, write_image
 
 
 def test_whatis_json_contract(data_dir, tmp_path):

@@ -4,17 +4,10 @@ on the embedded engine; the index persists in the data dir (and in PostgreSQL fo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env, write_image
-
-
-def clipbot(data_dir, *args, **env):
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, text=True, capture_output=True,
-                          timeout=240, env=clipbot_env(data_dir, None, **env))
+from tests.conftest import run_clipbot as clipbot, write_image
 
 
 @pytest.fixture(params=["embedded", "pgvector"])

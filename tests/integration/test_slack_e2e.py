@@ -9,7 +9,6 @@ the index hooks it receives.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env
+from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
 
@@ -428,14 +427,12 @@ def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_pat
         photo = fake.add_file(_png(color), f"{_token()}.png", user="USHELL")
         old.append(fake.post_as_user(channel, "USHELL", "from before", files=[photo]))
         fake.post_as_user(channel, "USHELL", "chatter")
-    env = clipbot_env(tmp_path / "data", None, SLACK_BOT_TOKEN=fake.bot_token, CLIPBOT_SLACK_API_URL=fake.api_url,
-                      CLIPBOT_SEARCH_BACKFILL_PAGE="2", CLIPBOT_SEARCH_BACKFILL_DELAY="0")
-    for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):  # the shell needs neither
-        env.pop(name, None)
+    env = {"SLACK_BOT_TOKEN": fake.bot_token, "CLIPBOT_SLACK_API_URL": fake.api_url,
+           "SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": "",  # the shell needs neither
+           "CLIPBOT_SEARCH_BACKFILL_PAGE": "2", "CLIPBOT_SEARCH_BACKFILL_DELAY": "0"}
 
     def clipbot(*args, **extra):
-        return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, text=True, capture_output=True,
-                              timeout=240, env={**env, **extra})
+        return run_clipbot(tmp_path / "data", *args, **{**env, **extra})
 
     where = ["--platform", "slack", "--space", TEAM, "--channel", channel]
     fake.rate_limit("conversations.history", times=1, retry_after=1)
