@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from engine.errors import ModelUnavailable
+from engine.images import reduce_for_side
 from engine.models import downloads, presets
 from engine.models.downloads import sha256_file  # noqa: F401 - re-exported
 from engine.models.registry import registry, resolve_device
@@ -78,13 +79,20 @@ class ClipModel:
     logit_scale: float
     fingerprint: str = ""  # names these exact weights, for caches keyed by model (file specs add size+mtime)
     text_tower: "_TextTower | None" = None  # set when texts may be encoded on a token prefix
+    image_size: int = 224  # the side of the image tower's input, in pixels
     _grad_encoder: Any = field(default=None, init=False, repr=False)  # image_encoder_for_grad's, built once
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:
-        """Embed images as an [N, embed_dim] tensor of unit vectors."""
+        """Embed images as an [N, embed_dim] tensor of unit vectors.
+
+        Each picture is first box-reduced by a whole factor while its shorter side stays at least
+        3 × image_size (`engine.images.reduce_for_side`; ImageRejected beyond its aspect ratio), so
+        the cost of open_clip's preprocess is bounded whatever the picture's size. Pictures with a
+        shorter side under 6 × image_size go to the preprocess untouched (the same embedding)."""
         batches = [
-            torch.stack([self.preprocess(image) for image in images[i : i + batch_size]])
+            torch.stack([self.preprocess(reduce_for_side(image, self.image_size))
+                         for image in images[i : i + batch_size]])
             for i in range(0, len(images), batch_size)
         ]
         return self._encode(self.model.encode_image, batches)
@@ -360,7 +368,13 @@ def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None =
         logit_scale=float(model.logit_scale.exp().item()),
         fingerprint=_fingerprint(spec.strip(), parsed),
         text_tower=_checked_text_tower(model, tokenizer, target),
+        image_size=_image_size(model),
     )
+
+
+def _image_size(model: Any) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return int(max(size) if isinstance(size, (tuple, list)) else size)
 
 
 def _fingerprint(spec: str, parsed: ClipSpec) -> str:

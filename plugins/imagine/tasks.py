@@ -43,7 +43,7 @@ def generate(job: JobContext, prompt: str, seed: int, quality: str | None = None
     vqgan = vqgan_for(settings) if drawer == "vqgan" else None
     device_class = "gpu" if clip.device.type == "cuda" else "cpu"
     run_plan = plan.resolve(limits, device_class, quality=quality, size=size, steps=steps, every=every)
-    init_image = _image(job, init) if init else None
+    init_image = _image(job, init, max(run_plan["width"], run_plan["height"])) if init else None
     generation = pipeline.build_generation(
         clip, vqgan, prompts=prompts, drawer=drawer, width=run_plan["width"], height=run_plan["height"], seed=seed,
         cutouts=run_plan["cutouts"], cut_pow=limits.cut_pow, augment=augment, lr=limits.learning_rate,
@@ -133,9 +133,11 @@ def _check_token_length(clip: Any, prompts: list) -> None:
                             f"{tokens.shape[1]} tokens. Shorten it.")
 
 
-def _image(job: JobContext, key: str) -> Any:
+def _image(job: JobContext, key: str, side: int) -> Any:
+    """The init picture, reduced where it is far bigger than the `side`-pixel canvas it starts."""
     settings = job.settings
-    return decode_image(job.blobs.get(key), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return decode_image(job.blobs.get(key), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                        for_side=side)
 
 
 class _Reporter:

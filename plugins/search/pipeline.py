@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from engine.errors import UserError
-from engine.images import decode_image
+from engine.images import REDUCING_GAP, decode_image
 from engine.index import Filter, Occurrence, unit
-from plugins.search.sheet import make_preview
+from plugins.search.sheet import PREVIEW_SIDE, make_preview
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,12 @@ def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], 
         data_of.setdefault((item["space_id"], h), data)
     todo = [(space, h) for space, occs in occurrences.items()
             for h in sorted(index.missing(space, [o.content_hash for o in occs], clip.fingerprint))]
+    # Reduced as /whatis reduces for CLIP, but never below what the stored preview needs.
+    side = max(clip.image_size, -(-PREVIEW_SIDE // REDUCING_GAP))
+
     def prepare(data: bytes) -> tuple[Any, bytes] | str:
         try:
-            picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+            picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=side)
         except UserError as exc:
             return str(exc)
         return picture, make_preview(picture)
@@ -130,7 +133,7 @@ def encode_terms(clip: Any, terms: Iterable[tuple[str, float]]) -> np.ndarray:
 
 
 def encode_picture(clip: Any, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
-    picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=clip.image_size)
     return unit(clip.encode_images([picture]).numpy()[0])
 
 

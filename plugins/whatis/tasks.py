@@ -24,10 +24,11 @@ def classify(job: JobContext, image: str, labels: list[str] | None, top: int) ->
     # Checked again here, as the handlers do: a task may be submitted by any client.
     label_list = IMAGENET_CLASSNAMES if labels is None else check_labels(labels, max_labels=config.max_labels)
     top = check_top(top, max_top=MAX_TOP)
+    clip = clip_for(settings)
     picture = decode_image(job.blobs.get(image), max_bytes=settings.max_image_bytes,
-                           max_pixels=settings.max_image_pixels)
+                           max_pixels=settings.max_image_pixels, for_side=clip.image_size)
     what = f"{IMAGENET} labels" if labels is None else f"{len(label_list)} labels"
-    return pipeline.classify(clip_for(settings), picture, label_list, top=top, cache_dir=label_cache_dir(settings),
+    return pipeline.classify(clip, picture, label_list, top=top, cache_dir=label_cache_dir(settings),
                              cache_bytes=label_cache_bytes(config), progress=_job_progress(job, what))
 
 

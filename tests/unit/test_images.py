@@ -180,11 +180,11 @@ def test_cmyk_jpeg_becomes_rgb_with_the_right_colour():
 
 
 def test_16_bit_png_is_scaled_not_clipped():
-    ramp = list(range(0, 65536, 257))  # 256 steps from black to full white
-    data = encode(Image.frombytes("I;16", (256, 1), struct.pack("<256H", *ramp)), "PNG")
+    ramp = list(range(0, 65536, 257)) * 4  # 256 steps from black to full white, 4 rows (within 100:1)
+    data = encode(Image.frombytes("I;16", (256, 4), struct.pack("<1024H", *ramp)), "PNG")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     image = decode_image(data)
-    assert_rgb(image, (256, 1))
+    assert_rgb(image, (256, 4))
     assert image.getpixel((0, 0)) == (0, 0, 0)
     assert image.getpixel((128, 0)) == (128, 128, 128)
     assert image.getpixel((255, 0)) == WHITE
