@@ -56,7 +56,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyErr
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 # We refuse everything above Pillow's warning threshold ourselves (see `_pixel_limit`) with a line
 # that names our limit; Pillow's warning would only print beside that line (on stderr, in logs).
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# A process-wide filter (catch_warnings is not thread-safe), re-added if a catch_warnings block
+# that was open when it was first added has dropped it since.
+_QUIET_BOMB_WARNING = ("ignore", None, Image.DecompressionBombWarning, None, 0)
 
 # 16-bit greyscale PNG decodes to these; a plain convert("L") would clip everything above 255 to white.
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -177,6 +179,8 @@ def _checked_size(data: object, max_bytes: int) -> int:
 def _opened(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
     """Open from the header only, check the pixel count, and turn Pillow's errors into ImageRejected."""
     limit = _pixel_limit(max_pixels)
+    if _QUIET_BOMB_WARNING not in warnings.filters:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
             _check_pixels(im.size, limit)

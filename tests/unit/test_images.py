@@ -7,6 +7,7 @@ import random
 import resource
 import struct
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from engine.errors import ImageRejected, UserError
 from engine.images import (
     ALLOWED_FORMATS,
     DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
     ImageInfo,
     decode_image,
     inspect_image,
+    reduce_for_side,
     to_png_bytes,
 )
 from tests.conftest import png_header_only  # noqa: F401  (shared with the CLI and plugin tests)
@@ -134,9 +137,68 @@ def test_raising_our_limit_does_not_get_past_pillows_bomb_check():
     limit_before = Image.MAX_IMAGE_PIXELS
     assert "too many pixels" in reject(decode_image, png_header_only(30000, 30000), max_pixels=10**12)
     # Between Pillow's warning and error thresholds: refused too, not merely warned about.
-    with pytest.warns(Image.DecompressionBombWarning):
-        assert "pixels" in reject(inspect_image, png_header_only(10000, 10000), max_pixels=10**9)
+    assert "pixels" in reject(inspect_image, png_header_only(10000, 10000), max_pixels=10**9)
     assert Image.MAX_IMAGE_PIXELS == limit_before  # global Pillow state left alone
+
+
+@pytest.mark.parametrize("call", [inspect_image, decode_image])
+def test_pillows_bomb_warning_does_not_print_beside_our_refusal(call):
+    # 100 MP: Pillow warns (89.5 MP) but does not raise (179 MP); our line is the whole answer.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a plain `python` process shows: each warning once
+        from engine import images  # noqa: F401  (already imported: its filter must still hold)
+        message = reject(call, png_header_only(10000, 10000))
+    assert message == "That image is 10000×10000 pixels; the limit is 40 megapixels."
+    assert [str(w.message) for w in caught] == []
+
+
+# --- aspect ratio and bounded work -----------------------------------------------------------------
+
+
+def thin_line(width: int, height: int) -> str:
+    return (f"That image is {width}×{height} pixels, too long and thin; the longer side may be at most "
+            f"{MAX_ASPECT_RATIO} times the shorter.")
+
+
+@pytest.mark.parametrize("size", [(1, 16384), (1, 65535), (65535, 1), (3, 301)])
+@pytest.mark.parametrize("call", [inspect_image, decode_image])
+def test_extreme_aspect_ratio_is_refused_from_the_header(call, size):
+    data = encode(Image.new("L", size, 128), "PNG")
+    assert len(data) < 300  # a tiny upload, well inside the pixel limit
+    assert reject(call, data) == thin_line(*size)
+
+
+def test_aspect_ratio_limit_is_100_to_1_and_admits_long_screenshots():
+    assert MAX_ASPECT_RATIO == 100
+    assert decode_image(encode(Image.new("RGB", (3, 300), RED), "PNG")).size == (3, 300)
+    assert decode_image(encode(Image.new("RGB", (1080, 20000), RED), "PNG")).size == (1080, 20000)
+    assert "too long and thin" in reject(reduce_for_side, Image.new("RGB", (1, 16384)), 224)
+
+
+def test_exif_rotation_does_not_get_a_thin_picture_past_the_limit():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: the decoded picture is 16384×1
+    data = encode(Image.new("RGB", (1, 16384), RED), "JPEG", exif=exif.tobytes())
+    assert reject(decode_image, data) == thin_line(1, 16384)
+
+
+def test_decoding_for_a_model_side_reduces_big_pictures_by_whole_factors():
+    png = encode(Image.new("RGB", (3000, 2000), GREEN), "PNG")
+    reduced = decode_image(png, for_side=224)
+    assert reduced.size == (1500, 1000) and reduced.getpixel((700, 500)) == GREEN  # 2000 // (3 × 224) = 2
+    # A JPEG decodes at 1/8 scale (DCT scaling) while the shorter side stays >= 3 × 224.
+    jpeg = encode(Image.new("RGB", (7200, 5400), BLUE), "JPEG", quality=90)
+    drafted = decode_image(jpeg, for_side=224)
+    assert drafted.size == (900, 675) and close(drafted.getpixel((450, 300)), BLUE)
+    assert decode_image(jpeg, for_side=800).size == (3600, 2700)  # 1/2: it must keep 2400
+    assert decode_image(jpeg).size == (7200, 5400)  # no side given: the whole picture
+
+
+def test_ordinary_pictures_are_not_reduced():
+    image = Image.new("RGB", (1343, 1343), RED)  # under 2 × 3 × 224 on the shorter side
+    assert reduce_for_side(image, 224) is image
+    assert decode_image(encode(image, "PNG"), for_side=224).size == (1343, 1343)
+    assert decode_image(encode(Image.new("RGB", (640, 480), RED), "JPEG"), for_side=224).size == (640, 480)
 
 
 # --- decoding -----------------------------------------------------------------------------------

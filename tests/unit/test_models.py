@@ -169,6 +169,69 @@ def test_encode_texts_matches_open_clip(tiny):
     assert torch.allclose(tiny.encode_texts(LABELS, batch_size=3), embeddings, atol=1e-6)
 
 
+@pytest.fixture(scope="session")
+def clip224(tmp_path_factory):
+    """A random CLIP with a 224-pixel input, as the real models have (tiny-test looks at 64 px)."""
+    config = json.loads(presets.preset_config_path("tiny-test").read_text())
+    config["vision_cfg"].update(image_size=224, patch_size=32, layers=1)
+    path = tmp_path_factory.mktemp("arch") / "tiny224.json"
+    path.write_text(json.dumps(config))
+    return load_clip(f"{path}:random", device="cpu")
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """Gradients, discs and fine texture: something with detail at every scale, like a photo."""
+    import numpy as np
+    from PIL import ImageChops, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], -1)
+    image = Image.fromarray(base.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        cx, cy, r = rng.integers(0, width), rng.integers(0, height), rng.integers(width // 50, width // 8)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    grain = Image.effect_noise((width, height), 12).convert("RGB")  # grey noise around 128
+    return ImageChops.add(image, grain, offset=-128).filter(ImageFilter.GaussianBlur(1))
+
+
+def _open_clip_embedding(model, image: Image.Image) -> torch.Tensor:
+    with torch.no_grad():  # open_clip's own preprocess on the whole picture, as its README does
+        return model.model.encode_image(model.preprocess(image)[None], normalize=True)
+
+
+def test_clip_knows_its_input_side(tiny, clip224):
+    assert (tiny.image_size, clip224.image_size) == (64, 224)
+
+
+def test_ordinary_pictures_embed_exactly_as_open_clip_preprocesses_them(clip224):
+    for size in [(640, 480), (1343, 1500), (90, 4000)]:
+        image = _photo(*size)
+        assert torch.equal(clip224.encode_images([image]), _open_clip_embedding(clip224, image)), size
+
+
+def test_big_pictures_are_reduced_first_and_embed_all_but_the_same(clip224):
+    """A picture with a shorter side of 6 × 224 or more is box-reduced by a whole factor before
+    open_clip's preprocess (Pillow's reducing_gap=3): the embedding moves by < 1e-5 in cosine."""
+    from engine.images import reduce_for_side
+
+    for size in [(2700, 1800), (4800, 3200)]:  # reduced by 2 and by 4
+        image = _photo(*size)
+        assert min(reduce_for_side(image, 224).size) < min(size)  # it was reduced
+        cosine = float((clip224.encode_images([image]) * _open_clip_embedding(clip224, image)).sum())
+        assert cosine > 1 - 1e-5, (size, cosine)
+        full, reduced = clip224.preprocess(image), clip224.preprocess(reduce_for_side(image, 224))
+        assert float((full - reduced).abs().mean()) < 0.01  # normalised units: ~0.7/255 of a pixel value
+
+
+def test_encode_images_refuses_an_extreme_aspect_ratio(tiny):
+    from engine.errors import ImageRejected
+
+    with pytest.raises(ImageRejected, match=r"^That image is 1×16384 pixels, too long and thin"):
+        tiny.encode_images([Image.new("RGB", (1, 16384))])
+
+
 def test_encode_empty_lists(tiny):
     assert tiny.encode_texts([]).shape == (0, 64)
     assert tiny.encode_images([]).shape == (0, 64)
