@@ -53,6 +53,20 @@ def test_bad_input_exits_2_with_one_line(data_dir, tmp_path):
         assert "Traceback" not in out.stderr and out.stdout == ""
 
 
+def test_pillows_warning_and_thin_pictures_leave_exactly_our_line(data_dir, tmp_path):
+    # 100 MP is past Pillow's warning threshold (89.5 MP), short of its error: it used to print
+    # a DecompressionBombWarning and its source line before ours.
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header_only(10000, 10000))
+    out = clipbot(data_dir, "whatis", str(big))
+    assert (out.returncode, out.stderr) == (2, "clipbot: That image is 10000×10000 pixels; the limit is 40 megapixels.\n")
+    thin = write_image(tmp_path / "thin.png", size=(1, 16384))
+    out = clipbot(data_dir, "whatis", str(thin))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == ("clipbot: That image is 1×16384 pixels, too long and thin; the longer side may be at "
+                          "most 100 times the shorter.\n")
+
+
 def test_invalid_setting_is_one_line(data_dir, tmp_path):
     out = clipbot(data_dir, "whatis", str(write_image(tmp_path / "s.png")), CLIPBOT_WHATIS_TOP="lots")
     assert out.returncode == 2 and out.stderr.strip().startswith("clipbot: invalid setting CLIPBOT_WHATIS_TOP")
