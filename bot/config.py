@@ -22,6 +22,10 @@ def _split_list(value: object) -> object:
     return value
 
 
+def _expand_user(value: Path | None) -> Path | None:
+    return value.expanduser() if value is not None else None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIPBOT_", env_file=".env", extra="ignore")
 
@@ -102,6 +106,8 @@ class Settings(BaseSettings):
         _split_list
     )
     _split_slack = field_validator("slack_admins", mode="before")(_split_list)
+    # `CLIPBOT_DATA_DIR=~/...` (as .env.example writes it): no shell expands ~ in a .env file.
+    _home = field_validator("data_dir", "model_cache", mode="after")(_expand_user)
 
     @property
     def state_redis_url(self) -> str | None:

@@ -107,6 +107,20 @@ def test_list_settings_parse_from_env(monkeypatch, tmp_path):
     assert s.plugins == ["help", "whatis"] and s.worker_queues == ["gpu"]
 
 
+def test_tilde_in_path_settings_is_the_home_folder(monkeypatch, tmp_path):
+    # .env.example's own line, uncommented into a .env file: no shell is there to expand the ~.
+    line = next(l for l in (ROOT / ".env.example").read_text().splitlines() if l.startswith("# CLIPBOT_DATA_DIR="))
+    env_file = tmp_path / ".env"
+    env_file.write_text(line.removeprefix("# ") + "\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CLIPBOT_DATA_DIR", raising=False)
+    monkeypatch.setenv("CLIPBOT_MODEL_CACHE", "~/weights")
+    s = Settings(_env_file=env_file)
+    assert s.data_dir == tmp_path / "home" / ".local" / "share" / "clipbot"
+    assert s.models_dir == tmp_path / "home" / "weights"
+    assert Settings(_env_file=None, data_dir="~/x").data_dir == tmp_path / "home" / "x"
+
+
 def test_broken_plugin_is_skipped_and_reported(tmp_path, monkeypatch):
     broken = types.ModuleType("broken_plugin")
     monkeypatch.setitem(sys.modules, "broken_plugin", broken)
