@@ -67,7 +67,9 @@ def open_app(settings: Any, *, start_worker: bool = True) -> Iterator[App]:
     URL) and `start_worker`, the in-process worker runs inside until the block ends."""
     from bot.plugins import build_plugin_manager, declared_queues, plugin_settings
     from engine.app import create_engine
+    from engine.datadir import make_dir, tighten
 
+    tighten(make_dir(settings.data_dir))  # private: what an older version left readable too
     pm = build_plugin_manager(settings)
     extra = plugin_settings(pm)
     engine = create_engine(settings, queues=declared_queues(pm).values(), plugin_settings=extra)

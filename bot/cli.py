@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.datadir import PRIVATE_UMASK, make_dir, make_private, write_file
 from engine.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -137,6 +138,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
+    os.umask(PRIVATE_UMASK)  # the data folder is private (engine.datadir): so is all we write
     verbose = "--verbose" in raw or "-v" in raw
     try:
         settings = _settings()
@@ -193,9 +195,9 @@ def _configure_logging(args: argparse.Namespace, settings: Any) -> None:
         root.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
         return
     try:
-        log_dir = Path(settings.data_dir) / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = make_dir(Path(settings.data_dir) / "logs")
         handler = logging.FileHandler(log_dir / "clipbot.log", encoding="utf-8")
+        make_private(log_dir / "clipbot.log")
     except OSError:
         return  # a read-only data dir must not stop the bot; the console handler (if any) still logs
     handler.setFormatter(fmt)
@@ -296,10 +298,8 @@ async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
 
 
 def _write_image(out_dir: Path, image: Any) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / Path(image.filename).name
-    path.write_bytes(image.data)
-    return path
+    make_dir(out_dir)
+    return write_file(out_dir / Path(image.filename).name, image.data)
 
 
 def _with_paths(value: Any, written: dict[str, str]) -> Any:

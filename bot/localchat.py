@@ -18,6 +18,7 @@ from bot.commands import Attachment, Reply, command
 from bot.events import ImagePosted
 from bot.hookspecs import hookimpl
 from bot.markup import escape, link
+from engine.datadir import make_dir, write_file
 from engine.errors import UserError
 
 PLATFORM = "local"
@@ -80,10 +81,9 @@ def _save_post(app: Any, request: Any, image: Attachment, text: str) -> dict:
     store = app.engine.store
     data = app.engine.blobs.get(image.key)
     space, channel = request.space_id or PLATFORM, request.channel_id
-    files = _files_dir(app)
-    files.mkdir(parents=True, exist_ok=True)
+    files = make_dir(_files_dir(app))
     name = hashlib.sha256(data).hexdigest()[:32] + Path(image.filename).suffix.lower()[:8]
-    (files / name).write_bytes(data)
+    write_file(files / name, data)
     seq = int(store.get(f"{_SEQ}{space}:{channel}") or 0) + 1
     store.set(f"{_SEQ}{space}:{channel}", seq)
     post = {"space_id": space, "channel_id": channel, "message_id": str(seq), "author_id": request.user_id,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
+from engine.datadir import create_file, make_dir
 from engine.errors import BackendUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +32,8 @@ class SqliteStore:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_dir(Path(path).parent)
+            create_file(path)  # 0600; SQLite gives its -wal and -shm files the same mode
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT, expires REAL)")

@@ -20,6 +20,7 @@ from bot.app import App
 from bot.commands import Action, Attachment, Reply, Request
 from bot.markup import render_plain
 from bot.options import parse_command_text
+from engine.datadir import make_dir, write_file
 from engine.errors import UserError
 from engine.images import read_image_file
 
@@ -101,11 +102,10 @@ class LocalAdapter:
         self.out.flush()
 
     def save_image(self, data: bytes, filename: str) -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.output_dir)
         self._saved += 1
-        path = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._saved:03d}-{Path(filename).name}"
-        path.write_bytes(data)
-        return path
+        return write_file(self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._saved:03d}-{Path(filename).name}",
+                          data)
 
     async def resume(self) -> list[asyncio.Task]:
         """Pick up the long jobs that were running when the chat last stopped; their progress and

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from engine.datadir import create_file, make_dir
 from engine.index import Filter, Hit, Occurrence, SpaceStats, authors_named, unit
 
 _SCHEMA = """
@@ -64,7 +65,8 @@ class _View:
 class EmbeddedIndex:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        (self.root / "matrices").mkdir(parents=True, exist_ok=True)
+        make_dir(self.root / "matrices")
+        create_file(self.root / "index.sqlite3")  # 0600, and so SQLite's -wal and -shm files
         self._db = sqlite3.connect(str(self.root / "index.sqlite3"), check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -117,7 +119,7 @@ class EmbeddedIndex:
         path, rows = self._matrix(db, space_id, model, dim)
         free = [r for (r,) in db.execute("SELECT row FROM free_rows WHERE space = ? AND model = ? ORDER BY row",
                                          (space_id, model))]
-        with open(path, "r+b" if path.exists() else "w+b") as file:
+        with open(path if path.exists() else create_file(path), "r+b") as file:
             for content_hash, (vector, thumbnail) in embeddings.items():
                 if len(vector) != dim:
                     raise ValueError(f"embedding of {content_hash} has {len(vector)} dims, not {dim}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from engine.datadir import create_file, make_dir
 from engine.errors import ModelUnavailable
 
 NETWORK_TIMEOUT_S = 5.0  # connect (and per-read) timeout: offline should fail in seconds
@@ -65,8 +66,8 @@ def download(url: str, target: Path, *, expected_sha256: str = "", progress: boo
     `expected_sha256` (a full hash or a prefix) is checked before the file appears at `target`;
     a mismatch deletes the download and raises ModelUnavailable naming `what`.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    make_dir(target.parent)
+    partial = create_file(target.with_name(f"{target.name}.{os.getpid()}.part")) 
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, partial.open("wb") as out:

@@ -31,6 +31,7 @@ import yaml
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
+from engine.datadir import write_file
 from engine.errors import ModelUnavailable
 from engine.models import downloads
 from engine.models.registry import registry, resolve_device
@@ -320,7 +321,7 @@ def _pull_file(name: str, url: str, path: Path, known_sha256: str, progress: boo
                                  what=f"The VQGAN file {path.name}")
     except downloads.DownloadFailed as exc:
         raise _download_failed(name, str(exc)) from exc
-    recorded.write_text(got + "\n")
+    write_file(recorded, (got + "\n").encode())
 
 
 def _download_failed(name: str, reason: str) -> ModelUnavailable:

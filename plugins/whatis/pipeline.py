@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from engine.datadir import create_file, make_dir
 from engine.models.clip import PROMPT_TEMPLATES
 
 try:
@@ -84,7 +85,7 @@ def _disk_cached(cache_dir: Path, key: str, cache_bytes: int | None, compute: Ca
     matrix = _load_cached(cache_dir, key)
     if matrix is not None:
         return matrix
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(cache_dir)
     with _computing(cache_dir, key, waiting):
         matrix = _load_cached(cache_dir, key)  # another process may have finished it meanwhile
         if matrix is None:
@@ -99,7 +100,7 @@ def _disk_cached(cache_dir: Path, key: str, cache_bytes: int | None, compute: Ca
 def _computing(cache_dir: Path, key: str, waiting: Callable[[], Any]) -> Iterator[None]:
     """Hold `key`'s lock file: one process (or thread) computes a matrix, the others wait for it,
     calling `waiting()` every half second (a job reports it, and may be cancelled meanwhile)."""
-    with open(cache_dir / f".{key}.lock", "a+b") as lock:
+    with open(create_file(cache_dir / f".{key}.lock"), "a+b") as lock:
         while fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,7 +131,7 @@ def _touch(path: Path) -> None:
 
 def _save_cached(cache_dir: Path, key: str, matrix: torch.Tensor) -> None:
     tmp = cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
-    torch.save(matrix.cpu(), tmp)
+    torch.save(matrix.cpu(), create_file(tmp))
     os.replace(tmp, cache_dir / f"{key}.pt")  # atomic: concurrent workers never read half a file
 
 
