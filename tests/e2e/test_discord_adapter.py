@@ -45,7 +45,7 @@ def app(tmp_path):
 
 def _settings(tmp_path, fake: FakeDiscord, **extra):
     return make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base,
-                         discord_gateway_url=fake.gateway_url, **extra)
+                         discord_gateway_url=fake.gateway_url, test_file_hosts=[f"127.0.0.1:{fake.port}"], **extra)
 
 
 async def _serving(app, settings, body):
@@ -116,8 +116,12 @@ def test_attachments_come_only_from_discord_file_hosts(app, tmp_path):
     with pytest.raises(UserError, match="too big"):
         asyncio.run(adapter.attachment({"url": "https://cdn.discordapp.com/a.png", "filename": "a.png",
                                         "size": 10 ** 9}))
-    allowed = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", discord_api_base="http://127.0.0.1:5/api/v10"))
-    assert "127.0.0.1" in allowed._file_hosts and "cdn.discordapp.com" in allowed._file_hosts
+    proxied = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", discord_api_base="http://127.0.0.1:5/api/v10"))
+    assert not proxied.files.hosts.trusted("http://127.0.0.1:5/attachments/1/2/a.png")  # an API proxy is no CDN
+    assert proxied.files.hosts.trusted("https://cdn.discordapp.com/attachments/1/2/a.png")
+    testing = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", test_file_hosts=["127.0.0.1:5"]))
+    assert testing.files.hosts.trusted("http://127.0.0.1:5/attachments/1/2/a.png")
+    assert not testing.files.hosts.trusted("http://127.0.0.1:6/attachments/1/2/a.png")
 
 
 def test_a_rejected_token_is_one_clear_error(fake, app, tmp_path):

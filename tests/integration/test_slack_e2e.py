@@ -50,7 +50,8 @@ class SlackBot:
 
     def start(self) -> None:
         env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
-                          CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
+                          CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_TEST_FILE_HOSTS=self.fake.file_host,
+                          CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
                           CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0",
                           CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
         for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
@@ -428,6 +429,7 @@ def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_pat
         old.append(fake.post_as_user(channel, "USHELL", "from before", files=[photo]))
         fake.post_as_user(channel, "USHELL", "chatter")
     env = {"SLACK_BOT_TOKEN": fake.bot_token, "CLIPBOT_SLACK_API_URL": fake.api_url,
+           "CLIPBOT_TEST_FILE_HOSTS": fake.file_host,
            "SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": "",  # the shell needs neither
            "CLIPBOT_SEARCH_BACKFILL_PAGE": "2", "CLIPBOT_SEARCH_BACKFILL_DELAY": "0"}
 

@@ -33,6 +33,12 @@ def fake():
     fake.stop()
 
 
+def _fetcher(fake, token=None, **limits):
+    """The bot's file fetcher, with the fake's CDN opted in as a test file host."""
+    limits = {"max_bytes": 10**6, "max_pixels": 10**6, **limits}
+    return FileFetcher(token or fake.bot_token, test_hosts=[fake.file_host], **limits)
+
+
 def _client(fake):
     from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
     from slack_sdk.web.async_client import AsyncWebClient
@@ -52,7 +58,7 @@ def test_backfill_pages_through_history_resumably_and_waits_out_rate_limits(fake
     blobs = MemoryBlobStore()
 
     async def walk():
-        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        fetcher = _fetcher(fake)
         history = SlackHistory(_client(fake), fetcher, blobs, _url)
         seen, cursor, pages = [], None, 0
         while True:
@@ -80,7 +86,7 @@ def test_login_page_instead_of_a_file_is_a_clear_error(fake):
     info = fake.add_file(_png(), "p.png")
 
     async def fetch(token):
-        fetcher = FileFetcher(token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        fetcher = _fetcher(fake, token)
         try:
             return await fetcher.fetch(info["url_private"])
         finally:
@@ -99,7 +105,7 @@ def test_redirects_are_followed_only_within_slack(fake):
     info = fake.add_file(_png(), "p.png")
 
     async def fetch(url):
-        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        fetcher = _fetcher(fake)
         try:
             return await fetcher.fetch(url)
         finally:
@@ -111,11 +117,12 @@ def test_redirects_are_followed_only_within_slack(fake):
 
 
 def test_bot_token_only_goes_to_slack_hosts():
-    fetcher = FileFetcher("xoxb-t", "http://127.0.0.1:5000/api/", max_bytes=1, max_pixels=1)
+    fetcher = FileFetcher("xoxb-t", max_bytes=1, max_pixels=1, test_hosts=["127.0.0.1:5000"])
     assert fetcher.trusted("https://files.slack.com/files-pri/T-F/x.png")
-    assert fetcher.trusted("http://127.0.0.1:5000/files-pri/F/x.png")  # the configured API host
+    assert fetcher.trusted("http://127.0.0.1:5000/files-pri/F/x.png")  # opted in by CLIPBOT_TEST_FILE_HOSTS
     for url in ("https://evil.example/x.png", "http://files.slack.com/x.png", "https://slack.com.evil.io/x",
-                "https://files.slack.com@evil.io/x.png"):
+                "https://files.slack.com@evil.io/x.png", "http://127.0.0.1:5001/files-pri/F/x.png",
+                "https://files.slack.com:8443/x.png"):
         assert not fetcher.trusted(url), url
 
 
