@@ -10,9 +10,11 @@ never held in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import random
+import socket
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -100,3 +102,12 @@ def photo_jpeg(seed: int = 0, size: tuple[int, int] = (4032, 3024)) -> bytes:
     out = io.BytesIO()
     photo.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def unreachable_port() -> Iterator[int]:
+    """A loopback port nothing listens on: bound and never listening, so every connection is refused
+    (and no other process can take the port while the test runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

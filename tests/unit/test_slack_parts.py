@@ -179,3 +179,79 @@ def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_
     http = manifest(specs, request_url="https://bot.example/slack/events")
     assert not http["settings"]["socket_mode_enabled"]
     assert all(c["url"] == "https://bot.example/slack/events" for c in http["features"]["slash_commands"])
+
+
+# ---- downloads from a CDN-like fake: whole files, the size limit, where the token goes -----------------
+def _fetch_attachment(fetcher, blobs, info):
+    async def run():
+        try:
+            return await fetcher.attachment(blobs, info)
+        finally:
+            await fetcher.close()
+
+    return asyncio.run(run())
+
+
+def test_a_real_photo_arrives_whole_with_and_without_content_length(fake):
+    from tests.fakes.cdn import Served, photo_jpeg
+
+    photo = photo_jpeg(1)
+    blobs = MemoryBlobStore()
+    for with_length in (True, False):
+        info = fake.add_file(Served(photo, "image/jpeg", content_length=with_length), "IMG_0001.jpg", "image/jpeg")
+        attachment = _fetch_attachment(_fetcher(fake, max_bytes=25 * 2**20, max_pixels=40_000_000), blobs, info)
+        assert blobs.get(attachment.key) == photo and attachment.size == len(photo), with_length
+        assert attachment.content_type == "image/jpeg"
+
+
+def test_a_file_larger_than_it_claims_is_refused_with_the_size_message(fake):
+    from engine.errors import UserError
+    from tests.fakes.cdn import lying_file, photo_jpeg
+
+    info = fake.add_file(lying_file(photo_jpeg(1)[:100_000]), "small.jpg", "image/jpeg")
+    assert info["size"] == 1000
+    with pytest.raises(UserError, match=r"too big \(the limit is 8 MB\)"):
+        _fetch_attachment(_fetcher(fake, max_bytes=8 * 2**20, max_pixels=40_000_000), MemoryBlobStore(), info)
+
+
+def test_the_api_url_does_not_make_its_host_a_file_host(fake):
+    from engine.errors import UserError
+
+    info = fake.add_file(_png(), "p.png")
+    fetcher = FileFetcher(fake.bot_token, max_bytes=10**6, max_pixels=10**6)  # no CLIPBOT_TEST_FILE_HOSTS
+    with pytest.raises(UserError, match="not on Slack"):
+        _fetch_attachment(fetcher, MemoryBlobStore(), info)
+    assert fake.downloads == []  # nothing was asked, so no token went anywhere
+
+
+def test_a_redirect_to_another_host_does_not_carry_the_token(fake):
+    from urllib.parse import quote
+
+    from engine.errors import UserError
+
+    other = FakeSlack().start()  # another trusted host (its own port): the token is for the first one only
+    try:
+        info = other.add_file(_png(), "p.png")
+        fetcher = FileFetcher(fake.bot_token, max_bytes=10**6, max_pixels=10**6,
+                              test_hosts=[fake.file_host, other.file_host])
+        with pytest.raises(UserError, match="files:read"):  # the other host saw no token: its login page
+            _fetch_attachment(fetcher, MemoryBlobStore(),
+                              {**info, "url_private": f"{fake.base}/redirect?to={quote(info['url_private'])}",
+                               "url_private_download": None})
+        (redirect,) = fake.calls_to("redirect")
+        assert redirect.params["authorization"] == f"Bearer {fake.bot_token}"  # the first hop: Slack itself
+        assert other.downloads == [(info["id"], False)]
+    finally:
+        other.stop()
+
+
+def test_an_unreachable_file_host_is_named_in_one_line():
+    from engine.errors import UserError
+    from tests.fakes.cdn import unreachable_port
+
+    with unreachable_port() as port:
+        fetcher = FileFetcher("xoxb-t", max_bytes=10**6, max_pixels=10**6, test_hosts=[f"127.0.0.1:{port}"])
+        with pytest.raises(UserError, match=rf"could not reach Slack's file server at 127\.0\.0\.1:{port} "
+                                            r"\(Connection refused\)"):
+            _fetch_attachment(fetcher, MemoryBlobStore(), {"id": "F1", "name": "p.png",
+                                                          "url_private": f"http://127.0.0.1:{port}/files-pri/F1/p.png"})
