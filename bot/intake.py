@@ -12,6 +12,8 @@ the discord/slack extras installed.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -193,6 +195,10 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def unreachable(what: str, exc: "aiohttp.ClientConnectorError") -> UserError:
     """One line for a host that did not answer at all: which host, and why (refused, no such name...)."""
-    reason = getattr(exc.os_error, "strerror", None) or str(exc.os_error) or type(exc.os_error).__name__
+    error = exc.os_error
+    if isinstance(error, socket.gaierror) or not error.errno:  # a name that does not resolve, a timeout...
+        reason = error.strerror or str(error) or type(error).__name__
+    else:  # asyncio's "Connect call failed (...)" repeats the address: the errno says why
+        reason = os.strerror(error.errno)
     return UserError(f"I could not reach {what} at {exc.host}:{exc.port} ({reason}); check the network "
                      "and the address, then try again.")

@@ -198,8 +198,7 @@ class DiscordAdapter:
         started = asyncio.create_task(client.start(self.settings.discord_token.get_secret_value()))
         stopping = asyncio.create_task(stop_event.wait())
         await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            await client.close()
+        await client.close()  # stops a running client; after a failed start it closes its HTTP session
         stopping.cancel()
         await asyncio.gather(started, stopping, return_exceptions=True)
         error = started.exception() if not started.cancelled() else None

@@ -129,3 +129,38 @@ def test_a_rejected_token_is_one_clear_error(fake, app, tmp_path):
                              discord_gateway_url=fake.gateway_url)
     with pytest.raises(UserError, match="rejected DISCORD_TOKEN"):
         asyncio.run(serve(app, settings, asyncio.Event()))
+
+
+def test_the_api_base_does_not_make_its_host_a_file_host(fake, app, tmp_path):
+    channel = fake.add_channel(fake.add_guild(), "general")
+    posted = fake.post_message(channel, {"id": "1", "username": "u"}, "", files=[("a.png", _png(1), "image/png")])
+    proxied = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base))
+    with pytest.raises(UserError, match="Discord's own file servers"):
+        asyncio.run(proxied.attachment(posted["attachments"][0]))
+    assert not fake.find_calls("GET", r"/attachments/.*"), "nothing is fetched from the API host"
+
+
+def test_an_unreachable_discord_is_one_line_naming_the_host(app, tmp_path):
+    from tests.fakes.cdn import unreachable_port
+
+    with unreachable_port() as port:
+        settings = make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=f"http://127.0.0.1:{port}/api/v10",
+                                 test_file_hosts=[f"127.0.0.1:{port}"])
+        named = rf"^I could not reach Discord at 127\.0\.0\.1:{port} \(Connection refused\); check the network"
+        with pytest.raises(UserError, match=named):  # `clipbot run` prints it as one line
+            asyncio.run(serve(app, settings, asyncio.Event()))
+
+        from bot.adapters.discord import open_history
+
+        async def backfill():
+            async with open_history(app, settings):
+                pass
+
+        with pytest.raises(UserError, match=named):  # `clipbot index backfill` from a shell
+            asyncio.run(backfill())
+
+        adapter = DiscordAdapter(app, settings)
+        url = f"http://127.0.0.1:{port}/attachments/1/2/a.png"
+        with pytest.raises(UserError, match=rf"could not reach Discord's file server at 127\.0\.0\.1:{port} "
+                                            r"\(Connection refused\)"):
+            asyncio.run(adapter.attachment({"url": url, "filename": "a.png", "size": 10}))
