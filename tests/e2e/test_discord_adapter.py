@@ -160,7 +160,37 @@ def test_an_unreachable_discord_is_one_line_naming_the_host(app, tmp_path):
             asyncio.run(backfill())
 
         adapter = DiscordAdapter(app, settings)
-        url = f"http://127.0.0.1:{port}/attachments/1/2/a.png"
+
+        async def download():
+            try:
+                await adapter.attachment({"url": f"http://127.0.0.1:{port}/attachments/1/2/a.png", "size": 10})
+            finally:
+                await adapter.files.close()
+
         with pytest.raises(UserError, match=rf"could not reach Discord's file server at 127\.0\.0\.1:{port} "
                                             r"\(Connection refused\)"):
-            asyncio.run(adapter.attachment({"url": url, "filename": "a.png", "size": 10}))
+            asyncio.run(download())
+
+
+def test_an_attachment_is_stored_whole_or_not_at_all(fake, app, tmp_path):
+    from tests.fakes.cdn import Served, photo_jpeg
+
+    channel = fake.add_channel(fake.add_guild(), "general")
+    photo = photo_jpeg(1)
+    posted = fake.post_message(channel, {"id": "1", "username": "u"}, "", files=[
+        ("whole.jpg", photo, "image/jpeg"),
+        ("cut.jpg", Served(photo, "image/jpeg", cut_after=len(photo) // 2), "image/jpeg")])
+    adapter = DiscordAdapter(app, _settings(tmp_path, fake))
+
+    async def take(found: dict):
+        try:
+            return await adapter.attachment(found)
+        except UserError as exc:
+            return exc
+        finally:
+            await adapter.files.close()
+
+    whole, cut = posted["attachments"]
+    stored = asyncio.run(take(whole))
+    assert app.engine.blobs.get(stored.key) == photo and stored.size == len(photo)
+    assert "cut short" in str(asyncio.run(take(cut)))

@@ -31,7 +31,8 @@ class Served:
     `data` is the body; with `size` set the body is `data` followed by filler up to `size` bytes,
     generated while it is sent. `claimed_size` is what the platform's metadata says (Discord's
     attachment `size`, Slack's file `size`); None: the real size. `content_length`: send the header
-    (True) or a chunked body with no length up front (False)."""
+    (True) or a chunked body with no length up front (False). `cut_after`: drop the connection after
+    that many bytes, as a CDN edge does now and then."""
 
     data: bytes
     content_type: str = "application/octet-stream"
@@ -40,6 +41,7 @@ class Served:
     content_length: bool = True
     chunk: int = CHUNK
     pause: float = PAUSE
+    cut_after: int | None = None
 
     @property
     def length(self) -> int:
@@ -76,9 +78,15 @@ async def send(request: web.Request, served: Served) -> web.StreamResponse:
     else:
         response.enable_chunked_encoding()
     await response.prepare(request)
+    sent = 0
     try:
         for piece in served.pieces():
+            if served.cut_after is not None and sent + len(piece) > served.cut_after:
+                await response.write(piece[:served.cut_after - sent])
+                request.transport.close()  # mid-body: the client must notice it has not got the file
+                return response
             await response.write(piece)
+            sent += len(piece)
             if served.pause:
                 await asyncio.sleep(served.pause)
         await response.write_eof()
