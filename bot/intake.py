@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from bot.commands import Attachment
@@ -123,15 +123,18 @@ class Downloader:
     """GETs platform files: only from `hosts`, redirects followed by hand (each hop checked again;
     `credentials` go only to the origin of the URL asked for, never to another host), and the body
     read to its end or refused once it passes `max_bytes`, whatever the platform or the response
-    claimed. `platform` ("Discord", "Slack") names who would not give the file."""
+    claimed. `platform` ("Discord", "Slack") names who would not give the file; `check_type` may
+    refuse a response by its content type before its body is read (Slack's login page)."""
 
     def __init__(self, hosts: FileHosts, *, platform: str, max_bytes: int, refusal: str,
-                 credentials: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+                 credentials: dict[str, str] | None = None, timeout: float = 60.0,
+                 check_type: Callable[[str], None] | None = None) -> None:
         self.hosts = hosts
         self.platform = platform
         self.max_bytes = max_bytes
         self._refusal = refusal  # what to say about a URL off the trusted hosts
         self._credentials = dict(credentials or {})
+        self._check_type = check_type
         self._timeout = timeout
         self._session: "aiohttp.ClientSession | None" = None
 
@@ -156,6 +159,8 @@ class Downloader:
                     if response.status != 200:
                         raise UserError(f"{self.platform} would not give me that file (HTTP {response.status}); "
                                         "post it again.")
+                    if self._check_type is not None:
+                        self._check_type(response.content_type or "")
                     return Downloaded(await self._body(response), response.content_type or "")
             except aiohttp.ClientConnectorError as exc:
                 raise unreachable(f"{self.platform}'s file server", exc) from None

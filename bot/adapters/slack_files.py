@@ -17,8 +17,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot.commands import Attachment
 from bot.events import ImagePosted
-from bot.intake import Downloader, FileHosts, ImageLimits, image_attachment, too_big
-from engine.errors import UserError
+from bot.intake import Downloader, FileHosts, ImageLimits, download_attachment
+from engine.errors import ImageRejected, UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +40,33 @@ class FileFetcher:
         # The token goes only to the host the file was asked from; a redirect elsewhere loses it.
         self._files = Downloader(FileHosts(domains=SLACK_FILE_DOMAINS, test_hosts=test_hosts), platform="Slack",
                                  max_bytes=max_bytes, refusal="That file is not on Slack, so I won't fetch it.",
-                                 credentials={"Authorization": f"Bearer {token}"})
+                                 credentials={"Authorization": f"Bearer {token}"}, check_type=self._not_login_page)
         self._warned_scope = False
 
     def trusted(self, url: str) -> bool:
         return self._files.hosts.trusted(url)
 
-    async def fetch(self, url: str) -> tuple[bytes, str]:
-        """The file's bytes and content type; UserError when it is not a usable image."""
-        downloaded = await self._files.fetch(url)
-        if downloaded.content_type == "text/html":  # Slack's login page: the token lacks files:read
+    def _not_login_page(self, content_type: str) -> None:
+        if content_type == "text/html":  # Slack's login page: the token lacks files:read
             if not self._warned_scope:
                 log.error("Slack answered a file download with a login page: add the files:read scope "
                           "to the app and reinstall it")
                 self._warned_scope = True
             raise UserError("I can't read files in this workspace yet (the app needs the files:read scope).")
+
+    async def fetch(self, url: str) -> tuple[bytes, str]:
+        """The file's bytes and content type; UserError when it is not a usable image."""
+        downloaded = await self._files.fetch(url)
         return downloaded.data, downloaded.content_type
 
     async def attachment(self, blobs: Any, file: dict) -> Attachment:
         """Download one Slack file, check it as an image and store it in the blob store."""
-        name = file.get("name") or "image"
-        if int(file.get("size") or 0) > self.limits.max_bytes:
-            raise too_big(self.limits.max_bytes, name)
-        data, _ = await self.fetch(file.get("url_private_download") or file.get("url_private", ""))
+        url = file.get("url_private_download") or file.get("url_private", "")
         try:
-            return await asyncio.to_thread(image_attachment, blobs, data, filename=name, limits=self.limits,
-                                           source_id=file.get("id", ""))
-        except UserError as exc:  # ImageRejected: not a picture we accept
+            return await download_attachment(self._files, blobs, url, filename=file.get("name") or "image",
+                                             limits=self.limits, source_id=file.get("id", ""),
+                                             declared_size=int(file.get("size") or 0))
+        except ImageRejected as exc:  # not a picture we accept
             raise UserError(f"{file.get('name', 'That file')}: {exc}") from None
 
     async def close(self) -> None:
