@@ -256,13 +256,9 @@ def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
 
 
 def _attach(app: Any, path: str) -> Any:
-    from bot.commands import Attachment
-    from engine.images import read_image_file
+    from bot.intake import ImageLimits, file_attachment
 
-    settings = app.settings
-    data, info = read_image_file(path, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return Attachment(key=app.engine.blobs.put(data), filename=Path(path).name, content_type=info.content_type,
-                      size=len(data))
+    return file_attachment(app.engine.blobs, path, limits=ImageLimits.of(app.settings))
 
 
 async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:

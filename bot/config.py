@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["PluginSettings", "Settings", "env_prefix"]
+__all__ = ["PluginSettings", "Settings", "check_test_file_host", "env_prefix"]
 
 _DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "clipbot"
 
@@ -24,6 +26,36 @@ def _split_list(value: object) -> object:
 
 def _expand_user(value: Path | None) -> Path | None:
     return value.expanduser() if value is not None else None
+
+
+def check_test_file_host(item: str) -> str:
+    """`HOST:PORT` on this machine (127.0.0.0/8, ::1, localhost), normalised; ValueError otherwise.
+
+    Tests serve platform files from a fake on loopback; no setting may widen where the bot fetches
+    files (and sends its tokens) to another machine."""
+    parts = urlsplit("//" + item.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    if not host or port is None or parts.path or parts.username is not None or not _is_loopback(host):
+        raise ValueError(f"{item!r} is not a loopback HOST:PORT (127.0.0.1:PORT, [::1]:PORT or localhost:PORT); "
+                         "it is only for tests that serve files from this machine")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _test_file_hosts(value: object) -> object:
+    return [check_test_file_host(item) for item in value] if isinstance(value, list) else value
 
 
 class Settings(BaseSettings):
@@ -102,9 +134,16 @@ class Settings(BaseSettings):
     slack_progress_interval: float = Field(3.0, description="seconds between progress edits/snapshots per job")
     slack_channel_interval: float = Field(1.1, description="seconds between bot posts/edits in one channel")
 
-    _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", mode="before")(
-        _split_list
-    )
+    # Tests only: the fakes serve platform files over http on loopback. The API base settings above
+    # never make their host a file host (the bot token would follow); this one is refused at load
+    # for anything but a loopback HOST:PORT.
+    test_file_hosts: Annotated[list[str], NoDecode] = Field(
+        [], description="tests only: loopback HOST:PORTs (e.g. 127.0.0.1:8080) trusted for Discord/Slack file "
+        "downloads over http, besides the platforms' own https file hosts; anything else is refused")
+
+    _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", "test_file_hosts",
+                             mode="before")(_split_list)
+    _loopback_only = field_validator("test_file_hosts")(_test_file_hosts)
     _split_slack = field_validator("slack_admins", mode="before")(_split_list)
     # `CLIPBOT_DATA_DIR=~/...` (as .env.example writes it): no shell expands ~ in a .env file.
     _home = field_validator("data_dir", "model_cache", mode="after")(_expand_user)

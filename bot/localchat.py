@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from bot.commands import Attachment, Reply, command
 from bot.events import ImagePosted
 from bot.hookspecs import hookimpl
+from bot.intake import ImageLimits, file_attachment
 from bot.markup import escape, link
 from engine.datadir import make_dir, write_file
 from engine.errors import UserError
@@ -48,10 +49,11 @@ class LocalHistory:
             if post is None:
                 continue
             path = _files_dir(self.app) / post["file"]
-            if not path.is_file():
-                continue  # the picture's file was removed by hand: nothing to index
-            attachment = Attachment(key=self.app.engine.blobs.put(path.read_bytes()), filename=post["filename"],
-                                    content_type=post["content_type"], size=path.stat().st_size)
+            try:
+                attachment = file_attachment(self.app.engine.blobs, path, limits=ImageLimits.of(self.app.settings),
+                                             filename=post["filename"])
+            except UserError:
+                continue  # the picture's file was removed or changed by hand: nothing to index
             events.append(_event(post, attachment))
         if len(todo) <= limit:
             return events, None

@@ -24,7 +24,6 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
-from urllib.parse import urlsplit
 
 import aiohttp
 import discord
@@ -43,9 +42,9 @@ from bot.adapters._discord_payloads import (
 )
 from bot.commands import Action, Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
+from bot.intake import Downloader, FileHosts, ImageLimits, download_attachment, unreachable
 from bot.markup import render_discord
 from engine.errors import UserError
-from engine.images import inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +78,17 @@ async def open_history(app: Any, settings: Any) -> AsyncIterator["DiscordHistory
     _point_discord_py_at(settings)
     adapter = DiscordAdapter(app, settings)
     adapter.client = discord.Client(intents=discord.Intents.none())
-    adapter._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
     try:
         try:
             await adapter.client.login(settings.discord_token.get_secret_value())
         except discord.LoginFailure:
             raise UserError(TOKEN_REJECTED) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise unreachable("Discord", exc) from None
         yield DiscordHistory(adapter)
     finally:
         await adapter.client.close()
-        await adapter._session.close()
+        await adapter.files.close()
 
 
 def _point_discord_py_at(settings: Any) -> None:
@@ -167,27 +167,27 @@ class DiscordAdapter:
         self.settings = settings
         self.client: _Client | None = None
         self.throttle = _Throttle(settings.discord_edit_interval)
-        self._session: aiohttp.ClientSession | None = None
         self._started = False
         # The commands Discord serves: every plugin's that is offered here (not the local chat's /post).
         self.commands: dict[str, CommandSpec] = {n: s for n, s in app.commands.items() if s.offered_on(PLATFORM)}
         self.menus = message_menus(self.commands)  # Apps > "What is this?": menu name -> (command, option)
         self._resumed: list[asyncio.Task] = []
-        self._file_hosts = set(DISCORD_FILE_HOSTS)
-        if settings.discord_api_base:
-            self._file_hosts.add(urlsplit(settings.discord_api_base).hostname or "")
+        # Attachments come from Discord's CDN only: an API base override (a proxy) does not widen that.
+        self.limits = ImageLimits.of(settings)
+        self.files = Downloader(FileHosts(hosts=DISCORD_FILE_HOSTS, test_hosts=settings.test_file_hosts),
+                                platform="Discord", max_bytes=self.limits.max_bytes,
+                                refusal="I only fetch files from Discord's own file servers.")
 
     # ---- life cycle -------------------------------------------------------------------------------
     async def run(self, stop_event: asyncio.Event) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         self.app.history_sources[PLATFORM] = DiscordHistory(self)
         try:
             while not await self._run_client(intents, stop_event):
                 intents.message_content = False
         finally:
-            await self._session.close()
+            await self.files.close()
 
     async def _run_client(self, intents: discord.Intents, stop_event: asyncio.Event) -> bool:
         """Run one client until stopped (True), or False when Discord refused the privileged intent."""
@@ -198,8 +198,7 @@ class DiscordAdapter:
         started = asyncio.create_task(client.start(self.settings.discord_token.get_secret_value()))
         stopping = asyncio.create_task(stop_event.wait())
         await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            await client.close()
+        await client.close()  # stops a running client; after a failed start it closes its HTTP session
         stopping.cancel()
         await asyncio.gather(started, stopping, return_exceptions=True)
         error = started.exception() if not started.cancelled() else None
@@ -208,6 +207,8 @@ class DiscordAdapter:
             return False
         if isinstance(error, discord.LoginFailure):
             raise UserError(TOKEN_REJECTED)
+        if isinstance(error, aiohttp.ClientConnectorError):
+            raise unreachable("Discord", error) from None
         if error is not None:
             raise error
         return True
@@ -313,30 +314,10 @@ class DiscordAdapter:
     # ---- files -------------------------------------------------------------------------------------
     async def attachment(self, found: dict) -> Attachment:
         """Download an attachment (Discord's file hosts only), check it, store its bytes."""
-        limits = {"max_bytes": self.settings.max_image_bytes, "max_pixels": self.settings.max_image_pixels}
-        if int(found.get("size") or 0) > limits["max_bytes"]:
-            raise UserError(f"{found.get('filename', 'That file')} is too big "
-                            f"(limit {limits['max_bytes'] // (1024 * 1024)} MB).")
-        data = await self._download(found["url"], limits["max_bytes"])
-        info = await asyncio.to_thread(inspect_image, data, **limits)
-        key = await asyncio.to_thread(self.app.engine.blobs.put, data)
-        return Attachment(key=key, filename=found.get("filename") or "image", content_type=info.content_type,
-                          size=len(data), source_id=str(found.get("id", "")))
-
-    async def _download(self, url: str, max_bytes: int) -> bytes:
-        host = urlsplit(url).hostname or ""
-        if host not in self._file_hosts:
-            raise UserError("I only fetch files from Discord's own file servers.")
-        try:
-            async with self._session.get(url, allow_redirects=False) as response:  # type: ignore[union-attr]
-                if response.status != 200:
-                    raise UserError(f"Discord would not give me that file (HTTP {response.status}); post it again.")
-                data = await response.content.read(max_bytes + 1)
-        except aiohttp.ClientError as exc:
-            raise UserError(f"I could not download that file ({type(exc).__name__}); try again.") from None
-        if len(data) > max_bytes:
-            raise UserError(f"That file is too big (limit {max_bytes // (1024 * 1024)} MB).")
-        return data
+        return await download_attachment(self.files, self.app.engine.blobs, found["url"],
+                                          filename=found.get("filename") or "image", limits=self.limits,
+                                          source_id=str(found.get("id", "")),
+                                          declared_size=int(found.get("size") or 0))
 
     # ---- indexing ----------------------------------------------------------------------------------
     async def on_message(self, message: discord.Message) -> None:

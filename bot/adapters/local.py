@@ -18,11 +18,11 @@ from typing import Any, TextIO
 
 from bot.app import App
 from bot.commands import Action, Attachment, Reply, Request
+from bot.intake import ImageLimits, file_attachment
 from bot.markup import render_plain
 from bot.options import parse_command_text
 from engine.datadir import make_dir, write_file
 from engine.errors import UserError
-from engine.images import read_image_file
 
 PROMPT = "clipbot> "
 
@@ -65,11 +65,7 @@ class LocalAdapter:
                        conversation={"channel": self.channel_id})
 
     def _attach(self, path_text: str) -> Attachment:
-        settings = self.dispatcher.settings
-        data, info = read_image_file(path_text, max_bytes=settings.max_image_bytes,
-                                     max_pixels=settings.max_image_pixels)
-        key = self.dispatcher.engine.blobs.put(data)
-        return Attachment(key=key, filename=Path(path_text).name, content_type=info.content_type, size=len(data))
+        return file_attachment(self.dispatcher.engine.blobs, path_text, limits=ImageLimits.of(self.dispatcher.settings))
 
     # ---- answering -------------------------------------------------------------------------
     async def handle_line(self, line: str) -> list[Reply]:

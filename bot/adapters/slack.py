@@ -33,10 +33,12 @@ from bot.actions import decode_action
 from bot.adapters.slack_manifest import slack_specs, slash_name
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
+from bot.intake import unreachable
 from bot.options import parse_command_text
 from engine.errors import UserError
 
 try:  # the `slack` extra; without it `configured` still answers and `serve` says what to install
+    import aiohttp
     from slack_bolt.async_app import AsyncApp
     from slack_sdk.errors import SlackApiError
     from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
@@ -88,6 +90,8 @@ async def _identity(client: "AsyncWebClient") -> dict[str, Any]:
         return dict((await client.auth_test()).data)
     except SlackApiError as exc:
         raise UserError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')}).") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise unreachable("Slack", exc) from None
 
 
 @asynccontextmanager
@@ -100,8 +104,8 @@ async def open_history(app: Any, settings: Any) -> AsyncIterator["SlackHistory"]
         raise UserError("Reading slack history needs the bot's token: set SLACK_BOT_TOKEN (as for `clipbot run`).")
     client = _web_client(settings)
     identity = await _identity(client)
-    fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
-                          max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    fetcher = FileFetcher(settings.slack_bot_token, max_bytes=settings.max_image_bytes,
+                          max_pixels=settings.max_image_pixels, test_hosts=settings.test_file_hosts)
 
     async def workspace_url() -> str:
         return identity.get("url") or "https://slack.com/"
@@ -121,8 +125,8 @@ class SlackAdapter:
         self.client = _web_client(settings)
         self.bolt = AsyncApp(client=self.client, signing_secret=settings.slack_signing_secret or "",
                              logger=logging.getLogger("slack_bolt"))
-        self.fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url,
-                                   max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        self.fetcher = FileFetcher(settings.slack_bot_token, max_bytes=settings.max_image_bytes,
+                                   max_pixels=settings.max_image_pixels, test_hosts=settings.test_file_hosts)
         self.dedupe = EventDedupe(settings)
         self.locations = FileLocations(app.engine.store)
         self.pacer = ChannelPacer(settings.slack_channel_interval)

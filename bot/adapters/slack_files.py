@@ -11,17 +11,14 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Iterable
 
-import aiohttp
 from slack_sdk.errors import SlackApiError
-from yarl import URL
 
 from bot.commands import Attachment
 from bot.events import ImagePosted
-from engine.errors import UserError
-from engine.images import inspect_image
+from bot.intake import Downloader, FileHosts, ImageLimits, download_attachment
+from engine.errors import ImageRejected, UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,73 +27,50 @@ _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp
 DEDUPE_TTL = 24 * 3600  # Slack retries an event for about 6 minutes; a day is plenty
 
 
+# Slack's own https hosts: files.slack.com and the workspace hosts under slack.com, Slack's CDN
+# (slack-edge.com) and GovSlack's domain. No setting adds to these (CLIPBOT_SLACK_API_URL does not).
+SLACK_FILE_DOMAINS = ("slack.com", "slack-edge.com", "slack-gov.com")
+
+
 class FileFetcher:
     """Downloads `url_private` files with the bot token, only from Slack's own hosts."""
 
-    def __init__(self, token: str, api_url: str | None, *, max_bytes: int, max_pixels: int) -> None:
-        self._token = token
-        self._max_bytes, self._max_pixels = max_bytes, max_pixels
-        # The token goes only to Slack (or to the configured API host, e.g. GovSlack or a test fake).
-        self._hosts = {urlsplit(api_url).hostname} if api_url else set()
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, token: str, *, max_bytes: int, max_pixels: int, test_hosts: Iterable[str] = ()) -> None:
+        self.limits = ImageLimits(max_bytes, max_pixels)
+        # The token goes only to the host the file was asked from; a redirect elsewhere loses it.
+        self._files = Downloader(FileHosts(domains=SLACK_FILE_DOMAINS, test_hosts=test_hosts), platform="Slack",
+                                 max_bytes=max_bytes, refusal="That file is not on Slack, so I won't fetch it.",
+                                 credentials={"Authorization": f"Bearer {token}"}, check_type=self._not_login_page)
         self._warned_scope = False
 
     def trusted(self, url: str) -> bool:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if host in self._hosts:
-            return True
-        return parts.scheme == "https" and (host == "slack.com" or host.endswith((".slack.com", ".slack-edge.com")))
+        return self._files.hosts.trusted(url)
+
+    def _not_login_page(self, content_type: str) -> None:
+        if content_type == "text/html":  # Slack's login page: the token lacks files:read
+            if not self._warned_scope:
+                log.error("Slack answered a file download with a login page: add the files:read scope "
+                          "to the app and reinstall it")
+                self._warned_scope = True
+            raise UserError("I can't read files in this workspace yet (the app needs the files:read scope).")
 
     async def fetch(self, url: str) -> tuple[bytes, str]:
         """The file's bytes and content type; UserError when it is not a usable image."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        for _ in range(4):  # redirects are followed by hand: the token must never leave Slack
-            if not self.trusted(url):
-                raise UserError("That file is not on Slack, so I won't fetch it.")
-            headers = {"Authorization": f"Bearer {self._token}"}
-            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
-                if resp.status in (301, 302, 303, 307, 308) and resp.headers.get("Location"):
-                    url = str(resp.url.join(URL(resp.headers["Location"])))
-                    continue
-                if resp.status != 200:
-                    raise UserError(f"Slack would not give me that file (HTTP {resp.status}).")
-                content_type = resp.content_type or ""
-                if content_type == "text/html":  # Slack's login page: the token lacks files:read
-                    if not self._warned_scope:
-                        log.error("Slack answered a file download with a login page: add the files:read scope "
-                                  "to the app and reinstall it")
-                        self._warned_scope = True
-                    raise UserError("I can't read files in this workspace yet (the app needs the files:read scope).")
-                return await _read_capped(resp, self._max_bytes), content_type
-        raise UserError("Slack sent that file round too many redirects.")
+        downloaded = await self._files.fetch(url)
+        return downloaded.data, downloaded.content_type
 
     async def attachment(self, blobs: Any, file: dict) -> Attachment:
         """Download one Slack file, check it as an image and store it in the blob store."""
-        data, content_type = await self.fetch(file.get("url_private_download") or file.get("url_private", ""))
+        url = file.get("url_private_download") or file.get("url_private", "")
         try:
-            info = await asyncio.to_thread(inspect_image, data, max_bytes=self._max_bytes,
-                                           max_pixels=self._max_pixels)
-        except UserError as exc:  # ImageRejected: not a picture we accept
+            return await download_attachment(self._files, blobs, url, filename=file.get("name") or "image",
+                                             limits=self.limits, source_id=file.get("id", ""),
+                                             declared_size=int(file.get("size") or 0))
+        except ImageRejected as exc:  # not a picture we accept
             raise UserError(f"{file.get('name', 'That file')}: {exc}") from None
-        key = await asyncio.to_thread(blobs.put, data)
-        return Attachment(key=key, filename=file.get("name") or "image", content_type=info.content_type,
-                          size=len(data), source_id=file.get("id", ""))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    chunks, total = [], 0
-    async for chunk in resp.content.iter_chunked(65536):
-        total += len(chunk)
-        if total > max_bytes:
-            raise UserError(f"That file is larger than the {max_bytes // (1024 * 1024)} MB I accept.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        await self._files.close()
 
 
 def image_files(message: dict) -> list[dict]:

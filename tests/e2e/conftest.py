@@ -42,6 +42,11 @@ def world():
     fake.stop()
 
 
+def fake_file_host(fake: FakeDiscord) -> str:
+    """CLIPBOT_TEST_FILE_HOSTS for the fake's CDN: the API base alone no longer makes it a file host."""
+    return f"127.0.0.1:{fake.port}"
+
+
 class BotProcess:
     """`clipbot run` serving the fake Discord, as an operator starts it."""
 
@@ -49,6 +54,7 @@ class BotProcess:
         self.world, self.data_dir, self.log_path = world, data_dir, log_path
         fake = world.fake
         settings = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
+                    "CLIPBOT_TEST_FILE_HOSTS": fake_file_host(fake),
                     "CLIPBOT_DISCORD_GATEWAY_URL": fake.gateway_url, "CLIPBOT_DISCORD_DEV_GUILD": world.guild,
                     "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
         redis_url = env.pop("redis_url", None)  # set: Redis engine, jobs run on `clipbot worker`s

@@ -45,7 +45,7 @@ def app(tmp_path):
 
 def _settings(tmp_path, fake: FakeDiscord, **extra):
     return make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base,
-                         discord_gateway_url=fake.gateway_url, **extra)
+                         discord_gateway_url=fake.gateway_url, test_file_hosts=[f"127.0.0.1:{fake.port}"], **extra)
 
 
 async def _serving(app, settings, body):
@@ -116,8 +116,12 @@ def test_attachments_come_only_from_discord_file_hosts(app, tmp_path):
     with pytest.raises(UserError, match="too big"):
         asyncio.run(adapter.attachment({"url": "https://cdn.discordapp.com/a.png", "filename": "a.png",
                                         "size": 10 ** 9}))
-    allowed = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", discord_api_base="http://127.0.0.1:5/api/v10"))
-    assert "127.0.0.1" in allowed._file_hosts and "cdn.discordapp.com" in allowed._file_hosts
+    proxied = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", discord_api_base="http://127.0.0.1:5/api/v10"))
+    assert not proxied.files.hosts.trusted("http://127.0.0.1:5/attachments/1/2/a.png")  # an API proxy is no CDN
+    assert proxied.files.hosts.trusted("https://cdn.discordapp.com/attachments/1/2/a.png")
+    testing = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", test_file_hosts=["127.0.0.1:5"]))
+    assert testing.files.hosts.trusted("http://127.0.0.1:5/attachments/1/2/a.png")
+    assert not testing.files.hosts.trusted("http://127.0.0.1:6/attachments/1/2/a.png")
 
 
 def test_a_rejected_token_is_one_clear_error(fake, app, tmp_path):
@@ -125,3 +129,68 @@ def test_a_rejected_token_is_one_clear_error(fake, app, tmp_path):
                              discord_gateway_url=fake.gateway_url)
     with pytest.raises(UserError, match="rejected DISCORD_TOKEN"):
         asyncio.run(serve(app, settings, asyncio.Event()))
+
+
+def test_the_api_base_does_not_make_its_host_a_file_host(fake, app, tmp_path):
+    channel = fake.add_channel(fake.add_guild(), "general")
+    posted = fake.post_message(channel, {"id": "1", "username": "u"}, "", files=[("a.png", _png(1), "image/png")])
+    proxied = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base))
+    with pytest.raises(UserError, match="Discord's own file servers"):
+        asyncio.run(proxied.attachment(posted["attachments"][0]))
+    assert not fake.find_calls("GET", r"/attachments/.*"), "nothing is fetched from the API host"
+
+
+def test_an_unreachable_discord_is_one_line_naming_the_host(app, tmp_path):
+    from tests.fakes.cdn import unreachable_port
+
+    with unreachable_port() as port:
+        settings = make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=f"http://127.0.0.1:{port}/api/v10",
+                                 test_file_hosts=[f"127.0.0.1:{port}"])
+        named = rf"^I could not reach Discord at 127\.0\.0\.1:{port} \(Connection refused\); check the network"
+        with pytest.raises(UserError, match=named):  # `clipbot run` prints it as one line
+            asyncio.run(serve(app, settings, asyncio.Event()))
+
+        from bot.adapters.discord import open_history
+
+        async def backfill():
+            async with open_history(app, settings):
+                pass
+
+        with pytest.raises(UserError, match=named):  # `clipbot index backfill` from a shell
+            asyncio.run(backfill())
+
+        adapter = DiscordAdapter(app, settings)
+
+        async def download():
+            try:
+                await adapter.attachment({"url": f"http://127.0.0.1:{port}/attachments/1/2/a.png", "size": 10})
+            finally:
+                await adapter.files.close()
+
+        with pytest.raises(UserError, match=rf"could not reach Discord's file server at 127\.0\.0\.1:{port} "
+                                            r"\(Connection refused\)"):
+            asyncio.run(download())
+
+
+def test_an_attachment_is_stored_whole_or_not_at_all(fake, app, tmp_path):
+    from tests.fakes.cdn import Served, photo_jpeg
+
+    channel = fake.add_channel(fake.add_guild(), "general")
+    photo = photo_jpeg(1)
+    posted = fake.post_message(channel, {"id": "1", "username": "u"}, "", files=[
+        ("whole.jpg", photo, "image/jpeg"),
+        ("cut.jpg", Served(photo, "image/jpeg", cut_after=len(photo) // 2), "image/jpeg")])
+    adapter = DiscordAdapter(app, _settings(tmp_path, fake))
+
+    async def take(found: dict):
+        try:
+            return await adapter.attachment(found)
+        except UserError as exc:
+            return exc
+        finally:
+            await adapter.files.close()
+
+    whole, cut = posted["attachments"]
+    stored = asyncio.run(take(whole))
+    assert app.engine.blobs.get(stored.key) == photo and stored.size == len(photo)
+    assert "cut short" in str(asyncio.run(take(cut)))

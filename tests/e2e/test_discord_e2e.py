@@ -336,6 +336,7 @@ def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_
            for i in range(7)]
     data = tmp_path / "data"
     env = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
+           "CLIPBOT_TEST_FILE_HOSTS": f"127.0.0.1:{fake.port}",
            "CLIPBOT_SEARCH_BACKFILL_PAGE": "2", "CLIPBOT_SEARCH_BACKFILL_DELAY": "0"}
 
     def clipbot(*args, **extra):

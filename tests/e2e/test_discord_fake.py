@@ -110,3 +110,39 @@ def _named_msg(sink):
     async def on_message(message):
         sink.append(message)
     return on_message
+
+
+def test_ids_are_snowflakes_that_carry_their_creation_time(fake):
+    import time
+
+    before = time.time()
+    gid = fake.add_guild()
+    channel = fake.add_channel(gid, "general")
+    message = fake.post_message(channel, fake.add_member(gid, "dave"), "hi", files=[("a.png", b"x", "image/png")])
+    after = time.time()
+    ids = [gid, channel, message["id"], message["attachments"][0]["id"]]
+    for made in ids:  # discord.py reads the creation time from the id's top bits, as from Discord's own
+        assert before - 0.002 <= discord.utils.snowflake_time(int(made)).timestamp() <= after + 0.002, made
+    assert ids == sorted(ids, key=int) and len(set(ids)) == len(ids)  # newer ids are larger: history relies on it
+
+
+def test_the_cdn_sends_files_in_pieces_with_and_without_content_length(fake):
+    import aiohttp
+
+    from tests.fakes.cdn import photo_jpeg
+
+    gid = fake.add_guild()
+    channel = fake.add_channel(gid, "general")
+    photo = photo_jpeg(1)
+    message = fake.post_message(channel, fake.add_member(gid, "erin"), "", files=[
+        ("a.jpg", photo, "image/jpeg"), ("b.jpg", photo, "image/jpeg")])
+
+    async def fetch(url):
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            first = await response.content.read(len(photo) + 1)  # what a reader that stops early gets
+            return response.content_length, first, first + await response.read()
+
+    seen = [asyncio.run(fetch(a["url"])) for a in message["attachments"]]
+    assert {length for length, _, _ in seen} == {len(photo), None}  # one with Content-Length, one chunked
+    for _, first, whole in seen:
+        assert len(first) < len(photo) and whole == photo

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.cdn import Served, send
 from tests.polling import wait_until
 
 DISCORD_EPOCH_MS = 1420070400000
@@ -98,7 +99,8 @@ class FakeDiscord:
         self.guilds: dict[str, dict] = {}
         self.channels: dict[str, dict] = {}
         self.messages: dict[str, dict[str, dict]] = {}  # channel id -> message id -> message (insertion order)
-        self.cdn: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
+        self.cdn: dict[str, Served] = {}  # path -> the file and how the CDN sends it
+        self._cdn_files = itertools.count()
         self.commands: dict[str, list[dict]] = {}  # "global" or guild id -> synced commands
         self.interactions: dict[str, InteractionRecord] = {}
         self.identifies: list[dict] = []
@@ -318,7 +320,8 @@ class FakeDiscord:
     # ---- what users do ---------------------------------------------------------------------------
     def post_message(self, channel_id: str, author: dict, content: str = "",
                      files: list[tuple[str, bytes, str]] = ()) -> dict:
-        """A user posts a message (with files: (filename, bytes, content type)); MESSAGE_CREATE goes out."""
+        """A user posts a message (with files: (filename, bytes or `Served`, content type)); MESSAGE_CREATE
+        goes out."""
         def post() -> Any:
             message = self._new_message(channel_id, author, {"content": content}, list(files))
             return self._dispatch_message(message)
@@ -452,7 +455,7 @@ class FakeDiscord:
 
     def cdn_bytes(self, url: str) -> bytes:
         path = url.split("/attachments/", 1)[1].split("?", 1)[0]
-        return self._sync(lambda: self.cdn[path][0])
+        return self._sync(lambda: self.cdn[path].data)
 
     # ---- REST ------------------------------------------------------------------------------------
     _ROUTES: list[tuple[str, re.Pattern, str]] = [
@@ -680,19 +683,23 @@ class FakeDiscord:
         return thread
 
     # ---- messages and attachments ------------------------------------------------------------------
-    def _attachment(self, channel_id: str, filename: str, data: bytes, content_type: str) -> dict:
+    def _attachment(self, channel_id: str, filename: str, data: bytes | Served, content_type: str) -> dict:
+        """`data`: the bytes (served CDN-like: small pieces with pauses), or a `Served` saying how."""
+        # Every other file goes out chunked, without a Content-Length, as CDNs do now and then.
+        served = data if isinstance(data, Served) else Served(data, content_type,
+                                                              content_length=next(self._cdn_files) % 2 == 0)
         aid = self.snowflake()
         path = f"{channel_id}/{aid}/{filename}"
-        self.cdn[path] = (data, content_type)
+        self.cdn[path] = served
         url = f"{self.base_url}/attachments/{path}?ex=0&is=0&hm=fake"
-        att = {"id": aid, "filename": filename, "size": len(data), "url": url, "proxy_url": url,
+        att = {"id": aid, "filename": filename, "size": served.declared, "url": url, "proxy_url": url,
                "content_type": content_type}
         try:
             from io import BytesIO
 
             from PIL import Image
 
-            with Image.open(BytesIO(data)) as im:
+            with Image.open(BytesIO(served.data)) as im:
                 att["width"], att["height"] = im.size
         except Exception:  # not an image: Discord leaves width/height out
             pass
@@ -750,4 +757,4 @@ class FakeDiscord:
         found = self.cdn.get(request.match_info["tail"])
         if found is None:
             return web.Response(status=404, text="not found")
-        return web.Response(body=found[0], content_type=found[1])
+        return await send(request, found)

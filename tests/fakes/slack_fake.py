@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.cdn import Served, send
 from tests.polling import wait_until
 
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
@@ -50,6 +51,8 @@ class FakeSlack:
         self.users: dict[str, dict] = {}
         self.files: dict[str, dict] = {}
         self.file_data: dict[str, bytes] = {}
+        self.served: dict[str, Served] = {}  # file id -> how url_private sends it (files users posted)
+        self._served_files = itertools.count()
         self.downloads: list[tuple[str, bool]] = []  # (file id, authorised)
         self.acks: dict[str, dict] = {}
         self.socket_connections = 0
@@ -66,6 +69,11 @@ class FakeSlack:
     @property
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def file_host(self) -> str:
+        """CLIPBOT_TEST_FILE_HOSTS for this fake's `url_private` files (the API URL alone does not trust them)."""
+        return f"{self.host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -125,17 +133,23 @@ class FakeSlack:
             for channel in channels:
                 self.messages.setdefault(channel, [])
 
-    def add_file(self, data: bytes, name: str = "photo.png", mimetype: str = "image/png", user: str = "") -> dict:
+    def add_file(self, data: bytes | Served, name: str = "photo.png", mimetype: str = "image/png",
+                 user: str = "") -> dict:
+        """A file in the workspace; `data` is its bytes (served CDN-like: small pieces with pauses,
+        every other file without a Content-Length) or a `Served` saying how it goes out."""
         file_id = "F" + uuid.uuid4().hex[:10].upper()
+        served = data if isinstance(data, Served) else Served(data, mimetype,
+                                                              content_length=next(self._served_files) % 2 == 0)
         info = {
             "id": file_id, "name": name, "title": name, "mimetype": mimetype, "filetype": name.rsplit(".", 1)[-1],
-            "size": len(data), "user": user, "url_private": f"{self.base}/files-pri/{file_id}/{name}",
+            "size": served.declared, "user": user, "url_private": f"{self.base}/files-pri/{file_id}/{name}",
             "url_private_download": f"{self.base}/files-pri/{file_id}/{name}",
             "permalink": f"https://fake.slack.com/files/{user}/{file_id}/{name}",
         }
         with self._lock:
             self.files[file_id] = info
-            self.file_data[file_id] = data
+            self.file_data[file_id] = served.data
+            self.served[file_id] = served
         return info
 
     def post_as_user(self, channel: str, user: str, text: str = "", *, files: list[dict] = (),
@@ -348,12 +362,12 @@ class FakeSlack:
         authorised = request.headers.get("Authorization", "") == f"Bearer {self.bot_token}"
         with self._lock:
             self.downloads.append((file_id, authorised))
-            data, info = self.file_data.get(file_id), self.files.get(file_id)
+            data, info, served = self.file_data.get(file_id), self.files.get(file_id), self.served.get(file_id)
         if not authorised:  # what Slack does without a token (or without files:read)
             return web.Response(body=LOGIN_PAGE, content_type="text/html")
         if data is None:
             return web.Response(status=404, text="file not found")
-        return web.Response(body=data, content_type=info.get("mimetype", "application/octet-stream"))
+        return await send(request, served or Served(data, info.get("mimetype", "application/octet-stream")))
 
     async def _redirect(self, request: web.Request) -> web.Response:
         """A 302 to `?to=URL` (Slack's file URLs may redirect; tests check where the token goes)."""

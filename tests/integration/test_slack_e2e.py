@@ -50,7 +50,8 @@ class SlackBot:
 
     def start(self) -> None:
         env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
-                          CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
+                          CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_TEST_FILE_HOSTS=self.fake.file_host,
+                          CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
                           CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0",
                           CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
         for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
@@ -314,6 +315,36 @@ def test_pictures_only_reach_the_index_with_the_bot_token(bot, fake):
     assert "not on Slack" in bot.log()
 
 
+def test_real_photos_are_classified_and_indexed_whole_and_a_lying_file_is_refused(bot, fake):
+    from tests.fakes.cdn import lying_file, photo_jpeg
+
+    bot.send("slash_commands", slash_command(TEAM, "C1", "UADMIN", "/labels", "set cat, dog, car"))
+    _posted(fake, "C1", "Saved 3 labels")
+    first, second = photo_jpeg(1), photo_jpeg(2)  # 4032x3024, ~5 MB, served in small pieces
+    photo = fake.add_file(first, "IMG_0001.jpg", "image/jpeg", user="U1")
+    message = fake.post_as_user("C1", "U1", "holiday", files=[photo])
+    bot.send("interactive", message_shortcut(TEAM, "C1", "U1", message, "clipbot_whatis"))
+    call = fake.wait_call("files.completeUploadExternal", lambda c: c.params.get("thread_ts") == message["ts"],
+                          timeout=120)
+    assert "this channel's labels" in call.params["initial_comment"], call.params["initial_comment"]
+
+    indexed = fake.post_as_user("C2", "U1", "", files=[fake.add_file(second, "IMG_0002.jpg", "image/jpeg", user="U1")])
+    bot.send("events_api", event_callback(TEAM, message_event("C2", indexed)))
+    event = fake.wait_for(lambda: next((e for e in bot.probe_events() if e["message_id"] == indexed["ts"]), None),
+                          timeout=120, what="the photo indexed")
+    assert [a["size"] for a in event["attachments"]] == [len(second)]
+
+    huge = fake.add_file(lying_file(first[:100_000]), "small.jpg", "image/jpeg", user="U1")  # says 1,000 bytes
+    liar = fake.post_as_user("C1", "U1", "", files=[huge])
+    bot.send("interactive", message_shortcut(TEAM, "C1", "U1", liar, "clipbot_whatis"))
+    refusal = fake.wait_call("chat.postEphemeral", lambda c: "too big" in c.params.get("text", ""), timeout=120)
+    assert refusal.params["text"].endswith("That file is too big (the limit is 25 MB).")
+    assert refusal.params["user"] == "U1"
+    bot.send("events_api", event_callback(TEAM, message_event("C1", liar)))
+    fake.wait_for(lambda: f"not indexing file {huge['id']}" in bot.log(), timeout=120, what="the refusal logged")
+    assert not any(e["message_id"] == liar["ts"] for e in bot.probe_events())
+
+
 # ---- signatures (HTTP mode) ----------------------------------------------------------------------------
 def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
     if bot.mode != "http":
@@ -428,6 +459,7 @@ def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_pat
         old.append(fake.post_as_user(channel, "USHELL", "from before", files=[photo]))
         fake.post_as_user(channel, "USHELL", "chatter")
     env = {"SLACK_BOT_TOKEN": fake.bot_token, "CLIPBOT_SLACK_API_URL": fake.api_url,
+           "CLIPBOT_TEST_FILE_HOSTS": fake.file_host,
            "SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": "",  # the shell needs neither
            "CLIPBOT_SEARCH_BACKFILL_PAGE": "2", "CLIPBOT_SEARCH_BACKFILL_DELAY": "0"}
 
@@ -478,6 +510,20 @@ def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engi
     finally:
         bot.stop()
         worker.stop()
+def test_an_unreachable_slack_stops_clipbot_run_with_one_line_naming_the_host(tmp_path):
+    from tests.fakes.cdn import unreachable_port
+
+    with unreachable_port() as port:
+        env = clipbot_env(tmp_path, None, SLACK_BOT_TOKEN="xoxb-any", SLACK_APP_TOKEN="xapp-any",
+                          CLIPBOT_SLACK_API_URL=f"http://127.0.0.1:{port}/api/", OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("clipbot:")]
+    assert lines == [f"clipbot: I could not reach Slack at 127.0.0.1:{port} (Connection refused); check the "
+                     "network and the address, then try again."], out.stderr[-2000:]
+
+
 def test_operator_mistakes_stop_clipbot_run_with_one_clear_line(fake, tmp_path):
     cases = [({"SLACK_BOT_TOKEN": fake.bot_token}, "needs SLACK_SIGNING_SECRET"),
              ({"SLACK_BOT_TOKEN": "xoxb-revoked", "SLACK_APP_TOKEN": fake.app_token}, "refused SLACK_BOT_TOKEN")]

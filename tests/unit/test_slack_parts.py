@@ -33,6 +33,12 @@ def fake():
     fake.stop()
 
 
+def _fetcher(fake, token=None, **limits):
+    """The bot's file fetcher, with the fake's CDN opted in as a test file host."""
+    limits = {"max_bytes": 10**6, "max_pixels": 10**6, **limits}
+    return FileFetcher(token or fake.bot_token, test_hosts=[fake.file_host], **limits)
+
+
 def _client(fake):
     from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
     from slack_sdk.web.async_client import AsyncWebClient
@@ -52,7 +58,7 @@ def test_backfill_pages_through_history_resumably_and_waits_out_rate_limits(fake
     blobs = MemoryBlobStore()
 
     async def walk():
-        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        fetcher = _fetcher(fake)
         history = SlackHistory(_client(fake), fetcher, blobs, _url)
         seen, cursor, pages = [], None, 0
         while True:
@@ -80,7 +86,7 @@ def test_login_page_instead_of_a_file_is_a_clear_error(fake):
     info = fake.add_file(_png(), "p.png")
 
     async def fetch(token):
-        fetcher = FileFetcher(token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        fetcher = _fetcher(fake, token)
         try:
             return await fetcher.fetch(info["url_private"])
         finally:
@@ -99,7 +105,7 @@ def test_redirects_are_followed_only_within_slack(fake):
     info = fake.add_file(_png(), "p.png")
 
     async def fetch(url):
-        fetcher = FileFetcher(fake.bot_token, fake.api_url, max_bytes=10**6, max_pixels=10**6)
+        fetcher = _fetcher(fake)
         try:
             return await fetcher.fetch(url)
         finally:
@@ -111,11 +117,12 @@ def test_redirects_are_followed_only_within_slack(fake):
 
 
 def test_bot_token_only_goes_to_slack_hosts():
-    fetcher = FileFetcher("xoxb-t", "http://127.0.0.1:5000/api/", max_bytes=1, max_pixels=1)
+    fetcher = FileFetcher("xoxb-t", max_bytes=1, max_pixels=1, test_hosts=["127.0.0.1:5000"])
     assert fetcher.trusted("https://files.slack.com/files-pri/T-F/x.png")
-    assert fetcher.trusted("http://127.0.0.1:5000/files-pri/F/x.png")  # the configured API host
+    assert fetcher.trusted("http://127.0.0.1:5000/files-pri/F/x.png")  # opted in by CLIPBOT_TEST_FILE_HOSTS
     for url in ("https://evil.example/x.png", "http://files.slack.com/x.png", "https://slack.com.evil.io/x",
-                "https://files.slack.com@evil.io/x.png"):
+                "https://files.slack.com@evil.io/x.png", "http://127.0.0.1:5001/files-pri/F/x.png",
+                "https://files.slack.com:8443/x.png"):
         assert not fetcher.trusted(url), url
 
 
@@ -172,3 +179,79 @@ def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_
     http = manifest(specs, request_url="https://bot.example/slack/events")
     assert not http["settings"]["socket_mode_enabled"]
     assert all(c["url"] == "https://bot.example/slack/events" for c in http["features"]["slash_commands"])
+
+
+# ---- downloads from a CDN-like fake: whole files, the size limit, where the token goes -----------------
+def _fetch_attachment(fetcher, blobs, info):
+    async def run():
+        try:
+            return await fetcher.attachment(blobs, info)
+        finally:
+            await fetcher.close()
+
+    return asyncio.run(run())
+
+
+def test_a_real_photo_arrives_whole_with_and_without_content_length(fake):
+    from tests.fakes.cdn import Served, photo_jpeg
+
+    photo = photo_jpeg(1)
+    blobs = MemoryBlobStore()
+    for with_length in (True, False):
+        info = fake.add_file(Served(photo, "image/jpeg", content_length=with_length), "IMG_0001.jpg", "image/jpeg")
+        attachment = _fetch_attachment(_fetcher(fake, max_bytes=25 * 2**20, max_pixels=40_000_000), blobs, info)
+        assert blobs.get(attachment.key) == photo and attachment.size == len(photo), with_length
+        assert attachment.content_type == "image/jpeg"
+
+
+def test_a_file_larger_than_it_claims_is_refused_with_the_size_message(fake):
+    from engine.errors import UserError
+    from tests.fakes.cdn import lying_file, photo_jpeg
+
+    info = fake.add_file(lying_file(photo_jpeg(1)[:100_000]), "small.jpg", "image/jpeg")
+    assert info["size"] == 1000
+    with pytest.raises(UserError, match=r"too big \(the limit is 8 MB\)"):
+        _fetch_attachment(_fetcher(fake, max_bytes=8 * 2**20, max_pixels=40_000_000), MemoryBlobStore(), info)
+
+
+def test_the_api_url_does_not_make_its_host_a_file_host(fake):
+    from engine.errors import UserError
+
+    info = fake.add_file(_png(), "p.png")
+    fetcher = FileFetcher(fake.bot_token, max_bytes=10**6, max_pixels=10**6)  # no CLIPBOT_TEST_FILE_HOSTS
+    with pytest.raises(UserError, match="not on Slack"):
+        _fetch_attachment(fetcher, MemoryBlobStore(), info)
+    assert fake.downloads == []  # nothing was asked, so no token went anywhere
+
+
+def test_a_redirect_to_another_host_does_not_carry_the_token(fake):
+    from urllib.parse import quote
+
+    from engine.errors import UserError
+
+    other = FakeSlack().start()  # another trusted host (its own port): the token is for the first one only
+    try:
+        info = other.add_file(_png(), "p.png")
+        fetcher = FileFetcher(fake.bot_token, max_bytes=10**6, max_pixels=10**6,
+                              test_hosts=[fake.file_host, other.file_host])
+        with pytest.raises(UserError, match="files:read"):  # the other host saw no token: its login page
+            _fetch_attachment(fetcher, MemoryBlobStore(),
+                              {**info, "url_private": f"{fake.base}/redirect?to={quote(info['url_private'])}",
+                               "url_private_download": None})
+        (redirect,) = fake.calls_to("redirect")
+        assert redirect.params["authorization"] == f"Bearer {fake.bot_token}"  # the first hop: Slack itself
+        assert other.downloads == [(info["id"], False)]
+    finally:
+        other.stop()
+
+
+def test_an_unreachable_file_host_is_named_in_one_line():
+    from engine.errors import UserError
+    from tests.fakes.cdn import unreachable_port
+
+    with unreachable_port() as port:
+        fetcher = FileFetcher("xoxb-t", max_bytes=10**6, max_pixels=10**6, test_hosts=[f"127.0.0.1:{port}"])
+        with pytest.raises(UserError, match=rf"could not reach Slack's file server at 127\.0\.0\.1:{port} "
+                                            r"\(Connection refused\)"):
+            _fetch_attachment(fetcher, MemoryBlobStore(), {"id": "F1", "name": "p.png",
+                                                          "url_private": f"http://127.0.0.1:{port}/files-pri/F1/p.png"})
