@@ -13,6 +13,8 @@ Discord's rules this module keeps (see FIELD-NOTES.md):
 - progress edits are throttled per channel (`discord_edit_interval`); discord.py waits on the
   rate-limit headers for the rest;
 - files fit the interaction's `attachment_size_limit`;
+- nothing the bot sends pings: the client's default `allowed_mentions` allow no mention, and echoed
+  text is rendered literal (`bot.markup`);
 - buttons are `DynamicItem`s whose custom_id carries the action, so they work after a restart.
 """
 
@@ -43,7 +45,7 @@ from bot.adapters._discord_payloads import (
 )
 from bot.commands import Action, Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
-from bot.markup import render_discord
+from bot.markup import clean, escape, render_discord
 from engine.errors import UserError
 from engine.images import inspect_image
 
@@ -101,7 +103,8 @@ def _point_discord_py_at(settings: Any) -> None:
 
 class _Client(discord.Client):
     def __init__(self, adapter: "DiscordAdapter", intents: discord.Intents) -> None:
-        super().__init__(intents=intents, guild_ready_timeout=0.5)
+        # Every message, edit and follow-up: a label or prompt saying @everyone must not ping anyone.
+        super().__init__(intents=intents, guild_ready_timeout=0.5, allowed_mentions=discord.AllowedMentions.none())
         self.adapter = adapter
 
     async def setup_hook(self) -> None:
@@ -144,7 +147,7 @@ class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=r"cb1:[\s
             custom_id = encode_action(action)
         label = action.label if action is not None else "…"
         style = _STYLES.get(action.style, discord.ButtonStyle.secondary) if action else discord.ButtonStyle.secondary
-        super().__init__(discord.ui.Button(label=label[:80], style=style, custom_id=custom_id))
+        super().__init__(discord.ui.Button(label=clean(label)[:80], style=style, custom_id=custom_id))
         self.action = action
 
     @classmethod
@@ -469,7 +472,7 @@ class _ReplyStream:
             await self._edit_original(content="Working on it here.")
             return
         original = await self.interaction.original_response()  # type: ignore[union-attr]
-        await self._edit_original(content=f"Working on it: {name}.")
+        await self._edit_original(content=render_discord(f"Working on it: {escape(name)}."))
         try:
             self.channel = await original.create_thread(name=name[:100], auto_archive_duration=1440)
         except discord.HTTPException as exc:  # no Create Public Threads permission: stay in the channel
@@ -567,7 +570,7 @@ def _as_new(fields: dict) -> dict:
 def _thread_name(command: str, options: dict[str, Any], user: str) -> str:
     """`/imagine a watercolor fox`: the first text option says what the thread is about."""
     text = next((v for v in options.values() if isinstance(v, str) and v.strip()), "")
-    return (f"/{command} {' '.join(text.split())}" if text else f"/{command} for {user}")[:100]
+    return clean(f"/{command} {' '.join(text.split())}" if text else f"/{command} for {user}")[:100]
 
 
 async def _try(coro: Any) -> None:
