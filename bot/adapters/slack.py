@@ -33,6 +33,7 @@ from bot.actions import decode_action
 from bot.adapters.slack_manifest import slack_specs, slash_name
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
+from bot.markup import escape, render_slack
 from bot.options import parse_command_text
 from engine.errors import UserError
 
@@ -368,7 +369,8 @@ class SlackAdapter:
         conversation = {"platform": PLATFORM, "team": team, "channel": target.channel, "thread": target.thread_ts,
                         "user": target.user}
         if spec.long_running:
-            header = f"<@{target.user}> /{spec.name}: {_summary(options)}".rstrip(": ")
+            # The requester is mentioned on purpose; what they typed is shown, never read as <!channel> etc.
+            header = f"<@{target.user}> " + render_slack(f"/{spec.name}: {escape(_summary(options))}".rstrip(": "))
             parent = await poster.open_parent(header)
             conversation.update(message=parent, thread=poster.thread_ts, header=header)
         request = Request(command=spec.name, options=options, user_id=target.user, channel_id=target.channel,

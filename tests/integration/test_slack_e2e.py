@@ -399,6 +399,25 @@ def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fak
     assert "Reroll" in labels
 
 
+def test_imagine_header_shows_the_prompt_without_mentioning_anyone(bot, fake):
+    prompt = "<!channel> hi <@U123> <!here> <#C2> \u202eevil\x07 &"
+    bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine", f"{prompt} steps: 2 size: 64 every: 1"))
+    parent = fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U1> /imagine"))
+    header = ("<@U1> /imagine: &lt;!channel&gt; hi &lt;@U123&gt; &lt;!here&gt; &lt;#C2&gt; evil &amp; "
+              "steps: 2 size: 64 every: 1")
+    assert parent.params["text"].split("\n")[0] == header  # the requester alone is mentioned, on purpose
+    ts = next(m["ts"] for m in fake.bot_messages("C1") if m["text"].startswith(header))
+    fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", ts)[1:] for f in m.get("files", ())),
+                  timeout=240, what="the final picture")
+    final = fake.wait_for(lambda: (lambda m: m if m.get("blocks") else None)(fake.thread("C1", ts)[0]),
+                          what="the answer edited into the parent")
+    edits = [c.params for c in fake.calls_to("chat.update") if c.params["ts"] == ts]
+    texts = [p["text"] for p in edits] + [b["text"]["text"] for p in edits for b in p.get("blocks") or ()
+                                          if b["type"] == "section"] + [final["text"]]
+    for text in texts:  # progress and answer edits carry the header (and the prompt) escaped too
+        assert "<!" not in text and "<@U123>" not in text and "<#" not in text and "\u202e" not in text, text
+
+
 def test_index_backfill_reads_history_patiently(bot, fake):
     channel = f"C3{bot.mode.upper()}"  # a channel of its own per mode: history from before the bot
     fake.add_user("UOWNER", ["C1", "C3", channel], admin=True)
