@@ -16,6 +16,9 @@ Ways in, all acked at once (Slack wants an ack within 3 s) and then answered in 
 - Block Kit buttons (`action_id` prefix `clipbot:`) whose value is an encoded `Action`: a click
   is an ordinary request from the clicker, so buttons keep working after a restart.
 Message events feed the index (`app.image_posted`), deletions leave it, duplicates run once.
+Commands, shortcuts and clicks run once too: a signed request replayed inside Slack's 5-minute
+window (or an envelope Socket Mode delivers again) carries the same `trigger_id` and is acked
+but not run; the claim is in Redis when the engine has it, so every bot process agrees.
 No plugin contains Slack code: the adapter reads `CommandSpec`s and renders `Reply`s.
 """
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
 import re
 import time
@@ -58,6 +63,19 @@ SHORTCUT_PREFIX = "clipbot_"
 ACTION_PREFIX = "clipbot:"
 CACHE_SECONDS = 60.0  # channel memberships and admin flags: short, so a leave takes effect soon
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # X-Slack-Request-Timestamp: Unix seconds
+# Bolt accepts a request whose timestamp is within 5 minutes of its clock, either side: a captured
+# request can come back up to 10 minutes after it was first seen. Remember its key that long.
+REPLAY_TTL = 600
+
+
+def replay_key(kind: str, body: dict) -> str:
+    """One command, shortcut or click: Slack gives each invocation its own `trigger_id`, and a
+    replayed request (its signed body cannot change) repeats it."""
+    trigger = body.get("trigger_id")
+    if not trigger:  # not seen from Slack; a digest of the whole payload still tells replays apart
+        trigger = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{kind}:{trigger}"
 
 
 def configured(settings: Any) -> bool:
@@ -133,6 +151,7 @@ class SlackAdapter:
         self._commands = {slash_name(spec.name, settings.slack_command_prefix): spec.name
                           for spec in slack_specs(app.pm)}
         self._stoppers: list[Any] = []
+        self._warned_timestamp = False
         self._register()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -169,6 +188,11 @@ class SlackAdapter:
         from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
         async def events(request: web.Request) -> web.Response:
+            timestamp = request.headers.get("X-Slack-Request-Timestamp")
+            if timestamp is not None and not _TIMESTAMP.fullmatch(timestamp):
+                # bolt would int() it and answer 500 with a traceback, once per request: a log flood
+                self._malformed_timestamp(timestamp)
+                return web.json_response({"error": "invalid request"}, status=401)
             return await to_aiohttp_response(await self.bolt.async_dispatch(await to_bolt_request(request)))
 
         web_app = web.Application()
@@ -181,6 +205,12 @@ class SlackAdapter:
         port = site._server.sockets[0].getsockname()[1]  # the real port when CLIPBOT_SLACK_PORT=0
         log.info("Slack: @%s for %s, HTTP mode listening on http://%s:%d%s", self.identity.get("user"),
                  self.identity.get("team"), self.settings.slack_host, port, EVENTS_PATH)
+
+    def _malformed_timestamp(self, timestamp: str) -> None:
+        if not self._warned_timestamp:  # one line, ever: who sends these can send many
+            self._warned_timestamp = True
+            log.warning("Slack: refused a request whose X-Slack-Request-Timestamp is not a number (%r); "
+                        "later ones are refused without a log line", timestamp[:40])
 
     async def stop(self) -> None:
         for stop in reversed(self._stoppers):
@@ -211,8 +241,22 @@ class SlackAdapter:
         self.bolt.event("channel_left")(self._on_channel_left)
         self.bolt.event("group_left")(self._on_channel_left)
 
+    async def _first_time(self, kind: str, body: dict) -> bool:
+        """False for a command, shortcut or click already run (a replay): it is acked, not run again."""
+        key = replay_key(kind, body)
+        try:
+            if await self.dedupe.claim(key, ttl=REPLAY_TTL):
+                return True
+        except Exception as exc:  # the store is down: answering beats refusing everyone
+            log.warning("Slack: could not check %s for a replay (%s); running it", key, exc)
+            return True
+        log.info("Slack %s %s replayed: not run again", kind, key.split(":", 1)[1])
+        return False
+
     async def _on_command(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
+        if not await self._first_time("command", body):
+            return
         target = Target(body["channel_id"], body["user_id"], body.get("thread_ts"), respond)
         name = self._commands.get(body.get("command", ""), body.get("command", "").lstrip("/"))
         self._spawn(self._guarded(target, self._run_text(
@@ -221,6 +265,8 @@ class SlackAdapter:
 
     async def _on_shortcut(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
+        if not await self._first_time("shortcut", body):
+            return
         message = body.get("message") or {}
         channel = (body.get("channel") or {}).get("id", "")
         target = Target(channel, body["user"]["id"], message.get("thread_ts") or message.get("ts"), respond)
@@ -229,6 +275,8 @@ class SlackAdapter:
 
     async def _on_action(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
+        if not await self._first_time("action", body):
+            return
         message = body.get("message") or {}
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         target = Target(channel, body["user"]["id"], message.get("thread_ts"), respond)

@@ -334,6 +334,90 @@ def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
     assert not any(forged in t or stale in t for t in texts)
 
 
+def test_malformed_request_timestamps_get_401_and_log_one_line_at_most(bot, fake):
+    if bot.mode != "http":
+        pytest.skip("Socket Mode has no request headers")
+    start = len(bot.log_path.read_text(errors="replace").splitlines())
+    body = urlencode(slash_command(TEAM, "C1", "U1", "/echo", _token()))
+    for timestamp in ("not-a-number", "", "1e9", "12.5", "9" * 5000):
+        headers = {**signed_headers(SECRET, body, content_type="application/x-www-form-urlencoded"),
+                   "X-Slack-Request-Timestamp": timestamp}
+        assert bot.post(body, headers) == 401, timestamp
+    valid = _token()  # answered after the refusals: their log lines, if any, are written by now
+    assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", valid)) == 200
+    _posted(fake, "C1", valid)
+    lines = bot.log_path.read_text(errors="replace").splitlines()[start:]
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    assert len([line for line in lines if "Timestamp" in line or "Error" in line or "rror" in line]) <= 1, \
+        "\n".join(lines)
+
+
+def _deliver_twice(bot, kind: str, payload: dict) -> None:
+    """A request and its replay: in HTTP mode the same signed bytes again; in Socket Mode the same
+    payload in a second envelope (as Slack redelivers)."""
+    if bot.mode == "socket":
+        bot.send(kind, payload)
+        bot.send(kind, payload)
+        return
+    body = urlencode(payload) if kind == "slash_commands" else form_body(payload)
+    headers = signed_headers(SECRET, body, content_type="application/x-www-form-urlencoded")
+    assert bot.post(body, headers) == 200
+    assert bot.post(body, headers) == 200  # acked, so Slack would not retry it: but not run
+
+
+def _replay_refused(bot, fake, payload: dict) -> None:
+    fake.wait_for(lambda: f"{payload['trigger_id']} replayed: not run again" in bot.log(), what="the replay refused")
+
+
+def test_replayed_commands_shortcuts_and_clicks_run_once(bot, fake):
+    word = _token()
+    command = slash_command(TEAM, "C1", "U1", "/echo", word)
+    _deliver_twice(bot, "slash_commands", command)
+    posted = _posted(fake, "C1", word)
+    _replay_refused(bot, fake, command)
+
+    message = next(m for m in fake.bot_messages("C1") if word in m["text"])
+    button = posted.params["blocks"][-1]["elements"][0]
+    click = block_actions(TEAM, "C1", "U1", message, button["action_id"], button["value"])
+    _deliver_twice(bot, "interactive", click)
+    _posted(fake, "C1", f"{word}!")
+    _replay_refused(bot, fake, click)
+
+    plain = fake.post_as_user("C1", "U1", f"no picture {word}")
+    shortcut = message_shortcut(TEAM, "C1", "U1", plain, "clipbot_whatis")
+    _deliver_twice(bot, "interactive", shortcut)
+    fake.wait_call("chat.postEphemeral", lambda c: "no picture for /whatis" in c.params.get("text", ""))
+    _replay_refused(bot, fake, shortcut)
+
+    texts = [c.params.get("text", "") for c in fake.calls_to("chat.postMessage")]
+    assert len([t for t in texts if t.endswith(f"*{word}*")]) == 1
+    assert len([t for t in texts if t.endswith(f"*{word}!*")]) == 1
+    assert len([c for c in fake.calls_to("chat.postEphemeral") if "no picture" in c.params.get("text", "")]) == 1
+
+
+def test_a_replay_sent_to_another_bot_process_is_refused(fake, redis_url, tmp_path):
+    """Two bot processes behind one URL share the engine's Redis: the one that did not see the
+    original still knows the replay."""
+    bots = [SlackBot("http", fake, tmp_path / f"bot{i}", tmp_path / f"bot{i}.log", redis_url=redis_url)
+            for i in range(2)]
+    try:
+        for bot in bots:
+            bot.data_dir.mkdir()
+            bot.start()
+        word = _token()
+        command = slash_command(TEAM, "C2", "U2", "/echo", word)
+        body = urlencode(command)
+        headers = signed_headers(SECRET, body, content_type="application/x-www-form-urlencoded")
+        assert bots[0].post(body, headers) == 200
+        _posted(fake, "C2", word)
+        assert bots[1].post(body, headers) == 200
+        _replay_refused(bots[1], fake, command)
+        assert len([c for c in fake.calls_to("chat.postMessage") if word in c.params.get("text", "")]) == 1
+    finally:
+        for bot in bots:
+            bot.stop()
+
+
 # ---- /search and /imagine through Slack --------------------------------------------------------------
 def _search(bot, fake, user: str, channel: str, query: str) -> str:
     """Run /clip-search (Slack keeps /search for itself); the answer's text, links included."""
