@@ -279,9 +279,15 @@ class DiscordAdapter:
             if interaction.guild is None or not isinstance(interaction.user, discord.Member):
                 raise UserError("clipbot answers in servers, not in direct messages.")
             spec = self.commands.get(command)
-            if spec is not None and spec.long_running:
-                await stream.open_thread(_thread_name(command, options, interaction.user.display_name))
-            request = self._request(interaction, command, options, stream.conversation())
+            conversation = stream.conversation()
+            opener = None
+            if spec is not None and spec.long_running:  # the thread opens at the first public reply
+                stream.thread_name = _thread_name(command, options, interaction.user.display_name)
+
+                async def opener() -> dict:
+                    conversation.update(await stream.open_if_needed())
+                    return conversation
+            request = self._request(interaction, command, options, conversation, opener)
         except UserError as exc:
             await stream.send(Reply(text=str(exc), error=True, ephemeral=True, final=True))
             return
@@ -295,7 +301,7 @@ class DiscordAdapter:
                                                  error=True, final=True)))
 
     def _request(self, interaction: discord.Interaction, command: str, options: dict[str, Any],
-                 conversation: dict) -> Request:
+                 conversation: dict, open_conversation: Any = None) -> Request:
         member: discord.Member = interaction.user  # type: ignore[assignment]
         guild = interaction.guild
         channel_id, thread_id = _channel_and_thread(interaction.channel)
@@ -303,7 +309,7 @@ class DiscordAdapter:
             command=command, options=options, user_id=str(member.id), channel_id=channel_id, platform=PLATFORM,
             is_admin=member.guild_permissions.manage_guild, thread_id=thread_id, space_id=str(guild.id),
             readable_channels=readable_channels(guild, member), user_name=member.display_name,
-            conversation=conversation,
+            conversation=conversation, open_conversation=open_conversation,
         )
 
     async def _menu_image(self, data: dict) -> Attachment:
@@ -451,6 +457,7 @@ class _ReplyStream:
         self.progress_on_original = False
         self.progress_followup: discord.WebhookMessage | None = None
         self.shown = False  # something public is already on screen
+        self.thread_name: str | None = None  # a long job's thread, opened at its first public reply
         if interaction is not None:
             self.deadline = interaction.created_at.timestamp() + adapter.settings.discord_token_ttl
             self.limit = interaction.filesize_limit
@@ -463,6 +470,13 @@ class _ReplyStream:
         return {"platform": PLATFORM, "guild": str(getattr(getattr(where, "guild", None), "id", "")),
                 "channel": channel_id, "thread": thread_id,
                 "message": str(self.message.id) if self.message is not None else None}
+
+    async def open_if_needed(self) -> dict:
+        """Open the long job's thread unless it is open (or there is none to open); the conversation."""
+        if self.thread_name is not None:
+            name, self.thread_name = self.thread_name, None
+            await self.open_thread(name)
+        return self.conversation()
 
     async def open_thread(self, name: str) -> None:
         """Move this answer into a thread (a new one off the placeholder, or the thread we are in)."""
@@ -485,6 +499,8 @@ class _ReplyStream:
         self.shown = True
 
     async def send(self, reply: Reply) -> None:
+        if self.thread_name is not None and _public(reply):
+            await self.open_if_needed()
         if self.channel is None and time.time() >= self.deadline:
             self._move_to_channel()
         is_progress = reply.progress is not None and not reply.final
@@ -557,6 +573,12 @@ class _ReplyStream:
                 log.warning("Discord: button %r left out: %s", action.label, exc)
         text = clip_text(render_discord(reply.text)) if reply.text else ("" if files else "Done.")
         return {"content": text, "attachments": files, "view": view}
+
+
+def _public(reply: Reply) -> bool:
+    """A reply shown to the channel: what opens a long job's thread (a private refusal opens none)."""
+    return not (reply.ephemeral or reply.error) and bool(reply.text or reply.images or reply.actions
+                                                         or reply.progress is not None)
 
 
 def _as_new(fields: dict) -> dict:

@@ -419,12 +419,18 @@ class SlackAdapter:
         if spec.long_running:
             # The requester is mentioned on purpose; what they typed is shown, never read as <!channel> etc.
             header = f"<@{target.user}> " + render_slack(f"/{spec.name}: {escape(_summary(options))}".rstrip(": "))
-            parent = await poster.open_parent(header)
-            conversation.update(message=parent, thread=poster.thread_ts, header=header)
+
+            async def open_parent() -> dict:  # at the first public reply: a refusal stays private
+                if poster.parent_ts is None:
+                    parent = await poster.open_parent(header)
+                    conversation.update(message=parent, thread=poster.thread_ts, header=header)
+                return conversation
+
+            poster.opener = open_parent
         request = Request(command=spec.name, options=options, user_id=target.user, channel_id=target.channel,
                           platform=PLATFORM, is_admin=await self._is_admin(target.user), thread_id=thread,
                           space_id=team, readable_channels=await self._readable(target.user, target.channel),
-                          user_name=user_name, conversation=conversation)
+                          user_name=user_name, conversation=conversation, open_conversation=poster.opener)
         await poster.deliver(self.app.handle(request))
 
     async def deliver(self, conversation: dict, replies: Any) -> None:

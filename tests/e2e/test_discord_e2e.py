@@ -116,6 +116,21 @@ def test_admin_only_commands_are_refused_server_side_for_members(world, start_bo
     assert "Only admins" in refusal[0]["content"]
 
 
+def test_a_refused_long_admin_command_is_answered_privately_without_a_thread(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.alice, "index", {"action": "backfill"})
+    refusal = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                       if m.get("interaction_metadata", {}).get("id") == record.id
+                                       and m["flags"] & EPHEMERAL], 30, "an ephemeral refusal")
+    assert "Only admins can use /index backfill" in refusal[0]["content"]
+    assert not fake.find_calls("POST", rf"/channels/{world.general}/messages/\d+/threads"), "no thread for a refusal"
+    assert not [c for c in fake.channels.values() if c.get("parent_id") == world.general]
+    public = [m["content"] for m in fake.messages[world.general].values() if not m["flags"] & EPHEMERAL]
+    assert not any("Working on it" in t or "Only admins" in t for t in public), public
+    assert record.original_id not in fake.messages[world.general]  # the "thinking..." placeholder went
+
+
 def test_a_button_click_after_a_bot_restart_runs_as_the_clicker(world, start_bot):
     fake = world.fake
     bot = start_bot()
