@@ -172,6 +172,11 @@ class Request:
     space the requester may read: adapters always fill it; `None` means no restriction and is for the
     operator's CLI only. `conversation` is where answers go, opaque to everyone but the adapter that
     made it (long jobs store it, so a restarted bot can resume posting).
+
+    `open_conversation`, when set, opens the place a long job answers in (a thread, a parent
+    message) and returns the completed `conversation`. Adapters open it lazily, at the first public
+    reply, so a refusal before any work (a permission check, a bad option) is answered privately
+    and leaves nothing in the channel; `bot.longjob.submit` awaits it before storing `conversation`.
     """
 
     command: str
@@ -185,6 +190,8 @@ class Request:
     readable_channels: frozenset[str] | None = None
     user_name: str = ""
     conversation: dict[str, Any] | None = None
+    open_conversation: Callable[[], Awaitable[dict[str, Any]]] | None = field(default=None, compare=False,
+                                                                              repr=False)
 
     def may_read(self, channel_id: str) -> bool:
         return self.readable_channels is None or channel_id in self.readable_channels

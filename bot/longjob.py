@@ -35,11 +35,14 @@ async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finis
     """Queue `task` and remember where it answers; returns the job id. `label` is plain text
     (e.g. "Imagining a fox"): progress replies show it bold, escaped."""
     engine = ctx.engine
-    job_id = await ctx.run_blocking(engine.submit, task, kwargs, queue=queue)
     request = ctx.request
+    conversation = request.conversation
+    if request.open_conversation is not None:  # the thread or parent message the job answers in
+        conversation = await request.open_conversation()
+    job_id = await ctx.run_blocking(engine.submit, task, kwargs, queue=queue)
     entry = {
         "job_id": job_id, "task": task, "queue": queue, "label": label, "finish": _name_of(finish),
-        "platform": request.platform, "conversation": request.conversation or {"channel": request.channel_id},
+        "platform": request.platform, "conversation": conversation or {"channel": request.channel_id},
         "user_id": request.user_id, "channel_id": request.channel_id, "created": time.time(),
     }
     await ctx.run_blocking(engine.store.set, _ENTRY + job_id, entry, ttl=ENTRY_TTL)

@@ -13,6 +13,8 @@ Discord's rules this module keeps (see FIELD-NOTES.md):
 - progress edits are throttled per channel (`discord_edit_interval`); discord.py waits on the
   rate-limit headers for the rest;
 - files fit the interaction's `attachment_size_limit`;
+- nothing the bot sends pings: the client's default `allowed_mentions` allow no mention, and echoed
+  text is rendered literal (`bot.markup`);
 - buttons are `DynamicItem`s whose custom_id carries the action, so they work after a restart.
 """
 
@@ -43,7 +45,7 @@ from bot.adapters._discord_payloads import (
 from bot.commands import Action, Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.intake import Downloader, FileHosts, ImageLimits, download_attachment, unreachable
-from bot.markup import render_discord
+from bot.markup import clean, escape, render_discord
 from engine.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,8 @@ def _point_discord_py_at(settings: Any) -> None:
 
 class _Client(discord.Client):
     def __init__(self, adapter: "DiscordAdapter", intents: discord.Intents) -> None:
-        super().__init__(intents=intents, guild_ready_timeout=0.5)
+        # Every message, edit and follow-up: a label or prompt saying @everyone must not ping anyone.
+        super().__init__(intents=intents, guild_ready_timeout=0.5, allowed_mentions=discord.AllowedMentions.none())
         self.adapter = adapter
 
     async def setup_hook(self) -> None:
@@ -144,7 +147,7 @@ class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=r"cb1:[\s
             custom_id = encode_action(action)
         label = action.label if action is not None else "…"
         style = _STYLES.get(action.style, discord.ButtonStyle.secondary) if action else discord.ButtonStyle.secondary
-        super().__init__(discord.ui.Button(label=label[:80], style=style, custom_id=custom_id))
+        super().__init__(discord.ui.Button(label=clean(label)[:80], style=style, custom_id=custom_id))
         self.action = action
 
     @classmethod
@@ -277,9 +280,15 @@ class DiscordAdapter:
             if interaction.guild is None or not isinstance(interaction.user, discord.Member):
                 raise UserError("clipbot answers in servers, not in direct messages.")
             spec = self.commands.get(command)
-            if spec is not None and spec.long_running:
-                await stream.open_thread(_thread_name(command, options, interaction.user.display_name))
-            request = self._request(interaction, command, options, stream.conversation())
+            conversation = stream.conversation()
+            opener = None
+            if spec is not None and spec.long_running:  # the thread opens at the first public reply
+                stream.thread_name = _thread_name(command, options, interaction.user.display_name)
+
+                async def opener() -> dict:
+                    conversation.update(await stream.open_if_needed())
+                    return conversation
+            request = self._request(interaction, command, options, conversation, opener)
         except UserError as exc:
             await stream.send(Reply(text=str(exc), error=True, ephemeral=True, final=True))
             return
@@ -293,7 +302,7 @@ class DiscordAdapter:
                                                  error=True, final=True)))
 
     def _request(self, interaction: discord.Interaction, command: str, options: dict[str, Any],
-                 conversation: dict) -> Request:
+                 conversation: dict, open_conversation: Any = None) -> Request:
         member: discord.Member = interaction.user  # type: ignore[assignment]
         guild = interaction.guild
         channel_id, thread_id = _channel_and_thread(interaction.channel)
@@ -301,7 +310,7 @@ class DiscordAdapter:
             command=command, options=options, user_id=str(member.id), channel_id=channel_id, platform=PLATFORM,
             is_admin=member.guild_permissions.manage_guild, thread_id=thread_id, space_id=str(guild.id),
             readable_channels=readable_channels(guild, member), user_name=member.display_name,
-            conversation=conversation,
+            conversation=conversation, open_conversation=open_conversation,
         )
 
     async def _menu_image(self, data: dict) -> Attachment:
@@ -429,6 +438,7 @@ class _ReplyStream:
         self.progress_on_original = False
         self.progress_followup: discord.WebhookMessage | None = None
         self.shown = False  # something public is already on screen
+        self.thread_name: str | None = None  # a long job's thread, opened at its first public reply
         if interaction is not None:
             self.deadline = interaction.created_at.timestamp() + adapter.settings.discord_token_ttl
             self.limit = interaction.filesize_limit
@@ -442,6 +452,13 @@ class _ReplyStream:
                 "channel": channel_id, "thread": thread_id,
                 "message": str(self.message.id) if self.message is not None else None}
 
+    async def open_if_needed(self) -> dict:
+        """Open the long job's thread unless it is open (or there is none to open); the conversation."""
+        if self.thread_name is not None:
+            name, self.thread_name = self.thread_name, None
+            await self.open_thread(name)
+        return self.conversation()
+
     async def open_thread(self, name: str) -> None:
         """Move this answer into a thread (a new one off the placeholder, or the thread we are in)."""
         where = self.interaction.channel  # type: ignore[union-attr]
@@ -450,7 +467,7 @@ class _ReplyStream:
             await self._edit_original(content="Working on it here.")
             return
         original = await self.interaction.original_response()  # type: ignore[union-attr]
-        await self._edit_original(content=f"Working on it: {name}.")
+        await self._edit_original(content=render_discord(f"Working on it: {escape(name)}."))
         try:
             self.channel = await original.create_thread(name=name[:100], auto_archive_duration=1440)
         except discord.HTTPException as exc:  # no Create Public Threads permission: stay in the channel
@@ -463,6 +480,8 @@ class _ReplyStream:
         self.shown = True
 
     async def send(self, reply: Reply) -> None:
+        if self.thread_name is not None and _public(reply):
+            await self.open_if_needed()
         if self.channel is None and time.time() >= self.deadline:
             self._move_to_channel()
         is_progress = reply.progress is not None and not reply.final
@@ -537,6 +556,12 @@ class _ReplyStream:
         return {"content": text, "attachments": files, "view": view}
 
 
+def _public(reply: Reply) -> bool:
+    """A reply shown to the channel: what opens a long job's thread (a private refusal opens none)."""
+    return not (reply.ephemeral or reply.error) and bool(reply.text or reply.images or reply.actions
+                                                         or reply.progress is not None)
+
+
 def _as_new(fields: dict) -> dict:
     """Edit fields → send fields (`files=` on a new message, no empty view)."""
     out = {"content": fields["content"] or None, "files": fields["attachments"]}
@@ -548,7 +573,7 @@ def _as_new(fields: dict) -> dict:
 def _thread_name(command: str, options: dict[str, Any], user: str) -> str:
     """`/imagine a watercolor fox`: the first text option says what the thread is about."""
     text = next((v for v in options.values() if isinstance(v, str) and v.strip()), "")
-    return (f"/{command} {' '.join(text.split())}" if text else f"/{command} for {user}")[:100]
+    return clean(f"/{command} {' '.join(text.split())}" if text else f"/{command} for {user}")[:100]
 
 
 async def _try(coro: Any) -> None:

@@ -16,6 +16,9 @@ Ways in, all acked at once (Slack wants an ack within 3 s) and then answered in 
 - Block Kit buttons (`action_id` prefix `clipbot:`) whose value is an encoded `Action`: a click
   is an ordinary request from the clicker, so buttons keep working after a restart.
 Message events feed the index (`app.image_posted`), deletions leave it, duplicates run once.
+Commands, shortcuts and clicks run once too: a signed request replayed inside Slack's 5-minute
+window (or an envelope Socket Mode delivers again) carries the same `trigger_id` and is acked
+but not run; the claim is in Redis when the engine has it, so every bot process agrees.
 No plugin contains Slack code: the adapter reads `CommandSpec`s and renders `Reply`s.
 """
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
 import re
 import time
@@ -34,6 +39,7 @@ from bot.adapters.slack_manifest import slack_specs, slash_name
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
 from bot.intake import unreachable
+from bot.markup import escape, render_slack
 from bot.options import parse_command_text
 from engine.errors import UserError
 
@@ -59,6 +65,19 @@ SHORTCUT_PREFIX = "clipbot_"
 ACTION_PREFIX = "clipbot:"
 CACHE_SECONDS = 60.0  # channel memberships and admin flags: short, so a leave takes effect soon
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # X-Slack-Request-Timestamp: Unix seconds
+# Bolt accepts a request whose timestamp is within 5 minutes of its clock, either side: a captured
+# request can come back up to 10 minutes after it was first seen. Remember its key that long.
+REPLAY_TTL = 600
+
+
+def replay_key(kind: str, body: dict) -> str:
+    """One command, shortcut or click: Slack gives each invocation its own `trigger_id`, and a
+    replayed request (its signed body cannot change) repeats it."""
+    trigger = body.get("trigger_id")
+    if not trigger:  # not seen from Slack; a digest of the whole payload still tells replays apart
+        trigger = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{kind}:{trigger}"
 
 
 def configured(settings: Any) -> bool:
@@ -136,6 +155,7 @@ class SlackAdapter:
         self._commands = {slash_name(spec.name, settings.slack_command_prefix): spec.name
                           for spec in slack_specs(app.pm)}
         self._stoppers: list[Any] = []
+        self._warned_timestamp = False
         self._register()
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -172,6 +192,11 @@ class SlackAdapter:
         from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
         async def events(request: web.Request) -> web.Response:
+            timestamp = request.headers.get("X-Slack-Request-Timestamp")
+            if timestamp is not None and not _TIMESTAMP.fullmatch(timestamp):
+                # bolt would int() it and answer 500 with a traceback, once per request: a log flood
+                self._malformed_timestamp(timestamp)
+                return web.json_response({"error": "invalid request"}, status=401)
             return await to_aiohttp_response(await self.bolt.async_dispatch(await to_bolt_request(request)))
 
         web_app = web.Application()
@@ -184,6 +209,12 @@ class SlackAdapter:
         port = site._server.sockets[0].getsockname()[1]  # the real port when CLIPBOT_SLACK_PORT=0
         log.info("Slack: @%s for %s, HTTP mode listening on http://%s:%d%s", self.identity.get("user"),
                  self.identity.get("team"), self.settings.slack_host, port, EVENTS_PATH)
+
+    def _malformed_timestamp(self, timestamp: str) -> None:
+        if not self._warned_timestamp:  # one line, ever: who sends these can send many
+            self._warned_timestamp = True
+            log.warning("Slack: refused a request whose X-Slack-Request-Timestamp is not a number (%r); "
+                        "later ones are refused without a log line", timestamp[:40])
 
     async def stop(self) -> None:
         for stop in reversed(self._stoppers):
@@ -214,8 +245,22 @@ class SlackAdapter:
         self.bolt.event("channel_left")(self._on_channel_left)
         self.bolt.event("group_left")(self._on_channel_left)
 
+    async def _first_time(self, kind: str, body: dict) -> bool:
+        """False for a command, shortcut or click already run (a replay): it is acked, not run again."""
+        key = replay_key(kind, body)
+        try:
+            if await self.dedupe.claim(key, ttl=REPLAY_TTL):
+                return True
+        except Exception as exc:  # the store is down: answering beats refusing everyone
+            log.warning("Slack: could not check %s for a replay (%s); running it", key, exc)
+            return True
+        log.info("Slack %s %s replayed: not run again", kind, key.split(":", 1)[1])
+        return False
+
     async def _on_command(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
+        if not await self._first_time("command", body):
+            return
         target = Target(body["channel_id"], body["user_id"], body.get("thread_ts"), respond)
         name = self._commands.get(body.get("command", ""), body.get("command", "").lstrip("/"))
         self._spawn(self._guarded(target, self._run_text(
@@ -224,6 +269,8 @@ class SlackAdapter:
 
     async def _on_shortcut(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
+        if not await self._first_time("shortcut", body):
+            return
         message = body.get("message") or {}
         channel = (body.get("channel") or {}).get("id", "")
         target = Target(channel, body["user"]["id"], message.get("thread_ts") or message.get("ts"), respond)
@@ -232,6 +279,8 @@ class SlackAdapter:
 
     async def _on_action(self, ack: Any, body: dict, respond: Any) -> None:
         await ack()
+        if not await self._first_time("action", body):
+            return
         message = body.get("message") or {}
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         target = Target(channel, body["user"]["id"], message.get("thread_ts"), respond)
@@ -372,13 +421,20 @@ class SlackAdapter:
         conversation = {"platform": PLATFORM, "team": team, "channel": target.channel, "thread": target.thread_ts,
                         "user": target.user}
         if spec.long_running:
-            header = f"<@{target.user}> /{spec.name}: {_summary(options)}".rstrip(": ")
-            parent = await poster.open_parent(header)
-            conversation.update(message=parent, thread=poster.thread_ts, header=header)
+            # The requester is mentioned on purpose; what they typed is shown, never read as <!channel> etc.
+            header = f"<@{target.user}> " + render_slack(f"/{spec.name}: {escape(_summary(options))}".rstrip(": "))
+
+            async def open_parent() -> dict:  # at the first public reply: a refusal stays private
+                if poster.parent_ts is None:
+                    parent = await poster.open_parent(header)
+                    conversation.update(message=parent, thread=poster.thread_ts, header=header)
+                return conversation
+
+            poster.opener = open_parent
         request = Request(command=spec.name, options=options, user_id=target.user, channel_id=target.channel,
                           platform=PLATFORM, is_admin=await self._is_admin(target.user), thread_id=thread,
                           space_id=team, readable_channels=await self._readable(target.user, target.channel),
-                          user_name=user_name, conversation=conversation)
+                          user_name=user_name, conversation=conversation, open_conversation=poster.opener)
         await poster.deliver(self.app.handle(request))
 
     async def deliver(self, conversation: dict, replies: Any) -> None:

@@ -176,7 +176,8 @@ class SlackHistory:
 
 
 class EventDedupe:
-    """Claims an event id once (Slack retries events and may deliver one twice).
+    """Claims an event id once (Slack retries events and may deliver one twice), and the replay
+    key of a command, shortcut or click (`bot.adapters.slack.replay_key`).
 
     Redis SET NX EX when the engine uses Redis (several bot processes share it); otherwise a
     small SQLite table in the data dir, so a retry after a restart is still recognised.
@@ -196,12 +197,13 @@ class EventDedupe:
             self._db.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY, at REAL)")
             self._lock = asyncio.Lock()
 
-    async def claim(self, event_id: str) -> bool:
-        """True the first time `event_id` is seen (within a day), False for repeats."""
+    async def claim(self, event_id: str, ttl: int = DEDUPE_TTL) -> bool:
+        """True the first time `event_id` is seen (within `ttl` seconds; SQLite keeps every id a
+        day), False for repeats."""
         if not event_id:
             return True
         if self._redis is not None:
-            return bool(await self._redis.set(f"clipbot:slack:event:{event_id}", 1, nx=True, ex=DEDUPE_TTL))
+            return bool(await self._redis.set(f"clipbot:slack:event:{event_id}", 1, nx=True, ex=ttl))
         async with self._lock:
             return await asyncio.to_thread(self._claim_sqlite, event_id)
 

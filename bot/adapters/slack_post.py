@@ -2,8 +2,8 @@
 
 A reply stream addresses one message. Quick commands post their answer (a progress message,
 if any, is edited into the answer). Long jobs (`CommandSpec.long_running`) post a parent
-message first and work in its thread: the parent is edited with the progress and finally the
-answer and its buttons; snapshots and the final images are uploaded into the thread with the
+message at their first public reply (a private refusal posts none) and work in its thread: the
+parent is edited with the progress (and its Cancel button) and finally the answer and its buttons; snapshots and the final images are uploaded into the thread with the
 `files_upload_v2` flow. Writes are paced per channel (Slack allows about one a second) and
 progress is throttled per job, so a fast GPU never outruns Slack's rate tiers.
 """
@@ -99,6 +99,12 @@ def _chunks(text: str, limit: int) -> list[str]:
     return chunks
 
 
+def _public(reply: Reply) -> bool:
+    """A reply shown to the channel: what opens a long job's parent message."""
+    return not (reply.ephemeral or reply.error) and bool(reply.text or reply.images or reply.actions
+                                                         or reply.progress is not None)
+
+
 def progress_line(progress: float) -> str:
     filled = max(0, min(10, round(progress * 10)))
     return f"`{'▓' * filled}{'░' * (10 - filled)}` {progress:.0%}"
@@ -114,6 +120,7 @@ class ReplyPoster:
         self.header = ""
         self._progress_ts: str | None = None  # quick commands: the progress message to replace
         self._last_progress = float("-inf")
+        self.opener: Callable[[], Awaitable[Any]] | None = None  # long jobs: posts the parent (once)
 
     @property
     def thread_ts(self) -> str | None:
@@ -133,6 +140,8 @@ class ReplyPoster:
 
     async def deliver(self, replies: AsyncIterator[Reply]) -> None:
         async for reply in replies:
+            if self.opener is not None and self.parent_ts is None and _public(reply):
+                await self.opener()
             try:
                 if reply.final:
                     await self._final(reply)
@@ -151,14 +160,14 @@ class ReplyPoster:
             return  # throttled: a later progress reply or the final answer replaces it
         self._last_progress = now
         text = "\n".join(t for t in (render_slack(reply.text), progress_line(reply.progress)) if t)
-        if self.parent_ts:
-            await self._update(self.parent_ts, f"{self.header}\n{text}")
+        if self.parent_ts:  # the progress's buttons (Cancel) come along: a chat.update replaces the blocks
+            await self._update(self.parent_ts, f"{self.header}\n{text}", reply.actions)
             if reply.images:
                 await self._upload(reply.images, thread_ts=self.thread_ts)
         elif self._progress_ts:
-            await self._update(self._progress_ts, text)
+            await self._update(self._progress_ts, text, reply.actions)
         else:
-            self._progress_ts = await self._post(text)
+            self._progress_ts = await self._post(text, actions=reply.actions)
 
     async def _message(self, reply: Reply) -> None:
         if reply.ephemeral:

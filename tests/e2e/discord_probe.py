@@ -54,26 +54,27 @@ def noise_png(side: int, seed: int = 0) -> bytes:
     return out.getvalue()
 
 
-async def _steps(steps: int, delay: float, big: int) -> AsyncIterator[Reply]:
+async def _steps(steps: int, delay: float, big: int, text: str = "") -> AsyncIterator[Reply]:
+    # `text` is echoed as it came (no bot.markup.escape): the renderer must keep it literal anyway.
     for i in range(1, steps + 1):
         await asyncio.sleep(delay)
-        yield Reply(text=f"step {i}/{steps}", progress=i / steps,
+        yield Reply(text=f"step {i}/{steps} {text}".rstrip(), progress=i / steps,
                     images=(Image(noise_png(32, i), f"step-{i}.png"),))
-    yield Reply(text=f"finished {steps} steps", images=(Image(noise_png(big), "final.png", "the result"),),
-                final=True)
+    yield Reply(text=f"finished {steps} steps {text}".rstrip(),
+                images=(Image(noise_png(big), "final.png", "the result"),), final=True)
 
 
 @command(long_running=True)
-async def probe_long(ctx, steps: int = 6, delay: float = 0.3, big: int = 400) -> AsyncIterator[Reply]:
+async def probe_long(ctx, steps: int = 6, delay: float = 0.3, big: int = 400, text: str = "") -> AsyncIterator[Reply]:
     """A long job with progress and a big final picture (test plugin)."""
-    async for reply in _steps(steps, delay, big):
+    async for reply in _steps(steps, delay, big, text):
         yield reply
 
 
 @command
-async def probe_slow(ctx, steps: int = 3, delay: float = 1.0) -> AsyncIterator[Reply]:
+async def probe_slow(ctx, steps: int = 3, delay: float = 1.0, text: str = "") -> AsyncIterator[Reply]:
     """A slow job answered through the interaction (test plugin)."""
-    async for reply in _steps(steps, delay, 64):
+    async for reply in _steps(steps, delay, 64, text):
         yield reply
 
 

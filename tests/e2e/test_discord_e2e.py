@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 
 import pytest
@@ -115,6 +116,21 @@ def test_admin_only_commands_are_refused_server_side_for_members(world, start_bo
     assert "Only admins" in refusal[0]["content"]
 
 
+def test_a_refused_long_admin_command_is_answered_privately_without_a_thread(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.alice, "index", {"action": "backfill"})
+    refusal = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                       if m.get("interaction_metadata", {}).get("id") == record.id
+                                       and m["flags"] & EPHEMERAL], 30, "an ephemeral refusal")
+    assert "Only admins can use /index backfill" in refusal[0]["content"]
+    assert not fake.find_calls("POST", rf"/channels/{world.general}/messages/\d+/threads"), "no thread for a refusal"
+    assert not [c for c in fake.channels.values() if c.get("parent_id") == world.general]
+    public = [m["content"] for m in fake.messages[world.general].values() if not m["flags"] & EPHEMERAL]
+    assert not any("Working on it" in t or "Only admins" in t for t in public), public
+    assert record.original_id not in fake.messages[world.general]  # the "thinking..." placeholder went
+
+
 def test_a_button_click_after_a_bot_restart_runs_as_the_clicker(world, start_bot):
     fake = world.fake
     bot = start_bot()
@@ -179,6 +195,46 @@ def test_a_long_job_gets_a_thread_throttled_progress_edits_and_a_final_image_tha
     assert image["filename"] == "final.jpg"
     original = fake.messages[world.general][record.original_id]
     assert original["content"].startswith("Working on it")
+
+
+def _pings(payload: dict) -> list[str]:
+    """Who Discord would notify for a message payload: mentions in `content` that its
+    `allowed_mentions` permit (Discord API docs, "Allowed Mentions": absent means all of them)."""
+    allowed = payload.get("allowed_mentions")
+    parse = set(allowed.get("parse", ())) if allowed is not None else {"everyone", "users", "roles"}
+    content = payload.get("content") or ""
+    found = re.findall(r"@(?:everyone|here)", content) if "everyone" in parse else []
+    found += [m for m in re.findall(r"<@!?(\d+)>", content)
+              if "users" in parse or m in (allowed or {}).get("users", ())]
+    found += [m for m in re.findall(r"<@&(\d+)>", content)
+              if "roles" in parse or m in (allowed or {}).get("roles", ())]
+    return found
+
+
+def test_echoed_labels_prompts_and_names_never_ping_and_stay_literal(world, start_bot):
+    start_bot()
+    fake = world.fake
+    hostile = f"@everyone @here <@{world.alice['id']}> <@&{world.mods_role}> ||boo|| \u202eevil"
+    whatis = fake.slash(world.guild, world.general, world.alice, "whatis", {"labels": "@everyone, @here, red"},
+                        attachments={"image": ("red.png", _png(), "image/png")})
+    assert "red" in _answer(fake, whatis, "the /whatis answer")["content"]
+    slow = _answer(fake, fake.slash(world.guild, world.general, world.alice, "probe_slow",
+                                    {"steps": 2, "delay": 0.1, "text": hostile}), "the /probe_slow answer")
+    fake.slash(world.guild, world.general, world.alice, "probe_long", {"steps": 2, "delay": 0.1, "big": 64,
+                                                                          "text": hostile})
+    thread = _thread_of(fake, world.general, "/probe_long")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                     if m["content"].startswith("finished")], 60, "the long job's answer")[0]
+    sent = [c for c in fake.calls if isinstance(c.json, dict) and "content" in c.json]
+    kinds = {(c.method, c.path.split("/")[1]) for c in sent}  # edits of the interaction's message,
+    assert {("PATCH", "webhooks"), ("POST", "channels"), ("PATCH", "channels")} <= kinds, kinds  # thread posts
+    for call in sent:
+        assert call.json["allowed_mentions"] == {"parse": []}, (call.method, call.path, call.json)
+        assert _pings(call.json) == [], call.json
+        assert "@everyone" not in (call.json["content"] or "") and "\u202e" not in (call.json["content"] or "")
+    for message in (slow, final):  # as the members see it: the text, literally, spoiler markers shown
+        assert "\\|\\|boo\\|\\|" in message["content"] and "@\u200beveryone @\u200bhere" in message["content"]
+    assert "\u202e" not in thread["name"] and thread["name"].startswith("/probe_long @")
 
 
 def test_answers_move_to_channel_messages_when_the_interaction_token_expires(world, start_bot):

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from bot.actions import decode_action
 from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
@@ -165,6 +166,17 @@ def _fresh_calls(fake):
 def _posted(fake: FakeSlack, channel: str, needle: str, method: str = "chat.postMessage"):
     return fake.wait_call(method, lambda c: c.params.get("channel", c.params.get("channel_id")) == channel
                           and needle in (c.params.get("text") or c.params.get("initial_comment") or ""))
+
+
+def _answered(fake: FakeSlack, channel: str, ts: str, button: str = "Reroll") -> dict:
+    """A long job's parent message once the answer's buttons replaced the progress (and its Cancel)."""
+    def done():
+        parent = fake.thread(channel, ts)[0]
+        labels = [e["text"]["text"] for b in parent.get("blocks") or () if b["type"] == "actions"
+                  for e in b["elements"]]
+        return parent if button in labels else None
+
+    return fake.wait_for(done, what=f"the answer (with {button}) edited into the parent")
 
 
 def _token() -> str:
@@ -365,6 +377,90 @@ def test_forged_or_replayed_requests_get_401_and_never_run(bot, fake):
     assert not any(forged in t or stale in t for t in texts)
 
 
+def test_malformed_request_timestamps_get_401_and_log_one_line_at_most(bot, fake):
+    if bot.mode != "http":
+        pytest.skip("Socket Mode has no request headers")
+    start = len(bot.log_path.read_text(errors="replace").splitlines())
+    body = urlencode(slash_command(TEAM, "C1", "U1", "/echo", _token()))
+    for timestamp in ("not-a-number", "", "1e9", "12.5", "9" * 5000):
+        headers = {**signed_headers(SECRET, body, content_type="application/x-www-form-urlencoded"),
+                   "X-Slack-Request-Timestamp": timestamp}
+        assert bot.post(body, headers) == 401, timestamp
+    valid = _token()  # answered after the refusals: their log lines, if any, are written by now
+    assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", valid)) == 200
+    _posted(fake, "C1", valid)
+    lines = bot.log_path.read_text(errors="replace").splitlines()[start:]
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    assert len([line for line in lines if "Timestamp" in line or "Error" in line or "rror" in line]) <= 1, \
+        "\n".join(lines)
+
+
+def _deliver_twice(bot, kind: str, payload: dict) -> None:
+    """A request and its replay: in HTTP mode the same signed bytes again; in Socket Mode the same
+    payload in a second envelope (as Slack redelivers)."""
+    if bot.mode == "socket":
+        bot.send(kind, payload)
+        bot.send(kind, payload)
+        return
+    body = urlencode(payload) if kind == "slash_commands" else form_body(payload)
+    headers = signed_headers(SECRET, body, content_type="application/x-www-form-urlencoded")
+    assert bot.post(body, headers) == 200
+    assert bot.post(body, headers) == 200  # acked, so Slack would not retry it: but not run
+
+
+def _replay_refused(bot, fake, payload: dict) -> None:
+    fake.wait_for(lambda: f"{payload['trigger_id']} replayed: not run again" in bot.log(), what="the replay refused")
+
+
+def test_replayed_commands_shortcuts_and_clicks_run_once(bot, fake):
+    word = _token()
+    command = slash_command(TEAM, "C1", "U1", "/echo", word)
+    _deliver_twice(bot, "slash_commands", command)
+    posted = _posted(fake, "C1", word)
+    _replay_refused(bot, fake, command)
+
+    message = next(m for m in fake.bot_messages("C1") if word in m["text"])
+    button = posted.params["blocks"][-1]["elements"][0]
+    click = block_actions(TEAM, "C1", "U1", message, button["action_id"], button["value"])
+    _deliver_twice(bot, "interactive", click)
+    _posted(fake, "C1", f"{word}!")
+    _replay_refused(bot, fake, click)
+
+    plain = fake.post_as_user("C1", "U1", f"no picture {word}")
+    shortcut = message_shortcut(TEAM, "C1", "U1", plain, "clipbot_whatis")
+    _deliver_twice(bot, "interactive", shortcut)
+    fake.wait_call("chat.postEphemeral", lambda c: "no picture for /whatis" in c.params.get("text", ""))
+    _replay_refused(bot, fake, shortcut)
+
+    texts = [c.params.get("text", "") for c in fake.calls_to("chat.postMessage")]
+    assert len([t for t in texts if t.endswith(f"*{word}*")]) == 1
+    assert len([t for t in texts if t.endswith(f"*{word}!*")]) == 1
+    assert len([c for c in fake.calls_to("chat.postEphemeral") if "no picture" in c.params.get("text", "")]) == 1
+
+
+def test_a_replay_sent_to_another_bot_process_is_refused(fake, redis_url, tmp_path):
+    """Two bot processes behind one URL share the engine's Redis: the one that did not see the
+    original still knows the replay."""
+    bots = [SlackBot("http", fake, tmp_path / f"bot{i}", tmp_path / f"bot{i}.log", redis_url=redis_url)
+            for i in range(2)]
+    try:
+        for bot in bots:
+            bot.data_dir.mkdir()
+            bot.start()
+        word = _token()
+        command = slash_command(TEAM, "C2", "U2", "/echo", word)
+        body = urlencode(command)
+        headers = signed_headers(SECRET, body, content_type="application/x-www-form-urlencoded")
+        assert bots[0].post(body, headers) == 200
+        _posted(fake, "C2", word)
+        assert bots[1].post(body, headers) == 200
+        _replay_refused(bots[1], fake, command)
+        assert len([c for c in fake.calls_to("chat.postMessage") if word in c.params.get("text", "")]) == 1
+    finally:
+        for bot in bots:
+            bot.stop()
+
+
 # ---- /search and /imagine through Slack --------------------------------------------------------------
 def _search(bot, fake, user: str, channel: str, query: str) -> str:
     """Run /clip-search (Slack keeps /search for itself); the answer's text, links included."""
@@ -420,7 +516,7 @@ def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fak
     parent = [m for m in fake.bot_messages("C1") if m["text"].startswith("<@U1> /imagine")][-1]
     fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", parent["ts"])[1:]
                               for f in m.get("files", ())), timeout=240, what="the final picture in the thread")
-    fake.wait_for(lambda: fake.thread("C1", parent["ts"])[0].get("blocks"), what="buttons on the parent")
+    _answered(fake, "C1", parent["ts"])
     thread = fake.thread("C1", parent["ts"])
     names = [f["name"] for m in thread[1:] for f in m.get("files", ())]
     assert any(n.startswith("step-") for n in names) and names[-1] == "final.png"
@@ -428,6 +524,52 @@ def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fak
     assert any(c.params["ts"] == parent["ts"] for c in fake.calls_to("chat.update"))  # progress edits
     labels = [e["text"]["text"] for e in thread[0]["blocks"][-1]["elements"]]
     assert "Reroll" in labels
+
+
+def test_imagine_header_shows_the_prompt_without_mentioning_anyone(bot, fake):
+    prompt = "<!channel> hi <@U123> <!here> <#C2> \u202eevil\x07 &"
+    bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine", f"{prompt} steps: 2 size: 64 every: 1"))
+    parent = fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U1> /imagine"))
+    header = ("<@U1> /imagine: &lt;!channel&gt; hi &lt;@U123&gt; &lt;!here&gt; &lt;#C2&gt; evil &amp; "
+              "steps: 2 size: 64 every: 1")
+    assert parent.params["text"].split("\n")[0] == header  # the requester alone is mentioned, on purpose
+    ts = [m["ts"] for m in fake.bot_messages("C1") if m["text"].startswith(header)][-1]  # this mode's
+    fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", ts)[1:] for f in m.get("files", ())),
+                  timeout=240, what="the final picture")
+    final = _answered(fake, "C1", ts)
+    edits = [c.params for c in fake.calls_to("chat.update") if c.params["ts"] == ts]
+    assert edits
+    texts = [p["text"] for p in edits] + [b["text"]["text"] for p in edits for b in p.get("blocks") or ()
+                                          if b["type"] == "section"] + [final["text"]]
+    for text in texts:  # progress and answer edits carry the header (and the prompt) escaped too
+        assert "<!" not in text and "<@U123>" not in text and "<#" not in text and "\u202e" not in text, text
+
+
+def test_imagine_progress_edits_carry_the_cancel_button(bot, fake):
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/imagine", "a calm lake steps: 3 size: 64 every: 1"))
+    parent = fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U2> /imagine: a calm lake"))
+    ts = [m["ts"] for m in fake.bot_messages("C2") if m["text"].startswith("<@U2> /imagine: a calm lake")][-1]
+    fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C2", ts)[1:] for f in m.get("files", ())),
+                  timeout=240, what="the final picture")
+    final = _answered(fake, "C2", ts)
+    edits = [c.params for c in fake.calls_to("chat.update") if c.params["ts"] == ts]
+    progress = [e for e in edits if "%" in e["text"]]  # the progress line: `▓▓░░…` 40%
+    assert progress, edits
+    for edit in progress:  # while the job runs, the parent shows a Cancel button for it
+        buttons = [b for block in edit["blocks"] if block["type"] == "actions" for b in block["elements"]]
+        assert [b["text"]["text"] for b in buttons] == ["Cancel"], edit
+        assert decode_action(buttons[0]["value"]).command == "cancel" and buttons[0]["style"] == "danger"
+    assert "Cancel" not in [e["text"]["text"] for e in final["blocks"][-1]["elements"]]  # the answer's own
+    assert parent.params["channel"] == "C2"
+
+
+def test_a_refused_admin_command_is_answered_privately(bot, fake):
+    bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/index", "backfill"))
+    refusal = fake.wait_call("chat.postEphemeral", lambda c: "Only admins" in c.params.get("text", ""))
+    assert refusal.params["user"] == "U1" and refusal.params["channel"] == "C1"
+    assert "/index backfill" in refusal.params["text"]
+    public = [c.params.get("text", "") for m in ("chat.postMessage", "chat.update") for c in fake.calls_to(m)]
+    assert not any("/index" in t or "Only admins" in t for t in public), public  # nothing in the channel
 
 
 def test_index_backfill_reads_history_patiently(bot, fake):
@@ -502,8 +644,7 @@ def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engi
         restarted = time.time()
         fake.wait_for(lambda: any(f["name"] == "final.png" for m in fake.thread("C1", parent["ts"])[1:]
                                   for f in m.get("files", ())), timeout=300, what="the final picture")
-        final = fake.wait_for(lambda: (lambda m: m if m.get("blocks") else None)(fake.thread("C1", parent["ts"])[0]),
-                              what="the answer edited into the parent")
+        final = _answered(fake, "C1", parent["ts"])
         assert "Reroll" in [e["text"]["text"] for e in final["blocks"][-1]["elements"]]
         assert any(c.at > restarted and c.params.get("thread_ts") == parent["ts"]  # posted by the new process
                    for c in fake.calls_to("files.completeUploadExternal"))

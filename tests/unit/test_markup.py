@@ -31,6 +31,35 @@ def test_plain_text_is_unchanged_by_every_renderer():
     assert escape("plain") == "plain"
 
 
+# What people type into labels, prompts and queries, echoed back in replies.
+HOSTILE = "@everyone @here <@123456789012345678> <@&234567890123456789> <!channel> <@U123> ||boo|| ~~x~~"
+HIDDEN = "a\u202edcb\u2066\u200f\x1bc\x07\x00z\x9b"  # an RLO override, an isolate, RLM, ESC, BEL, NUL
+
+
+def test_discord_echoes_user_text_without_pings_or_spoilers():
+    for text in (escape(HOSTILE), bold(HOSTILE), italic(HOSTILE), link(HOSTILE, "https://example.com/x")):
+        out = render_discord(text)
+        assert "@everyone" not in out and "@here" not in out  # the zero-width space breaks the ping
+        assert "<@1" not in out and "<@&2" not in out
+        assert "||" not in out and "\\|\\|boo\\|\\|" in out and "\\~\\~x\\~\\~" in out
+    assert render_discord(escape(HOSTILE)) == (
+        "@\u200beveryone @\u200bhere <@\u200b123456789012345678> <@\u200b&234567890123456789> <!channel> <@U123> "
+        "\\|\\|boo\\|\\| \\~\\~x\\~\\~")  # shown as typed: Discord drops the zero-width space's width and the \\
+    assert "@everyone" not in render_discord(code("@everyone"))
+
+
+def test_slack_echoes_user_text_without_mentions():
+    out = render_slack(escape(HOSTILE) + " " + bold("<!here>"))
+    assert "<" not in out and ">" not in out
+    assert "&lt;!channel&gt; &lt;@U123&gt;" in out and "*&lt;!here&gt;*" in out
+    assert "||boo||" in out  # Slack has no spoiler markup: shown as typed
+
+
+def test_every_renderer_strips_control_and_bidi_characters():
+    for render in (render_plain, render_discord, render_slack):
+        assert render(escape(HIDDEN) + "\tend\nnext") == "adcbcz\tend\nnext", render
+
+
 @command(name="demo")
 async def _demo(ctx, image: Attachment, labels: str = "", top: int = 0):
     """Demo."""
