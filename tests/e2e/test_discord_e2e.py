@@ -420,6 +420,19 @@ def test_a_private_threads_pictures_are_found_only_by_who_may_see_the_thread(wor
     assert all(m in _search_in(fake, world, secret_thread, world.alice, "picture in:all") for m in every)
     assert secret["id"] not in _search_in(fake, world, world.general, carol, "picture in:all")
 
+
+def test_a_deleted_thread_or_a_private_one_the_bot_is_removed_from_leaves_the_index(world, start_bot):
+    fake = world.fake
+    keeper = fake.add_member(world.guild, "keeper", roles=[fake.add_role(world.guild, "thread mods", MANAGE_THREADS)])
+    start_bot()
+    secret_thread = fake.add_thread(world.general, "surprise party", world.alice, private=True)
+    open_thread = fake.add_thread(world.general, "lunch ideas", world.alice)
+    secret = fake.post_message(secret_thread, world.alice, "", files=[("cake.png", _png((250, 10, 10)), "image/png")])
+    shared = fake.post_message(open_thread, world.alice, "", files=[("soup.png", _png((10, 250, 10)), "image/png")])
+    plain = fake.post_message(world.general, world.alice, "", files=[("desk.png", _png((10, 10, 250)), "image/png")])
+    _search_until(fake, world, keeper, "picture", lambda t: all(m["id"] in t for m in (secret, shared, plain)),
+                  "all three to Manage Threads")
+
     # the bot removed from the private thread: its pictures leave the index (for everyone)
     fake.remove_thread_member(secret_thread, fake.app_id)
     _search_until(fake, world, keeper, "picture", lambda t: secret["id"] not in t and shared["id"] in t,
