@@ -252,6 +252,7 @@ def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
         command=spec.name, options=options, user_id=args.user, user_name=args.user,
         channel_id=channels[0] if channels else "cli", platform=args.platform, is_admin=True,
         space_id=args.space, readable_channels=frozenset(channels) if channels else None,
+        private_scopes=frozenset(channels),  # the operator: every private thread of those channels too
     )
 
 

@@ -170,7 +170,9 @@ class Request:
 
     `space_id` is the Discord guild or Slack workspace. `readable_channels` are the channels of that
     space the requester may read: adapters always fill it; `None` means no restriction and is for the
-    operator's CLI only. `conversation` is where answers go, opaque to everyone but the adapter that
+    operator's CLI only. `private_scopes` are the private threads (Discord) whose pictures the
+    requester may also see: the thread the request comes from, and the channels where they may see
+    every private thread (Manage Threads). `conversation` is where answers go, opaque to everyone but the adapter that
     made it (long jobs store it, so a restarted bot can resume posting).
 
     `open_conversation`, when set, opens the place a long job answers in (a thread, a parent
@@ -192,6 +194,7 @@ class Request:
     conversation: dict[str, Any] | None = None
     open_conversation: Callable[[], Awaitable[dict[str, Any]]] | None = field(default=None, compare=False,
                                                                               repr=False)
+    private_scopes: frozenset[str] = frozenset()
 
     def may_read(self, channel_id: str) -> bool:
         return self.readable_channels is None or channel_id in self.readable_channels

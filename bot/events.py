@@ -28,6 +28,7 @@ class ImagePosted:
     thread_id: str | None = None
     text: str = ""
     author_name: str = ""
+    private: bool = False  # posted in a private thread (`thread_id`): only who may see that thread finds it
 
 
 @dataclass(frozen=True)

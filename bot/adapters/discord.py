@@ -5,6 +5,13 @@ Nothing Discord-shaped leaves this module: interactions become `bot.commands.Req
 member's readable channels computed from roles and overwrites), `Reply`s are rendered here, and
 posted or deleted images become `bot.events` for `app.image_posted` / `app.message_deleted`.
 
+Threads: a picture posted in a thread is filed under its parent channel with its thread id. A
+public thread's pictures follow the parent. A private thread's are `private`: a search shows them
+only inside that thread (whoever is there may see it) and to members with Manage Threads on the
+parent (who see every private thread there). Nobody else, whatever Discord's thread member list
+says: we never ask it, so a search costs no extra calls and never trusts a stale member cache. A
+deleted thread, or a private one the bot is removed from, leaves the index.
+
 Discord's rules this module keeps (see FIELD-NOTES.md):
 - every interaction is deferred at once (3 s);
 - the interaction token lives 15 min: after `discord_token_ttl` seconds (or a 50027 answer) the
@@ -130,6 +137,16 @@ class _Client(discord.Client):
 
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         await self.adapter.on_channels_gone(channel.guild.id, [channel.id])
+
+    async def on_raw_thread_delete(self, event: discord.RawThreadDeleteEvent) -> None:
+        # raw: a thread the cache never held (archived, or from before a restart) goes too
+        await self.adapter.on_channels_gone(event.guild_id, [event.thread_id])
+
+    async def on_thread_remove(self, thread: discord.Thread) -> None:
+        # the bot was removed from the thread (THREAD_MEMBERS_UPDATE) or lost sight of it: a public
+        # thread stays readable through its parent; a private one is no longer ours to show
+        if thread.is_private() and not _bot_sees_private_threads(thread):
+            await self.adapter.on_channels_gone(thread.guild.id, [thread.id])
 
     async def on_guild_channel_update(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
         if _bot_reads(before) and not _bot_reads(after):  # the bot lost access: what it learned there goes
@@ -311,6 +328,7 @@ class DiscordAdapter:
             is_admin=member.guild_permissions.manage_guild, thread_id=thread_id, space_id=str(guild.id),
             readable_channels=readable_channels(guild, member), user_name=member.display_name,
             conversation=conversation, open_conversation=open_conversation,
+            private_scopes=private_scopes(guild, member, interaction.channel),
         )
 
     async def _menu_image(self, data: dict) -> Attachment:
@@ -348,12 +366,19 @@ class DiscordAdapter:
                 log.info("Discord: not indexing %s from message %s: %s", found.filename, message.id, exc)
         if not attachments:
             return None
-        channel_id, thread_id = _channel_and_thread(message.channel)
+        channel = message.channel
+        if isinstance(channel, discord.PartialMessageable):  # not cached: is it a thread, a private one?
+            try:
+                channel = await self._channel(channel.id)
+            except discord.HTTPException:  # filed under its own id then: a channel nobody is shown
+                log.info("Discord: could not look up channel %s of message %s", channel.id, message.id)
+        channel_id, thread_id = _channel_and_thread(channel)
         return ImagePosted(
             platform=PLATFORM, space_id=str(message.guild.id), channel_id=channel_id, message_id=str(message.id),
             author_id=str(message.author.id), posted_at=message.created_at.timestamp(), permalink=message.jump_url,
             attachments=tuple(attachments), thread_id=thread_id, text=message.content,
             author_name=message.author.display_name,
+            private=isinstance(channel, discord.Thread) and channel.is_private(),
         )
 
     async def on_deleted(self, guild_id: int | None, channel_id: int, message_ids: list[int]) -> None:
@@ -393,6 +418,27 @@ def readable_channels(guild: discord.Guild, member: discord.Member) -> frozenset
         if perms.view_channel and perms.read_message_history:
             readable.add(str(channel.id))
     return frozenset(readable)
+
+
+def private_scopes(guild: discord.Guild, member: discord.Member, where: Any) -> frozenset[str]:
+    """The private threads whose pictures the member may see: the thread they ask from (Discord shows
+    it to them), and, by channel id, every private thread of a channel where they have Manage Threads
+    besides View Channel and Read Message History."""
+    scopes = {str(where.id)} if isinstance(where, discord.Thread) else set()
+    for channel in guild.channels:
+        if isinstance(channel, discord.CategoryChannel):
+            continue
+        perms = channel.permissions_for(member)
+        if perms.view_channel and perms.read_message_history and perms.manage_threads:
+            scopes.add(str(channel.id))
+    return frozenset(scopes)
+
+
+def _bot_sees_private_threads(thread: discord.Thread) -> bool:
+    try:
+        return thread.permissions_for(thread.guild.me).manage_threads
+    except discord.ClientException:  # the parent is not cached: assume not
+        return False
 
 
 def _bot_reads(channel: Any) -> bool:

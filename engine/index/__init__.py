@@ -1,9 +1,15 @@
 """The image index: CLIP embeddings of posted pictures, where each was posted, and a thumbnail.
 
 One picture (content hash) has one embedding per model and any number of *occurrences* (the
-messages it was posted in). Searches filter occurrences by space, readable channels, author
-and date INSIDE the query, so a caller never sees what it may not read, and k results come
-back even when most of the index is filtered out.
+messages it was posted in). Searches filter occurrences by space, readable channels, private
+thread, author and date INSIDE the query, so a caller never sees what it may not read, and k
+results come back even when most of the index is filtered out.
+
+An occurrence's `channel_id` is the channel (a thread's parent on Discord). One posted in a
+private thread is `private`: its scope is the thread (`thread_id`), and a search shows it only
+when its filter names that thread, or the parent channel (someone who sees all its private
+threads), in `private_scopes`. A thread that goes (`remove_channel` with the thread's id) takes
+its occurrences along.
 
 Two backends share the `ImageIndex` protocol (and one test suite):
   - `EmbeddedIndex` (default): SQLite for metadata + an exact cosine scan over a float16
@@ -40,6 +46,7 @@ class Occurrence:
     permalink: str = ""
     thread_id: str | None = None
     platform: str = ""
+    private: bool = False  # posted in a private thread (`thread_id`): only who may see that thread finds it
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,22 @@ class Hit:
 @dataclass(frozen=True)
 class Filter:
     """What a search may return. `channels=None` means every channel of the space (operator
-    CLI only); an empty set means nothing."""
+    CLI only); an empty set means nothing. `private_scopes`: the private threads it may also see,
+    by thread id, or by parent channel id for every private thread of that channel; None means
+    every private thread of the allowed channels (operator CLI only)."""
 
     channels: frozenset[str] | None = None
     authors: frozenset[str] | None = None
     after: float | None = None  # posted_at >= after
     before: float | None = None  # posted_at < before
+    private_scopes: frozenset[str] | None = None
+
+    def shows_place(self, occ: Occurrence) -> bool:
+        """Whether the channel and thread filters allow `occ` (what the index applies in its queries)."""
+        if self.channels is not None and occ.channel_id not in self.channels:
+            return False
+        return not occ.private or self.private_scopes is None or bool(
+            {occ.channel_id, occ.thread_id or ""} & self.private_scopes)
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,7 @@ class SpaceStats:
     occurrences: int
     channels: int
     stale: int  # pictures whose only embedding comes from another model
-    by_channel: dict[str, int] = field(default_factory=dict)
+    by_channel: dict[str, int] = field(default_factory=dict)  # a private thread's count under its thread id
 
 
 class ImageIndex(Protocol):
@@ -100,7 +117,7 @@ class ImageIndex(Protocol):
         longer posted anywhere lose their embeddings and thumbnails. Returns occurrences removed."""
 
     def remove_channel(self, space_id: str, channel_id: str) -> int:
-        ...
+        """Drop the occurrences of a channel, or of a thread when `channel_id` is a thread's id."""
 
     def expire(self, before: float) -> int:
         """Drop every occurrence posted before `before` (retention), in every space."""

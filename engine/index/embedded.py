@@ -36,15 +36,23 @@ CREATE TABLE IF NOT EXISTS free_rows (space TEXT, model TEXT, row INTEGER, PRIMA
 CREATE TABLE IF NOT EXISTS thumbnails (space TEXT, hash TEXT, data BLOB, PRIMARY KEY (space, hash));
 CREATE TABLE IF NOT EXISTS occurrences (id INTEGER PRIMARY KEY AUTOINCREMENT, space TEXT, channel TEXT,
     message_id TEXT, source_id TEXT, hash TEXT, author_id TEXT, author_name TEXT, posted_at REAL,
-    permalink TEXT, thread_id TEXT, platform TEXT, UNIQUE (space, channel, message_id, source_id));
+    permalink TEXT, thread_id TEXT, platform TEXT, private INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS occurrences_hash ON occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS occurrences_message ON occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS occurrences_channel ON occurrences (space, channel);
 CREATE INDEX IF NOT EXISTS occurrences_time ON occurrences (posted_at);
 CREATE TABLE IF NOT EXISTS generations (space TEXT PRIMARY KEY, gen INTEGER);
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS occurrences_thread ON occurrences (space, thread_id);
+"""
+# An index made before private threads had a scope: its Discord thread pictures are treated as
+# private (seen from inside the thread and by Manage Threads) rather than risk showing one.
+_ADD_PRIVATE = ("ALTER TABLE occurrences ADD COLUMN private INTEGER NOT NULL DEFAULT 0",
+                "UPDATE occurrences SET private = 1 WHERE platform = 'discord' AND thread_id IS NOT NULL")
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
-                "thread_id, platform")
+                "thread_id, platform, private")
 
 
 @dataclass
@@ -60,6 +68,9 @@ class _View:
     posted_at: np.ndarray
     channel_codes: dict[str, int]
     author_codes: dict[str, int]
+    private: np.ndarray  # bool: posted in a private thread
+    threads: np.ndarray  # thread code of each occurrence (-1: none)
+    thread_codes: dict[str, int]
 
 
 class EmbeddedIndex:
@@ -71,9 +82,23 @@ class EmbeddedIndex:
                                    isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._migrate()
         self._lock = threading.RLock()
         self._views: dict[tuple[str, str], _View] = {}
+
+    def _migrate(self) -> None:
+        self._db.executescript(_SCHEMA)
+        self._db.execute("BEGIN IMMEDIATE")  # one process adds the column; the others see it after
+        try:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(occurrences)")}
+            if "private" not in columns:
+                for sql in _ADD_PRIVATE:
+                    self._db.execute(sql)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.executescript(_INDEXES)
 
     # ---- writing -------------------------------------------------------------------------
     @contextmanager
@@ -107,7 +132,7 @@ class EmbeddedIndex:
             for occ in occurrences:
                 if occ.space_id != space_id or occ.content_hash not in known:
                     raise ValueError(f"occurrence {occ.message_id} has no embedding in space {space_id}")
-                cur = db.execute(f"INSERT OR IGNORE INTO occurrences ({_OCC_COLUMNS}) VALUES ({_marks(range(11))})",
+                cur = db.execute(f"INSERT OR IGNORE INTO occurrences ({_OCC_COLUMNS}) VALUES ({_marks(range(12))})",
                                  _occ_values(occ))
                 added += cur.rowcount
             self._bump(db, space_id)
@@ -182,7 +207,7 @@ class EmbeddedIndex:
         return self._remove_where(sql, args)
 
     def remove_channel(self, space_id: str, channel_id: str) -> int:
-        return self._remove_where("space = ? AND channel = ?", [space_id, channel_id])
+        return self._remove_where("space = ? AND (channel = ? OR thread_id = ?)", [space_id, channel_id, channel_id])
 
     def expire(self, before: float) -> int:
         return self._remove_where("posted_at < ?", [before])
@@ -239,19 +264,23 @@ class EmbeddedIndex:
                                 (space_id, model)).fetchone()
         gen = self._db.execute("SELECT gen FROM generations WHERE space = ?", (space_id,)).fetchone()[0]
         if info is None or info[2] == 0:
-            return _View(gen, np.zeros((0, 1), np.float16), *(np.zeros(0, np.int64),) * 5, {}, {})
+            return _View(gen, np.zeros((0, 1), np.float16), *(np.zeros(0, np.int64),) * 5, {}, {},
+                         np.zeros(0, bool), np.zeros(0, np.int32), {})
         rows = self._db.execute(
-            "SELECT o.id, e.row, o.channel, o.author_id, o.posted_at FROM occurrences o JOIN embeddings e "
-            "ON e.space = o.space AND e.hash = o.hash AND e.model = ? WHERE o.space = ?", (model, space_id)).fetchall()
+            "SELECT o.id, e.row, o.channel, o.author_id, o.posted_at, o.private, o.thread_id FROM occurrences o "
+            "JOIN embeddings e ON e.space = o.space AND e.hash = o.hash AND e.model = ? WHERE o.space = ?",
+            (model, space_id)).fetchall()
         matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="c", shape=(info[2], info[1]))
-        ids, occ_rows, channels, authors, posted = zip(*rows) if rows else ((),) * 5
+        ids, occ_rows, channels, authors, posted, private, threads = zip(*rows) if rows else ((),) * 7
         channel_codes = {c: i for i, c in enumerate(sorted(set(channels)))}
         author_codes = {a: i for i, a in enumerate(sorted(set(authors)))}
+        thread_codes = {t: i for i, t in enumerate(sorted({t for t in threads if t is not None}))}
         return _View(
             gen, matrix, np.array(ids, np.int64), np.array(occ_rows, np.int64),
             np.array([channel_codes[c] for c in channels], np.int32),
             np.array([author_codes[a] for a in authors], np.int32),
             np.array(posted, np.float64), channel_codes, author_codes,
+            np.array(private, bool), np.array([thread_codes.get(t, -1) for t in threads], np.int32), thread_codes,
         )
 
     def _occurrences_by_id(self, ids: list[int]) -> dict[int, Occurrence]:
@@ -309,7 +338,8 @@ class EmbeddedIndex:
             embeddings = self._db.execute("SELECT COUNT(*) FROM embeddings WHERE space = ? AND model = ?",
                                           (space_id, model)).fetchone()[0]
             by_channel = dict(self._db.execute(
-                "SELECT channel, COUNT(*) FROM occurrences WHERE space = ? GROUP BY channel", (space_id,)).fetchall())
+                "SELECT CASE WHEN private THEN thread_id ELSE channel END AS scope, COUNT(*) FROM occurrences "
+                "WHERE space = ? GROUP BY scope", (space_id,)).fetchall())
             stale = self._db.execute(
                 "SELECT COUNT(DISTINCT o.hash) FROM occurrences o WHERE o.space = ? AND NOT EXISTS (SELECT 1 FROM "
                 "embeddings e WHERE e.space = o.space AND e.hash = o.hash AND e.model = ?)", (space_id, model)).fetchone()[0]
@@ -329,6 +359,11 @@ def _mask(view: _View, where: Filter) -> np.ndarray:
     if where.authors is not None:
         codes = [view.author_codes[a] for a in where.authors if a in view.author_codes]
         mask &= np.isin(view.authors, np.array(codes, np.int32))
+    if where.private_scopes is not None:  # a private thread's pictures: for who may see the thread
+        channels = [view.channel_codes[c] for c in where.private_scopes if c in view.channel_codes]
+        threads = [view.thread_codes[t] for t in where.private_scopes if t in view.thread_codes]
+        mask &= ~view.private | np.isin(view.channels, np.array(channels, np.int32)) \
+            | np.isin(view.threads, np.array(threads, np.int32))
     if where.after is not None:
         mask &= view.posted_at >= where.after
     if where.before is not None:
@@ -357,10 +392,10 @@ def _marks(items) -> str:
 
 def _occ_values(occ: Occurrence) -> tuple:
     return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
-            occ.author_name, occ.posted_at, occ.permalink, occ.thread_id, occ.platform)
+            occ.author_name, occ.posted_at, occ.permalink, occ.thread_id, occ.platform, int(occ.private))
 
 
 def _occ(row) -> Occurrence:
     return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
                       author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
-                      platform=row[10])
+                      platform=row[10], private=bool(row[11]))

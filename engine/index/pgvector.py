@@ -31,15 +31,22 @@ CREATE TABLE IF NOT EXISTS clipbot_occurrences (id bigserial PRIMARY KEY, space 
     message_id text NOT NULL, hash text NOT NULL, source_id text NOT NULL DEFAULT '', author_id text NOT NULL DEFAULT '',
     author_name text NOT NULL DEFAULT '', posted_at double precision NOT NULL DEFAULT 0,
     permalink text NOT NULL DEFAULT '', thread_id text, platform text NOT NULL DEFAULT '',
-    UNIQUE (space, channel, message_id, source_id));
+    private boolean NOT NULL DEFAULT false, UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_hash ON clipbot_occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_message ON clipbot_occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_channel ON clipbot_occurrences (space, channel);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_time ON clipbot_occurrences (posted_at);
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS clipbot_occurrences_thread ON clipbot_occurrences (space, thread_id);
+"""
+# A table made before private threads had a scope: its Discord thread pictures are treated as
+# private (seen from inside the thread and by Manage Threads) rather than risk showing one.
+_ADD_PRIVATE = ("ALTER TABLE clipbot_occurrences ADD COLUMN private boolean NOT NULL DEFAULT false",
+                "UPDATE clipbot_occurrences SET private = true WHERE platform = 'discord' AND thread_id IS NOT NULL")
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
-                "thread_id, platform")
-_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text")
+                "thread_id, platform, private")
+_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text", "bool")
 _MAX_EF_SEARCH = 1000  # pgvector's limit
 # The HNSW graph: pgvector's default m, and twice its default ef_construction. On CLIP-like clustered
 # embeddings at 1M rows the default graph (64) reached recall@10 0.94 at ef_search 400 (bench/search.py).
@@ -59,6 +66,12 @@ class PgVectorIndex:
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('clipbot_index_schema'))")
             cur.execute(_SCHEMA)
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name = 'clipbot_occurrences' AND column_name = 'private'")
+            if cur.fetchone() is None:
+                for sql in _ADD_PRIVATE:
+                    cur.execute(sql)
+            cur.execute(_INDEXES)
         register_vector(self._conn)
         self._dims: set[int] = set()
 
@@ -132,7 +145,7 @@ class PgVectorIndex:
         return self._remove_where(sql, args)
 
     def remove_channel(self, space_id: str, channel_id: str) -> int:
-        return self._remove_where("space = %s AND channel = %s", [space_id, channel_id])
+        return self._remove_where("space = %s AND (channel = %s OR thread_id = %s)", [space_id, channel_id, channel_id])
 
     def expire(self, before: float) -> int:
         return self._remove_where("posted_at < %s", [before])
@@ -175,6 +188,9 @@ class PgVectorIndex:
         if where.authors is not None:
             conditions.append("o.author_id = ANY(%(authors)s)")
             args["authors"] = sorted(where.authors)
+        if where.private_scopes is not None:  # a private thread's pictures: for who may see the thread
+            conditions.append("(NOT o.private OR o.thread_id = ANY(%(scopes)s) OR o.channel = ANY(%(scopes)s))")
+            args["scopes"] = sorted(where.private_scopes)
         if where.after is not None:
             conditions.append("o.posted_at >= %(after)s")
             args["after"] = where.after
@@ -205,7 +221,7 @@ class PgVectorIndex:
             cur.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.max_scan_tuples)}")
             cur.execute(sql, args)
             rows = cur.fetchall()
-        return [Hit(_occ(r[:11]), float(r[11])) for r in rows[offset:want]]
+        return [Hit(_occ(r[:12]), float(r[12])) for r in rows[offset:want]]
 
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
         sql, args = "space = %s AND message_id = %s", [space_id, message_id]
@@ -250,8 +266,8 @@ class PgVectorIndex:
         with self._tx() as cur:
             cur.execute("SELECT COUNT(*) FROM clipbot_embeddings WHERE space = %s AND model = %s", (space_id, model))
             embeddings = cur.fetchone()[0]
-            cur.execute("SELECT channel, COUNT(*) FROM clipbot_occurrences WHERE space = %s GROUP BY channel",
-                        (space_id,))
+            cur.execute("SELECT CASE WHEN private THEN thread_id ELSE channel END AS scope, COUNT(*) "
+                        "FROM clipbot_occurrences WHERE space = %s GROUP BY scope", (space_id,))
             by_channel = dict(cur.fetchall())
             cur.execute("SELECT COUNT(DISTINCT o.hash) FROM clipbot_occurrences o WHERE o.space = %s AND NOT EXISTS "
                         "(SELECT 1 FROM clipbot_embeddings e WHERE e.space = o.space AND e.hash = o.hash "
@@ -266,10 +282,10 @@ class PgVectorIndex:
 
 def _occ_values(occ: Occurrence) -> tuple:
     return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
-            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform)
+            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform, bool(occ.private))
 
 
 def _occ(row) -> Occurrence:
     return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
                       author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
-                      platform=row[10])
+                      platform=row[10], private=bool(row[11]))

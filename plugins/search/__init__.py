@@ -60,7 +60,7 @@ def event_items(event: ImagePosted) -> list[dict]:
         "source_id": attachment.source_id or (str(i) if len(event.attachments) > 1 else ""),
         "key": attachment.key, "author_id": event.author_id, "author_name": event.author_name,
         "posted_at": event.posted_at, "permalink": event.permalink, "thread_id": event.thread_id,
-        "platform": event.platform,
+        "platform": event.platform, "private": event.private,
     } for i, attachment in enumerate(event.attachments)]
 
 
@@ -110,8 +110,11 @@ def is_gone(store: Any, item: dict) -> bool:
     gone = store.get(f"{_GONE_MESSAGE}{item['space_id']}:{item['channel_id']}:{item['message_id']}")
     if gone is not None and (not gone or item.get("source_id") in gone):
         return True
-    left = store.get(f"{_GONE_CHANNEL}{item['space_id']}:{item['channel_id']}")
-    return left is not None and float(item.get("posted_at") or 0) <= float(left)
+    for place in (item["channel_id"], item.get("thread_id")):  # a thread that went is a channel that went
+        left = store.get(f"{_GONE_CHANNEL}{item['space_id']}:{place}") if place else None
+        if left is not None and float(item.get("posted_at") or 0) <= float(left):
+            return True
+    return False
 
 
 # ---- /search ---------------------------------------------------------------------------------------
@@ -148,6 +151,7 @@ async def search(
     channels, scope = _channels(request, parsed)
     result = await ctx.engine.run(QUERY, {
         **kwargs, "space": request.space_id, "channels": None if channels is None else sorted(channels),
+        "private": None if request.readable_channels is None else sorted(request.private_scopes),
         "authors": list(parsed.authors) or None, "after": parsed.after, "before": parsed.before,
         "k": top, "offset": (page - 1) * top}, queue="gpu")
     if not more:
@@ -275,7 +279,9 @@ async def _stats(ctx: Any) -> Reply:
     stats = await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu")
     pending = await ctx.run_blocking(lambda: pending_queue(ctx.engine).size())
     readable = request.readable_channels
-    by_channel = {c: n for c, n in stats["by_channel"].items() if readable is None or c in readable}
+    # a private thread's pictures are counted under the thread: shown to who may see that thread
+    by_channel = {c: n for c, n in stats["by_channel"].items()
+                  if readable is None or c in readable or c in request.private_scopes}
     data: dict[str, Any] = {"space": request.space_id, "model": stats["model"], "by_channel": by_channel,
                             "occurrences": sum(by_channel.values()), "channels": len(by_channel)}
     if readable is None:  # whole-space totals only for the operator: they count unreadable channels

@@ -105,7 +105,7 @@ def _occurrence(item: dict, h: str) -> Occurrence:
         content_hash=h, source_id=str(item.get("source_id") or ""), author_id=str(item.get("author_id") or ""),
         author_name=str(item.get("author_name") or ""), posted_at=float(item.get("posted_at") or 0.0),
         permalink=str(item.get("permalink") or ""), thread_id=item.get("thread_id"),
-        platform=str(item.get("platform") or ""),
+        platform=str(item.get("platform") or ""), private=bool(item.get("private")),
     )
 
 

@@ -188,14 +188,18 @@ def _maybe_expire(job: JobContext, index: Any, retention_days: float) -> None:
 def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | None = None,
           image: str | None = None, similar: dict | None = None, vector_ref: str | None = None,
           exclude: str | None = None, channels: list | None = None, authors: list | None = None,
-          after: float | None = None, before: float | None = None) -> dict:
-    _check_query(k, offset, terms, channels, authors)
+          after: float | None = None, before: float | None = None, private: list | None = None) -> dict:
+    _check_query(k, offset, terms, channels, authors, private)
     clip, index = clip_for(job.settings), index_for(job.settings)
     _check_model(job, clip)
     if authors is not None:  # `from:@ana`: an id or mention as typed, or a display name seen in this space
         authors = sorted(set(authors) | index.author_ids(space, authors))
+    # every private thread only for the operator's whole-space search; a channel list without
+    # `private` sees none of them
+    scopes = None if channels is None and private is None else frozenset(private or ())
     where = Filter(channels=None if channels is None else frozenset(channels),
-                   authors=None if authors is None else frozenset(authors), after=after, before=before)
+                   authors=None if authors is None else frozenset(authors), after=after, before=before,
+                   private_scopes=scopes)
     vector = _query_vector(job, clip, index, space, where, terms, image, similar, vector_ref)
     ref = vector_ref or uuid.uuid4().hex[:16]
     if not vector_ref:
@@ -213,7 +217,7 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
             "vector_ref": ref, "reindexing": job.engine.store.get(_REEMBEDDING) is not None}
 
 
-def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any) -> None:
+def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any, private: Any) -> None:
     if not isinstance(k, int) or not 1 <= k <= MAX_TOP:
         raise UserError(f"top must be between 1 and {MAX_TOP}.")
     if not isinstance(offset, int) or not 0 <= offset <= 10_000:
@@ -223,7 +227,7 @@ def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any) -
                 not isinstance(t, list) or len(t) != 2 or not isinstance(t[0], str) or not t[0].strip()
                 or len(t[0]) > MAX_TERM_CHARS or not isinstance(t[1], (int, float)) for t in terms):
             raise UserError(f"Give up to {MAX_TERMS} search terms of up to {MAX_TERM_CHARS} characters.")
-    for name, value in (("channels", channels), ("authors", authors)):
+    for name, value in (("channels", channels), ("authors", authors), ("private", private)):
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             raise UserError(f"Bad {name} filter.")
 
@@ -249,8 +253,7 @@ def _query_vector(job: JobContext, clip: Any, index: Any, space: str, where: Fil
 
 def _similar_vector(clip: Any, index: Any, space: str, where: Filter, similar: dict) -> Any:
     message, channel = str(similar.get("message_id") or ""), similar.get("channel_id")
-    found = [o for o in index.occurrences(space, message, channel)
-             if where.channels is None or o.channel_id in where.channels]
+    found = [o for o in index.occurrences(space, message, channel) if where.shows_place(o)]
     if not found:  # the same answer whether it does not exist or is not readable: nothing leaks
         raise UserError("I don't have a picture from that message in a channel you can read.")
     vector = index.embedding(space, found[0].content_hash, clip.fingerprint)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tests.e2e.discord_probe import PREFIX, noise_png
-from tests.fakes.discord_fake import EPHEMERAL, VIEW_CHANNEL, FakeDiscord, InteractionRecord
+from tests.fakes.discord_fake import EPHEMERAL, MANAGE_THREADS, VIEW_CHANNEL, FakeDiscord, InteractionRecord
 
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
@@ -438,3 +438,63 @@ def test_a_deleted_channel_or_one_the_bot_can_no_longer_read_is_removed(world, s
     fake.delete_channel(world.private)
     fake.wait_for(lambda f: {e["removed"] for e in bot.events() if "removed" in e} == {world.general, world.private},
                   30, "the deleted channel removed")  # and no other channel
+
+
+def _search_in(fake: FakeDiscord, world, channel: str, user: dict, query: str) -> str:
+    return _answer(fake, fake.slash(world.guild, channel, user, "search", {"query": query}),
+                   f"/search {query} in {channel}")["content"]
+
+
+def test_a_private_threads_pictures_are_found_only_by_who_may_see_the_thread(world, start_bot):
+    """The rule (README, /search): a private thread's pictures are found from inside the thread and by
+    members with Manage Threads; a public thread's follow its parent; a deleted thread, or a private
+    one the bot is removed from, leaves the index."""
+    fake = world.fake
+    threads_role = fake.add_role(world.guild, "thread mods", MANAGE_THREADS)  # before the bot caches the roles
+    start_bot()
+    bob, carol = fake.add_member(world.guild, "bob"), fake.add_member(world.guild, "carol")
+    keeper = fake.add_member(world.guild, "keeper", roles=[threads_role])
+    secret_thread = fake.add_thread(world.general, "surprise party", world.alice, private=True, members=[carol])
+    open_thread = fake.add_thread(world.general, "lunch ideas", world.alice)
+    secret = fake.post_message(secret_thread, world.alice, "", files=[("cake.png", _png((250, 10, 10)), "image/png")])
+    shared = fake.post_message(open_thread, world.alice, "", files=[("soup.png", _png((10, 250, 10)), "image/png")])
+    plain = fake.post_message(world.general, world.alice, "", files=[("desk.png", _png((10, 10, 250)), "image/png")])
+    every = (secret["id"], shared["id"], plain["id"])
+
+    # Manage Threads on the parent: every private thread there, from the parent and with in:all
+    _search_until(fake, world, keeper, "picture", lambda t: all(m in t for m in every), "all three to Manage Threads")
+    assert all(m in _search_in(fake, world, world.general, keeper, "picture in:all") for m in every)
+    # not a member, no Manage Threads (Manage Server is not it): the public thread, not the private one
+    for user in (bob, world.mod):
+        for query in ("picture", "picture in:all"):
+            text = _search_in(fake, world, world.general, user, query)
+            assert shared["id"] in text and plain["id"] in text and secret["id"] not in text, (user, query, text)
+    text = _search_in(fake, world, open_thread, bob, "picture")  # inside the public thread: the parent's scope
+    assert shared["id"] in text and plain["id"] in text and secret["id"] not in text
+    # a member of the private thread: found by searching inside it, not from the parent
+    inside = _search_in(fake, world, secret_thread, carol, "picture")
+    assert all(m in inside for m in every)
+    assert all(m in _search_in(fake, world, secret_thread, world.alice, "picture in:all") for m in every)
+    assert secret["id"] not in _search_in(fake, world, world.general, carol, "picture in:all")
+
+
+def test_a_deleted_thread_or_a_private_one_the_bot_is_removed_from_leaves_the_index(world, start_bot):
+    fake = world.fake
+    keeper = fake.add_member(world.guild, "keeper", roles=[fake.add_role(world.guild, "thread mods", MANAGE_THREADS)])
+    start_bot()
+    secret_thread = fake.add_thread(world.general, "surprise party", world.alice, private=True)
+    open_thread = fake.add_thread(world.general, "lunch ideas", world.alice)
+    secret = fake.post_message(secret_thread, world.alice, "", files=[("cake.png", _png((250, 10, 10)), "image/png")])
+    shared = fake.post_message(open_thread, world.alice, "", files=[("soup.png", _png((10, 250, 10)), "image/png")])
+    plain = fake.post_message(world.general, world.alice, "", files=[("desk.png", _png((10, 10, 250)), "image/png")])
+    _search_until(fake, world, keeper, "picture", lambda t: all(m["id"] in t for m in (secret, shared, plain)),
+                  "all three to Manage Threads")
+
+    # the bot removed from the private thread: its pictures leave the index (for everyone)
+    fake.remove_thread_member(secret_thread, fake.app_id)
+    _search_until(fake, world, keeper, "picture", lambda t: secret["id"] not in t and shared["id"] in t,
+                  "the private thread's picture gone")
+    # a deleted thread (Discord sends no MESSAGE_DELETE for its messages): its pictures go too
+    fake.delete_thread(open_thread)
+    _search_until(fake, world, keeper, "picture", lambda t: shared["id"] not in t and plain["id"] in t,
+                  "the deleted thread's picture gone")

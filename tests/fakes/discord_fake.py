@@ -42,9 +42,11 @@ VIEW_CHANNEL = 1 << 10
 SEND_MESSAGES = 1 << 11
 ATTACH_FILES = 1 << 15
 READ_MESSAGE_HISTORY = 1 << 16
+MANAGE_THREADS = 1 << 34
 EVERYONE_DEFAULT = VIEW_CHANNEL | SEND_MESSAGES | ATTACH_FILES | READ_MESSAGE_HISTORY | (1 << 6) | (1 << 38)
 ALL_PERMISSIONS = (1 << 50) - 1
 
+INTENT_GUILD_MEMBERS = 1 << 1
 INTENT_MESSAGE_CONTENT = 1 << 15
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | INTENT_MESSAGE_CONTENT
 EPHEMERAL = 1 << 6
@@ -101,6 +103,7 @@ class FakeDiscord:
         self.messages: dict[str, dict[str, dict]] = {}  # channel id -> message id -> message (insertion order)
         self.cdn: dict[str, Served] = {}  # path -> the file and how the CDN sends it
         self._cdn_files = itertools.count()
+        self.thread_members: dict[str, set[str]] = {}  # thread id -> user ids
         self.commands: dict[str, list[dict]] = {}  # "global" or guild id -> synced commands
         self.interactions: dict[str, InteractionRecord] = {}
         self.identifies: list[dict] = []
@@ -236,9 +239,13 @@ class FakeDiscord:
             perms |= roles.get(rid, 0)
         if perms & ADMINISTRATOR:
             return ALL_PERMISSIONS
-        channel = self.channels[channel_id]
+        channel = thread = self.channels[channel_id]
         if channel["type"] in (10, 11, 12):  # threads take their parent's permissions
             channel = self.channels[channel["parent_id"]]
+        if thread["type"] == 12 and user_id not in self.thread_members.get(channel_id, ()):
+            # a private thread: visible to its members and to those who may manage the parent's threads
+            parent = self.permissions(guild_id, channel["id"], user_id)
+            return parent if parent & MANAGE_THREADS else 0
         overwrites = {o["id"]: o for o in channel["permission_overwrites"]}
         if guild_id in overwrites:
             perms = (perms & ~int(overwrites[guild_id]["deny"])) | int(overwrites[guild_id]["allow"])
@@ -255,7 +262,9 @@ class FakeDiscord:
     def _guild_payload(self, gid: str) -> dict:
         guild = {k: v for k, v in self.guilds[gid].items() if not k.startswith("_")}
         guild["members"] = [self.guilds[gid]["_members"][self.app_id]]
-        guild["threads"] = [c for c in self.channels.values() if c["guild_id"] == gid and c["type"] == 11]
+        # "all active threads in the guild that the current user has permission to view"
+        guild["threads"] = [c for c in self.channels.values() if c["guild_id"] == gid and c["type"] in (11, 12)
+                            and self.permissions(gid, c["id"], self.app_id) & VIEW_CHANNEL]
         guild["member_count"] = len(self.guilds[gid]["_members"])
         return guild
 
@@ -330,6 +339,8 @@ class FakeDiscord:
 
     async def _dispatch_message(self, message: dict) -> dict:
         guild_id = self.channels[message["channel_id"]]["guild_id"]
+        if not self.permissions(guild_id, message["channel_id"], self.app_id) & VIEW_CHANNEL:
+            return message  # a private thread the bot is not in: it never hears of the message
         member = {k: v for k, v in self.guilds[guild_id]["_members"].get(message["author"]["id"], {}).items()
                   if k != "user"}
         await self._dispatch("MESSAGE_CREATE", {**message, "guild_id": guild_id, "member": member})
@@ -357,6 +368,63 @@ class FakeDiscord:
             channel = self.channels.pop(channel_id)
             self.guilds[channel["guild_id"]]["channels"].remove(channel)
             return self._dispatch("CHANNEL_DELETE", channel)
+
+        self._sync(delete)
+
+    # ---- threads: public (11) and private (12), with members -----------------------------------------
+    def add_thread(self, parent_id: str, name: str, owner: dict, *, private: bool = False,
+                   members: list[dict] = (), bot_member: bool = True) -> str:
+        """A member starts a thread in `parent_id`; `members` (and the owner, and the bot unless
+        `bot_member=False`) join it. THREAD_CREATE goes to the bot if it may see the thread."""
+        def create() -> Any:
+            parent = self.channels[parent_id]
+            tid = self.snowflake()
+            self.channels[tid] = {
+                "id": tid, "type": 12 if private else 11, "guild_id": parent["guild_id"], "parent_id": parent_id,
+                "name": name, "owner_id": owner["id"], "message_count": 0, "member_count": 0,
+                "rate_limit_per_user": 0, "flags": 0, "last_message_id": None,
+                "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _iso(),
+                                    "locked": False, **({"invitable": False} if private else {})}}
+            self.messages[tid] = {}
+            joined = {owner["id"], *(m["id"] for m in members), *((self.app_id,) if bot_member else ())}
+            self.thread_members[tid] = joined
+            self.channels[tid]["member_count"] = len(joined)
+            if self.permissions(parent["guild_id"], tid, self.app_id) & VIEW_CHANNEL:
+                return self._dispatch_thread("THREAD_CREATE", tid, newly_created=True)
+            return tid
+
+        return self._sync(create)
+
+    async def _dispatch_thread(self, event: str, tid: str, **extra: Any) -> str:
+        thread = dict(self.channels[tid])
+        if self.app_id in self.thread_members.get(tid, ()):
+            thread["member"] = {"id": tid, "user_id": self.app_id, "join_timestamp": _iso(), "flags": 0}
+        await self._dispatch(event, {**thread, **extra})
+        return tid
+
+    def remove_thread_member(self, thread_id: str, user_id: str) -> None:
+        """Someone is removed from a thread. Without the members intent the bot hears of it only when
+        it is the one removed (THREAD_MEMBERS_UPDATE)."""
+        async def remove() -> None:
+            thread = self.channels[thread_id]
+            self.thread_members[thread_id].discard(user_id)
+            thread["member_count"] = len(self.thread_members[thread_id])
+            data = {"id": thread_id, "guild_id": thread["guild_id"], "member_count": thread["member_count"],
+                    "removed_member_ids": [user_id]}
+            for session in list(self._sessions):
+                if user_id == self.app_id or session["intents"] & INTENT_GUILD_MEMBERS:
+                    await self._send(session, "THREAD_MEMBERS_UPDATE", data)
+
+        self._sync(remove)
+
+    def delete_thread(self, thread_id: str) -> None:
+        """A thread is deleted (with its messages; no MESSAGE_DELETE for them): THREAD_DELETE goes out."""
+        def delete() -> Any:
+            thread = self.channels.pop(thread_id)
+            self.messages.pop(thread_id, None)
+            self.thread_members.pop(thread_id, None)
+            return self._dispatch("THREAD_DELETE", {"id": thread_id, "guild_id": thread["guild_id"],
+                                                    "parent_id": thread["parent_id"], "type": thread["type"]})
 
         self._sync(delete)
 
@@ -640,7 +708,12 @@ class FakeDiscord:
         return None
 
     def _r_channel(self, call: Call, cid: str) -> Any:
-        return self.channels.get(cid) or self._error(call, 404, 10003, "Unknown Channel")
+        channel = self.channels.get(cid)
+        if channel is None:
+            return self._error(call, 404, 10003, "Unknown Channel")
+        if not self.permissions(channel["guild_id"], cid, self.app_id) & VIEW_CHANNEL:
+            return self._error(call, 403, 50001, "Missing Access")
+        return channel
 
     def _r_history(self, call: Call, cid: str) -> Any:
         if cid not in self.channels:
@@ -679,6 +752,7 @@ class FakeDiscord:
                       call.json.get("auto_archive_duration", 1440)), "archive_timestamp": _iso(), "locked": False}}
         self.channels[tid] = thread
         self.messages[tid] = {}
+        self.thread_members[tid] = {self.app_id}
         asyncio.ensure_future(self._dispatch("THREAD_CREATE", {**thread, "newly_created": True}))
         return thread
 

@@ -48,6 +48,7 @@ class FakeSlack:
         self.messages: dict[str, list[dict]] = {}  # channel -> messages, oldest first (replies included)
         self.ephemerals: list[dict] = []
         self.members: dict[str, set[str]] = {}  # user -> channels
+        self.kinds: dict[str, str] = {}  # channel -> public_channel (default), private_channel, mpim or im
         self.users: dict[str, dict] = {}
         self.files: dict[str, dict] = {}
         self.file_data: dict[str, bytes] = {}
@@ -132,6 +133,15 @@ class FakeSlack:
             self.members[user_id] = set(channels)
             for channel in channels:
                 self.messages.setdefault(channel, [])
+
+    def add_conversation(self, channel: str, kind: str, members: list[str]) -> None:
+        """A private channel (G...), group DM (mpim) or DM (im) with these members; the bot is in it."""
+        assert kind in ("public_channel", "private_channel", "mpim", "im")
+        with self._lock:
+            self.kinds[channel] = kind
+            self.messages.setdefault(channel, [])
+            for user in members:
+                self.members.setdefault(user, set()).add(channel)
 
     def add_file(self, data: bytes | Served, name: str = "photo.png", mimetype: str = "image/png",
                  user: str = "") -> dict:
@@ -334,9 +344,15 @@ class FakeSlack:
         return self._page(thread, p, "messages")
 
     def _m_users_conversations(self, p: dict) -> dict:
+        # as Slack: `types` defaults to public_channel; another user's non-public conversations are
+        # listed only where the bot shares membership (it is in every conversation the fake holds)
         user = p.get("user") or self.bot_user_id
+        types = set((p.get("types") or "public_channel").split(","))
         channels = sorted(self.members.get(user, ())) if user != self.bot_user_id else sorted(self.messages)
-        return self._page([{"id": c, "name": c.lower(), "is_member": True} for c in channels], p, "channels")
+        channels = [c for c in channels if self.kinds.get(c, "public_channel") in types]
+        return self._page([{"id": c, "name": c.lower(), "is_member": True, "is_private": self.kinds.get(c) is not None
+                            and self.kinds[c] != "public_channel", "is_mpim": self.kinds.get(c) == "mpim",
+                            "is_im": self.kinds.get(c) == "im"} for c in channels], p, "channels")
 
     def _m_users_info(self, p: dict) -> dict:
         user = self.users.get(p.get("user", ""))
@@ -420,8 +436,9 @@ def event_callback(team_id: str, event: dict, *, event_id: str | None = None, ap
             "event_time": int(time.time()), "authorizations": [{"team_id": team_id, "user_id": "UBOT", "is_bot": True}]}
 
 
-def message_event(channel: str, message: dict) -> dict:
-    event = {**message, "channel": channel, "event_ts": message["ts"], "channel_type": "channel"}
+def message_event(channel: str, message: dict, channel_type: str = "channel") -> dict:
+    """`channel_type` as Slack sends it: channel, group (private channel), mpim or im."""
+    event = {**message, "channel": channel, "event_ts": message["ts"], "channel_type": channel_type}
     if message.get("files"):
         event["subtype"] = "file_share"
     return event

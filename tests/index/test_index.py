@@ -213,3 +213,82 @@ def test_a_bad_index_url_is_a_clear_error(tmp_path):
 
     with pytest.raises(UserError, match="CLIPBOT_INDEX_URL"):
         open_index("mysql://x", tmp_path)
+
+
+def _threads(index):
+    """c1: a picture in the channel, one in public thread t1, one in private thread t2; c2: one more."""
+    index.add("s", MODEL, {f"h{i}": (vec(i), b"t") for i in range(4)}, [
+        occ("s", "c1", "m0", "h0"), occ("s", "c1", "m1", "h1", thread_id="t1"),
+        occ("s", "c1", "m2", "h2", thread_id="t2", private=True), occ("s", "c2", "m3", "h3")])
+
+
+def _found(index, where, query=2):
+    return sorted(h.occurrence.message_id for h in index.search("s", MODEL, vec(query), where, k=10))
+
+
+def test_a_private_threads_pictures_are_seen_only_by_who_may_see_the_thread(index):
+    _threads(index)
+    c1 = frozenset({"c1"})
+    assert _found(index, Filter(channels=c1, private_scopes=frozenset())) == ["m0", "m1"]  # public thread: the parent's
+    assert _found(index, Filter(channels=c1, private_scopes=frozenset({"t9", "c2"}))) == ["m0", "m1"]
+    assert _found(index, Filter(channels=c1, private_scopes=frozenset({"t2"}))) == ["m0", "m1", "m2"]  # inside it
+    assert _found(index, Filter(channels=c1, private_scopes=c1)) == ["m0", "m1", "m2"]  # Manage Threads in c1
+    assert _found(index, Filter(channels=frozenset({"c2"}), private_scopes=frozenset({"t2", "c1"}))) == ["m3"]
+    assert _found(index, Filter(channels=frozenset({"c1", "c2"}), private_scopes=frozenset())) == ["m0", "m1", "m3"]
+    assert _found(index, Filter()) == ["m0", "m1", "m2", "m3"]  # the operator
+    [private] = index.occurrences("s", "m2")
+    assert private.private and private.thread_id == "t2" and private.channel_id == "c1"
+    assert not Filter(channels=c1, private_scopes=frozenset()).shows_place(private)
+    assert Filter(channels=c1, private_scopes=frozenset({"t2"})).shows_place(private)
+    # counts too: the private thread's picture is counted under the thread, not its parent
+    assert index.stats("s", MODEL).by_channel == {"c1": 2, "t2": 1, "c2": 1}
+
+
+def test_a_thread_that_goes_takes_its_pictures_along(index):
+    _threads(index)
+    assert index.remove_channel("s", "t2") == 1
+    assert index.embedding("s", "h2", MODEL) is None and index.thumbnails("s", ["h2"]) == {}
+    assert index.remove_channel("s", "t1") == 1
+    assert _found(index, Filter()) == ["m0", "m3"]
+    assert index.remove_channel("s", "c1") == 1
+
+
+@pytest.mark.parametrize("backend", ["embedded", "pgvector"])
+def test_an_index_from_before_private_threads_hides_its_discord_thread_pictures(backend, tmp_path, request):
+    """Old rows do not say whether their thread was private: Discord thread pictures become private
+    (found inside the thread and by Manage Threads), other rows are unchanged."""
+    columns = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
+               "thread_id, platform")
+    rows = [("s", "c1", "m1", "h1", "", "u", "", 1.0, "", "t1", "discord"),
+            ("s", "c1", "m2", "h1", "", "u", "", 1.0, "", None, "discord"),
+            ("s", "C1", "m3", "h1", "", "u", "", 1.0, "", "1712.0001", "slack")]
+    if backend == "embedded":
+        import sqlite3
+
+        (tmp_path / "index").mkdir()
+        db = sqlite3.connect(tmp_path / "index" / "index.sqlite3")
+        db.execute("CREATE TABLE occurrences (id INTEGER PRIMARY KEY AUTOINCREMENT, space TEXT, channel TEXT, "
+                   "message_id TEXT, source_id TEXT, hash TEXT, author_id TEXT, author_name TEXT, posted_at REAL, "
+                   "permalink TEXT, thread_id TEXT, platform TEXT, UNIQUE (space, channel, message_id, source_id))")
+        db.executemany(f"INSERT INTO occurrences ({columns}) VALUES ({', '.join('?' * 11)})", rows)
+        db.commit()
+        db.close()
+        url = None
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_url")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE clipbot_occurrences (id bigserial PRIMARY KEY, space text NOT NULL, "
+                         "channel text NOT NULL, message_id text NOT NULL, hash text NOT NULL, source_id text NOT NULL "
+                         "DEFAULT '', author_id text NOT NULL DEFAULT '', author_name text NOT NULL DEFAULT '', "
+                         "posted_at double precision NOT NULL DEFAULT 0, permalink text NOT NULL DEFAULT '', "
+                         "thread_id text, platform text NOT NULL DEFAULT '', UNIQUE (space, channel, message_id, source_id))")
+            with conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO clipbot_occurrences ({columns}) VALUES ({', '.join(['%s'] * 11)})", rows)
+    for _ in range(2):  # the second open finds the column and changes nothing
+        index = open_index(url, tmp_path)
+        assert [o.private for m in ("m1", "m2", "m3") for o in index.occurrences("s", m)] == [True, False, False]
+        index.add("s", MODEL, {"h1": (vec(1), None)}, [occ("s", "c1", "m4", "h1", thread_id="t5")])
+        assert not index.occurrences("s", "m4")[0].private
+        index.close()

@@ -509,6 +509,31 @@ def test_search_shows_only_channels_the_user_is_in_and_forgets_deleted_files(bot
                   timeout=120, what="the deleted file to leave the index")
 
 
+def test_pictures_in_private_channels_group_dms_and_dms_are_found_only_by_their_members(bot, fake):
+    """The rule (README, /search): a picture in a private channel, a group DM or a DM is found only by
+    that conversation's members, with in:all too."""
+    for user, channels in (("UPA", ["CPUB"]), ("UPB", ["CPUB"]), ("UPC", ["CPUB"]), ("UPD", ["CPUB"])):
+        fake.add_user(user, channels)
+    fake.add_conversation("GPRIV", "private_channel", ["UPA", "UPB"])
+    fake.add_conversation("GMPIM", "mpim", ["UPA", "UPC"])
+    fake.add_conversation("DPA", "im", ["UPA"])  # UPA's DM with the bot
+    posted = {}
+    for channel, kind, color in (("GPRIV", "group", (250, 0, 0)), ("GMPIM", "mpim", (0, 250, 0)),
+                                 ("DPA", "im", (0, 0, 250))):
+        photo = fake.add_file(_png(color), f"{_token()}.png", user="UPA")
+        message = fake.post_as_user(channel, "UPA", "a picture", files=[photo])
+        bot.send("events_api", event_callback(TEAM, message_event(channel, message, channel_type=kind)))
+        posted[channel] = _link(channel, message)
+    fake.wait_for(lambda: all(link in _search(bot, fake, "UPA", "CPUB", "square in:all") for link in posted.values()),
+                  timeout=180, what="the poster, a member of all three, to find them")
+    for user, sees in (("UPB", {"GPRIV"}), ("UPC", {"GMPIM"}), ("UPD", set())):
+        text = _search(bot, fake, user, "CPUB", "square in:all")
+        assert {c for c, link in posted.items() if link in text} == sees, (user, text)
+        assert not any(f"/archives/{c}/" in text for c in posted if c not in sees), (user, text)
+    refused = _search(bot, fake, "UPD", "CPUB", "square in:<#GPRIV|secret>")
+    assert "only search channels you can read" in refused and "/archives/GPRIV" not in refused
+
+
 def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fake):
     assert bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine",
                                                     "a red fox steps: 12 size: 64 every: 4 seed: 3")) == 200
