@@ -35,7 +35,9 @@ def world():
     mods = fake.add_role(guild, "mods", MANAGE_GUILD)
     general = fake.add_channel(guild, "general")
     private = fake.add_channel(guild, "private", overwrites=[
-        {"id": guild, "type": 0, "deny": VIEW_CHANNEL}, {"id": mods, "type": 0, "allow": VIEW_CHANNEL}])
+        {"id": guild, "type": 0, "deny": VIEW_CHANNEL}, {"id": mods, "type": 0, "allow": VIEW_CHANNEL},
+        # the bot was added to the private channel, as an admin does (Discord sends it nothing otherwise)
+        {"id": fake.app_id, "type": 1, "allow": VIEW_CHANNEL}])
     alice = fake.add_member(guild, "alice")
     mod = fake.add_member(guild, "mod", roles=[mods])
     yield World(fake, guild, general, private, mods, alice, mod)
