@@ -89,6 +89,7 @@ class Engine:
         self.store = store
         self.book = book
         self.redis = redis
+        self._redis = redis  # what @reachable names in its "can't reach Redis" message
         self._instance = uuid.uuid4().hex[:12]
         self._embedded: Any = None  # engine.worker.EmbeddedWorker once started
         self._feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisFeed] = weakref.WeakKeyDictionary()

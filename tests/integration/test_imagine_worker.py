@@ -25,7 +25,9 @@ LONG = "gpu-long"
 @pytest.fixture
 def client(redis_url):
     client = redis.Redis.from_url(redis_url)
-    client.delete("clipbot:workers")
+    # Announcements of earlier tests' workers; a killed one (a test here uses a 3 s visibility
+    # timeout) would count as live for a minute and stop the next worker from starting.
+    client.delete("clipbot:workers", "clipbot:nodes")
     return client
 
 
