@@ -97,6 +97,9 @@ def test_cancel_stops_within_one_step(redis_engine, start_worker, client):
     last_step = max(e.data["step"] for e in events if e.kind == "progress")
     assert at_cancel <= last_step <= at_cancel + 1  # the step in flight may finish; no later one starts
     assert redis_engine.engine.book.get(job).state == "cancelled"
+    # Issue 13, defect 9: a cancelled /imagine kept its checkpoint (and its blob) for a day
+    _wait(lambda: not client.exists(f"clipbot:checkpoint:{job}"), "the checkpoint to go", worker=worker)
+    assert checkpoints.meta(job) is None
 
 
 def _run_killed(redis_engine, start_worker, kill, tmp_path, **worker_env):
