@@ -40,13 +40,14 @@ class App(Dispatcher):
         """Adapters call this once they are connected and have registered their history sources."""
         await self._notify("clipbot_startup", None)
 
-    def resume_jobs(self, platform: str) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
+    def resume_jobs(self, platform: str, **retry: Any) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
         """For each long job `platform`'s conversations still wait for (a restarted bot):
         (its `Request.conversation`, its reply stream). The adapter renders each stream into that
-        conversation as it would a fresh request's (`bot.longjob`)."""
+        conversation as it would a fresh request's. `unreachable=fn` (and `retry_every`): what to
+        do while Redis is down at start (`bot.longjob.resume_jobs`)."""
         from bot.longjob import resume_jobs
 
-        return resume_jobs(self, platform)
+        return resume_jobs(self, platform, **retry)
 
     async def _notify(self, hook_name: str, event: Any) -> None:
         # Each plugin's implementation runs on its own, off the loop, so one broken plugin neither

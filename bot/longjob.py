@@ -19,14 +19,15 @@ from typing import Any, AsyncIterator, Callable
 from typing import Annotated
 
 from bot.commands import Action, Image, Reply, command
-from bot.markup import bold
-from engine.errors import JobCancelled, UserError
+from bot.markup import bold, code
+from engine.errors import BackendUnavailable, JobCancelled, UserError
 
 _ENTRY = "clipbot:longjob:"
 _SECONDS = "clipbot:longjob-seconds:"  # recent run time per task, for queue ETAs
 ENTRY_TTL = 7 * 86400
 THROTTLE_S = 2.0  # fewest seconds between two text-only progress edits
 _WAIT_REFRESH_S = 5.0  # how often the queue position is refreshed while waiting
+RETRY_S = 3.0  # while the engine is unreachable at start, how often resuming tries again (workers: 3 s too)
 
 Finish = Callable[[Any, dict], Reply]
 
@@ -43,7 +44,8 @@ async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finis
     entry = {
         "job_id": job_id, "task": task, "queue": queue, "label": label, "finish": _name_of(finish),
         "platform": request.platform, "conversation": conversation or {"channel": request.channel_id},
-        "user_id": request.user_id, "channel_id": request.channel_id, "created": time.time(),
+        "user_id": request.user_id, "channel_id": request.channel_id, "space_id": request.space_id,
+        "created": time.time(),
     }
     await ctx.run_blocking(engine.store.set, _ENTRY + job_id, entry, ttl=ENTRY_TTL)
     return job_id
@@ -193,24 +195,52 @@ def unfinished(app: Any, platform: str) -> list[dict]:
     return sorted((e for e in entries if e and e.get("platform") == platform), key=lambda e: e["created"])
 
 
-async def resume_jobs(app: Any, platform: str) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
+async def resume_jobs(app: Any, platform: str, *, unreachable: Callable[[str], Any] | None = None,
+                      retry_every: float = RETRY_S) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
     """For each unfinished job of `platform`: (its conversation, its reply stream from now on).
 
     An adapter calls this at start and renders each stream into its conversation, as it would a
-    fresh request's. Errors end a stream with an error reply instead of escaping."""
-    for info in await asyncio.to_thread(unfinished, app, platform):
-        if await asyncio.to_thread(app.engine.book.get, info["job_id"]) is None:
-            # The embedded engine keeps jobs in memory: a restart lost this one. Say so, once.
+    fresh request's. Errors end a stream with an error reply instead of escaping. With the engine
+    unreachable (Redis down) it raises BackendUnavailable before yielding anything; or, given
+    `unreachable`, calls it once with that message and tries again every `retry_every` seconds
+    (as workers do), yielding once the engine is back."""
+    while True:
+        try:
+            pending = await asyncio.to_thread(_unfinished_records, app, platform)
+            break
+        except BackendUnavailable as exc:
+            if unreachable is None:
+                raise
+            unreachable(str(exc))
+            unreachable = _said  # once
+            await asyncio.sleep(retry_every)
+    for info, known in pending:
+        if not known:
             await _forget(app, info["job_id"])
-            yield info["conversation"], _lost(info)
+            yield info["conversation"], _lost(app, info)
             continue
         yield info["conversation"], _guarded(follow(app, info["job_id"], resumed=True))
 
 
-async def _lost(info: dict) -> AsyncIterator[Reply]:
-    label = info.get("label") or "A job"
-    yield Reply(text=f"{bold(label)}: lost when clipbot restarted (the embedded engine keeps jobs in memory); "
-                     "please ask again.", error=True, final=True)
+def _said(_message: str) -> None:
+    pass
+
+
+def _unfinished_records(app: Any, platform: str) -> list[tuple[dict, bool]]:
+    """Every read `resume_jobs` needs, at once: it fails before anything is resumed, or not at all."""
+    return [(info, app.engine.book.get(info["job_id"]) is not None) for info in unfinished(app, platform)]
+
+
+async def _lost(app: Any, info: dict) -> AsyncIterator[Reply]:
+    """Say once, where it was asked, what became of a job whose record is gone."""
+    label = bold(info.get("label") or "A job")
+    if app.engine.embedded:  # its records live in the bot process: a restart lost them
+        text = f"{label}: lost when clipbot restarted (the embedded engine keeps jobs in memory); please ask again."
+    else:  # unfinished records stay a week: this one ended, and was forgotten, while the bot was away
+        kept = format_seconds(app.engine.book.finished_ttl)
+        text = (f"{label}: it ended while clipbot was away, and its result is gone (finished jobs are kept "
+                f"{kept}, or Redis lost it); please ask again.")
+    yield Reply(text=text, error=True, final=True)
 
 
 async def _guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
@@ -223,21 +253,32 @@ async def _guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
 
 @command
 async def cancel(ctx, job: Annotated[str, "the job to stop (its Cancel button fills this in)"]) -> Reply:
-    """Stop a running job (yours, or any if you are an admin)."""
+    """Stop a running job (yours, or any in this server or workspace if you are an admin)."""
     info = await ctx.run_blocking(entry, ctx.app, job)
-    if info is None and not ctx.request.is_admin:
+    record = await ctx.run_blocking(ctx.engine.book.get, job)
+    if info is None and record is None:
+        raise UserError(f"No such job: {code(job[:64])}.")
+    if record is None or record.finished:
         raise UserError("That job is not running any more.")
     if not may_cancel(info, ctx.request):
-        raise UserError("Only the person who started that job, or an admin, can cancel it.")
-    await ctx.run_blocking(ctx.engine.cancel, job)
+        raise UserError("Only the person who started that job, or an admin where it was started, can cancel it.")
+    if not await ctx.run_blocking(ctx.engine.cancel, job):
+        raise UserError("That job is not running any more.")  # it ended meanwhile
     return Reply(text="Cancelling…", ephemeral=True)
 
 
 def may_cancel(info: dict | None, request: Any) -> bool:
-    """The requester (same platform and user) or an admin."""
-    if request.is_admin:
+    """The requester (same platform and user), or an admin of the space (server, workspace) the
+    job was started in. A job with no long-job entry belongs to no conversation: only an admin at
+    the local chat or CLI (the operator) may stop it."""
+    if info is None:
+        return request.is_admin and request.platform == "local"
+    if info["platform"] != request.platform:
+        return False
+    if info["user_id"] == request.user_id:
         return True
-    return bool(info) and info["user_id"] == request.user_id and info["platform"] == request.platform
+    # Entries from before spaces were recorded (they last a week) fall back to the platform alone.
+    return request.is_admin and info.get("space_id", request.space_id) == request.space_id
 
 
 def format_seconds(seconds: float) -> str:

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Iterable
 from celery import Celery
 
 from engine.blobs import BlobStore, MemoryBlobStore, RedisBlobStore
+from engine.checkpoints import Checkpoints
 from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
 from engine.feed import MemoryFeed, RedisFeed
 from engine.jobs import (
@@ -33,7 +34,7 @@ from engine.jobs import (
     RedisEventLog,
 )
 from engine.store import RedisStore, SqliteStore, Store, reachable, redis_where
-from engine.tasks import CORE_QUEUES, Queue
+from engine.tasks import CORE_QUEUES, Queue, blob_keys
 
 WORKERS = "clipbot:workers"  # hash: "node/pid" of each process that runs jobs -> its heartbeat
 # A follower re-reads the job record at least this often, so a lost event cannot strand it.
@@ -88,6 +89,7 @@ class Engine:
         self.store = store
         self.book = book
         self.redis = redis
+        self._redis = redis  # what @reachable names in its "can't reach Redis" message
         self._instance = uuid.uuid4().hex[:12]
         self._embedded: Any = None  # engine.worker.EmbeddedWorker once started
         self._feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisFeed] = weakref.WeakKeyDictionary()
@@ -106,12 +108,14 @@ class Engine:
     def submit(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", record_extra: dict | None = None,
                input_blobs: Iterable[str] = ()) -> str:
         """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online.
-        `input_blobs` (and the task's declared inputs) are deleted when the job ends."""
+        `input_blobs` (and the task's declared inputs) are deleted when the job ends, also when it
+        is cancelled before any worker took it."""
         if queue not in self.queues:
             raise ValueError(f"unknown queue {queue!r} (declared: {', '.join(self.queues)})")
         self.require_worker(queue)
         job_id = uuid.uuid4().hex
-        self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=list(input_blobs),
+        inputs = list(dict.fromkeys([*input_blobs, *blob_keys(self.book.declared_inputs(task), kwargs)]))
+        self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=inputs,
                                    extra=dict(record_extra or {})))
         self._publish(job_id, task, kwargs, queue)
         return job_id
@@ -127,15 +131,17 @@ class Engine:
             self.book.update(job_id, ttl=self.book.finished_ttl, state=FAILED, error="not queued: Redis unreachable")
             raise BackendUnavailable(redis_where(self.redis), exc) from exc
 
-    def cancel(self, job_id: str) -> None:
-        """Ask a job to stop: a queued one never starts, a running one stops at its next check."""
+    def cancel(self, job_id: str) -> bool:
+        """Ask a job to stop: a queued one never starts, a running one stops at its next check.
+        False when there is nothing to stop (no such job, or it already ended)."""
         record = self.book.get(job_id)
-        if record is not None and record.finished:
-            return
+        if record is None or record.finished:
+            return False
         self.book.request_cancel(job_id)
         self.celery.control.revoke(job_id)
-        if record and record.state == QUEUED:
+        if record.state == QUEUED:
             self.book.finish(job_id, CANCELLED, error="The job was cancelled.")
+        return True
 
     async def follow(self, job_id: str, *, job_timeout: float | None = None,
                      queue_timeout: float | None = None) -> AsyncIterator[ProgressEvent]:
@@ -275,10 +281,12 @@ def create_engine(settings: Any, *, queues: Iterable[Queue] = CORE_QUEUES,
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30)
         store: Store = RedisStore(client)
         blobs = RedisBlobStore(client, settings.blob_ttl)
-        book = JobBook(store, RedisEventLog(client), finished_ttl=settings.job_ttl, blobs=blobs)
+        book = JobBook(store, RedisEventLog(client), finished_ttl=settings.job_ttl, blobs=blobs,
+                       checkpoints=Checkpoints(blobs, store, int(settings.blob_ttl)))
         return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, redis=client, **extra)
     # Settings such as label sets persist in a file; job records live in memory with the jobs.
     store = SqliteStore(settings.data_dir / "state.sqlite3")
     blobs = MemoryBlobStore(settings.blob_ttl)
-    book = JobBook(SqliteStore(":memory:"), MemoryEventLog(), finished_ttl=settings.job_ttl, blobs=blobs)
+    book = JobBook(SqliteStore(":memory:"), MemoryEventLog(), finished_ttl=settings.job_ttl, blobs=blobs,
+                   checkpoints=Checkpoints(blobs, store, int(settings.blob_ttl)))
     return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, **extra)

@@ -47,6 +47,7 @@ class Checkpoints:
         return entry["meta"] if entry else None
 
     def delete(self, job_id: str) -> None:
+        """Forget the job's checkpoint (it ended: done, failed or cancelled); nothing if it has none."""
         entry = self._store.get(_KEY + job_id)
         if entry:
             self._blobs.delete(entry["blob"])
@@ -54,5 +55,6 @@ class Checkpoints:
 
 
 def checkpoints_for(engine: Any) -> Checkpoints:
-    """The checkpoints of an engine (its blob store and shared state store, blob TTL)."""
-    return Checkpoints(engine.blobs, engine.store, int(engine.settings.blob_ttl))
+    """The checkpoints of an engine (its blob store and shared state store, blob TTL): the ones
+    its job book deletes as a job ends."""
+    return engine.book.checkpoints or Checkpoints(engine.blobs, engine.store, int(engine.settings.blob_ttl))

@@ -4,23 +4,28 @@ Every job has a record (state, timings, attempts, its arguments, small JSON resu
 `Store` and an append-only event log: a Redis stream when distributed, an in-process list when
 embedded. A log, not pub/sub, so a reader that subscribes late still sees every event.
 Finished jobs are forgotten `finished_ttl` seconds after they end, records and logs alike,
-so a long-running process does not grow.
+so a long-running process does not grow; what a job leaves behind (its uploads, its checkpoint,
+its cancel flag) goes as it ends.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from engine.blobs import discard
 from engine.store import Store, reachable
 
+log = logging.getLogger(__name__)
+
 RECORD_TTL = 7 * 86400  # a job that never ends (its whole worker host vanished) goes after a week
 _RECORD = "clipbot:job:"
 _CANCEL = "clipbot:cancel:"
+_TASK = "clipbot:task:"  # what workers declared about a task (its input kwargs), for the submitting side
 EVENTS = "clipbot:events:"
 
 # Event kinds; the last three end a job.
@@ -169,13 +174,16 @@ class RedisEventLog:
 
 class JobBook:
     """Reads and writes job records and events; shared by the submitting side and workers.
-    `blobs`, when given, is where a job's input blobs are deleted as it ends."""
+    `blobs`, when given, is where a job's input blobs are deleted as it ends; `checkpoints`
+    (`engine.checkpoints.Checkpoints`), where its checkpoint is."""
 
-    def __init__(self, store: Store, events: EventLog, *, finished_ttl: float = 3600, blobs: Any = None) -> None:
+    def __init__(self, store: Store, events: EventLog, *, finished_ttl: float = 3600, blobs: Any = None,
+                 checkpoints: Any = None) -> None:
         self.store = store
         self.events = events
         self.finished_ttl = finished_ttl
         self.blobs = blobs
+        self.checkpoints = checkpoints
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -207,6 +215,12 @@ class JobBook:
                              error=error)
         if self.blobs is not None:  # before the final event: whoever hears it finds the uploads gone
             discard(self.blobs, record.inputs, f"an input of job {job_id}")
+        if self.checkpoints is not None:  # an ended job (cancelled, failed too) never resumes
+            try:
+                self.checkpoints.delete(job_id)
+            except Exception:
+                log.warning("could not delete the checkpoint of job %s; it expires with its TTL", job_id,
+                            exc_info=True)
         self.emit(job_id, state, result=result, error=error)
         self.events.expire(job_id, self.finished_ttl)
         self.store.delete(_CANCEL + job_id)
@@ -217,3 +231,13 @@ class JobBook:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.store.get(_CANCEL + job_id))
+
+    # ---- what workers declare about tasks ------------------------------------------------
+    def declare_task(self, name: str, inputs: Iterable[str]) -> None:
+        """Workers say which kwargs of task `name` carry upload blob keys, so the submitting side
+        (which never imports task modules) records a job's inputs as it submits it."""
+        self.store.set(_TASK + name, {"inputs": list(inputs)})
+
+    def declared_inputs(self, name: str) -> list[str]:
+        declared = self.store.get(_TASK + name)
+        return list(declared.get("inputs", ())) if declared else []

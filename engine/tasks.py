@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from engine.checkpoints import checkpoints_for
 from engine.errors import JobCancelled
@@ -63,6 +63,18 @@ def task(name: str, *, queue: str = "gpu", inputs: tuple[str, ...] = ()) -> Call
         return fn
 
     return mark
+
+
+def blob_keys(names: Iterable[str], kwargs: dict[str, Any]) -> list[str]:
+    """The blob keys in the kwargs `names` (a key, or a list of them): a task's declared inputs."""
+    keys: list[str] = []
+    for name in names:
+        value = kwargs.get(name)
+        if isinstance(value, str):
+            keys.append(value)
+        elif isinstance(value, (list, tuple)):
+            keys.extend(v for v in value if isinstance(v, str))
+    return keys
 
 
 def tasks_in(module: Any) -> list[TaskInfo]:

@@ -10,7 +10,10 @@ stops being advertised. The worker's main process ("node") also beats, and every
   child and puts its job back in the queue (`task_reject_on_worker_lost`);
 - reaps: a job whose process and node both stopped beating (the whole worker was killed) is
   queued again, or failed once it has used up `max_attempts`.
-A delivery of a job that already ended is acknowledged and not run again.
+A delivery of a job that already ended, or that has no record (it ended so long ago that its
+record expired: a dead worker's delivery handed out again after the visibility timeout), is
+acknowledged and not run. Every worker on one Redis must use the same visibility timeout:
+`join_fleet` refuses to start one that differs from a live worker's.
 
 Models load lazily in the worker children, never in the parent before it forks (CUDA is not
 fork-safe), and nothing slow runs in `worker_process_init` (Celery kills a child whose init
@@ -33,9 +36,9 @@ from typing import Any, Callable, Iterable
 
 from engine.app import WORKERS, Engine, heartbeat_every
 from engine.errors import JobCancelled, UserError
-from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED, JobRecord
+from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED
 from engine.models.registry import registry
-from engine.tasks import JobContext, TaskInfo, tasks_in
+from engine.tasks import JobContext, TaskInfo, blob_keys, tasks_in
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class WorkerRuntime:
                 if info.name not in self.engine.celery.tasks:
                     self._bind(info)
                 infos.append(info)
+        for info in infos:  # the submitting side records a job's inputs from this as it submits
+            self.book.declare_task(info.name, info.inputs)
         return infos
 
     def _bind(self, info: TaskInfo) -> None:
@@ -91,20 +96,27 @@ class WorkerRuntime:
 
     def run_delivery(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> None:
         """Execute one delivery of a job: record it, run the function, record the outcome."""
-        record = self.book.get(job_id) or JobRecord(id=job_id, task=info.name, queue=info.queue, kwargs=kwargs)
+        record = self.book.get(job_id)
+        if record is None:
+            # Every job gets its record as it is submitted, and keeps it a week unless it ends. So
+            # this job ended long ago (its record expired after CLIPBOT_JOB_TTL), or was never
+            # submitted under this id: typically a dead worker's delivery that Redis hands out
+            # again after the visibility timeout, the job since queued again and finished. It
+            # would run for nobody.
+            log.warning("job %s has no record (it ended long ago, or was never submitted); not running it",
+                        job_id[:8])
+            return
         if record.finished:  # a redelivery of a job that already ended: nothing to do
             log.info("job %s already ended (%s); not running it again", job_id[:8], record.state)
             return
-        inputs = sorted(set(record.inputs) | set(_blob_keys(info, kwargs)))
+        inputs = sorted(set(record.inputs) | set(blob_keys(info.inputs, kwargs)))
         attempt = record.attempts + 1
         if self.book.cancel_requested(job_id):
             self.book.update(job_id, inputs=inputs)
-            self.book.finish(job_id, CANCELLED, error="The job was cancelled.")
-            return
-        if attempt > self.settings.max_attempts:
+            return self._end(job_id, CANCELLED, error="The job was cancelled.")
+        if attempt > self.settings.max_attempts:  # its earlier attempts killed their processes
             self.book.update(job_id, inputs=inputs)
-            self.book.finish(job_id, FAILED, error=gave_up_message(job_id, record.attempts))
-            return
+            return self._end(job_id, FAILED, error=gave_up_message(job_id, record.attempts))
         me = self.process
         self.book.update(job_id, state=STARTED, started_at=time.time(), attempts=attempt, worker=me, inputs=inputs)
         if self.redis is not None:
@@ -129,6 +141,11 @@ class WorkerRuntime:
             # this attempt was given up on (its process looked dead) and another one took over
             log.warning("job %s attempt %d ended after it was superseded; dropping its outcome", job_id[:8], attempt)
             return
+        self._end(job_id, state, result=result, error=error)
+
+    def _end(self, job_id: str, state: str, *, result: Any = None, error: str | None = None) -> None:
+        """Finish the job and take it off the running list (an attempt that killed its process
+        left its entry there)."""
         self.book.finish(job_id, state, result=result, error=error)
         if self.redis is not None:
             self.redis.hdel(_RUNNING, job_id)
@@ -156,9 +173,36 @@ class WorkerRuntime:
         finally:
             quick.close()
 
+    def _node_beat(self) -> None:
+        # The visibility timeout and dead-after travel with the beat: `join_fleet` compares them.
+        self.redis.hset(_NODES, self.node, json.dumps({
+            "pid": self.main_pid, "at": time.time(), "visibility_timeout": self.settings.visibility_timeout,
+            "dead_after": self.settings.worker_dead_after}))
+
+    def join_fleet(self) -> None:
+        """Announce this node, or refuse to start (UserError) when a live node uses another
+        visibility timeout. Every consumer of a Redis broker hands out again *any* queue's
+        unacknowledged message older than its own timeout: one worker with a shorter one would
+        re-deliver the others' running jobs. A node is live until its own dead-after passes
+        without a beat; to change the value, stop every worker."""
+        mine = self.settings.visibility_timeout
+        self._node_beat()
+        now = time.time()
+        for node, info in _load(self.redis.hgetall(_NODES)).items():
+            theirs = info.get("visibility_timeout")
+            if node == self.node or theirs is None or theirs == mine:
+                continue
+            if now - info.get("at", 0) >= info.get("dead_after", self.settings.worker_dead_after):
+                continue  # gone (killed without withdrawing)
+            self.redis.hdel(_NODES, self.node)
+            raise UserError(
+                f"CLIPBOT_VISIBILITY_TIMEOUT is {mine} s here but the running worker {node} uses {theirs} s; "
+                "every worker on this Redis must use the same value (a shorter one hands out the others' "
+                f"running jobs again): set {theirs}, or stop every worker to change it.")
+
     def tend(self, *, has_children: bool) -> None:
         """The node's round: beat, replace hung children, reap jobs of dead workers."""
-        self.redis.hset(_NODES, self.node, json.dumps({"pid": self.main_pid, "at": time.time()}))
+        self._node_beat()
         if has_children:
             self._replace_hung_children()
         self.reap()
@@ -218,17 +262,6 @@ class WorkerRuntime:
 def gave_up_message(job_id: str, attempts: int) -> str:
     return (f"This job stopped the worker running it {attempts} times, so I gave up on it. It may be too big "
             f"for the worker: try something smaller, or ask an admin to check the worker logs (job {job_id[:8]}).")
-
-
-def _blob_keys(info: TaskInfo, kwargs: dict[str, Any]) -> list[str]:
-    keys: list[str] = []
-    for name in info.inputs:
-        value = kwargs.get(name)
-        if isinstance(value, str):
-            keys.append(value)
-        elif isinstance(value, (list, tuple)):
-            keys.extend(v for v in value if isinstance(v, str))
-    return keys
 
 
 def _load(table: dict) -> dict[str, dict]:
@@ -323,6 +356,7 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
     # Ride out a Redis restart mid-job (about a minute) instead of failing the job's writes.
     engine.redis.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), 40))
     runtime = WorkerRuntime(engine, node=f"clipbot@{socket.gethostname()}.{os.getpid()}", queues=queues)
+    runtime.join_fleet()
     infos = runtime.register(task_modules)
     log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
     period, stop = heartbeat_every(settings), threading.Event()

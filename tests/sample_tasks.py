@@ -43,3 +43,11 @@ def threads(job: JobContext) -> dict:
     import torch
 
     return {"torch": torch.get_num_threads(), "pid": __import__("os").getpid()}
+
+
+@task("sample.tally", queue="gpu")
+def tally(job: JobContext, path: str, n: int, delay: float = 0.0) -> dict:
+    """`sample.steps` with a side effect a test can count: each run appends a line to `path`."""
+    with open(path, "a") as runs:
+        runs.write(f"attempt {job.attempt}\n")
+    return steps(job, n, delay)

@@ -238,7 +238,8 @@ class DiscordAdapter:
         if not self._started:
             self._started = True
             await self.app.startup()
-            async for conversation, replies in self.app.resume_jobs(PLATFORM):
+            # Redis down at start: say so once in the log and pick the jobs up once it is back.
+            async for conversation, replies in self.app.resume_jobs(PLATFORM, unreachable=log.warning):
                 # a job that was running when the bot stopped: its answers go where it was asked
                 self._resumed.append(asyncio.create_task(self._deliver_logged(conversation, replies)))
             if self._resumed:

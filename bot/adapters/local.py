@@ -22,7 +22,7 @@ from bot.intake import ImageLimits, file_attachment
 from bot.markup import render_plain
 from bot.options import parse_command_text
 from engine.datadir import make_dir, write_file
-from engine.errors import UserError
+from engine.errors import BackendUnavailable, UserError
 
 PROMPT = "clipbot> "
 
@@ -38,6 +38,7 @@ class LocalAdapter:
         self.user_id, self.channel_id, self.is_admin = user_id, channel_id, is_admin
         self._saved = 0
         self._progress_actions: tuple = ()  # buttons already shown for the current progress message
+        self.reconnecting: asyncio.Task | None = None  # resuming jobs once Redis is back (down at start)
 
     # ---- parsing ---------------------------------------------------------------------------
     def parse(self, line: str) -> Request:
@@ -105,13 +106,27 @@ class LocalAdapter:
 
     async def resume(self) -> list[asyncio.Task]:
         """Pick up the long jobs that were running when the chat last stopped; their progress and
-        results print as they come. Returns the tasks rendering them."""
+        results print as they come. Returns the tasks rendering them.
+
+        With the engine unreachable (Redis down) the chat starts all the same: it says so once,
+        commands answer that line until Redis is back, and `self.reconnecting` keeps trying to
+        pick the jobs up (as workers do), following them once it can."""
+        try:
+            return await self._resume(self.dispatcher.resume_jobs(self.platform))
+        except BackendUnavailable as exc:
+            self.render(Reply(text=str(exc), error=True, final=True))
+            self.reconnecting = asyncio.create_task(
+                self._resume(self.dispatcher.resume_jobs(self.platform, unreachable=lambda _said_once: None)))
+            return []
+
+    async def _resume(self, jobs: Any) -> list[asyncio.Task]:
         tasks = []
-        async for _conversation, replies in self.dispatcher.resume_jobs(self.platform):
+        async for _conversation, replies in jobs:
             tasks.append(asyncio.create_task(self._render_stream(replies)))
         if tasks:
             self.out.write(f"(following {len(tasks)} unfinished job{'s' if len(tasks) > 1 else ''} "
                            "from last time)\n")
+            self.out.flush()
         return tasks
 
     async def _render_stream(self, replies: Any) -> None:
@@ -125,6 +140,11 @@ class LocalAdapter:
         self.out.write("clipbot local chat. /help lists commands, /quit leaves.\n")
         resumed = await self.resume()
         quit_asked = await self._read_loop(stdin, interactive)
+        if self.reconnecting is not None:  # Redis was down at start
+            if self.reconnecting.done() and not self.reconnecting.cancelled() and not self.reconnecting.exception():
+                resumed += self.reconnecting.result()  # it came back: the jobs found then
+            else:
+                self.reconnecting.cancel()  # still down: no job known to wait for
         for task in resumed:
             if quit_asked:
                 task.cancel()

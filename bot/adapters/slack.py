@@ -169,8 +169,12 @@ class SlackAdapter:
             await self._start_socket_mode()
         else:
             await self._start_http()
-        # Long jobs that were running when the bot stopped: carry on in their threads.
-        async for conversation, replies in self.app.resume_jobs(PLATFORM):
+        # Long jobs that were running when the bot stopped: carry on in their threads (with Redis
+        # down at start: once it is back; serving does not wait for it).
+        self._spawn(self._resume_all())
+
+    async def _resume_all(self) -> None:
+        async for conversation, replies in self.app.resume_jobs(PLATFORM, unreachable=log.warning):
             self._spawn(self._resumed(conversation, replies))
 
     async def _resumed(self, conversation: dict, replies: Any) -> None:

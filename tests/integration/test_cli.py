@@ -174,3 +174,64 @@ def test_json_paths_replace_written_image_names():
 def test_usage_errors(data_dir, args):
     out = clipbot(data_dir, *args)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cancel_of_an_unknown_job_exits_2_with_one_line(data_dir):
+    out = clipbot(data_dir, "cancel", "0123456789abcdef")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(lines) == 1 and "No such job: 0123456789abcdef" in lines[0]
+
+
+def test_run_with_redis_down_starts_says_so_and_works_once_redis_is_back(data_dir, tmp_path):
+    """Issue 13, defect 10: `clipbot run` with Redis down at start exited 2. It starts, says once
+    that it can't reach Redis (each command then answers that line), and works once Redis is up."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, clipbot_env
+
+    with socket.socket() as s:  # a port nothing listens on (yet)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chat = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clipbot_env(data_dir, f"redis://127.0.0.1:{port}/0",
+                                            CLIPBOT_DATA_DIR=str(tmp_path / "d")))
+    server = None
+    try:
+        assert chat.stdout.readline().startswith("clipbot local chat.")
+        unreachable = chat.stdout.readline()
+        assert f"can't reach Redis at 127.0.0.1:{port}" in unreachable, unreachable
+        chat.stdin.write("/cancel 0123456789abcdef\n")
+        chat.stdin.flush()
+        assert chat.stdout.readline() == unreachable  # each command: that line
+        server = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "",
+                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+        from tests.polling import wait_until
+
+        probe = redis.Redis(port=port)
+
+        def up():
+            try:
+                return probe.ping()
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, timeout=30, what="redis-server to start")
+        chat.stdin.write("/cancel 0123456789abcdef\n/quit\n")
+        chat.stdin.flush()
+        rest, err = chat.communicate(timeout=120)
+        assert "No such job: 0123456789abcdef" in rest, rest + err
+        assert "can't reach Redis" not in rest and chat.returncode == 0, rest + err
+        assert "Traceback" not in err, err
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+        if server is not None:
+            server.kill()
+            server.wait()

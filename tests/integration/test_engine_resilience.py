@@ -119,7 +119,66 @@ def test_whole_worker_killed_job_is_requeued_and_not_run_twice(redis_url, worker
     assert engine.book.get(job_id).attempts == 2
 
 
+def _unacked(client, job_id: str) -> dict[bytes, float]:
+    """kombu's deliveries of `job_id` that no worker acknowledged (its `unacked` hash), with the
+    time each was handed out (`unacked_index`)."""
+    return {tag: client.zscore("unacked_index", tag) for tag, raw in client.hgetall("unacked").items()
+            if job_id.encode() in raw}
+
+
+def test_a_dead_workers_delivery_restored_after_its_job_expired_never_runs(redis_url, workers, tmp_path):
+    import redis
+
+    # Compressed times: a dead worker is noticed after 2 s, a finished job's record is kept 2 s, and
+    # Redis hands out an unacknowledged delivery again after 30 s (in production: 60 s, 1 h, 2 h).
+    fast = {"CLIPBOT_WORKER_DEAD_AFTER": "2", "CLIPBOT_JOB_TTL": "2", "CLIPBOT_VISIBILITY_TIMEOUT": "30"}
+    engine = engine_for(redis_url, tmp_path, worker_dead_after=2, job_ttl=2, visibility_timeout=30)
+    client = redis.Redis.from_url(redis_url)
+    runs = tmp_path / "runs.txt"  # each run of the job appends a line
+    first = workers(redis_url, "--pool", "solo", **fast)
+    first.wait_ready(engine)
+    job_id = engine.submit("sample.tally", {"path": str(runs), "n": 10, "delay": 0.2})
+    wait_for(lambda: runs.exists(), 60, "the job to start")
+    os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker: its delivery is never acknowledged
+    first.proc.wait(10)
+    ((tag, handed_out),) = _unacked(client, job_id).items()
+
+    second = workers(redis_url, "--pool", "solo", **fast)  # reaps the job and runs it to the end
+    asyncio.run(outcome(engine, job_id))
+    assert "queueing the job again" in second.log() and runs.read_text() == "attempt 1\nattempt 2\n"
+    wait_for(lambda: engine.book.get(job_id) is None, 30, "the finished job's record to expire")
+    assert tag in _unacked(client, job_id)  # the dead worker's delivery is still waiting in Redis
+
+    # Once the delivery is older than the visibility timeout, a worker starting up hands it out again.
+    wait_for(lambda: time.time() > handed_out + 30 + 1, 60, "the visibility timeout to pass")
+    third = workers(redis_url, "--pool", "solo", **fast)
+    third.wait_ready(engine)
+    logs = lambda: second.log() + third.log()  # noqa: E731 (either worker may take it)
+    wait_for(lambda: "has no record" in logs() or runs.read_text().count("\n") > 2, 60,
+             "the restored delivery to be taken")
+    assert runs.read_text() == "attempt 1\nattempt 2\n", logs()  # it did not run again, for nobody
+    assert not _unacked(client, job_id) and not client.hexists("clipbot:running", job_id)
+    assert not [k for k in client.scan_iter(f"clipbot:*{job_id}*")], logs()  # no record, events, flags
+
+
+def test_a_worker_with_another_visibility_timeout_than_the_fleet_refuses_to_start(data_dir, redis_url, workers,
+                                                                                  tmp_path):
+    engine = engine_for(redis_url, tmp_path)
+    running = workers(redis_url, "--pool", "solo")  # the default: 7200 s
+    running.wait_ready(engine)
+    other = subprocess.run([sys.executable, "-m", "bot.cli", "worker", "--pool", "solo"], cwd=ROOT,
+                           env=clipbot_env(data_dir, redis_url, CLIPBOT_VISIBILITY_TIMEOUT="600", **SAMPLE),
+                           capture_output=True, text=True, timeout=120)
+    said = [line for line in other.stderr.splitlines() if line.startswith("clipbot:")]
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+    assert len(said) == 1 and "CLIPBOT_VISIBILITY_TIMEOUT is 600 s here but the running worker clipbot@" in said[0]
+    assert "uses 7200 s" in said[0]
+    assert [w["pid"] for w in engine.live_workers()] == [running.proc.pid]  # it never served
+
+
 def test_a_job_that_kills_its_worker_fails_at_the_attempt_cap(redis_url, workers, tmp_path):
+    import redis
+
     engine = engine_for(redis_url, tmp_path)
     worker = workers(redis_url)
     worker.wait_ready(engine)
@@ -127,6 +186,8 @@ def test_a_job_that_kills_its_worker_fails_at_the_attempt_cap(redis_url, workers
     with pytest.raises(JobFailed, match="stopped the worker running it 3 times, so I gave up on it"):
         asyncio.run(outcome(engine, job_id))
     assert engine.book.get(job_id).attempts == 3, worker.log()
+    # its last attempt's process died with it: the job is not left on the running list
+    assert not redis.Redis.from_url(redis_url).hexists("clipbot:running", job_id)
 
 
 def test_hung_child_is_no_longer_advertised_and_its_job_is_retried(redis_url, workers, tmp_path):

@@ -25,7 +25,9 @@ LONG = "gpu-long"
 @pytest.fixture
 def client(redis_url):
     client = redis.Redis.from_url(redis_url)
-    client.delete("clipbot:workers")
+    # Announcements of earlier tests' workers; a killed one (a test here uses a 3 s visibility
+    # timeout) would count as live for a minute and stop the next worker from starting.
+    client.delete("clipbot:workers", "clipbot:nodes")
     return client
 
 
@@ -95,6 +97,9 @@ def test_cancel_stops_within_one_step(redis_engine, start_worker, client):
     last_step = max(e.data["step"] for e in events if e.kind == "progress")
     assert at_cancel <= last_step <= at_cancel + 1  # the step in flight may finish; no later one starts
     assert redis_engine.engine.book.get(job).state == "cancelled"
+    # Issue 13, defect 9: a cancelled /imagine kept its checkpoint (and its blob) for a day
+    _wait(lambda: not client.exists(f"clipbot:checkpoint:{job}"), "the checkpoint to go", worker=worker)
+    assert checkpoints.meta(job) is None
 
 
 def _run_killed(redis_engine, start_worker, kill, tmp_path, **worker_env):

@@ -201,3 +201,40 @@ def test_prompt_text_is_shown_literally_not_escaped_twice(local):
     shown = local.buffer.getvalue()
     assert "Imagining a sea_lion *at* dusk" in shown  # the progress label
     assert "\\_" not in shown and "\\*" not in shown
+
+
+def test_an_admin_may_cancel_only_jobs_of_their_own_space(embedded, tmp_path):
+    """Issue 13, defect 6: an admin of one server/workspace could cancel another's job by id."""
+    import dataclasses
+
+    from bot import longjob
+
+    local = LocalAdapter(embedded, out=io.StringIO(), output_dir=tmp_path, user_id="ann", is_admin=False)
+
+    def as_(request, **fields):
+        return dataclasses.replace(request, platform="discord", **fields)
+
+    async def scenario():
+        request = as_(local.request("imagine", {"prompt": "a slow fox", "steps": "400", "size": "64",
+                                                "every": "40"}), space_id="A")
+        replies = embedded.handle(request)
+        job = (await replies.__anext__()).actions[0].options["job"]
+        other_admin = as_(local.request("cancel", {"job": job}), user_id="eve", is_admin=True, space_id="B")
+        refused = [r async for r in embedded.handle(other_admin)][-1]
+        assert refused.error and "an admin where it was started" in refused.text
+        assert embedded.engine.book.get(job).state in ("queued", "started")
+        assert longjob.entry(embedded, job) is not None
+        own_admin = as_(local.request("cancel", {"job": job}), user_id="adm", is_admin=True, space_id="A")
+        accepted = [r async for r in embedded.handle(own_admin)][-1]
+        assert not accepted.error, accepted.text
+        rest = [r async for r in replies]
+        return rest[-1], job
+
+    final, job = asyncio.run(scenario())
+    assert final.final and "cancelled" in final.text
+    assert embedded.engine.book.get(job).state == "cancelled"
+
+
+def test_cancel_of_an_unknown_job_says_no_such_job(local):
+    reply = say(local, "/cancel 0123456789abcdef")[-1]
+    assert reply.error and "No such job" in reply.text and "Cancelling" not in reply.text
