@@ -241,6 +241,13 @@ class Reply:
     data: dict[str, Any] | None = None
     actions: tuple[Action, ...] = ()
 
+    @property
+    def public(self) -> bool:
+        """Shown to the channel (not private, not an error, not empty): what opens a long job's
+        thread or parent message, so a refusal before any work stays private."""
+        return not (self.ephemeral or self.error) and bool(self.text or self.images or self.actions
+                                                           or self.progress is not None)
+
 
 def command(
     func: Callable | None = None, *, name: str | None = None, admin_only: bool = False,

@@ -324,12 +324,13 @@ class DiscordAdapter:
         member: discord.Member = interaction.user  # type: ignore[assignment]
         guild = interaction.guild
         channel_id, thread_id = _channel_and_thread(interaction.channel)
+        readable, scopes = channel_access(guild, member, interaction.channel)
         return Request(
             command=command, options=options, user_id=str(member.id), channel_id=channel_id, platform=PLATFORM,
             is_admin=member.guild_permissions.manage_guild, thread_id=thread_id, space_id=str(guild.id),
-            readable_channels=readable_channels(guild, member), user_name=member.display_name,
+            readable_channels=readable, user_name=member.display_name,
             conversation=conversation, open_conversation=open_conversation,
-            private_scopes=private_scopes(guild, member, interaction.channel),
+            private_scopes=scopes,
         )
 
     async def _menu_image(self, data: dict) -> Attachment:
@@ -409,30 +410,23 @@ class DiscordAdapter:
         return channel or await self.client.fetch_channel(channel_id)  # type: ignore[union-attr]
 
 
-def readable_channels(guild: discord.Guild, member: discord.Member) -> frozenset[str]:
-    """Channels where the member has View Channel and Read Message History (roles + overwrites)."""
-    readable = set()
+def channel_access(guild: discord.Guild, member: discord.Member, where: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """(readable channels, private scopes) of the member, from one pass over the guild's channels.
+
+    Readable: View Channel and Read Message History (roles + overwrites). Private scopes: the
+    private threads whose pictures the member may see: the thread they ask from (Discord shows it
+    to them), and, by channel id, every private thread of a readable channel where they also have
+    Manage Threads."""
+    readable, scopes = set(), ({str(where.id)} if isinstance(where, discord.Thread) else set())
     for channel in guild.channels:
         if isinstance(channel, discord.CategoryChannel):
             continue
         perms = channel.permissions_for(member)
         if perms.view_channel and perms.read_message_history:
             readable.add(str(channel.id))
-    return frozenset(readable)
-
-
-def private_scopes(guild: discord.Guild, member: discord.Member, where: Any) -> frozenset[str]:
-    """The private threads whose pictures the member may see: the thread they ask from (Discord shows
-    it to them), and, by channel id, every private thread of a channel where they have Manage Threads
-    besides View Channel and Read Message History."""
-    scopes = {str(where.id)} if isinstance(where, discord.Thread) else set()
-    for channel in guild.channels:
-        if isinstance(channel, discord.CategoryChannel):
-            continue
-        perms = channel.permissions_for(member)
-        if perms.view_channel and perms.read_message_history and perms.manage_threads:
-            scopes.add(str(channel.id))
-    return frozenset(scopes)
+            if perms.manage_threads:
+                scopes.add(str(channel.id))
+    return frozenset(readable), frozenset(scopes)
 
 
 def _bot_sees_private_threads(thread: discord.Thread) -> bool:
@@ -527,7 +521,7 @@ class _ReplyStream:
         self.shown = True
 
     async def send(self, reply: Reply) -> None:
-        if self.thread_name is not None and _public(reply):
+        if self.thread_name is not None and reply.public:
             await self.open_if_needed()
         if self.channel is None and time.time() >= self.deadline:
             self._move_to_channel()
@@ -601,12 +595,6 @@ class _ReplyStream:
                 log.warning("Discord: button %r left out: %s", action.label, exc)
         text = clip_text(render_discord(reply.text)) if reply.text else ("" if files else "Done.")
         return {"content": text, "attachments": files, "view": view}
-
-
-def _public(reply: Reply) -> bool:
-    """A reply shown to the channel: what opens a long job's thread (a private refusal opens none)."""
-    return not (reply.ephemeral or reply.error) and bool(reply.text or reply.images or reply.actions
-                                                         or reply.progress is not None)
 
 
 def _as_new(fields: dict) -> dict:

@@ -99,12 +99,6 @@ def _chunks(text: str, limit: int) -> list[str]:
     return chunks
 
 
-def _public(reply: Reply) -> bool:
-    """A reply shown to the channel: what opens a long job's parent message."""
-    return not (reply.ephemeral or reply.error) and bool(reply.text or reply.images or reply.actions
-                                                         or reply.progress is not None)
-
-
 def progress_line(progress: float) -> str:
     filled = max(0, min(10, round(progress * 10)))
     return f"`{'▓' * filled}{'░' * (10 - filled)}` {progress:.0%}"
@@ -140,7 +134,7 @@ class ReplyPoster:
 
     async def deliver(self, replies: AsyncIterator[Reply]) -> None:
         async for reply in replies:
-            if self.opener is not None and self.parent_ts is None and _public(reply):
+            if self.opener is not None and self.parent_ts is None and reply.public:
                 await self.opener()
             try:
                 if reply.final:
