@@ -104,14 +104,14 @@ def _no_mentions(text: str) -> str:
     return _DISCORD_MENTION.sub("@\u200b", text)
 
 
-def discord_literal(text: str) -> str:
-    """Text Discord shows as typed: no mention pings or renders, no spoiler or strikethrough."""
-    return _DISCORD_MARKERS.sub(r"\\\1", _no_mentions(clean(text)))
+def _discord_plain(text: str) -> str:
+    """Cleaned text Discord shows as typed: no mention pings or renders, no spoiler or strikethrough."""
+    return _DISCORD_MARKERS.sub(r"\\\1", _no_mentions(text))
 
 
 def render_discord(text: str) -> str:
     """Discord markdown: the same markers; escapes stay escaped; literal text stays literal."""
-    return _render(clean(text), plain=discord_literal, esc=lambda c: "\\" + c,
+    return _render(clean(text), plain=_discord_plain, esc=lambda c: "\\" + c,
                    code_=lambda c: f"`{_no_mentions(c)}`",
                    bold_=lambda t: f"**{t}**", italic_=lambda t: f"_{t}_",
                    link_=lambda label, url: f"[{label}]({url})")
