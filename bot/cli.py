@@ -1,9 +1,6 @@
-"""The `clipbot` command: run | worker | models | plugins, and one verb per chat command.
-
-The chat commands' verbs are generated from their `CommandSpec`s and go through dispatch like
-a message from any platform: `clipbot whatis photo.jpg --labels "cat, dog" --json` is the
-`/whatis` handler's answer, its structured `data` printed as JSON. Every plugin, third-party
-ones included, gets its verb this way.
+"""The `clipbot` command: the process commands run | worker | models | plugins, and the argument
+plumbing. Every other verb is a chat command answered by the shell surface (`bot.adapters.shell`);
+`clipbot run` serves the adapters of the registry (`bot.adapters.registry`).
 
 User mistakes (bad file, bad option, offline, no worker) exit with code 2 and one line on
 stderr; nothing prints a traceback unless --verbose is given.
@@ -13,20 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.datadir import PRIVATE_UMASK, make_dir, make_private, write_file
+from bot.adapters.shell import EXIT_USER_ERROR
+from engine.datadir import PRIVATE_UMASK, make_dir, make_private
 from engine.errors import UserError
 
-EXIT_USER_ERROR = 2
 FIXED_VERBS = ("run", "worker", "models", "plugins")
-GENERIC_FLAGS = ("json", "out", "space", "channel", "user", "platform")
 log = logging.getLogger("clipbot.cli")
 
 
@@ -36,12 +30,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(specs: list[Any]) -> argparse.ArgumentParser:
+    from bot.adapters import shell
+    from bot.adapters.registry import adapter_names
+
     parser = _Parser(prog="clipbot", description="CLIP for your team's chat.")
     parser.add_argument("--verbose", "-v", action="store_true", help="log more, show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="start the bot: Discord/Slack when their tokens are set, else local chat")
-    run.add_argument("--adapter", choices=["auto", "local", "discord", "slack"], default="auto",
+    run.add_argument("--adapter", choices=["auto", *adapter_names()], default="auto",
                      help="chat platform to serve (auto: every configured platform, else the local chat)")
 
     worker = sub.add_parser("worker", help="run a worker for the Redis engine (needs CLIPBOT_BROKER_URL)")
@@ -61,67 +58,8 @@ def _parser(specs: list[Any]) -> argparse.ArgumentParser:
     sub.add_parser("plugins", help="list the loaded plugins, their commands, settings and queues")
     for spec in specs:
         if spec.name not in FIXED_VERBS:
-            _add_command_verb(sub, spec)
+            shell.add_verb(sub, spec)
     return parser
-
-
-def _add_command_verb(sub: Any, spec: Any) -> None:
-    """`clipbot NAME` from a CommandSpec: the first required option is positional (or, when none is
-    required, the first free-text option: `clipbot search QUERY`), and also a flag; the rest are
-    flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
-    from bot.commands import Attachment
-
-    verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
-    positional = next((o for o in spec.options if o.required), None) or next(
-        (o for o in spec.options if o.type is str and not o.choices and not o.multiple
-         and o.name not in GENERIC_FLAGS), None)
-    for option in spec.options:
-        if option.name in GENERIC_FLAGS:
-            continue  # the generic flag of the same name wins; the option stays reachable by chat
-        if option.multiple:
-            _add_multiple(verb, option)
-            continue
-        kwargs: dict[str, Any] = {"help": option.description or None}
-        if option.choices:
-            kwargs["choices"] = list(option.choices)
-        if option.type in (int, float):
-            kwargs["type"] = option.type
-        if option.type is Attachment:
-            kwargs["metavar"] = "PATH"
-        if option.type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        flag = f"--{option.name.replace('_', '-')}"
-        if option is positional:
-            # Positional, or the flag of the same name: `clipbot hello Ada` = `clipbot hello --name Ada`.
-            # Dispatch says what is missing, as it does for chat.
-            plain = {k: v for k, v in kwargs.items() if k != "action"}
-            verb.add_argument(f"opt_{option.name}", nargs="?", default=argparse.SUPPRESS,
-                              **{**plain, "metavar": option.name.upper()})
-            verb.add_argument(flag, dest=f"opt_{option.name}", default=argparse.SUPPRESS, **plain)
-        else:
-            verb.add_argument(flag, dest=f"opt_{option.name}", **kwargs)
-    verb.add_argument("--json", action="store_true", help="print the answer's structured data as JSON")
-    verb.add_argument("--out", type=Path, help="folder for the images in the answer (default: DATA_DIR/output)")
-    verb.add_argument("--space", default="local", help="space (Discord guild, Slack team) the request is in")
-    verb.add_argument("--channel", action="append", default=[],
-                      help="channel of the request (repeat: every one given is readable; none: no restriction)")
-    verb.add_argument("--user", default="cli", help="user id the request comes from")
-    verb.add_argument("--platform", default="local", help="platform whose data the request addresses")
-    verb.set_defaults(spec_name=spec.name)
-
-
-def _add_multiple(verb: Any, option: Any) -> None:
-    """A list option: files are trailing positionals (`clipbot index add ... a.png b.png`),
-    anything else a repeatable flag."""
-    from bot.commands import Attachment
-
-    if option.type is Attachment:
-        verb.add_argument(f"opt_{option.name}", nargs="*", metavar=option.name.upper(),
-                          help=option.description or None)
-        verb.set_defaults(trailing_files=f"opt_{option.name}")
-    else:
-        verb.add_argument(f"--{option.name.replace('_', '-')}", dest=f"opt_{option.name}", action="append",
-                          help=option.description or None)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -145,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(_parser(_command_specs(settings)), argv)
         _configure_logging(args, settings)
         if getattr(args, "spec_name", None):
-            return _command(args, settings)
+            from bot.adapters.shell import answer_verb
+
+            return answer_verb(args, settings)
         return _COMMANDS[args.command](args, settings)
     except UserError as exc:
         print(f"clipbot: {exc}", file=sys.stderr)
@@ -204,168 +144,62 @@ def _configure_logging(args: argparse.Namespace, settings: Any) -> None:
     root.addHandler(handler)
 
 
-# ---- generic command verbs ----------------------------------------------------------------------
-def _command(args: argparse.Namespace, settings: Any) -> int:
-    from bot.app import open_app
+# ---- process commands ---------------------------------------------------------------------------
+def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[tuple[Any, Any]]:
+    """(adapter, its settings) to serve beside each other: the one asked for, or (auto) every
+    configured one. Empty: serve the default adapter (the local chat) alone."""
+    from bot.adapters.registry import adapter_names, load_adapter, load_adapter_settings
 
-    with open_app(settings) as app:
-        request = _request(app, app.spec(args.spec_name), args)
-        return asyncio.run(_answer_with_history(app, request, args, settings))
-
-
-async def _answer_with_history(app: Any, request: Any, args: argparse.Namespace, settings: Any) -> int:
-    """`_answer`, with the platform's message history reachable over its Web API when a command
-    (`clipbot index backfill --platform discord ...`) walks it; nothing connects unless one does."""
-    async with contextlib.AsyncExitStack() as stack:
-        if args.platform in _PLATFORM_ADAPTERS:
-            app.history_sources[args.platform] = _ShellHistory(stack, args.platform, app, settings)
-        return await _answer(app, request, args)
-
-
-class _ShellHistory:
-    """A platform's `HistorySource` from the shell: logs in (REST only) on first use, closes at exit."""
-
-    def __init__(self, stack: contextlib.AsyncExitStack, platform: str, app: Any, settings: Any) -> None:
-        self._stack, self._platform, self._app, self._settings = stack, platform, app, settings
-        self._source: Any = None
-
-    async def history(self, space_id: str, channel_id: str, cursor: str | None, limit: int) -> Any:
-        if self._source is None:
-            module = _adapter_module(self._platform)
-            self._source = await self._stack.enter_async_context(module.open_history(self._app, self._settings))
-        return await self._source.history(space_id, channel_id, cursor, limit)
-
-
-def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
-    from bot.commands import Attachment, Request
-
-    options: dict[str, Any] = {}
-    for option in spec.options:
-        value = getattr(args, f"opt_{option.name}", None)
-        if value is None:
-            continue
-        if option.type is Attachment:
-            value = [_attach(app, v) for v in value] if option.multiple else _attach(app, value)
-        options[option.name] = value
-    channels = list(dict.fromkeys(args.channel))
-    return Request(
-        command=spec.name, options=options, user_id=args.user, user_name=args.user,
-        channel_id=channels[0] if channels else "cli", platform=args.platform, is_admin=True,
-        space_id=args.space, readable_channels=frozenset(channels) if channels else None,
-        private_scopes=frozenset(channels),  # the operator: every private thread of those channels too
-    )
-
-
-def _attach(app: Any, path: str) -> Any:
-    from bot.intake import ImageLimits, file_attachment
-
-    return file_attachment(app.engine.blobs, path, limits=ImageLimits.of(app.settings))
-
-
-async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
-    """Stream the replies: progress to stderr, text (or the final data as JSON) to stdout."""
-    from bot.markup import render_plain
-
-    out_dir = Path(args.out) if args.out else Path(app.settings.data_dir) / "output"
-    written: dict[str, str] = {}
-    final = None
-    async for reply in app.handle(request):
-        for image in reply.images:
-            written[image.filename] = str(_write_image(out_dir, image))
-        if reply.final:
-            final = reply
-        text = render_plain(reply.text)
-        if reply.error:
-            print(f"clipbot: {' '.join(text.split())}", file=sys.stderr)
-            return 1 if (reply.data or {}).get("error") == "internal" else EXIT_USER_ERROR
-        if reply.progress is not None and not reply.final:
-            print(f"[{reply.progress:4.0%}] {text}", file=sys.stderr, flush=True)
-        elif not args.json:
-            if text:
-                print(text)
-            for image in reply.images:
-                print(f"[image saved: {written[image.filename]}]")
-            for action in reply.actions:
-                from bot.adapters.local import action_command
-
-                print(f"[{action.label}] {action_command(action)}")
-    if args.json:
-        print(json.dumps(_with_paths((final.data if final else None) or {}, written)))
-    return 0
-
-
-def _write_image(out_dir: Path, image: Any) -> Path:
-    make_dir(out_dir)
-    return write_file(out_dir / Path(image.filename).name, image.data)
-
-
-def _with_paths(value: Any, written: dict[str, str]) -> Any:
-    """The data with every string that names an image written here replaced by its path."""
-    if isinstance(value, str):
-        return written.get(value, value)
-    if isinstance(value, list):
-        return [_with_paths(v, written) for v in value]
-    if isinstance(value, dict):
-        return {k: _with_paths(v, written) for k, v in value.items()}
-    return value
-
-
-# ---- fixed verbs ----------------------------------------------------------------------------------
-_PLATFORM_ADAPTERS = {"discord": "bot.adapters.discord", "slack": "bot.adapters.slack"}
-
-
-def _adapter_module(name: str) -> Any:
-    """The adapter module for platform `name`; a UserError when its packages are not installed."""
-    import importlib
-
-    try:
-        return importlib.import_module(_PLATFORM_ADAPTERS[name])
-    except ModuleNotFoundError as exc:
-        raise UserError(f"the {name} adapter is not available ({exc}); install clipbot[{name}]") from None
-
-
-def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[Any]:
-    """Adapter modules to serve: the one asked for, or (auto) every configured one."""
-    wanted = list(_PLATFORM_ADAPTERS) if args.adapter == "auto" else (
-        [] if args.adapter == "local" else [args.adapter])
-    modules = []
+    wanted = adapter_names() if args.adapter == "auto" else [args.adapter]
+    serving = []
     for name in wanted:
+        adapter = load_adapter(name)
+        if adapter.default:
+            continue
         try:
-            module = _adapter_module(name)
+            adapter.check_installed()
         except UserError:
             if args.adapter == name:
                 raise
             continue
-        if module.configured(settings):
-            modules.append(module)
+        adapter_settings = load_adapter_settings(adapter)
+        if adapter.configured(adapter_settings):
+            serving.append((adapter, adapter_settings))
         elif args.adapter == name:
             raise UserError(f"the {name} adapter is not configured: see README, section {name.title()}")
-    return modules
+    return serving
+
+
+def _default_adapter(args: argparse.Namespace) -> Any:
+    from bot.adapters.registry import adapter_names, load_adapter
+
+    names = [args.adapter] if args.adapter != "auto" else adapter_names()
+    return next(adapter for adapter in map(load_adapter, names) if adapter.default)
 
 
 def _run(args: argparse.Namespace, settings: Any) -> int:
+    from bot.adapters.registry import load_adapter_settings
     from bot.app import open_app
 
     adapters = _platform_adapters(args, settings)
     with open_app(settings) as app:
         if adapters:
-            asyncio.run(_serve(app, settings, adapters))
+            asyncio.run(_serve(app, adapters))
         else:
-            from bot.adapters.local import LocalAdapter
-
-            print(f"(logs: {Path(settings.data_dir) / 'logs' / 'clipbot.log'})", file=sys.stderr)
-            asyncio.run(LocalAdapter(app).repl())
+            chat = _default_adapter(args)
+            asyncio.run(chat.serve(app, load_adapter_settings(chat), asyncio.Event()))
     return 0
 
 
-async def _serve(app: Any, settings: Any, adapters: list[Any]) -> None:
+async def _serve(app: Any, adapters: list[tuple[Any, Any]]) -> None:
     """Every configured platform adapter, concurrently, until one stops or Ctrl-C."""
     import signal
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # a clean shutdown: adapters close their connections
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(module.serve(app, settings, stop), name=module.__name__) for module in adapters]
+    tasks = [asyncio.create_task(adapter.serve(app, adapter_settings, stop), name=adapter.name)
+             for adapter, adapter_settings in adapters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

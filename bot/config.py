@@ -1,4 +1,7 @@
-"""All clipbot settings in one object: environment variables prefixed CLIPBOT_, or a .env file.
+"""clipbot's settings in one object: environment variables prefixed CLIPBOT_, or a .env file.
+
+Each plugin and each chat adapter adds its own settings class (`PluginSettings`; Discord's and
+Slack's are in their adapter folders), read from `CLIPBOT_<NAME>_...` the same way.
 
 `.env.example` documents every field; keep the two in step (a test checks it).
 """
@@ -10,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["PluginSettings", "Settings", "check_test_file_host", "env_prefix"]
@@ -102,38 +105,6 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="logging level")
 
-    # Discord adapter (bot/adapters/discord.py); `clipbot run` serves Discord when the token is set
-    discord_token: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("DISCORD_TOKEN", "CLIPBOT_DISCORD_TOKEN"),
-        description="Discord bot token (env DISCORD_TOKEN); set: `clipbot run` serves Discord")
-    discord_dev_guild: int | None = Field(None, description="sync commands to this server id only (instant); "
-                                          "unset: sync globally")
-    discord_api_base: str | None = Field(None, description="Discord REST base URL override, e.g. a rate-limit "
-                                         "proxy (default https://discord.com/api/v10)")
-    discord_gateway_url: str | None = Field(None, description="Discord gateway URL override (default "
-                                            "wss://gateway.discord.gg/)")
-    discord_edit_interval: float = Field(2.0, description="seconds between progress edits in one channel")
-    discord_token_ttl: float = Field(840.0, description="seconds an interaction token is used before answers "
-                                     "move to channel messages (Discord: 15 min)")
-
-    # Slack (the three secrets use Slack's own unprefixed variable names)
-    slack_bot_token: str | None = Field(
-        None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token"),
-        description="Slack bot token (xoxb-...); set, `clipbot run` serves Slack")
-    slack_app_token: str | None = Field(
-        None, validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
-        description="Slack app-level token (xapp-..., connections:write); set: Socket Mode, unset: HTTP mode")
-    slack_signing_secret: str | None = Field(
-        None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret"),
-        description="Slack signing secret; HTTP mode verifies every request with it")
-    slack_port: int = Field(3000, description="HTTP mode: port serving /slack/events (0 = any free port)")
-    slack_host: str = Field("0.0.0.0", description="HTTP mode: address to listen on")
-    slack_api_url: str | None = Field(None, description="Slack Web API base URL override (GovSlack, tests)")
-    slack_command_prefix: str = Field("", description="prefix of the Slack slash commands, e.g. cb- for /cb-whatis")
-    slack_admins: Annotated[list[str], NoDecode] = Field([], description="Slack user ids treated as clipbot admins")
-    slack_progress_interval: float = Field(3.0, description="seconds between progress edits/snapshots per job")
-    slack_channel_interval: float = Field(1.1, description="seconds between bot posts/edits in one channel")
-
     # Tests only: the fakes serve platform files over http on loopback. The API base settings above
     # never make their host a file host (the bot token would follow); this one is refused at load
     # for anything but a loopback HOST:PORT.
@@ -144,7 +115,6 @@ class Settings(BaseSettings):
     _split = field_validator("worker_queues", "plugins", "disabled_plugins", "extra_plugins", "test_file_hosts",
                              mode="before")(_split_list)
     _loopback_only = field_validator("test_file_hosts")(_test_file_hosts)
-    _split_slack = field_validator("slack_admins", mode="before")(_split_list)
     # `CLIPBOT_DATA_DIR=~/...` (as .env.example writes it): no shell expands ~ in a .env file.
     _home = field_validator("data_dir", "model_cache", mode="after")(_expand_user)
 

@@ -3,7 +3,7 @@
 `deploy/slack-app-manifest.yml` is this for the built-in plugins. With third-party plugins
 installed, print your own and paste it into api.slack.com/apps ("From an app manifest"):
 
-    python -m bot.adapters.slack_manifest [--request-url https://HOST/slack/events] > manifest.json
+    python -m bot.adapters.slack.manifest [--request-url https://HOST/slack/events] > manifest.json
 """
 
 from __future__ import annotations
@@ -95,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     from bot.config import Settings
     from bot.plugins import build_plugin_manager
 
-    parser = argparse.ArgumentParser(prog="python -m bot.adapters.slack_manifest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bot.adapters.slack.manifest", description=__doc__.split("\n")[0])
     parser.add_argument("--request-url", help="HTTP mode: https://HOST/slack/events (default: Socket Mode)")
     parser.add_argument("--yaml", action="store_true", help="YAML instead of JSON (needs PyYAML)")
     args = parser.parse_args(argv)
-    settings = Settings()
-    specs = slack_specs(build_plugin_manager(settings))
-    result = manifest(specs, prefix=settings.slack_command_prefix, request_url=args.request_url)
+    from bot.adapters.slack import adapter
+
+    specs = slack_specs(build_plugin_manager(Settings()))
+    result = manifest(specs, prefix=adapter.load_settings().command_prefix, request_url=args.request_url)
     if args.yaml:
         import yaml
 

@@ -1,7 +1,7 @@
 """Slack files and history for clipbot: private downloads, index events, backfill, event dedupe.
 
 No bolt here: these take the slack_sdk `AsyncWebClient` and Slack's JSON, so the Slack app
-(`bot.adapters.slack`) and backfill share them.
+(`bot.adapters.slack.app`) and backfill share them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot.commands import Attachment
 from bot.events import ImagePosted
-from bot.intake import Downloader, FileHosts, ImageLimits, download_attachment
+from bot.adapters.base import Intake
+from bot.intake import Downloader, FileHosts, ImageLimits
 from engine.errors import ImageRejected, UserError
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,9 @@ class FileFetcher:
         """Download one Slack file, check it as an image and store it in the blob store."""
         url = file.get("url_private_download") or file.get("url_private", "")
         try:
-            return await download_attachment(self._files, blobs, url, filename=file.get("name") or "image",
-                                             limits=self.limits, source_id=file.get("id", ""),
-                                             declared_size=int(file.get("size") or 0))
+            return await Intake(blobs, self.limits, self._files).download(
+                url, filename=file.get("name") or "image", source_id=file.get("id", ""),
+                declared_size=int(file.get("size") or 0))
         except ImageRejected as exc:  # not a picture we accept
             raise UserError(f"{file.get('name', 'That file')}: {exc}") from None
 

@@ -35,7 +35,8 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable
 
 from bot.actions import decode_action
-from bot.adapters.slack_manifest import slack_specs, slash_name
+from bot.adapters.base import ChatSurface, error_reply
+from bot.adapters.slack.manifest import slack_specs, slash_name
 from bot.commands import Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, MessageDeleted
 from bot.intake import unreachable
@@ -50,9 +51,9 @@ try:  # the `slack` extra; without it `configured` still answers and `serve` say
     from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
     from slack_sdk.web.async_client import AsyncWebClient
 
-    from bot.adapters.slack_files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
+    from bot.adapters.slack.files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
                                           image_files, image_posted)
-    from bot.adapters.slack_post import ChannelPacer, ReplyPoster, Target
+    from bot.adapters.slack.post import ChannelPacer, ReplyPoster, Target
     _MISSING = ""
 except ModuleNotFoundError as exc:
     _MISSING = exc.name or "slack-bolt"
@@ -80,15 +81,11 @@ def replay_key(kind: str, body: dict) -> str:
     return f"{kind}:{trigger}"
 
 
-def configured(settings: Any) -> bool:
-    return bool(settings.slack_bot_token)
-
-
-async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
-    """Serve Slack until `stop_event` is set."""
+async def serve(app: Any, settings: Any, config: Any, stop_event: asyncio.Event) -> None:
+    """Serve Slack until `stop_event` is set. `settings`: clipbot's; `config`: `SlackSettings`."""
     if _MISSING:
         raise UserError(f"Slack needs the package {_MISSING}: pip install 'clipbot[slack]'")
-    adapter = SlackAdapter(app, settings)
+    adapter = SlackAdapter(app, settings, config)
     await adapter.start()
     try:
         await stop_event.wait()
@@ -96,9 +93,9 @@ async def serve(app: Any, settings: Any, stop_event: asyncio.Event) -> None:
         await adapter.stop()
 
 
-def _web_client(settings: Any) -> "AsyncWebClient":
-    kwargs = {"base_url": settings.slack_api_url} if settings.slack_api_url else {}
-    client = AsyncWebClient(token=settings.slack_bot_token, **kwargs)
+def _web_client(config: Any) -> "AsyncWebClient":
+    kwargs = {"base_url": config.api_url} if config.api_url else {}
+    client = AsyncWebClient(token=config.bot_token, **kwargs)
     # Waits out HTTP 429 with Retry-After (conversations.history may allow 1 call a minute).
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))
     return client
@@ -114,16 +111,16 @@ async def _identity(client: "AsyncWebClient") -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_history(app: Any, settings: Any) -> AsyncIterator["SlackHistory"]:
+async def open_history(app: Any, settings: Any, config: Any) -> AsyncIterator["SlackHistory"]:
     """Slack's message history over the Web API only (no events, no Socket Mode), for
     `clipbot index backfill` run from a shell while the bot itself may be serving elsewhere."""
     if _MISSING:
         raise UserError(f"Slack needs the package {_MISSING}: pip install 'clipbot[slack]'")
-    if not configured(settings):
+    if not config.bot_token:
         raise UserError("Reading slack history needs the bot's token: set SLACK_BOT_TOKEN (as for `clipbot run`).")
-    client = _web_client(settings)
+    client = _web_client(config)
     identity = await _identity(client)
-    fetcher = FileFetcher(settings.slack_bot_token, max_bytes=settings.max_image_bytes,
+    fetcher = FileFetcher(config.bot_token, max_bytes=settings.max_image_bytes,
                           max_pixels=settings.max_image_pixels, test_hosts=settings.test_file_hosts)
 
     async def workspace_url() -> str:
@@ -135,24 +132,26 @@ async def open_history(app: Any, settings: Any) -> AsyncIterator["SlackHistory"]
         await fetcher.close()
 
 
-class SlackAdapter:
-    def __init__(self, app: Any, settings: Any) -> None:
-        self.app, self.settings = app, settings
-        self.socket_mode = bool(settings.slack_app_token)
-        if not self.socket_mode and not settings.slack_signing_secret:
+class SlackAdapter(ChatSurface):
+    platform = "slack"
+
+    def __init__(self, app: Any, settings: Any, config: Any) -> None:
+        self.app, self.settings, self.config = app, settings, config  # config: SlackSettings
+        self.socket_mode = bool(config.app_token)
+        if not self.socket_mode and not config.signing_secret:
             raise UserError("Slack HTTP mode needs SLACK_SIGNING_SECRET (or set SLACK_APP_TOKEN for Socket Mode).")
-        self.client = _web_client(settings)
-        self.bolt = AsyncApp(client=self.client, signing_secret=settings.slack_signing_secret or "",
+        self.client = _web_client(config)
+        self.bolt = AsyncApp(client=self.client, signing_secret=config.signing_secret or "",
                              logger=logging.getLogger("slack_bolt"))
-        self.fetcher = FileFetcher(settings.slack_bot_token, max_bytes=settings.max_image_bytes,
+        self.fetcher = FileFetcher(config.bot_token, max_bytes=settings.max_image_bytes,
                                    max_pixels=settings.max_image_pixels, test_hosts=settings.test_file_hosts)
         self.dedupe = EventDedupe(settings)
         self.locations = FileLocations(app.engine.store)
-        self.pacer = ChannelPacer(settings.slack_channel_interval)
+        self.pacer = ChannelPacer(config.channel_interval)
         self.identity: dict[str, Any] = {}
         self._cache: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._commands = {slash_name(spec.name, settings.slack_command_prefix): spec.name
+        self._commands = {slash_name(spec.name, config.command_prefix): spec.name
                           for spec in slack_specs(app.pm)}
         self._stoppers: list[Any] = []
         self._warned_timestamp = False
@@ -171,22 +170,12 @@ class SlackAdapter:
             await self._start_http()
         # Long jobs that were running when the bot stopped: carry on in their threads (with Redis
         # down at start: once it is back; serving does not wait for it).
-        self._spawn(self._resume_all())
-
-    async def _resume_all(self) -> None:
-        async for conversation, replies in self.app.resume_jobs(PLATFORM, unreachable=log.warning):
-            self._spawn(self._resumed(conversation, replies))
-
-    async def _resumed(self, conversation: dict, replies: Any) -> None:
-        try:
-            await self.deliver(conversation, replies)
-        except Exception:
-            log.exception("could not resume a long job in %s", conversation.get("channel"))
+        self._spawn(self.resume_followed_jobs(spawn=self._spawn, unreachable=log.warning))
 
     async def _start_socket_mode(self) -> None:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-        handler = AsyncSocketModeHandler(self.bolt, self.settings.slack_app_token, web_client=self.client)
+        handler = AsyncSocketModeHandler(self.bolt, self.config.app_token, web_client=self.client)
         await handler.connect_async()
         self._stoppers.append(handler.close_async)
         log.info("Slack: connected as @%s to %s (Socket Mode)", self.identity.get("user"), self.identity.get("team"))
@@ -207,12 +196,12 @@ class SlackAdapter:
         web_app.add_routes([web.post(EVENTS_PATH, events)])
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.slack_host, self.settings.slack_port)
+        site = web.TCPSite(runner, self.config.host, self.config.port)
         await site.start()
         self._stoppers.append(runner.cleanup)
         port = site._server.sockets[0].getsockname()[1]  # the real port when CLIPBOT_SLACK_PORT=0
         log.info("Slack: @%s for %s, HTTP mode listening on http://%s:%d%s", self.identity.get("user"),
-                 self.identity.get("team"), self.settings.slack_host, port, EVENTS_PATH)
+                 self.identity.get("team"), self.config.host, port, EVENTS_PATH)
 
     def _malformed_timestamp(self, timestamp: str) -> None:
         if not self._warned_timestamp:  # one line, ever: who sends these can send many
@@ -351,7 +340,7 @@ class SlackAdapter:
         poster = ReplyPoster(self.client, self.pacer, target, progress_interval=0)
 
         async def one() -> Any:
-            yield Reply(text=text, error=True, ephemeral=True, final=True)
+            yield error_reply(text)
 
         await poster.deliver(one())
 
@@ -421,7 +410,7 @@ class SlackAdapter:
                       user_name: str = "", thread: str | None = None) -> None:
         if spec.name not in self._commands.values():
             raise UserError(f"/{spec.name} is not available in Slack.")
-        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.settings.slack_progress_interval)
+        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.config.progress_interval)
         conversation = {"platform": PLATFORM, "team": team, "channel": target.channel, "thread": target.thread_ts,
                         "user": target.user}
         if spec.long_running:
@@ -445,7 +434,7 @@ class SlackAdapter:
         """Post a reply stream into a conversation stored earlier (`Request.conversation`), e.g. a
         long job's progress and result after the bot restarted: the parent message is edited on."""
         target = Target(conversation["channel"], conversation.get("user", ""), conversation.get("thread"))
-        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.settings.slack_progress_interval)
+        poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.config.progress_interval)
         if conversation.get("message"):
             poster.resume_parent(conversation["message"], conversation.get("header", ""))
         await poster.deliver(replies)
@@ -480,7 +469,7 @@ class SlackAdapter:
         return await self._cached("channels", user, load) | {channel}
 
     async def _is_admin(self, user: str) -> bool:
-        if user in self.settings.slack_admins:
+        if user in self.config.admins:
             return True
 
         async def load() -> bool:
