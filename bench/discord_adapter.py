@@ -140,16 +140,17 @@ def bench_bare(n: int) -> dict:
 def bench_clipbot(n: int, data_dir: Path) -> dict:
     import discord
 
-    from bot.adapters.discord import serve
+    from bot.adapters.discord import DiscordSettings
+    from bot.adapters.discord.client import serve
     from bot.app import open_app
     from bot.config import Settings
     from tests.fakes.discord_fake import BOT_TOKEN, FakeDiscord
 
     fake = FakeDiscord().start()
     world = _world(fake)
-    settings = Settings(_env_file=None, data_dir=data_dir, clip_model="tiny-test", device="cpu",
-                        DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base, discord_gateway_url=fake.gateway_url,
-                        discord_dev_guild=int(world["guild"]), log_level="WARNING")
+    settings = Settings(_env_file=None, data_dir=data_dir, clip_model="tiny-test", device="cpu", log_level="WARNING")
+    config = DiscordSettings(_env_file=None, token=BOT_TOKEN, api_base=fake.api_base, gateway_url=fake.gateway_url,
+                             dev_guild=int(world["guild"]))
     out: dict = {}
 
     def drive() -> None:
@@ -164,7 +165,7 @@ def bench_clipbot(n: int, data_dir: Path) -> dict:
     async def main() -> None:
         # The bot's loop is the main thread's, as in `clipbot run`; the burst is driven from a thread.
         stop = asyncio.Event()
-        bot = asyncio.create_task(serve(app, settings, stop))
+        bot = asyncio.create_task(serve(app, settings, config, stop))
         try:
             await asyncio.to_thread(drive)
         except Exception as exc:  # reported, never raised: a benchmark reports

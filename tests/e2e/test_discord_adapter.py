@@ -12,7 +12,8 @@ import pytest
 import yarl
 from PIL import Image as PILImage
 
-from bot.adapters.discord import DiscordAdapter, serve
+from bot.adapters.discord import DiscordSettings
+from bot.adapters.discord.client import DiscordAdapter, serve
 from engine.errors import UserError
 from tests.conftest import make_settings
 from tests.fakes.discord_fake import BOT_TOKEN, FakeDiscord
@@ -43,14 +44,19 @@ def app(tmp_path):
         yield app
 
 
-def _settings(tmp_path, fake: FakeDiscord, **extra):
-    return make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base,
-                         discord_gateway_url=fake.gateway_url, test_file_hosts=[f"127.0.0.1:{fake.port}"], **extra)
+def _both(tmp_path, *, test_file_hosts=(), **discord):
+    """(clipbot's settings, the Discord adapter's): what `serve` and `DiscordAdapter` take."""
+    return make_settings(tmp_path, test_file_hosts=list(test_file_hosts)), DiscordSettings(_env_file=None, **discord)
+
+
+def _settings(tmp_path, fake: FakeDiscord):
+    return _both(tmp_path, token=BOT_TOKEN, api_base=fake.api_base, gateway_url=fake.gateway_url,
+                 test_file_hosts=[f"127.0.0.1:{fake.port}"])
 
 
 async def _serving(app, settings, body):
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, settings, stop))
+    task = asyncio.create_task(serve(app, *settings, stop))
     for _ in range(400):
         if "discord" in app.history_sources and getattr(app.history_sources["discord"].adapter.client, "is_ready",
                                                         lambda: False)():
@@ -108,7 +114,7 @@ def test_history_pages_through_a_channel_with_stored_images_and_a_resumable_curs
 
 
 def test_attachments_come_only_from_discord_file_hosts(app, tmp_path):
-    adapter = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x"))
+    adapter = DiscordAdapter(app, *_both(tmp_path, token="x"))
     for url in ("http://127.0.0.1:9/a.png", "https://evil.example/cdn.discordapp.com/a.png",
                 "https://cdn.discordapp.com.evil.example/a.png"):
         with pytest.raises(UserError, match="Discord's own file servers"):
@@ -116,25 +122,24 @@ def test_attachments_come_only_from_discord_file_hosts(app, tmp_path):
     with pytest.raises(UserError, match="too big"):
         asyncio.run(adapter.attachment({"url": "https://cdn.discordapp.com/a.png", "filename": "a.png",
                                         "size": 10 ** 9}))
-    proxied = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", discord_api_base="http://127.0.0.1:5/api/v10"))
+    proxied = DiscordAdapter(app, *_both(tmp_path, token="x", api_base="http://127.0.0.1:5/api/v10"))
     assert not proxied.files.hosts.trusted("http://127.0.0.1:5/attachments/1/2/a.png")  # an API proxy is no CDN
     assert proxied.files.hosts.trusted("https://cdn.discordapp.com/attachments/1/2/a.png")
-    testing = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN="x", test_file_hosts=["127.0.0.1:5"]))
+    testing = DiscordAdapter(app, *_both(tmp_path, token="x", test_file_hosts=["127.0.0.1:5"]))
     assert testing.files.hosts.trusted("http://127.0.0.1:5/attachments/1/2/a.png")
     assert not testing.files.hosts.trusted("http://127.0.0.1:6/attachments/1/2/a.png")
 
 
 def test_a_rejected_token_is_one_clear_error(fake, app, tmp_path):
-    settings = make_settings(tmp_path, DISCORD_TOKEN="wrong", discord_api_base=fake.api_base,
-                             discord_gateway_url=fake.gateway_url)
+    settings = _both(tmp_path, token="wrong", api_base=fake.api_base, gateway_url=fake.gateway_url)
     with pytest.raises(UserError, match="rejected DISCORD_TOKEN"):
-        asyncio.run(serve(app, settings, asyncio.Event()))
+        asyncio.run(serve(app, *settings, asyncio.Event()))
 
 
 def test_the_api_base_does_not_make_its_host_a_file_host(fake, app, tmp_path):
     channel = fake.add_channel(fake.add_guild(), "general")
     posted = fake.post_message(channel, {"id": "1", "username": "u"}, "", files=[("a.png", _png(1), "image/png")])
-    proxied = DiscordAdapter(app, make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=fake.api_base))
+    proxied = DiscordAdapter(app, *_both(tmp_path, token=BOT_TOKEN, api_base=fake.api_base))
     with pytest.raises(UserError, match="Discord's own file servers"):
         asyncio.run(proxied.attachment(posted["attachments"][0]))
     assert not fake.find_calls("GET", r"/attachments/.*"), "nothing is fetched from the API host"
@@ -144,22 +149,22 @@ def test_an_unreachable_discord_is_one_line_naming_the_host(app, tmp_path):
     from tests.fakes.cdn import unreachable_port
 
     with unreachable_port() as port:
-        settings = make_settings(tmp_path, DISCORD_TOKEN=BOT_TOKEN, discord_api_base=f"http://127.0.0.1:{port}/api/v10",
-                                 test_file_hosts=[f"127.0.0.1:{port}"])
+        settings = _both(tmp_path, token=BOT_TOKEN, api_base=f"http://127.0.0.1:{port}/api/v10",
+                         test_file_hosts=[f"127.0.0.1:{port}"])
         named = rf"^I could not reach Discord at 127\.0\.0\.1:{port} \(Connection refused\); check the network"
         with pytest.raises(UserError, match=named):  # `clipbot run` prints it as one line
-            asyncio.run(serve(app, settings, asyncio.Event()))
+            asyncio.run(serve(app, *settings, asyncio.Event()))
 
-        from bot.adapters.discord import open_history
+        from bot.adapters.discord.client import open_history
 
         async def backfill():
-            async with open_history(app, settings):
+            async with open_history(app, *settings):
                 pass
 
         with pytest.raises(UserError, match=named):  # `clipbot index backfill` from a shell
             asyncio.run(backfill())
 
-        adapter = DiscordAdapter(app, settings)
+        adapter = DiscordAdapter(app, *settings)
 
         async def download():
             try:
@@ -180,7 +185,7 @@ def test_an_attachment_is_stored_whole_or_not_at_all(fake, app, tmp_path):
     posted = fake.post_message(channel, {"id": "1", "username": "u"}, "", files=[
         ("whole.jpg", photo, "image/jpeg"),
         ("cut.jpg", Served(photo, "image/jpeg", cut_after=len(photo) // 2), "image/jpeg")])
-    adapter = DiscordAdapter(app, _settings(tmp_path, fake))
+    adapter = DiscordAdapter(app, *_settings(tmp_path, fake))
 
     async def take(found: dict):
         try:

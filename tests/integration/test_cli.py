@@ -162,7 +162,7 @@ def test_worker_refuses_an_undeclared_queue(data_dir):
 
 
 def test_json_paths_replace_written_image_names():
-    from bot.cli import _with_paths
+    from bot.adapters.shell import with_paths as _with_paths
 
     data = {"final": "final.png", "snapshots": ["step-0004.png", "other"], "seed": 3}
     written = {"final.png": "/o/final.png", "step-0004.png": "/o/step-0004.png"}

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.adapters.slack_files import EventDedupe
+from bot.adapters.slack.files import EventDedupe
 from tests.conftest import make_settings
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import pytest
 from PIL import Image as PILImage
 
-from bot.adapters._discord_payloads import (
+from bot.adapters.discord.payloads import (
     MANAGE_GUILD,
     WHATIS_MENU,
     clip_text,
@@ -114,7 +114,7 @@ def test_clip_text():
 def test_list_options_become_numbered_options_and_fold_back():
     from dataclasses import replace
 
-    from bot.adapters._discord_payloads import fold_multiple
+    from bot.adapters.discord.payloads import fold_multiple
 
     if "multiple" not in whatis.options[0].__dataclass_fields__:
         pytest.skip("Option.multiple lands with the /search merge")
@@ -127,7 +127,7 @@ def test_list_options_become_numbered_options_and_fold_back():
 
 
 def test_message_menus_for_commands_a_picture_alone_can_run():
-    from bot.adapters._discord_payloads import message_menus
+    from bot.adapters.discord.payloads import message_menus
 
     @command
     async def search(ctx, query: str = "", image: Attachment = None) -> None:

@@ -154,6 +154,11 @@ def test_env_example_lists_every_setting(tmp_path):
     fields = [("CLIPBOT_", name, field) for name, field in Settings.model_fields.items()]
     for plugin, values in plugin_settings(build_plugin_manager(make_settings(tmp_path))).items():
         fields += [(env_prefix(plugin), name, field) for name, field in type(values).model_fields.items()]
+    from bot.adapters.registry import BUILTIN_ADAPTERS, load_adapter
+
+    for adapter in map(load_adapter, BUILTIN_ADAPTERS):
+        fields += [(env_prefix(adapter.name), name, field) for name, field in adapter.settings_class.model_fields.items()]
+    assert any(prefix == "CLIPBOT_SLACK_" for prefix, _, _ in fields)
     assert any(prefix == "CLIPBOT_WHATIS_" for prefix, _, _ in fields)
     for prefix, name, field in fields:
         alias = field.validation_alias  # e.g. DISCORD_TOKEN, SLACK_BOT_TOKEN: the platform's own variable name

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from bot.actions import decode_action
-from bot.adapters.slack_files import FileFetcher, SlackHistory, permalink
-from bot.adapters.slack_post import ChannelPacer, _chunks, blocks_for
+from bot.adapters.slack.files import FileFetcher, SlackHistory, permalink
+from bot.adapters.slack.post import ChannelPacer, _chunks, blocks_for
 from bot.commands import Action
 from engine.blobs import MemoryBlobStore
 from tests.fakes.slack_fake import FakeSlack
@@ -161,14 +161,14 @@ def test_channel_pacer_spaces_writes_per_channel_only():
 def test_deploy_manifest_has_every_builtin_command_shortcut_event_and_scope(tmp_path):
     import yaml
 
-    from bot.adapters.slack_manifest import BOT_EVENTS, BOT_SCOPES, manifest, slack_specs, slash_name
+    from bot.adapters.slack.manifest import BOT_EVENTS, BOT_SCOPES, manifest, slack_specs, slash_name
     from bot.plugins import BUILTIN_PLUGINS, build_plugin_manager
     from tests.conftest import ROOT, make_settings
 
     specs = slack_specs(build_plugin_manager(make_settings(tmp_path)), plugins=BUILTIN_PLUGINS)
     deployed = yaml.safe_load((ROOT / "deploy" / "slack-app-manifest.yml").read_text())
     expected = manifest(specs)
-    hint = "regenerate: python -m bot.adapters.slack_manifest --yaml (keep the header comment)"
+    hint = "regenerate: python -m bot.adapters.slack.manifest --yaml (keep the header comment)"
     assert deployed["features"]["slash_commands"] == expected["features"]["slash_commands"], hint
     assert deployed["features"]["shortcuts"] == expected["features"]["shortcuts"], hint
     assert deployed["oauth_config"]["scopes"]["bot"] == BOT_SCOPES

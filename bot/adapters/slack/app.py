@@ -59,7 +59,7 @@ except ModuleNotFoundError as exc:
     _MISSING = exc.name or "slack-bolt"
     PLATFORM = "slack"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bot.adapters.slack")
 
 EVENTS_PATH = "/slack/events"
 SHORTCUT_PREFIX = "clipbot_"

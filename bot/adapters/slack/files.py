@@ -178,7 +178,7 @@ class SlackHistory:
 
 class EventDedupe:
     """Claims an event id once (Slack retries events and may deliver one twice), and the replay
-    key of a command, shortcut or click (`bot.adapters.slack.replay_key`).
+    key of a command, shortcut or click (`bot.adapters.slack.app.replay_key`).
 
     Redis SET NX EX when the engine uses Redis (several bot processes share it); otherwise a
     small SQLite table in the data dir, so a retry after a restart is still recognised.
