@@ -1,7 +1,7 @@
 """Discord through discord.py: every plugin command as an application command, answers as edits of one
 message, long jobs in threads, persistent buttons, and the images people post fed to the index.
 
-Nothing Discord-shaped leaves this module: interactions become `bot.commands.Request`s (the
+Nothing Discord-shaped leaves this package: interactions become `bot.commands.Request`s (the
 member's readable channels computed from roles and overwrites), `Reply`s are rendered here, and
 posted or deleted images become `bot.events` for `app.image_posted` / `app.message_deleted`.
 
@@ -14,10 +14,10 @@ deleted thread, or a private one the bot is removed from, leaves the index.
 
 Discord's rules this module keeps (see FIELD-NOTES.md):
 - every interaction is deferred at once (3 s);
-- the interaction token lives 15 min: after `discord_token_ttl` seconds (or a 50027 answer) the
+- the interaction token lives 15 min: after CLIPBOT_DISCORD_TOKEN_TTL seconds (or a 50027 answer) the
   answer moves to plain channel messages sent with the bot token; long jobs use a thread and the
   bot token from the start;
-- progress edits are throttled per channel (`discord_edit_interval`); discord.py waits on the
+- progress edits are throttled per channel (CLIPBOT_DISCORD_EDIT_INTERVAL); discord.py waits on the
   rate-limit headers for the rest;
 - files fit the interaction's `attachment_size_limit`;
 - nothing the bot sends pings: the client's default `allowed_mentions` allow no mention, and echoed
