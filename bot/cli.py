@@ -153,7 +153,13 @@ def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[tuple[An
     wanted = adapter_names() if args.adapter == "auto" else [args.adapter]
     serving = []
     for name in wanted:
-        adapter = load_adapter(name)
+        try:
+            adapter = load_adapter(name)
+        except Exception as exc:  # a broken third-party adapter does not stop the others
+            if args.adapter == name:
+                raise UserError(f"the {name} adapter could not be loaded ({type(exc).__name__}: {exc})") from None
+            log.warning("adapter %s not loaded: %s: %s", name, type(exc).__name__, exc)
+            continue
         if adapter.default:
             continue
         try:
