@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import discord
@@ -260,10 +260,7 @@ class DiscordAdapter(ChatSurface):
             opener = None
             if spec is not None and spec.long_running:  # the thread opens at the first public reply
                 stream.thread_name = _thread_name(command, options, interaction.user.display_name)
-
-                async def opener() -> dict:
-                    conversation.update(await stream.open_if_needed())
-                    return conversation
+                opener = _thread_opener(stream, conversation)
             request = self._request(interaction, command, options, conversation, opener)
         except UserError as exc:
             await stream.send(error_reply(exc))
@@ -365,6 +362,14 @@ class DiscordAdapter(ChatSurface):
     async def _channel(self, channel_id: int) -> Any:
         channel = self.client.get_channel(channel_id)  # type: ignore[union-attr]
         return channel or await self.client.fetch_channel(channel_id)  # type: ignore[union-attr]
+
+
+def _thread_opener(stream: ReplyStream, conversation: dict) -> Callable[[], Awaitable[dict]]:
+    """Opens the job's thread at the first public reply and records it in `conversation`."""
+    async def opener() -> dict:
+        conversation.update(await stream.open_if_needed())
+        return conversation
+    return opener
 
 
 def _thread_name(command: str, options: dict[str, Any], user: str) -> str:

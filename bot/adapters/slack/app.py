@@ -37,7 +37,7 @@ from typing import Any, AsyncIterator, Awaitable
 from bot.actions import decode_action
 from bot.adapters.base import ChatSurface, error_reply
 from bot.adapters.slack.manifest import slack_specs, slash_name
-from bot.commands import Attachment, CommandSpec, Reply, Request
+from bot.commands import Attachment, CommandSpec, Request
 from bot.events import ChannelRemoved, MessageDeleted
 from bot.intake import unreachable
 from bot.markup import escape, render_slack
