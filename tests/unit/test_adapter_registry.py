@@ -113,3 +113,19 @@ def test_resume_followed_jobs_delivers_each_and_logs_a_failure(caplog):
     assert len(asyncio.run(main())) == 2
     assert delivered == ["a"] and app.asked == [("irc", ["unreachable"])]
     assert "could not resume answering in {'channel': 'b'}" in caplog.text
+
+
+def test_a_broken_adapter_is_skipped_by_the_auto_rule_and_named_when_asked(monkeypatch, caplog):
+    import argparse
+
+    from bot import cli
+    from bot.adapters import registry
+    from engine.errors import UserError
+
+    for token in ("DISCORD_TOKEN", "CLIPBOT_DISCORD_TOKEN", "SLACK_BOT_TOKEN", "CLIPBOT_SLACK_BOT_TOKEN"):
+        monkeypatch.delenv(token, raising=False)
+    monkeypatch.setitem(registry.BUILTIN_ADAPTERS, "broken", "no_such_clipbot_adapter_module:adapter")
+    assert cli._platform_adapters(argparse.Namespace(adapter="auto"), None) == []  # the local chat, as before
+    assert "adapter broken not loaded: ModuleNotFoundError" in caplog.text
+    with pytest.raises(UserError, match=r"the broken adapter could not be loaded \(ModuleNotFoundError"):
+        cli._platform_adapters(argparse.Namespace(adapter="broken"), None)
