@@ -279,7 +279,9 @@ async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
             print(f"clipbot: {' '.join(text.split())}", file=sys.stderr)
             return 1 if (reply.data or {}).get("error") == "internal" else EXIT_USER_ERROR
         if reply.progress is not None and not reply.final:
-            print(f"[{reply.progress:4.0%}] {text}", file=sys.stderr, flush=True)
+            from bot.adapters.local import progress_line
+
+            print(progress_line(reply.progress, text), file=sys.stderr, flush=True)
         elif not args.json:
             if text:
                 print(text)

@@ -203,6 +203,7 @@ def test_run_with_redis_down_starts_says_so_and_works_once_redis_is_back(data_di
     server = None
     try:
         assert chat.stdout.readline().startswith("clipbot local chat.")
+        assert chat.stdout.readline() == "model: tiny-test (the workers load it)\n"
         unreachable = chat.stdout.readline()
         assert f"can't reach Redis at 127.0.0.1:{port}" in unreachable, unreachable
         chat.stdin.write("/cancel 0123456789abcdef\n")
