@@ -119,17 +119,17 @@ class LocalAdapter:
         return answered
 
     def render(self, reply: Reply, stream: _Stream | None = None) -> None:
-        """Print a reply. On a terminal a progress reply updates its command's progress line
-        above the prompt instead of printing a line per update."""
+        """Print a reply (blocking: it saves the reply's images). On a terminal a progress reply
+        updates its command's progress line above the prompt instead of printing a line."""
         stream = stream or self._stream
         text = render_plain(reply.text)
         is_progress = reply.progress is not None and not reply.final
-        lines = [] if is_progress or not text else [("error: " if reply.error else "") + text]
-        lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" for i in reply.images]
-        repeated = is_progress and reply.actions == stream.progress_actions
-        stream.progress_actions = reply.actions if is_progress else ()
-        lines += [f"[{a.label}] {action_command(a)}" for a in (() if repeated else reply.actions)]
-        with self._printing:
+        with self._printing:  # commands answer side by side: one reply's lines, and file names, at a time
+            lines = [] if is_progress or not text else [("error: " if reply.error else "") + text]
+            lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" for i in reply.images]
+            repeated = is_progress and reply.actions == stream.progress_actions
+            stream.progress_actions = reply.actions if is_progress else ()
+            lines += [f"[{a.label}] {action_command(a)}" for a in (() if repeated else reply.actions)]
             if is_progress:
                 line = progress_line(reply.progress, text)
                 if self.lines is None or not self.lines.show_progress(stream, line):

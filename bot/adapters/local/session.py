@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class ChatSession:
+    """One run of the local chat, from its banner to leaving."""
+
     def __init__(self, chat: LocalAdapter) -> None:
         self.chat = chat
         self._commands: set[asyncio.Task] = set()  # started here (typed, resumed), until they end
@@ -33,6 +35,7 @@ class ChatSession:
         self._leave = asyncio.Event()  # a second Ctrl-C
 
     async def run(self, stdin: TextIO) -> None:
+        """Greet, resume last time's jobs, then read and answer `stdin` until it ends."""
         chat = self.chat
         chat.print_line(BANNER)
         chat.print_line(await asyncio.to_thread(model_line, chat.dispatcher.settings))
