@@ -128,3 +128,8 @@ def render_slack(text: str) -> str:
     return _render("\n".join(lines), plain=_slack_escape, esc=_slack_escape,
                    code_=lambda c: f"`{_slack_escape(c)}`", bold_=lambda t: f"*{t}*", italic_=lambda t: f"_{t}_",
                    link_=lambda label, url: f"<{_slack_escape(url)}|{label}>")
+
+
+def progress_line(progress: float, text: str) -> str:
+    """`[ 37%] preparing labels`: the percentage once, also when the text ends with it too."""
+    return f"[{progress:4.0%}] {text.removesuffix(f': {progress:.0%}')}"

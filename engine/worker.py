@@ -46,6 +46,7 @@ _NODES = "clipbot:nodes"  # hash: node name -> the worker main process's heartbe
 _RUNNING = "clipbot:running"  # hash: job id -> "node/pid" of the process running it
 _REAPER = "clipbot:reaper"  # lock: one reaper per round across all workers
 _FORGET_AFTER = 3600.0  # announcements of processes gone this long are deleted
+_STOP_WAIT_S = 30.0  # how long the embedded worker's stop waits for a cancelled job to notice
 
 
 class WorkerRuntime:
@@ -59,6 +60,7 @@ class WorkerRuntime:
         self.node = node
         self.queues = list(queues)
         self.main_pid = os.getpid()
+        self.running: set[str] = set()  # ids of the jobs this process is running now
 
     @property
     def process(self) -> str:
@@ -122,6 +124,7 @@ class WorkerRuntime:
         if self.redis is not None:
             self.redis.hset(_RUNNING, job_id, me)
         self.book.emit(job_id, STARTED, attempt=attempt, worker=me)
+        self.running.add(job_id)
         try:
             result = info.fn(JobContext(self.engine, job_id, attempt), **kwargs)
         except JobCancelled as exc:
@@ -133,6 +136,8 @@ class WorkerRuntime:
             return self._finish(
                 job_id, attempt, FAILED,
                 error=f"Something went wrong on the worker (job {job_id[:8]}); it has been logged.")
+        finally:
+            self.running.discard(job_id)
         self._finish(job_id, attempt, SUCCEEDED, result=result)
 
     def _finish(self, job_id: str, attempt: int, state: str, *, result: Any = None, error: str | None = None) -> None:
@@ -468,5 +473,13 @@ class EmbeddedWorker:
         return self._thread.is_alive()
 
     def stop(self) -> None:
+        """Cancel the job in flight, then stop. A job left running would keep torch busy on this
+        thread while the interpreter exits, and torch's thread pools abort the process then
+        ("terminate called without an active exception"). Jobs stop at their next cancellation
+        check (a step, a batch)."""
+        for job_id in list(self.runtime.running):
+            self.runtime.engine.cancel(job_id)
         self._worker.stop(in_sighandler=False)
-        self._thread.join(10)
+        self._thread.join(_STOP_WAIT_S)
+        if self._thread.is_alive():
+            log.warning("the embedded worker is still running a job %.0f s after it was cancelled", _STOP_WAIT_S)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 GROUP = "clipbot.adapters"
 # name -> "module:attribute", exactly as in pyproject's [project.entry-points."clipbot.adapters"]
 BUILTIN_ADAPTERS = {
-    "local": "bot.adapters.local_entry:adapter",
+    "local": "bot.adapters.local:adapter",
     "discord": "bot.adapters.discord:adapter",
     "slack": "bot.adapters.slack:adapter",
 }

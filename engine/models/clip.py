@@ -404,7 +404,8 @@ def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, An
     if checkpoint is None:
         raise ModelUnavailable(
             f"CLIP weights for {arch}:{parsed.weights} are not downloaded; run `clipbot models pull` "
-            f"on a machine with internet access, or set CLIPBOT_CLIP_MODEL={arch}:/path/to/file."
+            f"on a machine with internet access, or set CLIPBOT_CLIP_MODEL={arch}:/path/to/file "
+            f"({presets.OFFLINE_HINT})."
         )
     pretrained_cfg = open_clip.get_pretrained_cfg(arch, parsed.weights)
     return (arch, *_build_from_checkpoint(arch, _checked_file(checkpoint), pretrained_cfg))
@@ -539,6 +540,18 @@ def pull_clip(spec: str, *, cache_dir: str | Path | None = None, progress: bool 
     raise ModelUnavailable(f"open_clip knows no download location for {label}.")
 
 
+def weights_here(spec: str, *, cache_dir: str | Path | None = None) -> bool:
+    """Whether the weights `spec` names are on this machine (nothing to download): a file and
+    cache check that builds no model. Presets and `ARCH:random` need none; ModelUnavailable if
+    the spec is invalid."""
+    parsed = parse_clip_spec(spec)
+    if parsed.kind in ("preset", "random"):
+        return True
+    if parsed.kind == "file":
+        return Path(parsed.weights).expanduser().is_file()
+    return _cached_weights(parsed.arch, parsed.weights, cache_dir) is not None
+
+
 def _cached_weights(arch: str, tag: str, cache_dir: str | Path | None) -> Path | None:
     """The local file open_clip would load for `arch:tag`, if it is already downloaded."""
     cfg = open_clip.get_pretrained_cfg(arch, tag)
@@ -642,7 +655,7 @@ def _download_failed(label: str, reason: str) -> ModelUnavailable:
     arch = label.split(":", 1)[0]
     return ModelUnavailable(
         f"Could not download CLIP weights for {label}: {reason}; on a machine without internet access, "
-        f"copy the weights file here and set CLIPBOT_CLIP_MODEL={arch}:/path/to/file."
+        f"copy the weights file here and set CLIPBOT_CLIP_MODEL={arch}:/path/to/file ({presets.OFFLINE_HINT})."
     )
 
 

@@ -30,6 +30,8 @@ _PRESETS = {
 }
 
 PRESETS: dict[str, str] = {name: preset.description for name, preset in _PRESETS.items()}
+# What a missing-weights error adds (and the local chat's model line): how to try clipbot anyway.
+OFFLINE_HINT = "to try clipbot offline, set CLIPBOT_CLIP_MODEL=tiny-test: a tiny random model, meaningless answers"
 
 
 def preset_seed(name: str) -> int:

@@ -78,7 +78,7 @@ def test_unavailable_model_is_one_line(data_dir, tmp_path):
                   CLIPBOT_CLIP_MODEL="ViT-B-32:laion2b_s34b_b79k", CLIPBOT_MODEL_CACHE=str(tmp_path / "empty"))
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr
-    assert "clipbot models pull" in lines[0]
+    assert "clipbot models pull" in lines[0] and "CLIPBOT_CLIP_MODEL=tiny-test" in lines[0]
 
 
 def test_models_pull_offline_is_one_line(data_dir, tmp_path):
@@ -87,6 +87,7 @@ def test_models_pull_offline_is_one_line(data_dir, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert "ARCH:/path" in lines[0] or "copy" in lines[0].lower()
+    assert "to try clipbot offline, set CLIPBOT_CLIP_MODEL=tiny-test" in lines[0]
 
 
 def test_models_list_and_pull_preset(data_dir):
@@ -125,6 +126,19 @@ def test_local_chat_session(data_dir, tmp_path):
     assert "1. local-user in #local" in out.stdout and "[More]" not in out.stdout
     assert "Commands start with /" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_local_chat_says_which_model_and_whether_its_weights_are_here(tmp_path):
+    missing = clipbot(tmp_path, "run", stdin="/quit\n", CLIPBOT_CLIP_MODEL="ViT-B-32:laion2b_s34b_b79k",
+                      CLIPBOT_MODEL_CACHE=str(tmp_path / "empty"))
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stdout.splitlines()[1] == (
+        "model: ViT-B-32:laion2b_s34b_b79k (weights not here: `clipbot models pull` downloads them; to try "
+        "clipbot offline, set CLIPBOT_CLIP_MODEL=tiny-test: a tiny random model, meaningless answers)")
+    weights = tmp_path / "vit.pt"
+    weights.write_bytes(b"not looked into: only whether it is here")
+    here = clipbot(tmp_path, "run", stdin="/quit\n", CLIPBOT_CLIP_MODEL=f"ViT-B-32:{weights}")
+    assert here.returncode == 0 and here.stdout.splitlines()[1] == f"model: ViT-B-32:{weights} (weights here)"
 
 
 def test_plugins_listing(data_dir):
@@ -203,6 +217,7 @@ def test_run_with_redis_down_starts_says_so_and_works_once_redis_is_back(data_di
     server = None
     try:
         assert chat.stdout.readline().startswith("clipbot local chat.")
+        assert chat.stdout.readline() == "model: tiny-test (the workers load it)\n"
         unreachable = chat.stdout.readline()
         assert f"can't reach Redis at 127.0.0.1:{port}" in unreachable, unreachable
         chat.stdin.write("/cancel 0123456789abcdef\n")

@@ -205,7 +205,7 @@ class FlakyHistory:
 
 
 def test_backfill_resumes_after_an_interruption(tmp_path, pictures):
-    from bot.localchat import LocalHistory
+    from bot.adapters.local import LocalHistory
 
     with TestBot(data_dir=tmp_path / "data", channel_id="general", plugins=["localchat"]) as before:
         for i in range(7):  # history made while /search was not installed

@@ -175,7 +175,7 @@ def test_label_matrix_progress_reaches_the_chat(local, red_png, monkeypatch):
     assert len(progress) >= 5 and all(not r.final for r in progress)
     assert all(r.text.startswith("preparing 12 labels: ") for r in progress)
     assert [r.progress for r in progress] == sorted(r.progress for r in progress) and progress[-1].progress == 1
-    assert "[100%] preparing 12 labels: 100%" in local.buffer.getvalue()
+    assert "[100%] preparing 12 labels\n" in local.buffer.getvalue()  # the percentage once
 
     again = say(local, f"/whatis {red_png} labels: {labels}")  # cached now: just the answer
     assert [r.progress for r in again] == [None]

@@ -133,7 +133,7 @@ def test_broken_plugin_is_skipped_and_reported(tmp_path, monkeypatch):
 def test_light_modules_import_without_torch():
     code = (
         "import sys, bot.cli, bot.plugins, bot.dispatch, bot.adapters.local, engine.app, engine.images, "
-        "engine.worker, plugins.whatis, bot.builtin, plugins.search, bot.localchat\n"
+        "engine.worker, plugins.whatis, bot.builtin, plugins.search, bot.adapters.local.channel\n"
         "from bot.config import Settings\n"
         "from bot.plugins import build_plugin_manager\n"
         "pm = build_plugin_manager(Settings(_env_file=None))\n"

@@ -149,7 +149,7 @@ def _attach(app: Any, path: str) -> Any:
 
 async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
     """Stream the replies: progress to stderr, text (or the final data as JSON) to stdout."""
-    from bot.markup import render_plain
+    from bot.markup import progress_line, render_plain
 
     out_dir = Path(args.out) if args.out else Path(app.settings.data_dir) / "output"
     written: dict[str, str] = {}
@@ -164,7 +164,7 @@ async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
             print(f"clipbot: {' '.join(text.split())}", file=sys.stderr)
             return 1 if (reply.data or {}).get("error") == "internal" else EXIT_USER_ERROR
         if reply.progress is not None and not reply.final:
-            print(f"[{reply.progress:4.0%}] {text}", file=sys.stderr, flush=True)
+            print(progress_line(reply.progress, text), file=sys.stderr, flush=True)
         elif not args.json:
             if text:
                 print(text)

@@ -1,7 +1,6 @@
 """The local chat's registration in `clipbot.adapters`: the embedded default of `clipbot run`.
 
-The chat itself is `bot.adapters.local` (`LocalAdapter`); this object only tells the registry
-about it, so the registry never imports the chat before it is served.
+The chat itself is `bot.adapters.local.chat` (`LocalAdapter`), imported when served.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ class LocalChat(Adapter):
         return False  # never served beside the platforms: it owns the terminal
 
     async def serve(self, app: Any, settings: AdapterSettings, stop_event: asyncio.Event) -> None:
-        from bot.adapters.local import LocalAdapter
+        from bot.adapters.local.chat import LocalAdapter
 
         print(f"(logs: {Path(app.settings.data_dir) / 'logs' / 'clipbot.log'})", file=sys.stderr)
         await LocalAdapter(app).repl()

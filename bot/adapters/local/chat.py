@@ -4,27 +4,44 @@ It goes through the same dispatch path as Discord and Slack. Syntax mirrors Disc
 `/whatis photo.jpg labels: cat, dog, person top: 3` (parsed by `bot.options`, as Slack's slash
 commands are); a file path fills an image option. Replies print as they arrive; images in
 replies are saved under the output folder and their paths printed; buttons print as the
-commands they stand for, which the user can type.
+commands they stand for, which the user can type. How lines are read, how commands run side
+by side and what Ctrl-C does is `session`'s part; the terminal itself is `terminal`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, AsyncIterator, TextIO
 
+from bot.adapters.base import Intake
 from bot.app import App
 from bot.commands import Action, Attachment, Reply, Request
-from bot.intake import ImageLimits, file_attachment
-from bot.markup import render_plain
+from bot.markup import progress_line, render_plain
 from bot.options import parse_command_text
 from engine.datadir import make_dir, write_file
 from engine.errors import BackendUnavailable, UserError
 
-PROMPT = "clipbot> "
+__all__ = ["LocalAdapter", "action_command", "progress_line"]
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One command's replies as they print. A progress message is edited in place on chat
+    platforms, so its buttons print once, not per edit; the long jobs it follows (their Cancel
+    buttons say which) are what Ctrl-C cancels."""
+
+    progress_actions: tuple = ()  # buttons already shown for its current progress message
+    jobs: set[str] = field(default_factory=set)
+
+    def note(self, reply: Reply) -> None:
+        self.jobs.update(str(a.options["job"]) for a in reply.actions if a.command == "cancel" and a.options.get("job"))
 
 
 class LocalAdapter:
@@ -37,7 +54,10 @@ class LocalAdapter:
         self.output_dir = Path(output_dir or dispatcher.settings.data_dir / "output")
         self.user_id, self.channel_id, self.is_admin = user_id, channel_id, is_admin
         self._saved = 0
-        self._progress_actions: tuple = ()  # buttons already shown for the current progress message
+        self._printing = threading.Lock()  # one reply's lines at a time, whichever thread renders it
+        self._stream = _Stream()  # for render() called outside a command's stream
+        self.running: dict[asyncio.Task, _Stream] = {}  # the commands answering now
+        self.lines: Any = None  # while the chat runs: where lines come from (terminal.open_lines)
         self.reconnecting: asyncio.Task | None = None  # resuming jobs once Redis is back (down at start)
 
     # ---- parsing ---------------------------------------------------------------------------
@@ -66,7 +86,7 @@ class LocalAdapter:
                        conversation={"channel": self.channel_id})
 
     def _attach(self, path_text: str) -> Attachment:
-        return file_attachment(self.dispatcher.engine.blobs, path_text, limits=ImageLimits.of(self.dispatcher.settings))
+        return Intake.of(self.dispatcher).local_file(path_text)
 
     # ---- answering -------------------------------------------------------------------------
     async def handle_line(self, line: str) -> list[Reply]:
@@ -77,26 +97,56 @@ class LocalAdapter:
             reply = Reply(text=str(exc), error=True, final=True, ephemeral=True)
             self.render(reply)
             return [reply]
-        replies = []
-        async for reply in self.dispatcher.handle(request):
-            replies.append(reply)
-            await asyncio.to_thread(self.render, reply)
-        return replies
+        return await self.answer(self.dispatcher.handle(request))
 
-    def render(self, reply: Reply) -> None:
+    async def answer(self, replies: AsyncIterator[Reply]) -> list[Reply]:
+        """Print each reply of a stream as it arrives; returns them. While it runs, the command
+        is in `running` (with the jobs it follows), where Ctrl-C finds it."""
+        stream = _Stream()
+        task = asyncio.current_task()
+        self.running[task] = stream
+        answered: list[Reply] = []
+        try:
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    answered.append(reply)
+                    stream.note(reply)
+                    await asyncio.to_thread(self.render, reply, stream)
+        finally:
+            self.running.pop(task, None)
+            if self.lines is not None:
+                self.lines.end_progress(stream)
+        return answered
+
+    def render(self, reply: Reply, stream: _Stream | None = None) -> None:
+        """Print a reply (blocking: it saves the reply's images). On a terminal a progress reply
+        updates its command's progress line above the prompt instead of printing a line."""
+        stream = stream or self._stream
         text = render_plain(reply.text)
-        if reply.progress is not None and not reply.final:
-            self.out.write(f"[{reply.progress:4.0%}] {text}\n")
-        elif text:
-            self.out.write(("error: " if reply.error else "") + text + "\n")
-        for image in reply.images:
-            self.out.write(f"[image saved: {self.save_image(image.data, image.filename)}]\n")
-        # A progress message is edited in place on chat platforms: print its buttons once, not per edit.
-        repeated = reply.progress is not None and not reply.final and reply.actions == self._progress_actions
-        self._progress_actions = reply.actions if reply.progress is not None and not reply.final else ()
-        for action in () if repeated else reply.actions:
-            self.out.write(f"[{action.label}] {action_command(action)}\n")
-        self.out.flush()
+        is_progress = reply.progress is not None and not reply.final
+        with self._printing:  # commands answer side by side: one reply's lines, and file names, at a time
+            lines = [] if is_progress or not text else [("error: " if reply.error else "") + text]
+            lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" for i in reply.images]
+            repeated = is_progress and reply.actions == stream.progress_actions
+            stream.progress_actions = reply.actions if is_progress else ()
+            lines += [f"[{a.label}] {action_command(a)}" for a in (() if repeated else reply.actions)]
+            if is_progress:
+                line = progress_line(reply.progress, text)
+                if self.lines is None or not self.lines.show_progress(stream, line):
+                    lines.insert(0, line)
+            elif self.lines is not None:
+                self.lines.end_progress(stream)
+            self._write(lines)
+
+    def print_line(self, text: str) -> None:
+        """A line of the chat's own (not a reply): the banner, what Ctrl-C did."""
+        with self._printing:
+            self._write([text])
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            self.out.write("".join(f"{line}\n" for line in lines))
+            self.out.flush()
 
     def save_image(self, data: bytes, filename: str) -> Path:
         make_dir(self.output_dir)
@@ -122,47 +172,16 @@ class LocalAdapter:
     async def _resume(self, jobs: Any) -> list[asyncio.Task]:
         tasks = []
         async for _conversation, replies in jobs:
-            tasks.append(asyncio.create_task(self._render_stream(replies)))
+            tasks.append(asyncio.create_task(self.answer(replies)))
         if tasks:
-            self.out.write(f"(following {len(tasks)} unfinished job{'s' if len(tasks) > 1 else ''} "
-                           "from last time)\n")
-            self.out.flush()
+            self.print_line(f"(following {len(tasks)} unfinished job{'s' if len(tasks) > 1 else ''} from last time)")
         return tasks
 
-    async def _render_stream(self, replies: Any) -> None:
-        async for reply in replies:
-            await asyncio.to_thread(self.render, reply)
-
     async def repl(self, stdin: TextIO = sys.stdin) -> None:
-        """Read commands until EOF or /quit. At EOF (piped input) resumed jobs are waited for; /quit
-        leaves them running on the workers, to be followed again next time."""
-        interactive = stdin.isatty()
-        self.out.write("clipbot local chat. /help lists commands, /quit leaves.\n")
-        resumed = await self.resume()
-        quit_asked = await self._read_loop(stdin, interactive)
-        if self.reconnecting is not None:  # Redis was down at start
-            if self.reconnecting.done() and not self.reconnecting.cancelled() and not self.reconnecting.exception():
-                resumed += self.reconnecting.result()  # it came back: the jobs found then
-            else:
-                self.reconnecting.cancel()  # still down: no job known to wait for
-        for task in resumed:
-            if quit_asked:
-                task.cancel()
-        await asyncio.gather(*resumed, return_exceptions=True)
+        """Talk with the person at `stdin` until EOF, /quit or a second Ctrl-C (`ChatSession`)."""
+        from bot.adapters.local.session import ChatSession
 
-    async def _read_loop(self, stdin: TextIO, interactive: bool) -> bool:
-        """True when the user typed /quit, False at EOF."""
-        while True:
-            if interactive:
-                self.out.write(PROMPT)
-                self.out.flush()
-            line = await asyncio.to_thread(stdin.readline)
-            if not line:
-                return False
-            if line.strip() in ("/quit", "/exit"):
-                return True
-            if line.strip():
-                await self.handle_line(line)
+        await ChatSession(self).run(stdin)
 
 
 def action_command(action: Action) -> str:
