@@ -26,6 +26,21 @@ os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "
                    "CLIPBOT_VQGAN_MODEL": "tiny-test"})
 
 
+# Tiers are folders; the marker follows the folder, so a test is never filed under the wrong tier.
+# tests/plugin drives the whole stack in one process through the local chat, and tests/index runs
+# against a real PostgreSQL: both are integration tests.
+_TIER_OF_FOLDER = {"unit": "unit", "integration": "integration", "plugin": "integration", "index": "integration",
+                   "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        folder = item.path.relative_to(ROOT / "tests").parts[0]
+        if folder not in _TIER_OF_FOLDER:
+            raise pytest.UsageError(f"{item.nodeid}: tests/{folder} has no tier; add it to _TIER_OF_FOLDER")
+        item.add_marker(_TIER_OF_FOLDER[folder])
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("clipbot-data")

@@ -131,6 +131,7 @@ def test_a_refused_long_admin_command_is_answered_privately_without_a_thread(wor
     assert record.original_id not in fake.messages[world.general]  # the "thinking..." placeholder went
 
 
+@pytest.mark.slow
 def test_a_button_click_after_a_bot_restart_runs_as_the_clicker(world, start_bot):
     fake = world.fake
     bot = start_bot()
@@ -278,6 +279,7 @@ def _buttons(message: dict) -> dict[str, str]:
     return {c["label"]: c["custom_id"] for row in message["components"] for c in row["components"]}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # two /imagine runs on a shared CPU
 def test_imagine_runs_in_a_thread_with_progress_edits_a_final_image_and_working_buttons(world, start_bot):
     # No edit throttle here: a fast CPU runs 24 tiny steps inside one interval, and the throttle would then
@@ -380,6 +382,7 @@ def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot)
     assert all(m["id"] in found for m in old[::2])
 
 
+@pytest.mark.slow
 def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_path):
     """`clipbot index backfill --platform discord` walks the history over REST alone (no bot
     running, no gateway), resumes from its cursor, and a bad channel or token is one clear line."""

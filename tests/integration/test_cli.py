@@ -44,6 +44,7 @@ def _bad(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(data_dir, tmp_path):
     for args, message in _bad(tmp_path):
         out = clipbot(data_dir, "whatis", *args, "--json")

@@ -96,6 +96,7 @@ def test_200_concurrent_requests_share_one_reader(redis_url, workers, tmp_path):
     assert during - before < 50, (before, during)
 
 
+@pytest.mark.slow
 def test_whole_worker_killed_job_is_requeued_and_not_run_twice(redis_url, workers, tmp_path):
     fast = {"CLIPBOT_WORKER_DEAD_AFTER": "2"}
     engine = engine_for(redis_url, tmp_path, worker_dead_after=2)

@@ -118,6 +118,7 @@ def _run_killed(redis_engine, start_worker, kill, tmp_path, **worker_env):
     return job, final, last_checkpoint, fresh
 
 
+@pytest.mark.slow
 def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_worker, client, tmp_path):
     def kill_child(worker):
         (child,) = worker.children()
@@ -138,6 +139,7 @@ def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_wo
     assert clean.images[0].data == final.images[0].data
 
 
+@pytest.mark.slow
 def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker, client, tmp_path):
     def kill_all(worker):
         os.killpg(worker.proc.pid, signal.SIGKILL)  # parent and children: the host went away
@@ -153,6 +155,7 @@ def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker,
     assert final.data["steps"] == 200
 
 
+@pytest.mark.slow
 def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
     worker = start_worker("--queues", LONG)
     worker.wait_ready(redis_engine.engine, queue=LONG)

@@ -48,6 +48,7 @@ def test_whatis_through_redis_and_a_worker(redis_engine, start_worker, client, t
     assert set(client.scan_iter("clipbot:blob:*")) <= blobs_before
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_task_does_not_lose_the_job(redis_url, start_worker, client, tmp_path):
     settings = make_settings(tmp_path, broker_url=redis_url, queue_timeout=120, job_timeout=300)
     from bot.app import open_app as app

@@ -267,6 +267,7 @@ def test_long_running_command_works_in_a_thread(bot, fake):
 
 
 # ---- buttons survive a restart ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_button_click_after_restart_is_a_request_from_the_clicker(bot, fake):
     word = _token()
     bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", word))
@@ -615,6 +616,7 @@ def test_index_backfill_reads_history_patiently(bot, fake):
     assert len(history) >= 2  # the rate-limited call was waited out and made again
 
 
+@pytest.mark.slow
 def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_path):
     """`clipbot index backfill --platform slack` reads conversations.history over the Web API alone
     (no bot running), waits out a rate limit, and the pictures are then searchable from the shell."""
@@ -651,6 +653,7 @@ def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_pat
     assert bad.returncode == 2 and "refused SLACK_BOT_TOKEN" in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow
 def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engine, redis_url, data_dir, start_worker):
     worker = start_worker("--queues", "gpu-long,gpu,io", "--pool", "solo")
     worker.wait_ready(redis_engine.engine, "gpu-long")

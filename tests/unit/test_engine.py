@@ -161,6 +161,7 @@ def test_job_inputs_are_deleted_when_the_job_ends_outputs_stay(engine):
     assert isinstance(error, JobFailed) and "no longer available" in str(error)
 
 
+@pytest.mark.slow
 def test_finished_jobs_are_forgotten_after_job_ttl(tmp_path):
     engine = create_engine(make_settings(tmp_path, job_ttl=1))
     engine.start_embedded(["tests.sample_tasks"])
