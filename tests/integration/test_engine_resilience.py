@@ -51,6 +51,7 @@ async def outcome(engine, job_id):
             return event.data["result"]
 
 
+@pytest.mark.slow
 def test_followers_carry_on_through_a_redis_restart(own_redis, workers, tmp_path):
     engine = engine_for(own_redis.url, tmp_path)
     worker = workers(own_redis.url, "--pool", "solo")
@@ -127,6 +128,7 @@ def _unacked(client, job_id: str) -> dict[bytes, float]:
             if job_id.encode() in raw}
 
 
+@pytest.mark.slow
 def test_a_dead_workers_delivery_restored_after_its_job_expired_never_runs(redis_url, workers, tmp_path):
     import redis
 
@@ -177,6 +179,7 @@ def test_a_worker_with_another_visibility_timeout_than_the_fleet_refuses_to_star
     assert [w["pid"] for w in engine.live_workers()] == [running.proc.pid]  # it never served
 
 
+@pytest.mark.slow
 def test_a_job_that_kills_its_worker_fails_at_the_attempt_cap(redis_url, workers, tmp_path):
     import redis
 
