@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pictures import png_header_only, write_image  # noqa: F401 (tests import them from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
@@ -79,26 +81,6 @@ def local(embedded, tmp_path):
     adapter = LocalAdapter(embedded, out=out, output_dir=tmp_path / "out", channel_id=f"test-{uuid.uuid4().hex[:8]}")
     adapter.buffer = out
     return adapter
-
-
-def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Path:
-    from PIL import Image
-
-    Image.new("RGB", size, color).save(path, format=fmt)
-    return path
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny 8-bit greyscale PNG whose IHDR claims width×height; it holds one row of pixel data."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 
 import discord
 import pytest
 import yarl
-from PIL import Image as PILImage
 
 from bot.adapters.discord import DiscordAdapter, serve
 from engine.errors import UserError
 from tests.conftest import make_settings
 from tests.fakes.discord_fake import BOT_TOKEN, FakeDiscord
+from tests.support.pictures import png_bytes
 
 
 def _png(shade: int) -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", (24, 24), (shade, 0, 0)).save(out, format="PNG")
-    return out.getvalue()
+    return png_bytes((shade, 0, 0), (24, 24))
 
 
 @pytest.fixture

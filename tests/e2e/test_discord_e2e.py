@@ -14,14 +14,13 @@ from PIL import Image as PILImage
 
 from tests.e2e.discord_probe import PREFIX, noise_png
 from tests.fakes.discord_fake import EPHEMERAL, MANAGE_THREADS, VIEW_CHANNEL, FakeDiscord, InteractionRecord
+from tests.support.pictures import png_bytes
 
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
 
 def _png(color=(200, 30, 30), size=(96, 64)) -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", size, color).save(out, format="PNG")
-    return out.getvalue()
+    return png_bytes(color, size)
 
 
 def _answer(fake: FakeDiscord, record: InteractionRecord, what: str = "the answer") -> dict:

@@ -18,7 +18,7 @@ import pytest
 from engine.app import create_engine
 from engine.errors import JobFailed
 from tests.conftest import ROOT, WorkerProcess, clipbot_env, make_settings, write_image
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 SAMPLE = {"CLIPBOT_EXTRA_PLUGINS": "tests.sample_plugin"}
 

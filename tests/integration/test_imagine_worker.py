@@ -17,7 +17,7 @@ import redis
 from bot.adapters.local import LocalAdapter, action_command
 from engine.checkpoints import checkpoints_for
 from tests.conftest import ROOT, clipbot_env, make_settings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 LONG = "gpu-long"
 

@@ -24,19 +24,14 @@ from bot.actions import decode_action
 from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
+from tests.support.pictures import png_bytes
 
 TEAM = "T0FAKE"
 SECRET = "fake-signing-secret"
 
 
 def _png(color=(200, 30, 30), size=(48, 32)) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(color, size)
 
 
 class SlackBot:
