@@ -117,7 +117,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update({"requests": 10, "concurrency": 5})
 
     fake = FakeSlack().start()
     fake.add_user("U1", ["C1"])

@@ -214,15 +214,13 @@ def run_direct(settings: Any, image: bytes, warmup: int, iterations: int, top: i
 
 def run_embedded(settings: Any, image: bytes, warmup: int, iterations: int, top: int,
                  concurrent: int = 0) -> tuple[list[int], dict, dict | None]:
-    from engine.app import create_engine
+    from bot.app import open_app
 
-    engine = create_engine(settings)
-    engine.start_embedded(["plugins.whatis.tasks"])
-    try:
-        samples, breakdown = engine_path(engine, image, warmup, iterations, top)
-        return samples, breakdown, concurrent_path(engine, image, concurrent, top) if concurrent else None
-    finally:
-        engine.stop()  # its worker thread polls the memory transport; do not let it disturb later paths
+    # The engine as `clipbot run` builds it (its tasks need the plugins' settings); the block stops its
+    # worker thread, which polls the memory transport: it must not disturb the later paths.
+    with open_app(settings) as app:
+        samples, breakdown = engine_path(app.engine, image, warmup, iterations, top)
+        return samples, breakdown, concurrent_path(app.engine, image, concurrent, top) if concurrent else None
 
 
 class Worker:
@@ -271,16 +269,16 @@ def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: byt
               iterations: int, top: int, concurrent: int = 0) -> tuple[list[int], dict, dict | None]:
     import redis
 
-    from engine.app import create_engine
+    from bot.app import open_app
 
     redis.Redis.from_url(broker_url).flushdb()  # stale worker announcements, queues, blobs
     settings = make_settings(data_dir, model, broker_url=broker_url)
-    engine = create_engine(settings)
     worker = Worker(pool, data_dir, broker_url, model)
     try:
-        worker.wait_ready(engine)
-        samples, breakdown = engine_path(engine, image, warmup, iterations, top)
-        return samples, breakdown, concurrent_path(engine, image, concurrent, top) if concurrent else None
+        with open_app(settings, start_worker=False) as app:
+            worker.wait_ready(app.engine)
+            samples, breakdown = engine_path(app.engine, image, warmup, iterations, top)
+            return samples, breakdown, concurrent_path(app.engine, image, concurrent, top) if concurrent else None
     finally:
         worker.stop()
         redis.Redis.from_url(broker_url).flushdb()  # leave no job records, events or blobs behind
@@ -432,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--batch-size", type=int, help="texts per batch for the trimmed build (default: per device)")
     matrix.add_argument("--sweep", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                         help="also time the trimmed build at these batch sizes, e.g. 16,64,256")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update({"iterations": 3, "warmup": 1, "concurrent": 4, "model": "tiny-test"})
     if args.label_matrix:
         logging.basicConfig(level=logging.ERROR)
         return label_matrix_main(args)
