@@ -72,6 +72,27 @@ def embedded(settings):
         yield dispatcher
 
 
+@pytest.fixture(scope="session")
+def imagenet_labels_cached(settings, embedded):
+    """The tiny model's ImageNet-1k label matrix in the session's label cache, as a worker that
+    prepared it leaves it: built from one prompt template per class instead of 80 (the real build,
+    80,000 prompts, took minutes), stored under the key of the real 80-template matrix. A /whatis
+    without labels that finds it proves its default is exactly ImageNet-1k with those templates;
+    any other label set misses the cache and builds (and reports progress)."""
+    import torch
+
+    from engine.datadir import make_dir
+    from engine.models import clip_for
+    from engine.models.clip import IMAGENET_CLASSNAMES, PROMPT_TEMPLATES
+    from plugins.whatis import pipeline, tasks
+
+    clip = clip_for(settings)
+    matrix = pipeline.encode_labels(clip, IMAGENET_CLASSNAMES, PROMPT_TEMPLATES[:1])
+    cache_dir = make_dir(tasks.label_cache_dir(settings))
+    torch.save(matrix, cache_dir / f"{pipeline._cache_key(clip, IMAGENET_CLASSNAMES, PROMPT_TEMPLATES)}.pt")
+    return matrix
+
+
 @pytest.fixture
 def local(embedded, tmp_path):
     """A local-chat adapter on the embedded engine, printing into a buffer, in its own channel."""
