@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pictures import png_header_only, write_image  # noqa: F401 (tests import them from here)
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -172,14 +173,12 @@ class WorkerProcess:
         )
 
     def wait_ready(self, engine, queue: str = "gpu", timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue)):
-                return
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited early:\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log()}")
+            return any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue))
+
+        wait_until(ready, timeout=timeout, what="the worker to be ready", detail=self.log)
 
     def children(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout

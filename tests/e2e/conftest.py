@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, clipbot_env
 from tests.fakes.discord_fake import BOT_TOKEN, MANAGE_GUILD, VIEW_CHANNEL, FakeDiscord
+from tests.support.polling import wait_until
 
 
 @dataclass
@@ -68,14 +68,13 @@ class BotProcess:
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> "BotProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "Discord: connected as" in self.log():
-                return self
+        def connected() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"clipbot run exited early ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"clipbot run not ready in {timeout}s:\n{self.log()}")
+            return "Discord: connected as" in self.log()
+
+        wait_until(connected, timeout=timeout, what="clipbot run to connect", detail=self.log)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:]

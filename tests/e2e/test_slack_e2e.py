@@ -25,6 +25,7 @@ from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
 from tests.support.pictures import png_bytes
+from tests.support.polling import wait_until
 
 TEAM = "T0FAKE"
 SECRET = "fake-signing-secret"
@@ -76,15 +77,13 @@ class SlackBot:
         return None
 
     def _wait(self, predicate, what: str, timeout: float = 120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def seen():
             value = predicate()
-            if value:
-                return value
-            if self.proc.poll() is not None:
+            if not value and self.proc.poll() is not None:
                 raise AssertionError(f"clipbot run exited ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"no {what} after {timeout}s:\n{self.log()}")
+            return value
+
+        return wait_until(seen, timeout=timeout, what=what, detail=self.log)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
