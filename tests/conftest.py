@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.pictures import png_header_only, write_image  # noqa: F401 (tests import them from here)
-from tests.support.polling import wait_until
+from tests.support.processes import ROOT, LoggedProcess  # noqa: F401 (ROOT: tests import it from here)
 
-ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 # Settings read the environment: pin it before any test builds a Settings object.
@@ -161,41 +159,18 @@ def run_clipbot(data_dir: Path, *args: str, stdin: str | None = None, timeout: f
                           capture_output=True, timeout=timeout, env=clipbot_env(data_dir, None, **env))
 
 
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """`clipbot worker` as a subprocess, as an operator runs it."""
 
+    name = "the worker"
+
     def __init__(self, data_dir: Path, redis_url: str, log_path: Path, *args: str, **env: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "worker", *args], cwd=ROOT, env=clipbot_env(data_dir, redis_url, **env),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__([sys.executable, "-m", "bot.cli", "worker", *args], log_path,
+                         env=clipbot_env(data_dir, redis_url, **env))
 
     def wait_ready(self, engine, queue: str = "gpu", timeout: float = 90) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log()}")
-            return any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue))
-
-        wait_until(ready, timeout=timeout, what="the worker to be ready", detail=self.log)
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
+        super().wait_ready(lambda: any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue)),
+                           what="the worker to be ready", timeout=timeout)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ the index hooks it receives.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
 from tests.support.pictures import png_bytes
-from tests.support.polling import wait_until
+from tests.support.processes import LoggedProcess
 
 TEAM = "T0FAKE"
 SECRET = "fake-signing-secret"
@@ -33,6 +34,18 @@ SECRET = "fake-signing-secret"
 
 def _png(color=(200, 30, 30), size=(48, 32)) -> bytes:
     return png_bytes(color, size)
+
+
+class _SlackRun(LoggedProcess):
+    """One `clipbot run` of a SlackBot; SIGTERM reaches the parent alone, as before."""
+
+    name, log_tail, grace = "clipbot run", 5000, 30.0
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__([sys.executable, "-m", "bot.cli", "run"], log_path, env=env, whole_group=False)
+
+    def stop(self, sig: int = signal.SIGTERM, kill_wait: float = 10) -> int:
+        return super().stop(sig, kill_wait)
 
 
 class SlackBot:
@@ -43,7 +56,7 @@ class SlackBot:
         self.redis_url = redis_url
         self.events_path = data_dir / "probe-events.jsonl"
         self.url = ""
-        self.proc: subprocess.Popen | None = None
+        self._process: _SlackRun | None = None
 
     def start(self) -> None:
         env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
@@ -58,42 +71,24 @@ class SlackBot:
         else:
             env.update(SLACK_SIGNING_SECRET=SECRET, CLIPBOT_SLACK_PORT="0", CLIPBOT_SLACK_HOST="127.0.0.1")
         connections = self.fake.socket_connections
-        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._process = _SlackRun(env, self.log_path)
         if self.mode == "socket":
             self._wait(lambda: self.fake.socket_connections > connections and self.fake.socket_connected, "a socket")
         else:
             self.url = self._wait(self._listening_url, "the HTTP listener")
 
     def _listening_url(self) -> str | None:
-        with open(self.log_path, "rb") as log:  # this run's lines only
-            log.seek(self._log_start)
-            lines = log.read().decode(errors="replace").splitlines()
-        for line in lines[::-1]:
+        for line in self._process.run_log().splitlines()[::-1]:  # this run's lines only
             if "HTTP mode listening on " in line:
                 return line.rsplit("listening on ", 1)[1].strip()
         return None
 
     def _wait(self, predicate, what: str, timeout: float = 120):
-        def seen():
-            value = predicate()
-            if not value and self.proc.poll() is not None:
-                raise AssertionError(f"clipbot run exited ({self.proc.returncode}):\n{self.log()}")
-            return value
-
-        return wait_until(seen, timeout=timeout, what=what, detail=self.log)
+        return self._process.wait_ready(predicate, what=what, timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+        if self._process:
+            self._process.stop()
 
     def restart(self) -> None:
         self.stop()
