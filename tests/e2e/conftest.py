@@ -59,7 +59,7 @@ class BotProcess(LoggedProcess):
         settings = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
                     "CLIPBOT_TEST_FILE_HOSTS": fake_file_host(fake),
                     "CLIPBOT_DISCORD_GATEWAY_URL": fake.gateway_url, "CLIPBOT_DISCORD_DEV_GUILD": world.guild,
-                    "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
+                    "CLIPBOT_EXTRA_PLUGINS": "tests.support.probe_plugin", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
         redis_url = env.pop("redis_url", None)  # set: Redis engine, jobs run on `clipbot worker`s
         settings.update(env)
         super().__init__([sys.executable, "-m", "bot.cli", "run"], log_path,

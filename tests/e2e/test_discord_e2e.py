@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image as PILImage
 
-from tests.e2e.discord_probe import PREFIX, noise_png
+from tests.support.probe_plugin import PREFIX, noise_png
 from tests.fakes.discord_fake import EPHEMERAL, MANAGE_THREADS, VIEW_CHANNEL, FakeDiscord, InteractionRecord
 from tests.support.pictures import png_bytes
 

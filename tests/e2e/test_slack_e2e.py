@@ -2,7 +2,7 @@
 Slack on 127.0.0.1, in both modes (Socket Mode and HTTP with signed requests).
 
 The commands come from real plugins (/whatis on the tiny random CLIP) and from a third-party-style
-test plugin (tests/probes/chat_probe.py) that shows what the adapter put in a request and records
+test plugin (tests/support/probe_plugin.py) that shows what the adapter put in a request and records
 the index hooks it receives.
 """
 
@@ -61,7 +61,7 @@ class SlackBot:
     def start(self) -> None:
         env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
                           CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_TEST_FILE_HOSTS=self.fake.file_host,
-                          CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
+                          CLIPBOT_EXTRA_PLUGINS="tests.support.probe_plugin",
                           CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0",
                           CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
         for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
