@@ -7,14 +7,14 @@ import hashlib
 import io
 import json
 import re
-import time
 
 import pytest
 from PIL import Image as PILImage
 
-from tests.support.probe_plugin import PREFIX, noise_png
 from tests.fakes.discord_fake import EPHEMERAL, MANAGE_THREADS, VIEW_CHANNEL, FakeDiscord, InteractionRecord
 from tests.support.pictures import png_bytes
+from tests.support.polling import wait_until
+from tests.support.probe_plugin import PREFIX, noise_png
 
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
@@ -317,12 +317,14 @@ def _search(fake: FakeDiscord, world, user: dict, query: str) -> dict:
 
 def _search_until(fake: FakeDiscord, world, user: dict, query: str, done, what: str) -> dict:
     """Indexing is asynchronous (batched on the engine): ask again until the answer shows it."""
-    for _ in range(60):
-        message = _search(fake, world, user, query)
-        if done(message["content"]):
-            return message
-        time.sleep(2)
-    raise AssertionError(f"/search never showed {what}: {message['content']}")
+    answers: list[dict] = []
+
+    def shown() -> dict | None:
+        answers.append(_search(fake, world, user, query))
+        return answers[-1] if done(answers[-1]["content"]) else None
+
+    return wait_until(shown, timeout=180, what=f"/search to show {what}", every=2,
+                      detail=lambda: f"last answer: {answers[-1]['content'] if answers else None}")
 
 
 def test_posted_images_are_searchable_only_by_members_who_can_read_their_channel(world, start_bot):

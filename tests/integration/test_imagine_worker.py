@@ -165,11 +165,15 @@ def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, d
                            start_new_session=True, text=True)
     bot.stdin.write("/imagine a stone bridge steps: 150 size: 64 every: 15 seed: 4\n")
     bot.stdin.flush()
-    seen = ""
-    while "step 15/150" not in seen:  # it is running and the bot has shown progress
+    seen: list[str] = []
+
+    def shown_progress() -> bool:  # it is running and the bot has shown progress
         line = bot.stdout.readline()
-        assert line, seen + worker.log()
-        seen += line
+        assert line, "".join(seen) + worker.log()
+        seen.append(line)
+        return "step 15/150" in "".join(seen)
+
+    wait_until(shown_progress, timeout=300, what="the bot to show step 15/150", detail=worker.log, every=0)
     os.killpg(bot.pid, signal.SIGKILL)  # the bot dies mid-job; the worker carries on
     bot.wait(10)
 
