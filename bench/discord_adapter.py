@@ -184,7 +184,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update({"requests": 5})
     import logging
 
     logging.basicConfig(level=getattr(logging, os.environ.get("BENCH_LOG", "ERROR")))

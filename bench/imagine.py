@@ -179,7 +179,11 @@ def main() -> None:
                         help="run the three loops this many times, interleaved; each keeps its fastest step "
                              "(load from other processes then hits all three alike)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update({"sizes": [32], "cutouts": 2, "steps": 1, "rounds": 1, "clip": "tiny-test", "vqgan": "tiny-test"})
     import logging
 
     logging.disable(logging.WARNING)  # open_clip warns that random weights are random

@@ -277,7 +277,11 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, help="HNSW build setting (default: the product's)")
     parser.add_argument("--ef-search", default="400", type=lambda s: [int(x) for x in s.split(",")],
                         help="pgvector hnsw.ef_search values to measure on one build (e.g. 100,200,400)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update({"sizes": [1000], "backends": ["embedded"], "queries": 20, "index_images": 8, "model": "tiny-test"})
     import torch
 
     if args.threads is None:

@@ -95,7 +95,7 @@ def _start_clipbot(fake: FakeSlack, data_dir: Path) -> tuple[subprocess.Popen, s
     env.update(CLIPBOT_CLIP_MODEL="tiny-test", CLIPBOT_DEVICE="cpu", CLIPBOT_DATA_DIR=str(data_dir),
                CLIPBOT_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", SLACK_BOT_TOKEN=fake.bot_token,
                SLACK_SIGNING_SECRET=SECRET, CLIPBOT_SLACK_API_URL=fake.api_url, CLIPBOT_SLACK_PORT="0",
-               CLIPBOT_SLACK_HOST="127.0.0.1", CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
+               CLIPBOT_SLACK_HOST="127.0.0.1", CLIPBOT_EXTRA_PLUGINS="tests.support.probe_plugin",
                CLIPBOT_SLACK_CHANNEL_INTERVAL="0")
     log_path = data_dir / "bot.log"
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env,
@@ -117,7 +117,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update({"requests": 10, "concurrency": 5})
 
     fake = FakeSlack().start()
     fake.add_user("U1", ["C1"])

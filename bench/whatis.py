@@ -31,9 +31,7 @@ import json
 import logging
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,8 @@ from typing import Any, Awaitable, Callable
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.support.processes import LoggedProcess  # noqa: E402 (the tests' child-process helper)
 
 GOAL_MS = 10.0
 LABELS = ["cat", "dog", "person", "car", "tree", "house", "bird", "boat", "flower", "mountain"]
@@ -214,19 +214,19 @@ def run_direct(settings: Any, image: bytes, warmup: int, iterations: int, top: i
 
 def run_embedded(settings: Any, image: bytes, warmup: int, iterations: int, top: int,
                  concurrent: int = 0) -> tuple[list[int], dict, dict | None]:
-    from engine.app import create_engine
+    from bot.app import open_app
 
-    engine = create_engine(settings)
-    engine.start_embedded(["plugins.whatis.tasks"])
-    try:
-        samples, breakdown = engine_path(engine, image, warmup, iterations, top)
-        return samples, breakdown, concurrent_path(engine, image, concurrent, top) if concurrent else None
-    finally:
-        engine.stop()  # its worker thread polls the memory transport; do not let it disturb later paths
+    # The engine as `clipbot run` builds it (its tasks need the plugins' settings); the block stops its
+    # worker thread, which polls the memory transport: it must not disturb the later paths.
+    with open_app(settings) as app:
+        samples, breakdown = engine_path(app.engine, image, warmup, iterations, top)
+        return samples, breakdown, concurrent_path(app.engine, image, concurrent, top) if concurrent else None
 
 
-class Worker:
+class Worker(LoggedProcess):
     """`python -m bot.cli worker` as an operator runs it, in its own process group."""
+
+    name, log_tail = "the worker", 4000
 
     def __init__(self, pool: str, data_dir: Path, broker_url: str, model: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPBOT_")}
@@ -234,53 +234,28 @@ class Worker:
             "CLIPBOT_BROKER_URL": broker_url, "CLIPBOT_CLIP_MODEL": model, "CLIPBOT_DEVICE": "cpu",
             "CLIPBOT_DATA_DIR": str(data_dir), "CLIPBOT_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
         })
-        self.log_path = data_dir / f"worker-{pool}.log"
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "worker", "--pool", pool], cwd=ROOT, env=env,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__([sys.executable, "-m", "bot.cli", "worker", "--pool", pool], data_dir / f"worker-{pool}.log",
+                         env=env, cwd=ROOT)
 
     def wait_ready(self, engine: Any, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(w.get("pid") == self.proc.pid for w in engine.live_workers("gpu")):
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the worker exited early (code {self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"the worker was not ready within {timeout:.0f} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-            except ProcessLookupError:
-                pass
-        self._log.close()
+        super().wait_ready(lambda: any(w.get("pid") == self.proc.pid for w in engine.live_workers("gpu")),
+                           what="the worker to be ready", timeout=timeout)
 
 
 def run_redis(pool: str, data_dir: Path, model: str, broker_url: str, image: bytes, warmup: int,
               iterations: int, top: int, concurrent: int = 0) -> tuple[list[int], dict, dict | None]:
     import redis
 
-    from engine.app import create_engine
+    from bot.app import open_app
 
     redis.Redis.from_url(broker_url).flushdb()  # stale worker announcements, queues, blobs
     settings = make_settings(data_dir, model, broker_url=broker_url)
-    engine = create_engine(settings)
     worker = Worker(pool, data_dir, broker_url, model)
     try:
-        worker.wait_ready(engine)
-        samples, breakdown = engine_path(engine, image, warmup, iterations, top)
-        return samples, breakdown, concurrent_path(engine, image, concurrent, top) if concurrent else None
+        with open_app(settings, start_worker=False) as app:
+            worker.wait_ready(app.engine)
+            samples, breakdown = engine_path(app.engine, image, warmup, iterations, top)
+            return samples, breakdown, concurrent_path(app.engine, image, concurrent, top) if concurrent else None
     finally:
         worker.stop()
         redis.Redis.from_url(broker_url).flushdb()  # leave no job records, events or blobs behind
@@ -432,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     matrix.add_argument("--batch-size", type=int, help="texts per batch for the trimmed build (default: per device)")
     matrix.add_argument("--sweep", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                         help="also time the trimmed build at these batch sizes, e.g. 16,64,256")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update({"iterations": 3, "warmup": 1, "concurrent": 4, "model": "tiny-test"})
     if args.label_matrix:
         logging.basicConfig(level=logging.ERROR)
         return label_matrix_main(args)

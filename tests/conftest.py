@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.pictures import png_header_only, write_image  # noqa: F401 (tests import them from here)
+from tests.support.processes import ROOT, LoggedProcess  # noqa: F401 (ROOT: tests import it from here)
+
 REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 # Settings read the environment: pin it before any test builds a Settings object.
@@ -24,6 +25,21 @@ for _name in [n for n in os.environ if n.startswith("CLIPBOT_") and n != "CLIPBO
     del os.environ[_name]
 os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING",
                    "CLIPBOT_VQGAN_MODEL": "tiny-test"})
+
+
+# Tiers are folders; the marker follows the folder, so a test is never filed under the wrong tier.
+# tests/plugin drives the whole stack in one process through the local chat, and tests/index runs
+# against a real PostgreSQL: both are integration tests.
+_TIER_OF_FOLDER = {"unit": "unit", "integration": "integration", "plugin": "integration", "index": "integration",
+                   "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        folder = item.path.relative_to(ROOT / "tests").parts[0]
+        if folder not in _TIER_OF_FOLDER:
+            raise pytest.UsageError(f"{item.nodeid}: tests/{folder} has no tier; add it to _TIER_OF_FOLDER")
+        item.add_marker(_TIER_OF_FOLDER[folder])
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +71,27 @@ def embedded(settings):
         yield dispatcher
 
 
+@pytest.fixture(scope="session")
+def imagenet_labels_cached(settings, embedded):
+    """The tiny model's ImageNet-1k label matrix in the session's label cache, as a worker that
+    prepared it leaves it: built from one prompt template per class instead of 80 (the real build,
+    80,000 prompts, took minutes), stored under the key of the real 80-template matrix. A /whatis
+    without labels that finds it proves its default is exactly ImageNet-1k with those templates;
+    any other label set misses the cache and builds (and reports progress)."""
+    import torch
+
+    from engine.datadir import make_dir
+    from engine.models import clip_for
+    from engine.models.clip import IMAGENET_CLASSNAMES, PROMPT_TEMPLATES
+    from plugins.whatis import pipeline, tasks
+
+    clip = clip_for(settings)
+    matrix = pipeline.encode_labels(clip, IMAGENET_CLASSNAMES, PROMPT_TEMPLATES[:1])
+    cache_dir = make_dir(tasks.label_cache_dir(settings))
+    torch.save(matrix, cache_dir / f"{pipeline._cache_key(clip, IMAGENET_CLASSNAMES, PROMPT_TEMPLATES)}.pt")
+    return matrix
+
+
 @pytest.fixture
 def local(embedded, tmp_path):
     """A local-chat adapter on the embedded engine, printing into a buffer, in its own channel."""
@@ -64,26 +101,6 @@ def local(embedded, tmp_path):
     adapter = LocalAdapter(embedded, out=out, output_dir=tmp_path / "out", channel_id=f"test-{uuid.uuid4().hex[:8]}")
     adapter.buffer = out
     return adapter
-
-
-def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Path:
-    from PIL import Image
-
-    Image.new("RGB", size, color).save(path, format=fmt)
-    return path
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny 8-bit greyscale PNG whose IHDR claims width×height; it holds one row of pixel data."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture
@@ -142,43 +159,18 @@ def run_clipbot(data_dir: Path, *args: str, stdin: str | None = None, timeout: f
                           capture_output=True, timeout=timeout, env=clipbot_env(data_dir, None, **env))
 
 
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """`clipbot worker` as a subprocess, as an operator runs it."""
 
+    name = "the worker"
+
     def __init__(self, data_dir: Path, redis_url: str, log_path: Path, *args: str, **env: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "worker", *args], cwd=ROOT, env=clipbot_env(data_dir, redis_url, **env),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__([sys.executable, "-m", "bot.cli", "worker", *args], log_path,
+                         env=clipbot_env(data_dir, redis_url, **env))
 
     def wait_ready(self, engine, queue: str = "gpu", timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue)):
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log()}")
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
+        super().wait_ready(lambda: any(w.get("pid") == self.proc.pid for w in engine.live_workers(queue)),
+                           what="the worker to be ready", timeout=timeout)
 
 
 @pytest.fixture

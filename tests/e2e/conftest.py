@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, clipbot_env
+from tests.conftest import clipbot_env
 from tests.fakes.discord_fake import BOT_TOKEN, MANAGE_GUILD, VIEW_CHANNEL, FakeDiscord
+from tests.support.processes import LoggedProcess
 
 
 @dataclass
@@ -49,51 +48,31 @@ def fake_file_host(fake: FakeDiscord) -> str:
     return f"127.0.0.1:{fake.port}"
 
 
-class BotProcess:
+class BotProcess(LoggedProcess):
     """`clipbot run` serving the fake Discord, as an operator starts it."""
 
+    name, log_tail, grace = "clipbot run", 8000, 30.0
+
     def __init__(self, world: World, data_dir: Path, log_path: Path, **env: str) -> None:
-        self.world, self.data_dir, self.log_path = world, data_dir, log_path
+        self.world, self.data_dir = world, data_dir
         fake = world.fake
         settings = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
                     "CLIPBOT_TEST_FILE_HOSTS": fake_file_host(fake),
                     "CLIPBOT_DISCORD_GATEWAY_URL": fake.gateway_url, "CLIPBOT_DISCORD_DEV_GUILD": world.guild,
-                    "CLIPBOT_EXTRA_PLUGINS": "tests.e2e.discord_probe", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
+                    "CLIPBOT_EXTRA_PLUGINS": "tests.support.probe_plugin", "CLIPBOT_DISCORD_EDIT_INTERVAL": "1.5", "PYTHONASYNCIODEBUG": os.environ.get("PROBE_ASYNCIO_DEBUG", "")}
         redis_url = env.pop("redis_url", None)  # set: Redis engine, jobs run on `clipbot worker`s
         settings.update(env)
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT,
-                                     env=clipbot_env(data_dir, redis_url, **settings),
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        super().__init__([sys.executable, "-m", "bot.cli", "run"], log_path,
+                         env=clipbot_env(data_dir, redis_url, **settings), stdin=subprocess.DEVNULL)
 
     def wait_ready(self, timeout: float = 60) -> "BotProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "Discord: connected as" in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise AssertionError(f"clipbot run exited early ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"clipbot run not ready in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-8000:]
+        super().wait_ready(lambda: "Discord: connected as" in self.log(), what="clipbot run to connect",
+                           timeout=timeout)
+        return self
 
     def events(self) -> list[dict]:
         path = self.data_dir / "probe-events.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -4,25 +4,21 @@ file-host allowlist, and what the adapter does when a token is refused."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 
 import discord
 import pytest
-import yarl
-from PIL import Image as PILImage
 
 from bot.adapters.discord import DiscordSettings
 from bot.adapters.discord.client import DiscordAdapter, serve
 from engine.errors import UserError
 from tests.conftest import make_settings
 from tests.fakes.discord_fake import BOT_TOKEN, FakeDiscord
+from tests.support.pictures import png_bytes
+from tests.support.polling import wait_until_async
 
 
 def _png(shade: int) -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", (24, 24), (shade, 0, 0)).save(out, format="PNG")
-    return out.getvalue()
+    return png_bytes((shade, 0, 0), (24, 24))
 
 
 @pytest.fixture
@@ -57,13 +53,14 @@ def _settings(tmp_path, fake: FakeDiscord):
 async def _serving(app, settings, body):
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, *settings, stop))
-    for _ in range(400):
-        if "discord" in app.history_sources and getattr(app.history_sources["discord"].adapter.client, "is_ready",
-                                                        lambda: False)():
-            break
+
+    def ready() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
+            task.result()  # serve() failed: its exception, not a timeout
+        return "discord" in app.history_sources and getattr(app.history_sources["discord"].adapter.client,
+                                                            "is_ready", lambda: False)()
+
+    await wait_until_async(ready, timeout=60, what="the Discord client to be ready")
     try:
         return await body(app.history_sources["discord"])
     finally:

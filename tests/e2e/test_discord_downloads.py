@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from tests.e2e.test_discord_e2e import _answer, _search_until
 from tests.fakes.cdn import lying_file, photo_jpeg
 from tests.fakes.discord_fake import EPHEMERAL, FakeDiscord
@@ -64,6 +66,7 @@ def test_a_file_larger_than_it_claims_is_refused_with_the_size_message(world, st
     assert not any(e.get("posted") == posted["id"] for e in bot.events())
 
 
+@pytest.mark.slow
 def test_backfill_from_the_shell_stores_real_photos_whole(world, tmp_path):
     from tests.conftest import run_clipbot
     from tests.fakes.discord_fake import BOT_TOKEN

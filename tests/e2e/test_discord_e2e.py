@@ -7,21 +7,20 @@ import hashlib
 import io
 import json
 import re
-import time
 
 import pytest
 from PIL import Image as PILImage
 
-from tests.e2e.discord_probe import PREFIX, noise_png
 from tests.fakes.discord_fake import EPHEMERAL, MANAGE_THREADS, VIEW_CHANNEL, FakeDiscord, InteractionRecord
+from tests.support.pictures import png_bytes
+from tests.support.polling import wait_until
+from tests.support.probe_plugin import PREFIX, noise_png
 
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
 
 def _png(color=(200, 30, 30), size=(96, 64)) -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", size, color).save(out, format="PNG")
-    return out.getvalue()
+    return png_bytes(color, size)
 
 
 def _answer(fake: FakeDiscord, record: InteractionRecord, what: str = "the answer") -> dict:
@@ -131,6 +130,7 @@ def test_a_refused_long_admin_command_is_answered_privately_without_a_thread(wor
     assert record.original_id not in fake.messages[world.general]  # the "thinking..." placeholder went
 
 
+@pytest.mark.slow
 def test_a_button_click_after_a_bot_restart_runs_as_the_clicker(world, start_bot):
     fake = world.fake
     bot = start_bot()
@@ -278,6 +278,7 @@ def _buttons(message: dict) -> dict[str, str]:
     return {c["label"]: c["custom_id"] for row in message["components"] for c in row["components"]}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # two /imagine runs on a shared CPU
 def test_imagine_runs_in_a_thread_with_progress_edits_a_final_image_and_working_buttons(world, start_bot):
     # No edit throttle here: a fast CPU runs 24 tiny steps inside one interval, and the throttle would then
@@ -316,12 +317,14 @@ def _search(fake: FakeDiscord, world, user: dict, query: str) -> dict:
 
 def _search_until(fake: FakeDiscord, world, user: dict, query: str, done, what: str) -> dict:
     """Indexing is asynchronous (batched on the engine): ask again until the answer shows it."""
-    for _ in range(60):
-        message = _search(fake, world, user, query)
-        if done(message["content"]):
-            return message
-        time.sleep(2)
-    raise AssertionError(f"/search never showed {what}: {message['content']}")
+    answers: list[dict] = []
+
+    def shown() -> dict | None:
+        answers.append(_search(fake, world, user, query))
+        return answers[-1] if done(answers[-1]["content"]) else None
+
+    return wait_until(shown, timeout=180, what=f"/search to show {what}", every=2,
+                      detail=lambda: f"last answer: {answers[-1]['content'] if answers else None}")
 
 
 def test_posted_images_are_searchable_only_by_members_who_can_read_their_channel(world, start_bot):
@@ -380,6 +383,7 @@ def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot)
     assert all(m["id"] in found for m in old[::2])
 
 
+@pytest.mark.slow
 def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_path):
     """`clipbot index backfill --platform discord` walks the history over REST alone (no bot
     running, no gateway), resumes from its cursor, and a bad channel or token is one clear line."""

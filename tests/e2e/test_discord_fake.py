@@ -9,6 +9,7 @@ import pytest
 import yarl
 
 from tests.fakes.discord_fake import BOT_TOKEN, MANAGE_GUILD, READ_MESSAGE_HISTORY, VIEW_CHANNEL, FakeDiscord
+from tests.support.polling import wait_until_async
 
 
 @pytest.fixture
@@ -90,10 +91,7 @@ def test_message_content_is_blanked_without_the_intent_and_refused_when_not_gran
     async def body(client: discord.Client):
         client.event(_named_msg(got))
         fake.post_message(channel, carol, "hello", files=[("a.png", b"\x89PNG....", "image/png")])
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: got, timeout=5, what="the message to reach the client")
         return got
 
     asyncio.run(_with_client(fake, body))  # default intents: no message content

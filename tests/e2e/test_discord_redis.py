@@ -13,6 +13,7 @@ from tests.e2e.test_discord_e2e import _buttons, _thread_of
 LONG = "gpu-long"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_bot_killed_mid_imagine_delivers_the_picture_after_a_restart(world, start_bot, redis_engine,
                                                                        start_worker, redis_url):

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from aiohttp import WSMsgType, web
 
 from tests.fakes.cdn import Served, send
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 DISCORD_EPOCH_MS = 1420070400000
 BOT_TOKEN = "fake-bot-token"

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import WSMsgType, web
 
 from tests.fakes.cdn import Served, send
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
 

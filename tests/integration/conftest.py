@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.polling import wait_until
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -35,14 +35,13 @@ class OwnRedis:
              "--dir", str(self.dir), "--save", "", "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return
+                return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
             except redis.RedisError:
-                time.sleep(0.05)
-        raise AssertionError(f"redis-server did not start on port {self.port}")
+                return False
+
+        wait_until(answers, timeout=10, what=f"redis-server to start on port {self.port}")
 
     def stop(self) -> None:
         """SIGTERM: Redis flushes the AOF and exits, as in an ordinary restart."""

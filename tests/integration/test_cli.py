@@ -44,6 +44,7 @@ def _bad(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(data_dir, tmp_path):
     for args, message in _bad(tmp_path):
         out = clipbot(data_dir, "whatis", *args, "--json")
@@ -226,7 +227,7 @@ def test_run_with_redis_down_starts_says_so_and_works_once_redis_is_back(data_di
         server = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "",
                                    "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
-        from tests.polling import wait_until
+        from tests.support.polling import wait_until
 
         probe = redis.Redis(port=port)
 

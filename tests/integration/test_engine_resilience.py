@@ -18,7 +18,7 @@ import pytest
 from engine.app import create_engine
 from engine.errors import JobFailed
 from tests.conftest import ROOT, WorkerProcess, clipbot_env, make_settings, write_image
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 SAMPLE = {"CLIPBOT_EXTRA_PLUGINS": "tests.sample_plugin"}
 
@@ -51,6 +51,7 @@ async def outcome(engine, job_id):
             return event.data["result"]
 
 
+@pytest.mark.slow
 def test_followers_carry_on_through_a_redis_restart(own_redis, workers, tmp_path):
     engine = engine_for(own_redis.url, tmp_path)
     worker = workers(own_redis.url, "--pool", "solo")
@@ -96,6 +97,7 @@ def test_200_concurrent_requests_share_one_reader(redis_url, workers, tmp_path):
     assert during - before < 50, (before, during)
 
 
+@pytest.mark.slow
 def test_whole_worker_killed_job_is_requeued_and_not_run_twice(redis_url, workers, tmp_path):
     fast = {"CLIPBOT_WORKER_DEAD_AFTER": "2"}
     engine = engine_for(redis_url, tmp_path, worker_dead_after=2)
@@ -126,6 +128,7 @@ def _unacked(client, job_id: str) -> dict[bytes, float]:
             if job_id.encode() in raw}
 
 
+@pytest.mark.slow
 def test_a_dead_workers_delivery_restored_after_its_job_expired_never_runs(redis_url, workers, tmp_path):
     import redis
 
@@ -176,6 +179,7 @@ def test_a_worker_with_another_visibility_timeout_than_the_fleet_refuses_to_star
     assert [w["pid"] for w in engine.live_workers()] == [running.proc.pid]  # it never served
 
 
+@pytest.mark.slow
 def test_a_job_that_kills_its_worker_fails_at_the_attempt_cap(redis_url, workers, tmp_path):
     import redis
 

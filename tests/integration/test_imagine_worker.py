@@ -17,7 +17,7 @@ import redis
 from bot.adapters.local import LocalAdapter, action_command
 from engine.checkpoints import checkpoints_for
 from tests.conftest import ROOT, clipbot_env, make_settings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 LONG = "gpu-long"
 
@@ -118,6 +118,7 @@ def _run_killed(redis_engine, start_worker, kill, tmp_path, **worker_env):
     return job, final, last_checkpoint, fresh
 
 
+@pytest.mark.slow
 def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_worker, client, tmp_path):
     def kill_child(worker):
         (child,) = worker.children()
@@ -138,6 +139,7 @@ def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_wo
     assert clean.images[0].data == final.images[0].data
 
 
+@pytest.mark.slow
 def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker, client, tmp_path):
     def kill_all(worker):
         os.killpg(worker.proc.pid, signal.SIGKILL)  # parent and children: the host went away
@@ -153,6 +155,7 @@ def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker,
     assert final.data["steps"] == 200
 
 
+@pytest.mark.slow
 def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
     worker = start_worker("--queues", LONG)
     worker.wait_ready(redis_engine.engine, queue=LONG)
@@ -162,11 +165,15 @@ def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, d
                            start_new_session=True, text=True)
     bot.stdin.write("/imagine a stone bridge steps: 150 size: 64 every: 15 seed: 4\n")
     bot.stdin.flush()
-    seen = ""
-    while "step 15/150" not in seen:  # it is running and the bot has shown progress
+    seen: list[str] = []
+
+    def shown_progress() -> bool:  # it is running and the bot has shown progress
         line = bot.stdout.readline()
-        assert line, seen + worker.log()
-        seen += line
+        assert line, "".join(seen) + worker.log()
+        seen.append(line)
+        return "step 15/150" in "".join(seen)
+
+    wait_until(shown_progress, timeout=300, what="the bot to show step 15/150", detail=worker.log, every=0)
     os.killpg(bot.pid, signal.SIGKILL)  # the bot dies mid-job; the worker carries on
     bot.wait(10)
 

@@ -12,7 +12,7 @@ import redis
 from engine.app import create_engine
 from engine.errors import WorkerUnavailable
 from tests.conftest import make_settings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 SAMPLE = {"CLIPBOT_EXTRA_PLUGINS": "tests.sample_plugin"}
 

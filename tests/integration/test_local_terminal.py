@@ -18,7 +18,7 @@ import sys
 import termios
 
 from tests.conftest import ROOT, clipbot_env
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 LONG = "steps: 1000 size: 64 every: 100"  # draws for a minute or more: still running while we type
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")

@@ -8,7 +8,7 @@ import time
 from bot import longjob
 from bot.app import open_app
 from tests.conftest import make_settings
-from tests.polling import wait_until
+from tests.support.polling import wait_until
 
 
 def test_a_bot_back_after_its_jobs_record_expired_says_what_happened(redis_url, start_worker, tmp_path):

@@ -14,6 +14,7 @@ import redis
 
 from bot.adapters.local import LocalAdapter
 from tests.conftest import ROOT, clipbot_env, make_settings, write_image
+from tests.support.polling import wait_until
 
 
 def say(adapter, line):
@@ -48,6 +49,7 @@ def test_whatis_through_redis_and_a_worker(redis_engine, start_worker, client, t
     assert set(client.scan_iter("clipbot:blob:*")) <= blobs_before
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_task_does_not_lose_the_job(redis_url, start_worker, client, tmp_path):
     settings = make_settings(tmp_path, broker_url=redis_url, queue_timeout=120, job_timeout=300)
     from bot.app import open_app as app
@@ -61,9 +63,7 @@ def test_worker_killed_mid_task_does_not_lose_the_job(redis_url, start_worker, c
         labels = [f"thing number {i}" for i in range(150)]
         job_id = dispatcher.engine.submit("whatis.classify", {"image": key, "labels": labels, "top": 3})
 
-        deadline = time.monotonic() + 60
-        while (dispatcher.engine.book.get(job_id).state != "started") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: dispatcher.engine.book.get(job_id).state == "started", timeout=60, what="the job to start")
         (child,) = worker.children()
         os.kill(child, signal.SIGKILL)  # the OOM killer, a segfault in a CUDA kernel, ...
 
@@ -110,9 +110,7 @@ def test_dead_worker_job_is_cancelled_and_never_runs_later(data_dir, redis_url, 
         # a worker that comes back later must not run the cancelled job
         worker = start_worker()
         worker.wait_ready(dispatcher.engine)
-        deadline = time.monotonic() + 10
-        while client.llen("gpu") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not client.llen("gpu"), timeout=10, what="the worker to take the queued job")
         time.sleep(0.5)
         record = dispatcher.engine.book.get(job_id)
         assert record.state == "cancelled" and record.attempts == 0
@@ -149,10 +147,8 @@ def test_worker_precomputes_imagenet_labels_at_start_once(redis_engine, start_wo
     worker = start_worker("--concurrency", "2", CLIPBOT_WHATIS_PRECOMPUTE="true", CLIPBOT_DATA_DIR=str(worker_data))
     worker.wait_ready(redis_engine.engine)  # ready at once: preparing runs in the background
     cache = worker_data / "cache" / "labels"
-    deadline = time.monotonic() + 280
-    while "preparing ImageNet-1k labels: 100%" not in worker.log():
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.5)
+    wait_until(lambda: "preparing ImageNet-1k labels: 100%" in worker.log(), timeout=280,
+               what="the worker to prepare the ImageNet labels", detail=worker.log)
     assert len(list(cache.glob("*.pt"))) == 1
     assert worker.log().count("preparing ImageNet-1k labels: 100%") == 1, worker.log()
 

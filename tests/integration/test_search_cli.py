@@ -15,6 +15,7 @@ def env(request):
     return {"CLIPBOT_INDEX_URL": request.getfixturevalue("postgres_url")} if request.param == "pgvector" else {}
 
 
+@pytest.mark.slow
 def test_index_add_search_remove_stats(tmp_path, env):
     data = tmp_path / "data"
     red = write_image(tmp_path / "red.png", color=(220, 20, 20))

@@ -15,6 +15,7 @@ import redis
 from bot.commands import Attachment, Request
 from bot.events import ImagePosted, MessageDeleted
 from tests.conftest import make_settings, write_image
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -55,10 +56,8 @@ def test_posted_pictures_are_embedded_in_batches_by_the_worker(redis_url, data_d
         worker = start_worker(CLIPBOT_SEARCH_BATCH_SIZE="8", CLIPBOT_SEARCH_DRAIN_BATCHES="10")
         worker.wait_ready(app.engine)
         post(20)  # the next post starts one drain job for all 21
-        deadline = time.monotonic() + 120
-        while client.llen("clipbot:search:pending") or client.exists("clipbot:search:drain"):
-            assert time.monotonic() < deadline, worker.log()
-            time.sleep(0.2)
+        wait_until(lambda: not (client.llen("clipbot:search:pending") or client.exists("clipbot:search:drain")),
+                   timeout=120, what="the pending pictures to be drained", detail=worker.log, every=0.2)
 
         drains = [json.loads(client.get(k)) for k in client.scan_iter("clipbot:job:*")]
         drains = [d for d in drains if d["task"] == "search.drain" and d["state"] == "succeeded"]
@@ -73,10 +72,8 @@ def test_posted_pictures_are_embedded_in_batches_by_the_worker(redis_url, data_d
         assert len(found) == 21 and len({r["message_id"] for r in found}) == 21
 
         asyncio.run(app.message_deleted(MessageDeleted("local", space, "c1", "m3")))
-        deadline = time.monotonic() + 60
-        while "m3" in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]}:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: "m3" not in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]},
+                   timeout=60, what="m3 to leave the index", every=0.2)
 
         # a deletion while no worker is online is kept, and applied by the next job
         worker.stop()
@@ -85,9 +82,7 @@ def test_posted_pictures_are_embedded_in_batches_by_the_worker(redis_url, data_d
             {"space": space, "message_id": "m7", "channel_id": "c1", "source_ids": []}]
         start_worker().wait_ready(app.engine)
         post(8, message="m8-again")
-        deadline = time.monotonic() + 60
-        while "m8-again" not in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]}:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_until(lambda: "m8-again" in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]},
+                   timeout=60, what="m8-again to be indexed", every=0.2)
         left = {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]}
         assert "m7" not in left and len(left) == 20 and not client.exists("clipbot:search:unapplied-removals")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, clipbot_env, write_image
 
 EMBEDDED_RUN = """
@@ -67,6 +69,7 @@ def test_embedded_chat_leaves_only_private_files_under_a_loose_umask(tmp_path):
     assert _loose(data_dir) == []
 
 
+@pytest.mark.slow
 def test_cli_leaves_only_private_files(tmp_path):
     data_dir = tmp_path / "data"
     _older_version_left(data_dir)

@@ -52,6 +52,7 @@ def test_allowlist_can_turn_it_off(site, tmp_path):
     assert "I don't know the command /hello" in out.stdout
 
 
+@pytest.mark.slow
 def test_every_command_is_a_cli_verb_through_dispatch(site, tmp_path):
     out = clipbot(site, tmp_path, "shout", "hi", "--times", "2", "--json")
     assert out.returncode == 0, out.stderr

@@ -44,6 +44,7 @@ def test_progress_snapshots_final_data_and_actions(local):
     assert "[Reroll] /imagine prompt: = from_job: " in printed and printed.count("[Cancel]") == 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_picture(local):
     first = final_of(say(local, f"/imagine a red boat {FAST} seed: 42")).images[0].data
     again = final_of(say(local, f"/imagine a red boat {FAST} seed: 42")).images[0].data
@@ -51,6 +52,7 @@ def test_same_seed_same_picture(local):
     assert first == again and first != other
 
 
+@pytest.mark.slow
 def test_actions_are_typed_commands_that_work(local):
     final = final_of(say(local, f"/imagine a tall tower {FAST} seed: 9"))
     by_label = {a.label: a for a in final.actions}
@@ -140,6 +142,7 @@ def test_auto_drawer_falls_back_to_pixels_without_vqgan_weights(tmp_path):
     assert "The VQGAN imagenet_f16_16384 is not downloaded; run `clipbot models pull --vqgan" in asked.text
 
 
+@pytest.mark.slow
 def test_cli_contract(data_dir, tmp_path):
     import json
     import subprocess

@@ -15,6 +15,7 @@ from bot.commands import Attachment, Request
 from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.testing import TestBot
 from tests.conftest import write_image
+from tests.support.polling import wait_until
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
           "black": (5, 5, 5), "white": (250, 250, 250)}
@@ -277,10 +278,7 @@ def test_a_model_change_reembeds_the_index_in_the_background(tmp_path, pictures)
         bot.app.engine.store.set("clipbot:search:model", "old-model")  # the worker last ran another model
         first = bot.ask(f"/search image: {pictures['blue']}")  # notices the change, starts re-embedding
         assert not first.error, first.text
-        deadline = time.monotonic() + 60
-        while operator_stats(bot)["stale"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: not operator_stats(bot)["stale"], timeout=60, what="the re-embedding to finish", every=0.1)
         found = bot.ask(f"/search image: {pictures['blue']}").data["results"]
         assert [r["message_id"] for r in found] == ["m1", "m0"] and found[0]["score"] > 0.95
         assert operator_stats(bot)["embeddings"] == 2

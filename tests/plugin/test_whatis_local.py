@@ -59,9 +59,11 @@ def test_whatis_positional_labels_and_top(local, red_png):
     assert len(ranked(reply)) == 2
 
 
-def test_whatis_default_is_imagenet(local, red_png):
-    reply = final(say(local, f"/whatis {red_png}"))
+def test_whatis_default_is_imagenet(local, red_png, imagenet_labels_cached):
+    replies = say(local, f"/whatis {red_png}")
+    reply = final(replies)
     assert not reply.error, reply.text
+    assert [r.progress for r in replies] == [None]  # the ImageNet matrix was found: nothing to prepare
     assert len(ranked(reply)) == 5
     assert "labels: ImageNet-1k" in reply.text
 
@@ -205,7 +207,7 @@ def test_classify_task_checks_its_arguments(embedded, red_png, kwargs, message):
         asyncio.run(embedded.engine.run(TASK, args))
 
 
-def test_classify_task_labels_none_is_imagenet_and_repeats_are_merged(embedded, red_png):
+def test_classify_task_labels_none_is_imagenet_and_repeats_are_merged(embedded, red_png, imagenet_labels_cached):
     from plugins.whatis import TASK
 
     key = embedded.engine.blobs.put(red_png.read_bytes())

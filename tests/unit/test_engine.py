@@ -13,6 +13,7 @@ from engine.feed import MemoryFeed
 from engine.jobs import JobBook, MemoryEventLog
 from engine.store import SqliteStore
 from tests.conftest import check_blobs, check_event_feed, check_store, make_settings
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,7 @@ def test_progress_events_in_order_and_record(engine):
 def test_late_follower_sees_every_event(engine):
     job_id = engine.submit("sample.steps", {"n": 2})
     asyncio.run(engine.run("sample.steps", {"n": 1}))  # let the first finish meanwhile
-    deadline = time.monotonic() + 10
-    while not engine.book.get(job_id).finished and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: engine.book.get(job_id).finished, timeout=10, what="the first job to finish")
     events, _ = collect(engine, job_id)
     assert [e.kind for e in events][0] == "queued" and events[-1].kind == "succeeded"
 
@@ -161,6 +160,7 @@ def test_job_inputs_are_deleted_when_the_job_ends_outputs_stay(engine):
     assert isinstance(error, JobFailed) and "no longer available" in str(error)
 
 
+@pytest.mark.slow
 def test_finished_jobs_are_forgotten_after_job_ttl(tmp_path):
     engine = create_engine(make_settings(tmp_path, job_ttl=1))
     engine.start_embedded(["tests.sample_tasks"])

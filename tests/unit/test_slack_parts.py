@@ -4,7 +4,6 @@ rate limits, event dedupe, file-host trust, Block Kit rendering, per-channel pac
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 
 import pytest
@@ -15,14 +14,11 @@ from bot.adapters.slack.post import ChannelPacer, _chunks, blocks_for
 from bot.commands import Action
 from engine.blobs import MemoryBlobStore
 from tests.fakes.slack_fake import FakeSlack
+from tests.support.pictures import png_bytes
 
 
 def _png() -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes((1, 2, 3), (8, 8))
 
 
 @pytest.fixture

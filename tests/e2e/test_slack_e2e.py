@@ -2,13 +2,14 @@
 Slack on 127.0.0.1, in both modes (Socket Mode and HTTP with signed requests).
 
 The commands come from real plugins (/whatis on the tiny random CLIP) and from a third-party-style
-test plugin (tests/probes/chat_probe.py) that shows what the adapter put in a request and records
+test plugin (tests/support/probe_plugin.py) that shows what the adapter put in a request and records
 the index hooks it receives.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -24,19 +25,27 @@ from bot.actions import decode_action
 from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
+from tests.support.pictures import png_bytes
+from tests.support.processes import LoggedProcess
 
 TEAM = "T0FAKE"
 SECRET = "fake-signing-secret"
 
 
 def _png(color=(200, 30, 30), size=(48, 32)) -> bytes:
-    import io
+    return png_bytes(color, size)
 
-    from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
+class _SlackRun(LoggedProcess):
+    """One `clipbot run` of a SlackBot; SIGTERM reaches the parent alone, as before."""
+
+    name, log_tail, grace = "clipbot run", 5000, 30.0
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__([sys.executable, "-m", "bot.cli", "run"], log_path, env=env, whole_group=False)
+
+    def stop(self, sig: int = signal.SIGTERM, kill_wait: float = 10) -> int:
+        return super().stop(sig, kill_wait)
 
 
 class SlackBot:
@@ -47,12 +56,12 @@ class SlackBot:
         self.redis_url = redis_url
         self.events_path = data_dir / "probe-events.jsonl"
         self.url = ""
-        self.proc: subprocess.Popen | None = None
+        self._process: _SlackRun | None = None
 
     def start(self) -> None:
         env = clipbot_env(self.data_dir, self.redis_url, SLACK_BOT_TOKEN=self.fake.bot_token,
                           CLIPBOT_SLACK_API_URL=self.fake.api_url, CLIPBOT_TEST_FILE_HOSTS=self.fake.file_host,
-                          CLIPBOT_EXTRA_PLUGINS="tests.probes.chat_probe",
+                          CLIPBOT_EXTRA_PLUGINS="tests.support.probe_plugin",
                           CLIPBOT_PROBE_EVENTS=str(self.events_path), CLIPBOT_SLACK_PROGRESS_INTERVAL="0",
                           CLIPBOT_SLACK_CHANNEL_INTERVAL="0.05", CLIPBOT_SLACK_ADMINS="UADMIN", OMP_NUM_THREADS="1")
         for name in ("SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
@@ -62,44 +71,24 @@ class SlackBot:
         else:
             env.update(SLACK_SIGNING_SECRET=SECRET, CLIPBOT_SLACK_PORT="0", CLIPBOT_SLACK_HOST="127.0.0.1")
         connections = self.fake.socket_connections
-        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._process = _SlackRun(env, self.log_path)
         if self.mode == "socket":
             self._wait(lambda: self.fake.socket_connections > connections and self.fake.socket_connected, "a socket")
         else:
             self.url = self._wait(self._listening_url, "the HTTP listener")
 
     def _listening_url(self) -> str | None:
-        with open(self.log_path, "rb") as log:  # this run's lines only
-            log.seek(self._log_start)
-            lines = log.read().decode(errors="replace").splitlines()
-        for line in lines[::-1]:
+        for line in self._process.run_log().splitlines()[::-1]:  # this run's lines only
             if "HTTP mode listening on " in line:
                 return line.rsplit("listening on ", 1)[1].strip()
         return None
 
     def _wait(self, predicate, what: str, timeout: float = 120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                raise AssertionError(f"clipbot run exited ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"no {what} after {timeout}s:\n{self.log()}")
+        return self._process.wait_ready(predicate, what=what, timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+        if self._process:
+            self._process.stop()
 
     def restart(self) -> None:
         self.stop()
@@ -267,6 +256,7 @@ def test_long_running_command_works_in_a_thread(bot, fake):
 
 
 # ---- buttons survive a restart ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_button_click_after_restart_is_a_request_from_the_clicker(bot, fake):
     word = _token()
     bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/echo", word))
@@ -615,6 +605,7 @@ def test_index_backfill_reads_history_patiently(bot, fake):
     assert len(history) >= 2  # the rate-limited call was waited out and made again
 
 
+@pytest.mark.slow
 def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_path):
     """`clipbot index backfill --platform slack` reads conversations.history over the Web API alone
     (no bot running), waits out a rate limit, and the pictures are then searchable from the shell."""
@@ -651,6 +642,7 @@ def test_clipbot_index_backfill_from_the_shell_reads_slack_history(fake, tmp_pat
     assert bad.returncode == 2 and "refused SLACK_BOT_TOKEN" in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow
 def test_a_restarted_bot_finishes_a_long_job_in_the_same_thread(fake, redis_engine, redis_url, data_dir, start_worker):
     worker = start_worker("--queues", "gpu-long,gpu,io", "--pool", "solo")
     worker.wait_ready(redis_engine.engine, "gpu-long")

@@ -1,0 +1,41 @@
+"""Every benchmark still runs: each one's `--smoke` mode (tiny presets, a few iterations) as a
+subprocess, and its output still has the ratio lines it exists to print. The numbers are not checked:
+benchmarks report, tests assert behaviour."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, clipbot_env
+
+# bench -> the lines that carry its ratios against the reference measured in the same run
+RATIO_LINES = {
+    "whatis.py": [r"^embedded .* \d+\.\d+x$", r"^redis\+worker \(solo\) .* \d+\.\d+x$"],
+    "imagine.py": [r"^\s*32\^2 reference\s+[\d.]+\s+1\.00\b", r"^\s*32\^2 ours\s+[\d.]+\s+[\d.]+\s.*\byes$"],
+    "search.py": [r"^\s*1000\s+embedded\s+none\s", r"whole path [\d.]+/s, ratio [\d.]+x$"],
+    "slack_ack.py": [r'"ack_p99_ratio_vs_reference": [\d.]+', r'"acks_within_3s": "10/10"'],
+    "discord_adapter.py": [r"^bare .* 1\.00x$", r"^labels .* [\d.]+x$", r"^whatis .* [\d.]+x$"],
+}
+
+
+def _bench_args(bench: str, redis_url: str) -> list[str]:
+    if bench != "whatis.py":
+        return []
+    host, db = redis_url.removeprefix("redis://").rsplit("/", 1)
+    return ["--pools", "solo", "--redis-host", host, "--redis-db", db]  # the test's own db: the bench flushes it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench", sorted(RATIO_LINES))
+def test_every_benchmark_smoke_mode_prints_its_ratio_lines(bench, redis_url, tmp_path):
+    done = subprocess.run([sys.executable, f"bench/{bench}", "--smoke", *_bench_args(bench, redis_url)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240, env=clipbot_env(tmp_path, None))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for pattern in RATIO_LINES[bench]:
+        assert re.search(pattern, done.stdout, re.M), f"{bench} --smoke printed no line matching {pattern!r}:\n{output}"
+    assert "failed:" not in done.stdout, output  # whatis.py reports a crashed engine path as a note

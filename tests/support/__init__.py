@@ -1,0 +1,1 @@
+"""What tests share: waiting for a condition, pictures, child processes with a log, probe plugins."""
