@@ -82,7 +82,7 @@ def _fresh(asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
 def _from_job(ctx: Any, asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
     """reroll (new seed), vary (final latent + noise), continue (+steps from the final state),
     init (the final picture as the init image): the earlier job's settings unless overridden."""
-    record = ctx.engine.book.get(asked["from_job"])
+    record = ctx.engine.job(asked["from_job"])
     earlier = (record.result if record and record.task == TASK else None) or {}
     if not earlier.get("state"):
         raise UserError("I can't find that finished /imagine job (it may have expired); start a new one.")
@@ -112,7 +112,7 @@ def _from_job(ctx: Any, asked: dict[str, Any], limits: ImagineSettings) -> dict[
 def finish_reply(app: Any, result: dict) -> Reply:
     """The final reply for a finished job (blocking: reads the picture from the blob store).
     Also used by a restarted bot for jobs that finished while it was away."""
-    final = app.engine.blobs.get(result["final"])
+    final = app.face.blobs.get(result["final"])
     losses = result.get("loss") or []
     lines = [
         f"{bold(result['prompt'])}",
