@@ -8,6 +8,7 @@ Built-in features register exactly like third-party packages (entry-point group
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from importlib.metadata import entry_points
 from typing import Any
@@ -51,10 +52,24 @@ def _register(pm: pluggy.PluginManager, name: str, load: Any) -> None:
         log.error("plugin %s not loaded: name already taken", name)
         return
     try:
-        pm.register(load(), name=name)
+        plugin = load()
+        refused = _async_hooks(plugin)
+        if refused:
+            pm.clipbot_errors[name] = (f"hook {refused[0]} is `async def`: clipbot hooks are plain functions "
+                                       "(they already run off the event loop)")
+            log.error("plugin %s not loaded: %s", name, pm.clipbot_errors[name])
+            return
+        pm.register(plugin, name=name)
     except Exception as exc:  # a broken third-party plugin must not take the bot down
         pm.clipbot_errors[name] = f"{type(exc).__name__}: {exc}"
         log.exception("plugin %s failed to load", name)
+
+
+def _async_hooks(plugin: object) -> list[str]:
+    """The hook implementations of `plugin` written `async def` (pluggy would never await them)."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    return [name for name in dir(plugin)
+            if hasattr(getattr(plugin, name, None), marker) and inspect.iscoroutinefunction(getattr(plugin, name))]
 
 
 def plugin_settings(pm: pluggy.PluginManager) -> dict[str, Any]:
