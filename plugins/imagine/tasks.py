@@ -27,9 +27,14 @@ log = logging.getLogger(__name__)
 
 
 @task(TASK, queue=QUEUE)
-def generate(job: JobContext, prompt: str, seed: int, quality: str | None = None, width: int | None = None,
-             height: int | None = None, steps: int | None = None, every: int | None = None, drawer: str = "auto",
-             init: str | None = None, start: dict | None = None, augment: bool = True) -> dict:
+def generate(job: JobContext, **kwargs: Any) -> dict:
+    """The JSON kwargs back into a typed `plan.ImagineJob` (the one place they are decoded)."""
+    return _generate(job, plan.ImagineJob.from_json(kwargs))
+
+
+def _generate(job: JobContext, ask: plan.ImagineJob) -> dict:
+    prompt, seed, quality, steps, every, init = ask.prompt, ask.seed, ask.quality, ask.steps, ask.every, ask.init
+    width, height, drawer, start = ask.width, ask.height, ask.drawer, ask.start
     limits: plan.ImagineSettings = job.plugin_settings("imagine")
     settings = job.settings
     prompts = parse_prompts(prompt)
@@ -44,7 +49,7 @@ def generate(job: JobContext, prompt: str, seed: int, quality: str | None = None
     init_image = _image(job, init, max(run_plan["width"], run_plan["height"])) if init else None
     generation = pipeline.build_generation(
         clip, vqgan, prompts=prompts, drawer=drawer, width=run_plan["width"], height=run_plan["height"], seed=seed,
-        cutouts=run_plan["cutouts"], cut_pow=limits.cut_pow, augment=augment, lr=limits.learning_rate,
+        cutouts=run_plan["cutouts"], cut_pow=limits.cut_pow, augment=ask.augment, lr=limits.learning_rate,
         init=init_image,
     )
     extra = _restore(job, generation, start)
