@@ -5,6 +5,8 @@
 - No module under plugins/ imports redis, a chat SDK, an adapter, the local chat, or another
   plugin package (function-level imports count too): plugins reach all of that through the
   engine face and the App.
+- No plugin reaches past the engine face: no `app.engine` (the whole Engine, for bot/ only), no
+  `._engine`, `.book`, `.celery` or `.redis` (main broke this in search and /imagine).
 - engine/ imports nothing from bot/ or plugins/.
 - bot/ never imports torch, open_clip or taming at module level.
 """
@@ -142,3 +144,23 @@ def test_engine_imports_nothing_from_bot_or_plugins(module):
 def test_bot_never_imports_model_libraries_at_module_level(module):
     for name in _imports(module, module_level_only=True):
         assert not any(_within(name, lib) for lib in ("torch", "open_clip", "taming")), f"{module} imports {name}"
+
+
+_ENGINE_INSIDES = ("_engine", "book", "celery", "redis")  # what the face keeps from plugins
+
+
+def _reaches_whole_engine(node: ast.Attribute) -> bool:
+    """`app.engine` / `ctx.app.engine` (the whole Engine: bot/ only) or an engine inside."""
+    if node.attr in _ENGINE_INSIDES:
+        return True
+    owner = node.value
+    return node.attr == "engine" and (
+        (isinstance(owner, ast.Name) and owner.id == "app") or (isinstance(owner, ast.Attribute) and owner.attr == "app"))
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("plugins.")])
+def test_plugins_use_the_engine_face_only(module):
+    tree = ast.parse(MODULES[module].read_text(), filename=str(MODULES[module]))
+    reached = [f"line {n.lineno}: .{n.attr}" for n in ast.walk(tree)
+               if isinstance(n, ast.Attribute) and _reaches_whole_engine(n)]
+    assert not reached, f"{module} reaches past the engine face (ctx.engine, app.face, job): {reached}"
