@@ -11,11 +11,15 @@ import importlib
 import inspect
 import logging
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 from bot import hookspecs
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from engine.tasks import Queue
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +28,13 @@ BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis", "imagine":
                    "search": "plugins.search", "localchat": "bot.localchat"}
 
 
-def _enabled(name: str, settings: Any) -> bool:
+def _enabled(name: str, settings: "Settings") -> bool:
     if name in settings.disabled_plugins:
         return False
     return "*" in settings.plugins or name in settings.plugins
 
 
-def build_plugin_manager(settings: Any) -> pluggy.PluginManager:
+def build_plugin_manager(settings: "Settings") -> pluggy.PluginManager:
     """A fresh manager for these settings; a plugin that fails to load is logged and skipped."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -46,7 +50,7 @@ def build_plugin_manager(settings: Any) -> pluggy.PluginManager:
     return pm
 
 
-def _register(pm: pluggy.PluginManager, name: str, load: Any) -> None:
+def _register(pm: pluggy.PluginManager, name: str, load: Callable[[], object]) -> None:
     if pm.has_plugin(name):
         pm.clipbot_errors[name] = f"a plugin named {name!r} is already loaded"
         log.error("plugin %s not loaded: name already taken", name)
@@ -95,9 +99,9 @@ def plugin_settings(pm: pluggy.PluginManager) -> dict[str, Any]:
     return loaded
 
 
-def declared_queues(pm: pluggy.PluginManager) -> dict[str, Any]:
+def declared_queues(pm: pluggy.PluginManager) -> dict[str, "Queue"]:
     """Queue name -> `engine.tasks.Queue`, from every plugin's `clipbot_queues` (first wins)."""
-    queues: dict[str, Any] = {}
+    queues: dict[str, Queue] = {}
     # pluggy calls the last registered plugin first; keep registration order (the core's first).
     for declared in reversed(pm.hook.clipbot_queues()):
         for queue in declared or ():

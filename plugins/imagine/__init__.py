@@ -21,6 +21,7 @@ from plugins.imagine.plan import Asked, ImagineJob, ImagineSettings, check_reque
 from plugins.imagine.prompts import parse_prompts, parse_size
 
 if TYPE_CHECKING:
+    from bot.app import App
     from bot.dispatch import CommandContext
 
 TASK = "imagine.generate"
@@ -103,7 +104,7 @@ def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> I
     return job
 
 
-def finish_reply(app: Any, result: dict) -> Reply:
+def finish_reply(app: "App", result: dict) -> Reply:
     """The final reply for a finished job (blocking: reads the picture from the blob store).
     Also used by a restarted bot for jobs that finished while it was away."""
     final = app.face.blobs.get(result["final"])

@@ -18,6 +18,7 @@ from engine.images import decode_image
 from engine.models import clip_for, vqgan_for
 from engine.models.vqgan import vqgan_available
 from engine.progress import ThrottledProgress
+from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
 from plugins.imagine import TASK, QUEUE, plan
 from plugins.imagine import pipeline
@@ -122,7 +123,7 @@ def _restore(job: JobContext, generation: pipeline.Generation, start: dict | Non
     return {"runs": [{"attempt": job.attempt, "from_step": base}], "base": base}
 
 
-def _pick_drawer(drawer: str, settings: Any) -> str:
+def _pick_drawer(drawer: str, settings: EngineSettings) -> str:
     if drawer == "auto":
         return "vqgan" if vqgan_available(settings.vqgan_model, settings.models_dir) else "pixels"
     return drawer
