@@ -224,7 +224,6 @@ def indexing_part(args: argparse.Namespace) -> None:
     from bot.events import ImagePosted
     from engine.images import decode_image
     from engine.models import clip_for
-    from plugins.search.pending import pending_queue
 
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-idx-"))
     try:
@@ -247,7 +246,7 @@ def indexing_part(args: argparse.Namespace) -> None:
                 event = ImagePosted("local", SPACE, "c1", f"m{i}", "u", time.time(), "",
                                     (Attachment(key, path.name, "image/jpeg", path.stat().st_size),))
                 asyncio.run(app.image_posted(event))
-            queue = pending_queue(app.engine)
+            queue = app.face.pending("search")
             while queue.size():
                 time.sleep(0.005)
             stats = asyncio.run(app.engine.run("search.stats", {"space": SPACE}, queue="gpu"))

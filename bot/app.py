@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import contextmanager
-from typing import Any, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
 from bot.commands import Reply
 from bot.dispatch import Dispatcher
 from bot.events import ChannelRemoved, HistorySource, ImagePosted, MessageDeleted
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,16 @@ class App(Dispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.history_sources: dict[str, HistorySource] = {}  # platform -> its message history
+
+    def history_source(self, platform: str) -> HistorySource | None:
+        """The message history of `platform` for backfills: its adapter's, or, for the local chat,
+        the pictures posted there (`bot.adapters.local.channel`)."""
+        source = self.history_sources.get(platform)
+        if source is None and platform == "local":
+            from bot.adapters.local.channel import LocalHistory
+
+            source = LocalHistory(self)
+        return source
 
     async def image_posted(self, event: ImagePosted) -> None:
         await self._notify("clipbot_image_posted", event)
@@ -63,7 +76,7 @@ class App(Dispatcher):
 
 
 @contextmanager
-def open_app(settings: Any, *, start_worker: bool = True) -> Iterator[App]:
+def open_app(settings: "Settings", *, start_worker: bool = True) -> Iterator[App]:
     """Plugins, engine and dispatcher for these settings. With the embedded engine (no broker
     URL) and `start_worker`, the in-process worker runs inside until the block ends."""
     from bot.plugins import build_plugin_manager, declared_queues, plugin_settings

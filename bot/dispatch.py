@@ -13,12 +13,19 @@ import functools
 import inspect
 import logging
 import uuid
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
 
 import pluggy
 
 from bot.commands import CommandSpec, Reply, Request
 from engine.errors import UserError
+from engine.face import EngineFace
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.config import Settings
+    from engine.app import Engine
+    from engine.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,10 +42,10 @@ class CommandContext:
     def __init__(self, request: Request, dispatcher: "Dispatcher") -> None:
         self.request: Request = request
         self.dispatcher: Dispatcher = dispatcher
-        self.app: Dispatcher = dispatcher  # the running App (bot.app), which is a Dispatcher
-        self.engine: Any = dispatcher.engine  # engine.app.Engine: submit, follow, cancel, run, blobs
-        self.settings: Any = dispatcher.settings  # bot.config.Settings
-        self.store: Any = dispatcher.engine.store  # engine.store.Store: small JSON state
+        self.app: "App" = dispatcher  # type: ignore[assignment]  # the running App (bot.app), a Dispatcher
+        self.engine: EngineFace = dispatcher.face  # submit, run, follow, cancel, job records, pending, blobs
+        self.settings: "Settings" = dispatcher.settings
+        self.store: "Store" = dispatcher.engine.store  # small JSON state
 
     def plugin_settings(self, name: str) -> Any:
         """The settings object of plugin `name` (its `clipbot_settings` hook)."""
@@ -52,10 +59,11 @@ class CommandContext:
 class Dispatcher:
     """Routes requests to command handlers. `bot.app.App` builds on it; adapters hold the App."""
 
-    def __init__(self, pm: pluggy.PluginManager, engine: Any, settings: Any,
+    def __init__(self, pm: pluggy.PluginManager, engine: "Engine", settings: "Settings",
                  plugin_settings: dict[str, Any] | None = None) -> None:
         self.pm = pm
-        self.engine = engine
+        self.engine = engine  # the whole engine: for bot/ (adapters, long jobs), not for plugins
+        self.face = EngineFace(engine)  # what plugins see (`ctx.engine`, `app.face`)
         self.settings = settings
         self._plugin_settings: dict[str, Any] = dict(plugin_settings or {})
         self.commands: dict[str, CommandSpec] = {}

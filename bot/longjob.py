@@ -35,7 +35,7 @@ Finish = Callable[[Any, dict], Reply]
 async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finish, label: str = "") -> str:
     """Queue `task` and remember where it answers; returns the job id. `label` is plain text
     (e.g. "Imagining a fox"): progress replies show it bold, escaped."""
-    engine = ctx.engine
+    engine = ctx.app.engine
     request = ctx.request
     conversation = request.conversation
     if request.open_conversation is not None:  # the thread or parent message the job answers in
@@ -255,14 +255,14 @@ async def _guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
 async def cancel(ctx, job: Annotated[str, "the job to stop (its Cancel button fills this in)"]) -> Reply:
     """Stop a running job (yours, or any in this server or workspace if you are an admin)."""
     info = await ctx.run_blocking(entry, ctx.app, job)
-    record = await ctx.run_blocking(ctx.engine.book.get, job)
+    record = await ctx.run_blocking(ctx.app.engine.book.get, job)
     if info is None and record is None:
         raise UserError(f"No such job: {code(job[:64])}.")
     if record is None or record.finished:
         raise UserError("That job is not running any more.")
     if not may_cancel(info, ctx.request):
         raise UserError("Only the person who started that job, or an admin where it was started, can cancel it.")
-    if not await ctx.run_blocking(ctx.engine.cancel, job):
+    if not await ctx.run_blocking(ctx.app.engine.cancel, job):
         raise UserError("That job is not running any more.")  # it ended meanwhile
     return Reply(text="Cancelling…", ephemeral=True)
 

@@ -8,13 +8,18 @@ Built-in features register exactly like third-party packages (entry-point group
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 from bot import hookspecs
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from engine.tasks import Queue
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +28,13 @@ BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis", "imagine":
                    "search": "plugins.search", "localchat": "bot.adapters.local.channel"}
 
 
-def _enabled(name: str, settings: Any) -> bool:
+def _enabled(name: str, settings: "Settings") -> bool:
     if name in settings.disabled_plugins:
         return False
     return "*" in settings.plugins or name in settings.plugins
 
 
-def build_plugin_manager(settings: Any) -> pluggy.PluginManager:
+def build_plugin_manager(settings: "Settings") -> pluggy.PluginManager:
     """A fresh manager for these settings; a plugin that fails to load is logged and skipped."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -45,16 +50,30 @@ def build_plugin_manager(settings: Any) -> pluggy.PluginManager:
     return pm
 
 
-def _register(pm: pluggy.PluginManager, name: str, load: Any) -> None:
+def _register(pm: pluggy.PluginManager, name: str, load: Callable[[], object]) -> None:
     if pm.has_plugin(name):
         pm.clipbot_errors[name] = f"a plugin named {name!r} is already loaded"
         log.error("plugin %s not loaded: name already taken", name)
         return
     try:
-        pm.register(load(), name=name)
+        plugin = load()
+        refused = _async_hooks(plugin)
+        if refused:
+            pm.clipbot_errors[name] = (f"hook {refused[0]} is `async def`: clipbot hooks are plain functions "
+                                       "(they already run off the event loop)")
+            log.error("plugin %s not loaded: %s", name, pm.clipbot_errors[name])
+            return
+        pm.register(plugin, name=name)
     except Exception as exc:  # a broken third-party plugin must not take the bot down
         pm.clipbot_errors[name] = f"{type(exc).__name__}: {exc}"
         log.exception("plugin %s failed to load", name)
+
+
+def _async_hooks(plugin: object) -> list[str]:
+    """The hook implementations of `plugin` written `async def` (pluggy would never await them)."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    return [name for name in dir(plugin)
+            if hasattr(getattr(plugin, name, None), marker) and inspect.iscoroutinefunction(getattr(plugin, name))]
 
 
 def plugin_settings(pm: pluggy.PluginManager) -> dict[str, Any]:
@@ -80,9 +99,9 @@ def plugin_settings(pm: pluggy.PluginManager) -> dict[str, Any]:
     return loaded
 
 
-def declared_queues(pm: pluggy.PluginManager) -> dict[str, Any]:
+def declared_queues(pm: pluggy.PluginManager) -> dict[str, "Queue"]:
     """Queue name -> `engine.tasks.Queue`, from every plugin's `clipbot_queues` (first wins)."""
-    queues: dict[str, Any] = {}
+    queues: dict[str, Queue] = {}
     # pluggy calls the last registered plugin first; keep registration order (the core's first).
     for declared in reversed(pm.hook.clipbot_queues()):
         for queue in declared or ():

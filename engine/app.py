@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 import weakref
-from typing import Any, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
 from celery import Celery
 
@@ -21,6 +21,7 @@ from engine.blobs import BlobStore, MemoryBlobStore, RedisBlobStore
 from engine.checkpoints import Checkpoints
 from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
 from engine.feed import MemoryFeed, RedisFeed
+from engine.health import WORKERS, stale_after
 from engine.jobs import (
     CANCELLED,
     FAILED,
@@ -36,21 +37,14 @@ from engine.jobs import (
 from engine.store import RedisStore, SqliteStore, Store, reachable, redis_where
 from engine.tasks import CORE_QUEUES, Queue, blob_keys
 
-WORKERS = "clipbot:workers"  # hash: "node/pid" of each process that runs jobs -> its heartbeat
+if TYPE_CHECKING:
+    from engine.settings import EngineSettings
+
 # A follower re-reads the job record at least this often, so a lost event cannot strand it.
 _RECHECK = 30.0
 
 
-def heartbeat_every(settings: Any) -> float:
-    return min(5.0, settings.worker_dead_after / 4)
-
-
-def stale_after(settings: Any) -> float:
-    """A process whose last heartbeat is older than this is not advertised as a worker."""
-    return min(20.0, settings.worker_dead_after)
-
-
-def _celery_config(settings: Any) -> dict[str, Any]:
+def _celery_config(settings: EngineSettings) -> dict[str, Any]:
     conf: dict[str, Any] = dict(
         task_serializer="json",
         result_serializer="json",
@@ -78,7 +72,7 @@ def _celery_config(settings: Any) -> dict[str, Any]:
 class Engine:
     """Submit jobs, follow their events, cancel them. Workers (`engine.worker`) run them."""
 
-    def __init__(self, settings: Any, *, celery: Celery, blobs: BlobStore, store: Store, book: JobBook,
+    def __init__(self, settings: EngineSettings, *, celery: Celery, blobs: BlobStore, store: Store, book: JobBook,
                  redis: Any = None, queues: Iterable[Queue] = CORE_QUEUES,
                  plugin_settings: dict[str, Any] | None = None) -> None:
         self.settings = settings
@@ -267,7 +261,7 @@ class Engine:
             self._embedded = None
 
 
-def create_engine(settings: Any, *, queues: Iterable[Queue] = CORE_QUEUES,
+def create_engine(settings: EngineSettings, *, queues: Iterable[Queue] = CORE_QUEUES,
                   plugin_settings: dict[str, Any] | None = None) -> Engine:
     """Build the engine the settings describe (embedded when no broker URL is set), serving the
     declared `queues`; `plugin_settings` are handed to tasks (`job.plugin_settings(name)`)."""

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from engine.checkpoints import checkpoints_for
 from engine.errors import JobCancelled
+from engine.face import EngineFace
 from engine.jobs import PROGRESS
+from engine.progress import MIN_GAP_S, ThrottledProgress
 
 if TYPE_CHECKING:
     from engine.app import Engine
@@ -82,23 +84,18 @@ def tasks_in(module: Any) -> list[TaskInfo]:
     return [getattr(v, _MARK) for v in vars(module).values() if callable(v) and hasattr(v, _MARK)]
 
 
-class JobContext:
-    """Handed to a running task: its job id, the blob store, settings, progress and cancel."""
+class JobContext(EngineFace):
+    """Handed to a running task: the engine face (store, blobs, submit, index, pending queues,
+    settings) plus this job's id, attempt, progress, cancel and checkpoints."""
 
     def __init__(self, engine: "Engine", job_id: str, attempt: int) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.job_id = job_id
         self.attempt = attempt
-        self.blobs = engine.blobs
-        self.settings = engine.settings
         self._last_cancel_check = 0.0
 
-    def plugin_settings(self, name: str) -> Any:
-        """The settings object of plugin `name` (its `clipbot_settings` hook)."""
-        return self.engine.plugin_settings[name]
-
     def cancelled(self) -> bool:
-        return self.engine.book.cancel_requested(self.job_id)
+        return self._engine.book.cancel_requested(self.job_id)
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if someone cancelled this job; cheap enough to call every step."""
@@ -117,16 +114,27 @@ class JobContext:
         data: dict[str, Any] = {**extra, "step": step, "total": total, "message": message}
         if snapshot is not None:
             data["snapshot"] = self.blobs.put(snapshot)
-        self.engine.book.emit(self.job_id, PROGRESS, **data)
+        self._emit_progress(**data)
+
+    def throttled_progress(self, snapshots: list[dict] | None = None, *,
+                           min_gap: float = MIN_GAP_S) -> ThrottledProgress:
+        """Progress sent from a background thread, so a step loop never waits for the event store:
+        plain updates coalesce (one per `min_gap` s), snapshots all go, in order. `snapshots`: the
+        ones an earlier attempt sent (a resumed run keeps them). Close it when the loop ends."""
+        return ThrottledProgress(self._emit_progress, self.blobs, list(snapshots or ()), min_gap=min_gap,
+                                 what=f"job {self.job_id}")
+
+    def _emit_progress(self, **data: Any) -> None:
+        self._engine.book.emit(self.job_id, PROGRESS, **data)
 
     # ---- checkpoints (engine.checkpoints): resumable state keyed by this job's id -------------
     def save_checkpoint(self, data: bytes, **meta: Any) -> None:
         """Store `data` as this job's checkpoint (replacing the last); a redelivery can load it."""
-        checkpoints_for(self.engine).save(self.job_id, data, **meta)
+        checkpoints_for(self._engine).save(self.job_id, data, **meta)
 
     def load_checkpoint(self) -> bytes | None:
         """The last checkpoint an earlier attempt of this job saved, or None."""
-        return checkpoints_for(self.engine).load(self.job_id)
+        return checkpoints_for(self._engine).load(self.job_id)
 
     def delete_checkpoint(self) -> None:
-        checkpoints_for(self.engine).delete(self.job_id)
+        checkpoints_for(self._engine).delete(self.job_id)

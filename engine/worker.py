@@ -32,20 +32,20 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from engine.app import WORKERS, Engine, heartbeat_every
+from engine.health import (
+    FORGET_AFTER, NODES, REAPER, RUNNING, WORKERS, gave_up_message, heartbeat_every, load_table)
 from engine.errors import JobCancelled, UserError
 from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED
 from engine.models.registry import registry
 from engine.tasks import JobContext, TaskInfo, blob_keys, tasks_in
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from engine.app import Engine
+    from engine.settings import EngineSettings
 
-_NODES = "clipbot:nodes"  # hash: node name -> the worker main process's heartbeat
-_RUNNING = "clipbot:running"  # hash: job id -> "node/pid" of the process running it
-_REAPER = "clipbot:reaper"  # lock: one reaper per round across all workers
-_FORGET_AFTER = 3600.0  # announcements of processes gone this long are deleted
+log = logging.getLogger(__name__)
 _STOP_WAIT_S = 30.0  # how long the embedded worker's stop waits for a cancelled job to notice
 
 
@@ -122,7 +122,7 @@ class WorkerRuntime:
         me = self.process
         self.book.update(job_id, state=STARTED, started_at=time.time(), attempts=attempt, worker=me, inputs=inputs)
         if self.redis is not None:
-            self.redis.hset(_RUNNING, job_id, me)
+            self.redis.hset(RUNNING, job_id, me)
         self.book.emit(job_id, STARTED, attempt=attempt, worker=me)
         self.running.add(job_id)
         try:
@@ -153,7 +153,7 @@ class WorkerRuntime:
         left its entry there)."""
         self.book.finish(job_id, state, result=result, error=error)
         if self.redis is not None:
-            self.redis.hdel(_RUNNING, job_id)
+            self.redis.hdel(RUNNING, job_id)
 
     # ---- heartbeats (distributed only) -------------------------------------------------
     def beat(self) -> None:
@@ -174,13 +174,13 @@ class WorkerRuntime:
         try:
             quick.hdel(WORKERS, self.process)
             if os.getpid() == self.main_pid:
-                quick.hdel(_NODES, self.node)
+                quick.hdel(NODES, self.node)
         finally:
             quick.close()
 
     def _node_beat(self) -> None:
         # The visibility timeout and dead-after travel with the beat: `join_fleet` compares them.
-        self.redis.hset(_NODES, self.node, json.dumps({
+        self.redis.hset(NODES, self.node, json.dumps({
             "pid": self.main_pid, "at": time.time(), "visibility_timeout": self.settings.visibility_timeout,
             "dead_after": self.settings.worker_dead_after}))
 
@@ -193,13 +193,13 @@ class WorkerRuntime:
         mine = self.settings.visibility_timeout
         self._node_beat()
         now = time.time()
-        for node, info in _load(self.redis.hgetall(_NODES)).items():
+        for node, info in load_table(self.redis.hgetall(NODES)).items():
             theirs = info.get("visibility_timeout")
             if node == self.node or theirs is None or theirs == mine:
                 continue
             if now - info.get("at", 0) >= info.get("dead_after", self.settings.worker_dead_after):
                 continue  # gone (killed without withdrawing)
-            self.redis.hdel(_NODES, self.node)
+            self.redis.hdel(NODES, self.node)
             raise UserError(
                 f"CLIPBOT_VISIBILITY_TIMEOUT is {mine} s here but the running worker {node} uses {theirs} s; "
                 "every worker on this Redis must use the same value (a shorter one hands out the others' "
@@ -229,22 +229,22 @@ class WorkerRuntime:
 
     def reap(self) -> list[str]:
         """Queue again the jobs whose whole worker stopped beating; returns their ids."""
-        if not self.redis.set(_REAPER, self.node, nx=True, px=max(100, int(heartbeat_every(self.settings) * 900))):
+        if not self.redis.set(REAPER, self.node, nx=True, px=max(100, int(heartbeat_every(self.settings) * 900))):
             return []  # another worker reaps this round
         now, dead_after = time.time(), self.settings.worker_dead_after
-        processes = _load(self.redis.hgetall(WORKERS))
-        nodes = _load(self.redis.hgetall(_NODES))
+        processes = load_table(self.redis.hgetall(WORKERS))
+        nodes = load_table(self.redis.hgetall(NODES))
         reaped = []
-        for raw_job, raw_process in self.redis.hgetall(_RUNNING).items():
+        for raw_job, raw_process in self.redis.hgetall(RUNNING).items():
             job_id, process = raw_job.decode(), raw_process.decode()
             node = process.rsplit("/", 1)[0]
             if any(now - info.get("at", 0) < dead_after for info in (processes.get(process), nodes.get(node)) if info):
                 continue  # alive, or its node is alive and replaces a hung child itself
-            if self.redis.hdel(_RUNNING, job_id):  # claim it: exactly one reaper gets 1
+            if self.redis.hdel(RUNNING, job_id):  # claim it: exactly one reaper gets 1
                 self._requeue(job_id, process)
                 reaped.append(job_id)
-        for key, table in ((WORKERS, processes), (_NODES, nodes)):
-            gone = [name for name, info in table.items() if now - info.get("at", 0) > _FORGET_AFTER]
+        for key, table in ((WORKERS, processes), (NODES, nodes)):
+            gone = [name for name, info in table.items() if now - info.get("at", 0) > FORGET_AFTER]
             if gone:
                 self.redis.hdel(key, *gone)
         return reaped
@@ -262,15 +262,6 @@ class WorkerRuntime:
         self.book.emit(job_id, QUEUED, requeued=True, attempt=record.attempts)
         self.engine.celery.send_task(record.task, args=(job_id,), kwargs=record.kwargs, task_id=job_id,
                                      queue=self.engine.queue_name(record.queue))
-
-
-def gave_up_message(job_id: str, attempts: int) -> str:
-    return (f"This job stopped the worker running it {attempts} times, so I gave up on it. It may be too big "
-            f"for the worker: try something smaller, or ask an admin to check the worker logs (job {job_id[:8]}).")
-
-
-def _load(table: dict) -> dict[str, dict]:
-    return {k.decode() if isinstance(k, bytes) else k: json.loads(v) for k, v in table.items()}
 
 
 def _is_my_child(pid: int) -> bool:
@@ -299,7 +290,7 @@ def _every(period: float, stop: threading.Event, step: Any, what: str) -> thread
     return thread
 
 
-def torch_threads(settings: Any, children: int) -> int:
+def torch_threads(settings: EngineSettings, children: int) -> int:
     """Torch threads per child: the setting, or the CPU cores shared out among the children (no
     more than an OMP_NUM_THREADS the operator set)."""
     if settings.worker_torch_threads:

@@ -22,13 +22,21 @@ not see them, and `stale()` lists what needs re-embedding.
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 import numpy as np
 
-__all__ = ["Filter", "Hit", "ImageIndex", "Occurrence", "SpaceStats", "open_index"]
+if TYPE_CHECKING:
+    from engine.settings import EngineSettings
+
+__all__ = ["Filter", "Hit", "ImageIndex", "Occurrence", "SpaceStats", "open_index", "process_index"]
+
+_opened: dict[tuple, "ImageIndex"] = {}
+_opened_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -139,7 +147,16 @@ def authors_named(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> set
     return {author for author, name in pairs if name and name.casefold() in folded}
 
 
-def open_index(url: str | None, data_dir: Path) -> Any:
+def process_index(settings: "EngineSettings") -> "ImageIndex":
+    """This process's ImageIndex for the settings, opened once (a forked worker child opens its own)."""
+    key = (os.getpid(), settings.index_url or "", str(settings.data_dir))
+    with _opened_lock:
+        if key not in _opened:
+            _opened[key] = open_index(settings.index_url, settings.data_dir)
+        return _opened[key]
+
+
+def open_index(url: str | None, data_dir: Path) -> "ImageIndex":
     """The index `url` names: None/"" = embedded under data_dir/index, `sqlite:///DIR`, or
     `postgresql://...` (needs the `postgres` extra)."""
     from engine.errors import UserError

@@ -14,7 +14,6 @@ the space's generation so readers reload their cached view.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import threading
 from contextlib import contextmanager

@@ -12,9 +12,12 @@ import os
 import threading
 import weakref
 from functools import partial
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from engine.errors import ModelUnavailable
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 _MISSING = object()
@@ -95,7 +98,7 @@ def _reset_after_fork(ref: weakref.ref) -> None:
 registry = ModelRegistry()
 
 
-def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":  # noqa: F821 - torch is imported lazily
+def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":
     """Turn a device setting into a `torch.device`: "auto" (cuda if available, else cpu), "cpu",
     "cuda" or "cuda:N". Raises ModelUnavailable when the requested device is not here."""
     import torch

@@ -7,8 +7,9 @@ This module is the light part (command, handler, reply rendering; no torch). The
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal
 
 from bot import longjob
 from bot.commands import Action, Attachment, Image, Reply, command
@@ -16,8 +17,12 @@ from bot.hookspecs import hookimpl
 from bot.markup import bold, code, escape
 from engine.errors import UserError
 from engine.tasks import Queue
-from plugins.imagine.plan import ImagineSettings, check_request
+from plugins.imagine.plan import Asked, ImagineJob, ImagineSettings, check_request
 from plugins.imagine.prompts import parse_prompts, parse_size
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.dispatch import CommandContext
 
 TASK = "imagine.generate"
 QUEUE = "gpu-long"
@@ -42,77 +47,67 @@ async def imagine(
 ) -> AsyncIterator[Reply]:
     """Draw a picture from a text prompt (VQGAN+CLIP), showing it take shape."""
     limits: ImagineSettings = ctx.plugin_settings("imagine")
-    asked = dict(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
-                 preset=preset, from_job=from_job, mode=mode)
-    kwargs = await ctx.run_blocking(_build_request, ctx, asked, limits)
-    label = f"Imagining {_short(kwargs['prompt'])}"  # plain text: longjob formats (and escapes) it
-    job_id = await longjob.submit(ctx, TASK, kwargs, queue=QUEUE, finish=finish_reply, label=label)
+    asked = Asked(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
+                  preset=preset, from_job=from_job, mode=mode)
+    run = await ctx.run_blocking(_build_request, ctx, asked, limits)
+    label = f"Imagining {_short(run.prompt)}"  # plain text: longjob formats (and escapes) it
+    job_id = await longjob.submit(ctx, TASK, run.to_json(), queue=QUEUE, finish=finish_reply, label=label)
     async for reply in longjob.follow(ctx.app, job_id):
         yield reply
 
 
-def _build_request(ctx: Any, asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
+def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
     """The task's arguments for what was asked, checked against the caps (blocking: store reads)."""
-    if asked["mode"] and not asked["from_job"]:
+    if asked.mode and not asked.from_job:
         raise UserError("mode needs from_job: the /imagine job to build on.")
-    if asked["from_job"]:
+    if asked.from_job:
         return _from_job(ctx, asked, limits)
-    if asked["prompt"].strip() == SAME_PROMPT:
+    if asked.prompt.strip() == SAME_PROMPT:
         raise UserError(f"`prompt: {SAME_PROMPT}` means the prompt of from_job; give a prompt or a from_job.")
     return _fresh(asked, limits)
 
 
-def _fresh(asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
-    parse_prompts(asked["prompt"])  # a bad prompt is refused now, not after queueing
-    size = parse_size(asked["size"]) if asked["size"] else None
-    check_request(limits, size=size, steps=asked["steps"], every=asked["every"])
-    kwargs: dict[str, Any] = {
-        "prompt": asked["prompt"].strip(),
-        "seed": asked["seed"] if asked["seed"] is not None else secrets.randbelow(2**31),
-        "quality": asked["preset"], "steps": asked["steps"], "every": asked["every"],
-        "drawer": asked["drawer"] or limits.drawer,
-    }
-    if size:
-        kwargs["width"], kwargs["height"] = size
-    if asked["init"] is not None:
-        kwargs["init"] = asked["init"].key
-    return kwargs
+def _fresh(asked: Asked, limits: ImagineSettings) -> ImagineJob:
+    parse_prompts(asked.prompt)  # a bad prompt is refused now, not after queueing
+    size = parse_size(asked.size) if asked.size else None
+    check_request(limits, size=size, steps=asked.steps, every=asked.every)
+    return ImagineJob(
+        prompt=asked.prompt.strip(), seed=asked.seed if asked.seed is not None else secrets.randbelow(2**31),
+        quality=asked.preset, steps=asked.steps, every=asked.every, drawer=asked.drawer or limits.drawer,
+        width=size[0] if size else None, height=size[1] if size else None,
+        init=asked.init.key if asked.init is not None else None)
 
 
-def _from_job(ctx: Any, asked: dict[str, Any], limits: ImagineSettings) -> dict[str, Any]:
+def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
     """reroll (new seed), vary (final latent + noise), continue (+steps from the final state),
     init (the final picture as the init image): the earlier job's settings unless overridden."""
-    record = ctx.engine.book.get(asked["from_job"])
+    record = ctx.engine.job(asked.from_job)
     earlier = (record.result if record and record.task == TASK else None) or {}
     if not earlier.get("state"):
         raise UserError("I can't find that finished /imagine job (it may have expired); start a new one.")
-    mode = asked["mode"] or "reroll"
-    prompt = earlier["prompt"] if asked["prompt"].strip() == SAME_PROMPT else asked["prompt"]
-    merged = {
-        **asked, "prompt": prompt, "mode": None, "from_job": "",
-        "size": asked["size"] or earlier["size"], "drawer": asked["drawer"] or earlier["drawer"],
-        "steps": asked["steps"] or earlier["steps"], "every": asked["every"] or earlier["every"],
-        "preset": asked["preset"] or earlier.get("quality"),
-    }
+    mode = asked.mode or "reroll"
+    prompt = earlier["prompt"] if asked.prompt.strip() == SAME_PROMPT else asked.prompt
+    merged = dataclasses.replace(
+        asked, prompt=prompt, mode=None, from_job="", size=asked.size or earlier["size"],
+        drawer=asked.drawer or earlier["drawer"], steps=asked.steps or earlier["steps"],  # continue: this many more
+        every=asked.every or earlier["every"], preset=asked.preset or earlier.get("quality"),
+        seed=earlier["seed"] if mode == "continue" else asked.seed)
+    job = _fresh(merged, limits)
+    if mode == "continue" and earlier["steps"] + (job.steps or 0) > limits.max_steps:
+        raise UserError(f"That would make {earlier['steps'] + (job.steps or 0)} steps; the most is {limits.max_steps}.")
     if mode == "continue":
-        merged["seed"] = earlier["seed"]
-        merged["steps"] = asked["steps"] or earlier["steps"]  # this many more
-    kwargs = _fresh(merged, limits)
-    if mode == "continue" and earlier["steps"] + kwargs["steps"] > limits.max_steps:
-        raise UserError(f"That would make {earlier['steps'] + kwargs['steps']} steps; the most is {limits.max_steps}.")
-    if mode == "continue":
-        kwargs["start"] = {"mode": "continue", "state": earlier["state"]}
-    elif mode == "vary":
-        kwargs["start"] = {"mode": "vary", "state": earlier["state"], "noise": _VARY_NOISE}
-    elif mode == "init":
-        kwargs["init"] = earlier["final"]
-    return kwargs
+        return dataclasses.replace(job, start={"mode": "continue", "state": earlier["state"]})
+    if mode == "vary":
+        return dataclasses.replace(job, start={"mode": "vary", "state": earlier["state"], "noise": _VARY_NOISE})
+    if mode == "init":
+        return dataclasses.replace(job, init=earlier["final"])
+    return job
 
 
-def finish_reply(app: Any, result: dict) -> Reply:
+def finish_reply(app: "App", result: dict) -> Reply:
     """The final reply for a finished job (blocking: reads the picture from the blob store).
     Also used by a restarted bot for jobs that finished while it was away."""
-    final = app.engine.blobs.get(result["final"])
+    final = app.face.blobs.get(result["final"])
     losses = result.get("loss") or []
     lines = [
         f"{bold(result['prompt'])}",

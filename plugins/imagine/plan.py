@@ -8,7 +8,7 @@ then clamps to the same caps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from pydantic import Field
@@ -76,3 +76,56 @@ def resolve(limits: ImagineSettings, device_class: str, *, quality: str | None, 
     every = max(every or math.ceil(steps / 4), math.ceil(steps / limits.max_snapshots))
     return {"width": width, "height": height, "steps": steps, "every": every,
             "cutouts": min(preset.cutouts, limits.max_cutouts)}
+
+
+@dataclass(frozen=True)
+class ImagineJob:
+    """The arguments of one /imagine run, as the handler decided them and the task reads them.
+
+    It crosses to the worker as JSON (`to_json`, the job's Celery kwargs and record) and back
+    (`from_json`, in the task): the keys are the ones job records have always held, so a job
+    submitted before an upgrade still resumes."""
+
+    prompt: str
+    seed: int
+    quality: Quality | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    every: int | None = None
+    drawer: Drawer = "auto"
+    init: str | None = None  # blob key of the picture to start from
+    start: dict | None = None  # {"mode": "continue"|"vary", "state": blob key, "noise"?}: an earlier job's end
+    augment: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.augment:  # the default: records have never carried it
+            del data["augment"]
+        return {k: v for k, v in data.items() if v is not None or k in _ALWAYS_SENT}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ImagineJob":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"This /imagine job has arguments I don't know: {', '.join(sorted(unknown))}.")
+        return cls(**data)
+
+
+_ALWAYS_SENT = {"prompt", "seed", "quality", "steps", "every", "drawer"}
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the user typed into /imagine, before the caps and an earlier job fill it in."""
+
+    prompt: str
+    steps: int | None = None
+    size: str | None = None
+    seed: int | None = None
+    every: int | None = None
+    init: Any = None  # bot.commands.Attachment (the plan stays free of bot/ imports)
+    drawer: Drawer | None = None
+    preset: Quality | None = None
+    from_job: str = ""
+    mode: Literal["reroll", "vary", "continue", "init"] | None = None

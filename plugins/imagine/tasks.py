@@ -2,16 +2,14 @@
 
 - Every `checkpoint_every` steps the run's whole state (latents, Adam, RNG, losses) is saved with
   `job.save_checkpoint`; a redelivered job (its worker died) resumes from the last one.
-- Progress leaves through a background thread: the loop only hands over data, so a slow Redis
-  or chat platform never slows the GPU.
+- Progress leaves through the engine's throttled progress (a background thread): the loop only
+  hands over data, so a slow Redis or chat platform never slows the GPU.
 - Cancel is checked before every step.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 import time
 from typing import Any
 
@@ -19,19 +17,25 @@ from engine.errors import JobCancelled, UserError
 from engine.images import decode_image
 from engine.models import clip_for, vqgan_for
 from engine.models.vqgan import vqgan_available
+from engine.progress import ThrottledProgress
+from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
 from plugins.imagine import TASK, QUEUE, plan
 from plugins.imagine import pipeline
 from plugins.imagine.prompts import parse_prompts
 
 log = logging.getLogger(__name__)
-_MIN_GAP_S = 0.5
 
 
 @task(TASK, queue=QUEUE)
-def generate(job: JobContext, prompt: str, seed: int, quality: str | None = None, width: int | None = None,
-             height: int | None = None, steps: int | None = None, every: int | None = None, drawer: str = "auto",
-             init: str | None = None, start: dict | None = None, augment: bool = True) -> dict:
+def generate(job: JobContext, **kwargs: Any) -> dict:
+    """The JSON kwargs back into a typed `plan.ImagineJob` (the one place they are decoded)."""
+    return _generate(job, plan.ImagineJob.from_json(kwargs))
+
+
+def _generate(job: JobContext, ask: plan.ImagineJob) -> dict:
+    prompt, seed, quality, steps, every, init = ask.prompt, ask.seed, ask.quality, ask.steps, ask.every, ask.init
+    width, height, drawer, start = ask.width, ask.height, ask.drawer, ask.start
     limits: plan.ImagineSettings = job.plugin_settings("imagine")
     settings = job.settings
     prompts = parse_prompts(prompt)
@@ -46,14 +50,14 @@ def generate(job: JobContext, prompt: str, seed: int, quality: str | None = None
     init_image = _image(job, init, max(run_plan["width"], run_plan["height"])) if init else None
     generation = pipeline.build_generation(
         clip, vqgan, prompts=prompts, drawer=drawer, width=run_plan["width"], height=run_plan["height"], seed=seed,
-        cutouts=run_plan["cutouts"], cut_pow=limits.cut_pow, augment=augment, lr=limits.learning_rate,
+        cutouts=run_plan["cutouts"], cut_pow=limits.cut_pow, augment=ask.augment, lr=limits.learning_rate,
         init=init_image,
     )
     extra = _restore(job, generation, start)
     total = generation.step_done + run_plan["steps"] if not extra.get("resumed") else extra["total"]
     extra["total"] = total
     width, height = generation.drawer.width, generation.drawer.height
-    reporter = _Reporter(job, extra.get("snapshots", []))
+    reporter = job.throttled_progress(extra.get("snapshots", []))
     try:
         # A first picture at once (the start, or where a resumed run stands), before any step.
         reporter.snapshot(generation.step_done, total, generation.png(), preview=True)
@@ -75,7 +79,7 @@ def generate(job: JobContext, prompt: str, seed: int, quality: str | None = None
 
 
 def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: int, checkpoint_every: int,
-          reporter: "_Reporter", extra: dict) -> None:
+          reporter: ThrottledProgress, extra: dict) -> None:
     while generation.step_done < total:
         if job.cancelled():  # every step: a cancel stops the run within one step
             raise JobCancelled("The job was cancelled.")
@@ -119,7 +123,7 @@ def _restore(job: JobContext, generation: pipeline.Generation, start: dict | Non
     return {"runs": [{"attempt": job.attempt, "from_step": base}], "base": base}
 
 
-def _pick_drawer(drawer: str, settings: Any) -> str:
+def _pick_drawer(drawer: str, settings: EngineSettings) -> str:
     if drawer == "auto":
         return "vqgan" if vqgan_available(settings.vqgan_model, settings.models_dir) else "pixels"
     return drawer
@@ -138,95 +142,3 @@ def _image(job: JobContext, key: str, side: int) -> Any:
     settings = job.settings
     return decode_image(job.blobs.get(key), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
                         for_side=side)
-
-
-class _Reporter:
-    """Progress from a background thread. The loop only queues: plain updates coalesce (the latest
-    wins), snapshots are all sent, in order. Keeps the snapshot blob keys for the result."""
-
-    def __init__(self, job: JobContext, snapshots: list[dict]) -> None:
-        self._job = job
-        self._cond = threading.Condition()
-        self._pending: collections.deque = collections.deque()
-        self._latest: dict | None = None
-        self._closed = False
-        self._busy = False  # sending a batch
-        self._snapshots = list(snapshots)
-        self._step_times: collections.deque = collections.deque(maxlen=20)
-        self._thread = threading.Thread(target=self._run, name="imagine-progress", daemon=True)
-        self._thread.start()
-
-    @property
-    def seconds_per_step(self) -> float | None:
-        times = list(self._step_times)[1:] or list(self._step_times)  # the first step warms caches
-        return round(sum(times) / len(times), 4) if times else None
-
-    def step_took(self, seconds: float) -> None:
-        self._step_times.append(seconds)
-
-    def update(self, step: int, total: int, **data: Any) -> None:
-        with self._cond:
-            self._latest = {"step": step, "total": total, **data, **self._eta(step, total)}
-            self._cond.notify_all()
-
-    def snapshot(self, step: int, total: int, png: bytes, **data: Any) -> None:
-        with self._cond:
-            self._pending.append({"step": step, "total": total, "png": png, **data, **self._eta(step, total)})
-            self._latest = None
-            self._cond.notify_all()
-
-    def snapshots(self) -> list[dict]:
-        with self._cond:
-            return list(self._snapshots)
-
-    def flush(self, timeout: float = 30) -> None:
-        """Wait until every queued snapshot has been sent."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._pending and not self._busy, timeout=timeout)
-
-    def close(self, timeout: float = 30) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
-
-    def _eta(self, step: int, total: int) -> dict:
-        per_step = self.seconds_per_step
-        return {"eta": round(per_step * (total - step), 1)} if per_step is not None else {}
-
-    def _run(self) -> None:
-        sent_at = 0.0
-        while True:
-            with self._cond:
-                # Text-only updates at most every _MIN_GAP_S (snapshots and closing go at once), so
-                # fast steps don't flood the event log.
-                self._cond.wait_for(lambda: self._pending or self._closed,
-                                    timeout=max(0.0, sent_at + _MIN_GAP_S - time.monotonic()))
-                self._cond.wait_for(lambda: self._pending or self._latest or self._closed)
-                sent_at = time.monotonic()
-                batch = list(self._pending) + ([self._latest] if self._latest else [])
-                self._pending.clear()
-                self._latest = None
-                self._busy = True
-                done = self._closed
-            for item in batch:
-                self._send(item)
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-            if done:
-                return
-
-    def _send(self, item: dict) -> None:
-        png = item.pop("png", None)
-        try:
-            if png is not None:
-                key = self._job.blobs.put(png)
-                name = f"step-{item['step']:04d}.png"
-                if not item.get("preview") or item["step"] == 0:  # the start is a snapshot; a resume's is not new
-                    with self._cond:
-                        self._snapshots.append({"step": item["step"], "key": key, "filename": name})
-                item.update(snapshot=key, filename=name)
-            self._job.engine.book.emit(self._job.job_id, "progress", message="", **item)
-        except Exception:  # progress is best effort: a hiccup must not kill a long run
-            log.warning("could not send /imagine progress for job %s", self._job.job_id, exc_info=True)

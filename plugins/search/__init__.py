@@ -1,7 +1,7 @@
 """/search and /index: every posted picture indexed with CLIP, found again by text or image.
 
 Light part (no torch): commands, the hooks adapters call, permissions. Pictures posted are
-queued (`plugins.search.pending`) and embedded in batches by `plugins.search.tasks` on the
+queued (the engine's pending queue "search", `engine.pending`) and embedded in batches by `plugins.search.tasks` on the
 worker, which owns the `engine.index` ImageIndex. The requester's readable channels travel
 with every query and filter inside the index: nobody sees a thumbnail, link or count from a
 channel they cannot read, nor from another space.
@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Literal
 
 from pydantic import Field
 
@@ -22,9 +22,14 @@ from bot.commands import Action, Attachment, Image, Reply, command
 from bot.config import PluginSettings
 from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.hookspecs import hookimpl
-from bot.markup import bold, code, escape, italic, link
+from bot.markup import bold, escape, italic, link
 from engine.errors import UserError
-from plugins.search.pending import pending_queue
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.dispatch import CommandContext
+    from engine.face import EngineFace
+    from engine.store import Store
 from plugins.search.query import ParsedQuery, parse_query
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ _GONE_MESSAGE = "clipbot:search:gone:"
 _GONE_CHANNEL = "clipbot:search:gone-channel:"
 _BACKFILL = "clipbot:search:backfill:"
 UNAPPLIED = "clipbot:search:unapplied-removals"
+PENDING = "search"  # the engine pending queue of pictures waiting to be indexed
 TOMBSTONE_TTL = 2 * 86400
 
 
@@ -64,9 +70,9 @@ def event_items(event: ImagePosted) -> list[dict]:
     } for i, attachment in enumerate(event.attachments)]
 
 
-def enqueue(engine: Any, items: list[dict]) -> None:
+def enqueue(engine: "EngineFace", items: list[dict]) -> None:
     """Queue pictures for indexing; the first to queue while no drain job runs submits one."""
-    queue = pending_queue(engine)
+    queue = engine.pending(PENDING)
     if items and queue.push(items):
         try:
             engine.submit(DRAIN, {}, queue="gpu")
@@ -76,26 +82,26 @@ def enqueue(engine: Any, items: list[dict]) -> None:
 
 
 @hookimpl
-def clipbot_image_posted(app, event):
-    enqueue(app.engine, event_items(event))
+def clipbot_image_posted(app: "App", event: ImagePosted):
+    enqueue(app.face, event_items(event))
 
 
 @hookimpl
-def clipbot_message_deleted(app, event: MessageDeleted):
+def clipbot_message_deleted(app: "App", event: MessageDeleted):
     key = f"{_GONE_MESSAGE}{event.space_id}:{event.channel_id}:{event.message_id}"
-    app.engine.store.set(key, list(event.source_ids), ttl=TOMBSTONE_TTL)  # for pictures still queued
-    _remove(app.engine, {"space": event.space_id, "message_id": event.message_id, "channel_id": event.channel_id,
+    app.face.store.set(key, list(event.source_ids), ttl=TOMBSTONE_TTL)  # for pictures still queued
+    _remove(app.face, {"space": event.space_id, "message_id": event.message_id, "channel_id": event.channel_id,
                          "source_ids": list(event.source_ids)})
 
 
 @hookimpl
-def clipbot_channel_removed(app, event: ChannelRemoved):
-    app.engine.store.set(f"{_GONE_CHANNEL}{event.space_id}:{event.channel_id}", time.time(), ttl=TOMBSTONE_TTL)
-    app.engine.store.delete(_backfill_key(event.platform, event.space_id, event.channel_id))
-    _remove(app.engine, {"space": event.space_id, "channel_id": event.channel_id, "whole_channel": True})
+def clipbot_channel_removed(app: "App", event: ChannelRemoved):
+    app.face.store.set(f"{_GONE_CHANNEL}{event.space_id}:{event.channel_id}", time.time(), ttl=TOMBSTONE_TTL)
+    app.face.store.delete(_backfill_key(event.platform, event.space_id, event.channel_id))
+    _remove(app.face, {"space": event.space_id, "channel_id": event.channel_id, "whole_channel": True})
 
 
-def _remove(engine: Any, removal: dict) -> None:
+def _remove(engine: "EngineFace", removal: dict) -> None:
     """Submit a removal; with no worker online, keep it in the store for the next indexing or
     removal job, so a deletion is never lost."""
     try:
@@ -105,7 +111,7 @@ def _remove(engine: Any, removal: dict) -> None:
         raise
 
 
-def is_gone(store: Any, item: dict) -> bool:
+def is_gone(store: "Store", item: dict) -> bool:
     """Was this queued picture's message deleted, or its channel left, after it was posted?"""
     gone = store.get(f"{_GONE_MESSAGE}{item['space_id']}:{item['channel_id']}:{item['message_id']}")
     if gone is not None and (not gone or item.get("source_id") in gone):
@@ -274,10 +280,10 @@ async def index_(
                     data={"message_id": message_id, "removed": n}, final=True)
 
 
-async def _stats(ctx: Any) -> Reply:
+async def _stats(ctx: "CommandContext") -> Reply:
     request = ctx.request
     stats = await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu")
-    pending = await ctx.run_blocking(lambda: pending_queue(ctx.engine).size())
+    pending = await ctx.run_blocking(lambda: ctx.engine.pending(PENDING).size())
     readable = request.readable_channels
     # a private thread's pictures are counted under the thread: shown to who may see that thread
     by_channel = {c: n for c, n in stats["by_channel"].items()
@@ -300,7 +306,7 @@ async def _stats(ctx: Any) -> Reply:
     return Reply(text="\n".join(lines), data=data)
 
 
-async def _add(ctx: Any, images: list[Attachment], message_id: str, author: str) -> Reply:
+async def _add(ctx: "CommandContext", images: list[Attachment], message_id: str, author: str) -> Reply:
     if not images:
         raise UserError("/index add needs at least one picture.")
     request = ctx.request
@@ -323,17 +329,15 @@ def _backfill_key(platform: str, space: str, channel: str) -> str:
     return f"{_BACKFILL}{platform}:{space}:{channel}"
 
 
-def _backfill_states(store: Any, platform: str, space: str, readable: frozenset[str] | None) -> dict:
+def _backfill_states(store: "Store", platform: str, space: str, readable: frozenset[str] | None) -> dict:
     prefix = f"{_BACKFILL}{platform}:{space}:"
     states = {key[len(prefix):]: store.get(key) for key in store.keys(prefix)}
     return {c: s for c, s in states.items() if s and (readable is None or c in readable)}
 
 
-async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply]:
+async def _backfill(ctx: "CommandContext", target: str, restart: bool) -> AsyncIterator[Reply]:
     """Walk a channel's history through the adapter, page by page, queueing its pictures like live
     posts. The cursor is saved after every page, so an interrupted backfill resumes there."""
-    from bot.localchat import history_source
-
     request, settings = ctx.request, ctx.plugin_settings("search")
     named = parse_query(f"in:{target.split()[0]}").channels if target.strip() else (request.channel_id,)
     if not named:
@@ -341,7 +345,7 @@ async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply
     channel = named[0]
     if not request.may_read(channel):
         raise UserError("I can only backfill a channel you can read.")
-    source = history_source(ctx.app, request.platform)
+    source = ctx.app.history_source(request.platform)
     if source is None:
         raise UserError(f"The {request.platform} adapter offers no message history to backfill from.")
     key = _backfill_key(request.platform, request.space_id, channel)
@@ -379,15 +383,15 @@ async def _backfill(ctx: Any, target: str, restart: bool) -> AsyncIterator[Reply
                 data={"channel": channel, **{k: state[k] for k in ("pages", "messages", "queued")}})
 
 
-async def _backpressure(ctx: Any, batch_size: int) -> None:
+async def _backpressure(ctx: "CommandContext", batch_size: int) -> None:
     # Don't read history faster than the worker embeds it: the queue stays a few batches long.
-    queue = pending_queue(ctx.engine)
+    queue = ctx.engine.pending(PENDING)
     while await ctx.run_blocking(queue.size) > 4 * batch_size:
         await _sleep(0.2)
 
 
-async def _wait_indexed(ctx: Any) -> None:
-    queue = pending_queue(ctx.engine)
+async def _wait_indexed(ctx: "CommandContext") -> None:
+    queue = ctx.engine.pending(PENDING)
     deadline = time.monotonic() + ctx.settings.job_timeout
     while await ctx.run_blocking(queue.size) and time.monotonic() < deadline:
         await _sleep(0.1)

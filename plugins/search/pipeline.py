@@ -87,7 +87,6 @@ def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], 
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _executor
     with _text_lock:
         if _executor is None or _executor_pid != os.getpid():  # a forked worker child needs its own
             _set_pool(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="clipbot-decode"))

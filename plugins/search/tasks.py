@@ -1,6 +1,7 @@
 """Engine tasks of /search (heavy: CLIP through the pipeline). All run on the quick `gpu` queue.
 
-The worker process owns the ImageIndex (one handle per process, opened lazily after a fork).
+The worker process's ImageIndex comes from the engine (`job.index()`: one handle per process,
+opened lazily after a fork).
 Indexing is drained in batches: one job embeds up to `drain_batches` × `batch_size` queued
 pictures, then re-queues itself so waiting queries get their turn.
 """
@@ -8,21 +9,18 @@ pictures, then re-queues itself so waiting queries get their turn.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 import uuid
 from typing import Any
 
 from engine.blobs import discard
 from engine.errors import UserError
-from engine.index import Filter, open_index
+from engine.index import Filter
 from engine.models import clip_for
 from engine.tasks import JobContext, task
 from plugins.search import (
-    DRAIN, INDEX_NOW, MAX_TOP, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
+    DRAIN, INDEX_NOW, MAX_TOP, PENDING, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
 from plugins.search import pipeline
-from plugins.search.pending import pending_queue
 from plugins.search.query import MAX_TERM_CHARS, MAX_TERMS
 from plugins.search.sheet import contact_sheet
 
@@ -34,19 +32,6 @@ _EXPIRED_AT = "clipbot:search:expired-at"
 _VECTOR = "clipbot:search:vector:"
 VECTOR_TTL = 86400
 SHEET_TTL = 3600
-_indexes: dict[tuple, Any] = {}
-_indexes_lock = threading.Lock()
-
-
-def index_for(settings: Any) -> Any:
-    """This process's ImageIndex for the settings (a forked worker child opens its own)."""
-    key = (os.getpid(), settings.index_url or "", str(settings.data_dir))
-    with _indexes_lock:
-        if key not in _indexes:
-            _indexes[key] = open_index(settings.index_url, settings.data_dir)
-        return _indexes[key]
-
-
 def _image_limits(job: JobContext) -> dict:
     return {"max_bytes": job.settings.max_image_bytes, "max_pixels": job.settings.max_image_pixels}
 
@@ -55,22 +40,22 @@ def _image_limits(job: JobContext) -> dict:
 @task(DRAIN, queue="gpu")
 def drain(job: JobContext) -> dict:
     settings = job.plugin_settings("search")
-    queue = pending_queue(job.engine)
-    clip, index = clip_for(job.settings), index_for(job.settings)
+    queue = job.pending(PENDING)
+    clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
     _maybe_expire(job, index, settings.retention_days)
     _apply_unapplied(job, index)
     totals = {"indexed": 0, "embedded": 0, "skipped": 0, "batches": 0}
     while True:
         if totals["batches"] >= settings.drain_batches and queue.size():
-            job.engine.submit(DRAIN, {}, queue="gpu")  # keeps the lease: the next job carries on
+            job.submit(DRAIN, {}, queue="gpu")  # keeps the lease: the next job carries on
             break
         batch = queue.peek(settings.batch_size)
         if not batch:
             if queue.release():
                 continue
             break
-        live = [item for item in batch if not is_gone(job.engine.store, item)]
+        live = [item for item in batch if not is_gone(job.store, item)]
         result = pipeline.index_items(index, clip, live, job.blobs.get, **_image_limits(job))
         queue.ack(len(batch))
         _forget_uploads(job, batch)  # indexed (or skipped) for good: the bytes need not wait out the TTL
@@ -88,7 +73,7 @@ def index_now(job: JobContext, items: list) -> dict:
     required = ("space_id", "channel_id", "message_id", "key")
     if any(not isinstance(i, dict) or any(not isinstance(i.get(k), str) for k in required) for i in items):
         raise UserError("Each picture to index needs a space, a channel, a message id and an upload.")
-    clip, index = clip_for(job.settings), index_for(job.settings)
+    clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
     result = pipeline.index_items(index, clip, items, job.blobs.get, **_image_limits(job))
     _forget_uploads(job, items)
@@ -104,16 +89,16 @@ def _forget_uploads(job: JobContext, items: list[dict]) -> None:
 @task(REMOVE, queue="gpu")
 def remove(job: JobContext, space: str, message_id: str | None = None, channel_id: str | None = None,
            source_ids: list | None = None, whole_channel: bool = False) -> dict:
-    index = index_for(job.settings)
+    index = job.index()
     _apply_unapplied(job, index)
     return _remove(index, space, message_id, channel_id, source_ids, whole_channel)
 
 
 def _apply_unapplied(job: JobContext, index: Any) -> None:
     """Removals that arrived while no worker was online."""
-    waiting = job.engine.store.get(UNAPPLIED)
+    waiting = job.store.get(UNAPPLIED)
     if waiting:
-        job.engine.store.delete(UNAPPLIED)
+        job.store.delete(UNAPPLIED)
         for removal in waiting:
             _remove(index, **{"message_id": None, "channel_id": None, "source_ids": None, "whole_channel": False,
                               **removal})
@@ -133,7 +118,7 @@ def _remove(index: Any, space: str, message_id: str | None, channel_id: str | No
 
 @task(STATS, queue="gpu")
 def stats(job: JobContext, space: str) -> dict:
-    clip, index = clip_for(job.settings), index_for(job.settings)
+    clip, index = clip_for(job.settings), job.index()
     s = index.stats(space, clip.fingerprint)
     return {"model": clip.spec, "embeddings": s.embeddings, "occurrences": s.occurrences, "channels": s.channels,
             "stale": s.stale, "by_channel": s.by_channel}
@@ -142,9 +127,9 @@ def stats(job: JobContext, space: str) -> dict:
 @task(REEMBED, queue="gpu")
 def reembed(job: JobContext) -> dict:
     """Re-embed every picture whose embedding comes from another model, batch by batch."""
-    clip, index = clip_for(job.settings), index_for(job.settings)
+    clip, index = clip_for(job.settings), job.index()
     batch = job.plugin_settings("search").batch_size
-    job.engine.store.set(_REEMBEDDING, clip.fingerprint, ttl=3600)
+    job.store.set(_REEMBEDDING, clip.fingerprint, ttl=3600)
     done = 0
     try:
         while True:
@@ -155,26 +140,26 @@ def reembed(job: JobContext) -> dict:
             done += n
             job.progress(done, done + batch, message=f"re-embedded {done} pictures for {clip.spec}")
     finally:
-        job.engine.store.delete(_REEMBEDDING)
+        job.store.delete(_REEMBEDDING)
     return {"reembedded": done}
 
 
 def _check_model(job: JobContext, clip: Any) -> None:
     """The first job after a model change starts re-embedding the index in the background."""
-    store = job.engine.store
+    store = job.store
     if store.get(_MODEL_KEY) == clip.fingerprint:
         return
     previous = store.get(_MODEL_KEY)
     store.set(_MODEL_KEY, clip.fingerprint)
     if previous is not None:
         log.info("CLIP model changed (%s -> %s): re-embedding the index", previous, clip.fingerprint)
-        job.engine.submit(REEMBED, {}, queue="gpu")
+        job.submit(REEMBED, {}, queue="gpu")
 
 
 def _maybe_expire(job: JobContext, index: Any, retention_days: float) -> None:
     if retention_days <= 0:
         return
-    store, now = job.engine.store, time.time()
+    store, now = job.store, time.time()
     if now - float(store.get(_EXPIRED_AT) or 0) < 3600:
         return
     store.set(_EXPIRED_AT, now)
@@ -190,7 +175,7 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
           exclude: str | None = None, channels: list | None = None, authors: list | None = None,
           after: float | None = None, before: float | None = None, private: list | None = None) -> dict:
     _check_query(k, offset, terms, channels, authors, private)
-    clip, index = clip_for(job.settings), index_for(job.settings)
+    clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
     if authors is not None:  # `from:@ana`: an id or mention as typed, or a display name seen in this space
         authors = sorted(set(authors) | index.author_ids(space, authors))
@@ -203,7 +188,7 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
     vector = _query_vector(job, clip, index, space, where, terms, image, similar, vector_ref)
     ref = vector_ref or uuid.uuid4().hex[:16]
     if not vector_ref:
-        job.engine.store.set(_VECTOR + ref, encode_vector(vector), ttl=VECTOR_TTL)
+        job.store.set(_VECTOR + ref, encode_vector(vector), ttl=VECTOR_TTL)
     results = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
                               exclude_message=exclude)
     sheet = None
@@ -214,7 +199,7 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
     for r in results:
         del r["hash"]
     return {"results": results, "sheet": sheet, "model": clip.spec, "meaningless": bool(clip.meaningless),
-            "vector_ref": ref, "reindexing": job.engine.store.get(_REEMBEDDING) is not None}
+            "vector_ref": ref, "reindexing": job.store.get(_REEMBEDDING) is not None}
 
 
 def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any, private: Any) -> None:
@@ -235,7 +220,7 @@ def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any, p
 def _query_vector(job: JobContext, clip: Any, index: Any, space: str, where: Filter, terms: list | None,
                   image: str | None, similar: dict | None, vector_ref: str | None) -> Any:
     if vector_ref:
-        saved = job.engine.store.get(_VECTOR + vector_ref)
+        saved = job.store.get(_VECTOR + vector_ref)
         if saved is None:
             raise UserError("That search has expired; run /search again.")
         return decode_vector(saved)

@@ -7,7 +7,7 @@ This module is the light part (commands and handlers, no torch); the worker impo
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal
 
 from pydantic import Field
 
@@ -19,6 +19,10 @@ from engine.errors import UserError
 from engine.jobs import PROGRESS, SUCCEEDED
 from plugins.whatis.chart import render_chart
 from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, check_top, parse_labels
+
+if TYPE_CHECKING:
+    from bot.dispatch import CommandContext
+    from engine.face import EngineFace
 
 TASK = "whatis.classify"
 IMAGENET = "ImageNet-1k"
@@ -35,7 +39,7 @@ class WhatisSettings(PluginSettings):
     precompute: bool = Field(False, description="workers prepare the ImageNet label embeddings in the background at start")
 
 
-async def classify_image(engine: Any, image_key: str, labels: list[str] | None, top: int) -> dict:
+async def classify_image(engine: "EngineFace", image_key: str, labels: list[str] | None, top: int) -> dict:
     """Run the classification job; `labels=None` means the ImageNet-1k class names.
 
     Returns {"model": str, "labels": [{"label", "score"}...] best first, "meaningless": bool}.
@@ -46,7 +50,7 @@ async def classify_image(engine: Any, image_key: str, labels: list[str] | None, 
     raise RuntimeError("the classification job ended without a result")
 
 
-async def classify_updates(engine: Any, image_key: str, labels: list[str] | None,
+async def classify_updates(engine: "EngineFace", image_key: str, labels: list[str] | None,
                            top: int) -> AsyncIterator[Reply | dict]:
     """`classify_image` as a stream: a progress `Reply` for each progress event of the job (e.g.
     "preparing ImageNet labels: 35%" the first time a model meets a label set), then the result."""
@@ -62,7 +66,7 @@ async def classify_updates(engine: Any, image_key: str, labels: list[str] | None
             yield event.data.get("result")
 
 
-def resolve_labels(ctx: Any, text: str) -> tuple[list[str] | None, str]:
+def resolve_labels(ctx: "CommandContext", text: str) -> tuple[list[str] | None, str]:
     """Labels for this call and where they came from: typed, a saved set, or ImageNet."""
     sets = LabelSets(ctx.store, ctx.request.platform, ctx.request.channel_id)
     max_labels = ctx.plugin_settings("whatis").max_labels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine.images import decode_image
 from engine.models import clip_for
@@ -13,6 +13,10 @@ from engine.tasks import JobContext, task
 from plugins.whatis import IMAGENET, MAX_TOP, TASK
 from plugins.whatis import pipeline
 from plugins.whatis.labels import check_labels, check_top
+
+if TYPE_CHECKING:
+    from engine.settings import EngineSettings
+    from plugins.whatis import WhatisSettings
 
 _REPORT_EVERY_S = 1.0
 
@@ -32,7 +36,7 @@ def classify(job: JobContext, image: str, labels: list[str] | None, top: int) ->
                              cache_bytes=label_cache_bytes(config), progress=_job_progress(job, what))
 
 
-def prepare_imagenet_labels(settings: Any, config: Any, report: Callable[[str], Any] | None = None) -> None:
+def prepare_imagenet_labels(settings: "EngineSettings", config: "WhatisSettings", report: Callable[[str], Any] | None = None) -> None:
     """Compute the configured model's ImageNet-1k label matrix into the disk cache, unless it is
     there already, so the first /whatis answers at once. `config`: the whatis plugin settings;
     `report(message)` gets progress lines."""
@@ -42,7 +46,7 @@ def prepare_imagenet_labels(settings: Any, config: Any, report: Callable[[str], 
                           progress=BuildProgress(f"{IMAGENET} labels", sink) if sink else None)
 
 
-def label_cache_dir(settings: Any) -> Path:
+def label_cache_dir(settings: "EngineSettings") -> Path:
     return settings.data_dir / "cache" / "labels"
 
 

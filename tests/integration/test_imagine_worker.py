@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
 
 from bot.adapters.local import LocalAdapter, action_command
 from engine.checkpoints import checkpoints_for
-from tests.conftest import ROOT, clipbot_env, make_settings
+from tests.conftest import ROOT, clipbot_env
 from tests.support.polling import wait_until
 
 LONG = "gpu-long"

@@ -175,12 +175,10 @@ def test_deleting_a_message_or_leaving_a_channel_removes_its_pictures(bot, pictu
 
 
 def test_a_picture_deleted_before_it_was_indexed_never_appears(bot, pictures):
-    from plugins.search import pending_queue
-
     data = pictures["red"].read_bytes()
     event = ImagePosted("local", "local", "general", "m9", "ana", time.time(), "",
                         (Attachment(bot.app.engine.blobs.put(data), "red.png", "image/png", len(data)),))
-    queue = pending_queue(bot.app.engine)
+    queue = bot.app.face.pending("search")
     assert queue.push([])  # hold the lease, as a busy drain job would: nothing gets indexed yet
     asyncio.run(bot.app.image_posted(event))
     assert queue.size() == 1
@@ -264,10 +262,10 @@ def test_a_model_change_reembeds_the_index_in_the_background(tmp_path, pictures)
     from engine.index import Occurrence
     from plugins.search.pipeline import content_hash
     from plugins.search.sheet import make_preview
-    from plugins.search.tasks import index_for
+    from engine.index import process_index
 
     with TestBot(data_dir=tmp_path / "data", channel_id="general") as bot:
-        index = index_for(bot.app.settings)
+        index = process_index(bot.app.settings)
         old = {}
         for i, name in enumerate(("red", "blue")):
             data = pictures[name].read_bytes()

@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
@@ -128,6 +127,24 @@ def test_broken_plugin_is_skipped_and_reported(tmp_path, monkeypatch):
     assert "no_such_module_xyz" in pm.clipbot_errors
     assert "ModuleNotFoundError" in pm.clipbot_errors["no_such_module_xyz"]
     assert pm.has_plugin("whatis")  # the rest still loaded
+
+
+def test_a_plugin_with_an_async_hook_is_refused_with_one_line(tmp_path, monkeypatch, caplog):
+    eager = types.ModuleType("eager_plugin")
+
+    @hookspecs.hookimpl
+    async def clipbot_image_posted(app, event):  # pluggy would call it and never await it
+        raise AssertionError("never runs")
+
+    eager.clipbot_image_posted = clipbot_image_posted
+    monkeypatch.setitem(sys.modules, "eager_plugin", eager)
+    with caplog.at_level("ERROR", logger="bot.plugins"):
+        pm = build_plugin_manager(make_settings(tmp_path, extra_plugins=["eager_plugin"]))
+    assert not pm.has_plugin("eager_plugin")
+    assert "clipbot_image_posted is `async def`" in pm.clipbot_errors["eager_plugin"]
+    lines = [r.getMessage() for r in caplog.records if "eager_plugin" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and not caplog.records[-1].exc_info
+    assert pm.has_plugin("whatis")
 
 
 def test_light_modules_import_without_torch():

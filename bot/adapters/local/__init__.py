@@ -7,11 +7,10 @@ backfills walk), a built-in plugin named "localchat"; `model_line` what the chat
 about the model; `entry` its registration in `clipbot.adapters` (`adapter`).
 """
 
-from bot.adapters.local.channel import LocalHistory, history_source
+from bot.adapters.local.channel import LocalHistory
 from bot.adapters.local.chat import LocalAdapter, action_command
 from bot.markup import progress_line
 from bot.adapters.local.entry import LocalChat, adapter
 from bot.adapters.local.terminal import PROMPT
 
-__all__ = ["PROMPT", "LocalAdapter", "LocalChat", "LocalHistory", "action_command", "adapter", "history_source",
-           "progress_line"]
+__all__ = ["PROMPT", "LocalAdapter", "LocalChat", "LocalHistory", "action_command", "adapter", "progress_line"]

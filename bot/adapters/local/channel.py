@@ -60,14 +60,6 @@ class LocalHistory:
         return events, todo[limit - 1].rsplit(":", 1)[1]
 
 
-def history_source(app: Any, platform: str) -> Any:
-    """The history of `platform` for backfills: the adapter's, or the local chat's own."""
-    source = getattr(app, "history_sources", {}).get(platform)
-    if source is None and platform == PLATFORM:
-        source = LocalHistory(app)
-    return source
-
-
 def _files_dir(app: Any) -> Path:
     return Path(app.settings.data_dir) / "local" / "files"
 
