@@ -140,6 +140,7 @@ def test_worker_without_broker_is_a_clear_error(data_dir):
     ]
 
 
+@pytest.mark.slow  # builds the real 80,000-prompt matrix
 def test_worker_precomputes_imagenet_labels_at_start_once(redis_engine, start_worker, client, tmp_path):
     """CLIPBOT_WHATIS_PRECOMPUTE: each worker child prepares the ImageNet label matrix in the
     background at start; with two children one computes it and the other waits for it."""
