@@ -40,6 +40,7 @@ from engine.errors import JobCancelled, UserError
 from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED
 from engine.models.registry import registry
 from engine.tasks import JobContext, TaskInfo, blob_keys, tasks_in
+from engine.wire import to_wire
 
 if TYPE_CHECKING:
     from engine.app import Engine
@@ -126,7 +127,7 @@ class WorkerRuntime:
         self.book.emit(job_id, STARTED, attempt=attempt, worker=me)
         self.running.add(job_id)
         try:
-            result = info.fn(JobContext(self.engine, job_id, attempt), **kwargs)
+            result = to_wire(info.fn(JobContext(self.engine, job_id, attempt), **kwargs))
         except JobCancelled as exc:
             return self._finish(job_id, attempt, CANCELLED, error=str(exc))
         except UserError as exc:

@@ -18,6 +18,7 @@ from bot.markup import bold, code, escape, italic
 from engine.errors import UserError
 from engine.jobs import PROGRESS, SUCCEEDED
 from plugins.whatis.chart import render_chart
+from plugins.whatis.results import Classification
 from plugins.whatis.labels import DEFAULT_SET, LabelSets, check_set_name, check_top, parse_labels
 
 if TYPE_CHECKING:
@@ -39,19 +40,17 @@ class WhatisSettings(PluginSettings):
     precompute: bool = Field(False, description="workers prepare the ImageNet label embeddings in the background at start")
 
 
-async def classify_image(engine: "EngineFace", image_key: str, labels: list[str] | None, top: int) -> dict:
-    """Run the classification job; `labels=None` means the ImageNet-1k class names.
-
-    Returns {"model": str, "labels": [{"label", "score"}...] best first, "meaningless": bool}.
-    """
+async def classify_image(engine: "EngineFace", image_key: str, labels: list[str] | None,
+                         top: int) -> Classification:
+    """Run the classification job; `labels=None` means the ImageNet-1k class names."""
     async for update in classify_updates(engine, image_key, labels, top):
-        if isinstance(update, dict):
+        if isinstance(update, Classification):
             return update
     raise RuntimeError("the classification job ended without a result")
 
 
 async def classify_updates(engine: "EngineFace", image_key: str, labels: list[str] | None,
-                           top: int) -> AsyncIterator[Reply | dict]:
+                           top: int) -> AsyncIterator[Reply | Classification]:
     """`classify_image` as a stream: a progress `Reply` for each progress event of the job (e.g.
     "preparing ImageNet labels: 35%" the first time a model meets a label set), then the result."""
     check_top(top, max_top=MAX_TOP)
@@ -63,7 +62,7 @@ async def classify_updates(engine: "EngineFace", image_key: str, labels: list[st
             percent = min(100, 100 * step // total)  # whole percents, floored, as in the message
             yield Reply(text=event.data.get("message") or "working…", progress=percent / 100)
         elif event.kind == SUCCEEDED:
-            yield event.data.get("result")
+            yield Classification.from_json(event.data.get("result") or {})
 
 
 def resolve_labels(ctx: "CommandContext", text: str) -> tuple[list[str] | None, str]:
@@ -85,22 +84,20 @@ def resolve_labels(ctx: "CommandContext", text: str) -> tuple[list[str] | None, 
     return parse_labels(text, max_labels=max_labels), "your labels"
 
 
-def format_answer(result: dict, source: str, threshold: float) -> tuple[str, str]:
+def format_answer(result: Classification, source: str, threshold: float) -> tuple[str, str]:
     """The reply text and the chart's note for a classification result."""
-    labels = result["labels"]
-    best = labels[0]
+    best = result.best
     lines = []
-    if best["score"] < threshold:
-        lines.append(f"I'm not sure: none of these fits well (best guess {escape(best['label'])}, "
-                     f"{best['score']:.0%}).")
+    if best.score < threshold:
+        lines.append(f"I'm not sure: none of these fits well (best guess {escape(best.label)}, {best.score:.0%}).")
     else:
-        lines.append(f"Looks like {bold(best['label'])} ({best['score']:.0%}).")
-    lines += [f"{i}. {escape(item['label'])}: {item['score']:.1%}" for i, item in enumerate(labels, 1)]
-    note = f"{result['model']} · labels: {source}"
-    if result.get("meaningless"):
+        lines.append(f"Looks like {bold(best.label)} ({best.score:.0%}).")
+    lines += [f"{i}. {escape(item.label)}: {item.score:.1%}" for i, item in enumerate(result.labels, 1)]
+    note = f"{result.model} · labels: {source}"
+    if result.meaningless:
         note += " · random test model: meaningless"
-        lines.append(f"⚠ {escape(result['model'])} is a random test model; these answers mean nothing.")
-    lines.append(italic(f"{result['model']}, labels: {source}"))
+        lines.append(f"⚠ {escape(result.model)} is a random test model; these answers mean nothing.")
+    lines.append(italic(f"{result.model}, labels: {source}"))
     return "\n".join(lines), note
 
 
@@ -117,16 +114,19 @@ async def whatis(
     top = top or config.top
     if label_list is not None:
         top = min(top, len(label_list))
-    result: dict = {}
+    result: Classification | None = None
     async for update in classify_updates(ctx.engine, image.key, label_list, top):
         if isinstance(update, Reply):
             yield update  # "preparing ImageNet-1k labels: 35%" while a label matrix is built
         else:
             result = update
+    if result is None:
+        raise RuntimeError("the classification job ended without a result")
     text, note = format_answer(result, source, config.threshold)
-    chart = await ctx.run_blocking(render_chart, result["labels"], title=f"What is {image.filename}?", note=note)
+    chart = await ctx.run_blocking(render_chart, result.labels, title=f"What is {image.filename}?", note=note)
+    json = result.to_json()
     yield Reply(text=text, images=(Image(chart, "whatis.png", "label probabilities"),), final=True,
-                data={"model": result["model"], "labels": result["labels"]})
+                data={"model": json["model"], "labels": json["labels"]})
 
 
 @command

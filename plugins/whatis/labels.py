@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.store import Store
 
 MAX_LABEL_CHARS = 100
 DEFAULT_SET = "default"
@@ -18,7 +21,7 @@ def parse_labels(text: str, *, max_labels: int) -> list[str]:
     return check_labels([part for part in parts if part], max_labels=max_labels)
 
 
-def check_labels(labels: Any, *, max_labels: int) -> list[str]:
+def check_labels(labels: object, *, max_labels: int) -> list[str]:
     """The rules every label list obeys, typed or sent to a task: 2..max_labels non-empty
     strings of up to MAX_LABEL_CHARS characters; whitespace tidied, case-insensitive repeats dropped."""
     if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
@@ -41,7 +44,7 @@ def check_labels(labels: Any, *, max_labels: int) -> list[str]:
     return cleaned
 
 
-def check_top(top: Any, *, max_top: int) -> int:
+def check_top(top: object, *, max_top: int) -> int:
     """How many guesses to show: an int from 1 to max_top."""
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= max_top:
         raise UserError(f"top must be between 1 and {max_top}.")
@@ -57,7 +60,7 @@ def check_set_name(name: str) -> str:
 class LabelSets:
     """Named label sets of one channel, kept in the engine's store."""
 
-    def __init__(self, store: Any, platform: str, channel_id: str) -> None:
+    def __init__(self, store: "Store", platform: str, channel_id: str) -> None:
         self._store = store
         self._key = f"clipbot:labels:{platform}:{channel_id or '-'}"
 

@@ -16,12 +16,14 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+from PIL import Image
 
 from engine.datadir import create_file, make_dir
-from engine.models.clip import PROMPT_TEMPLATES
+from engine.models.clip import PROMPT_TEMPLATES, ClipModel
+from plugins.whatis.results import Classification, Scored
 
 try:
     import fcntl
@@ -29,7 +31,7 @@ except ImportError:  # not POSIX: no cross-process lock, concurrent workers may 
     fcntl = None  # type: ignore[assignment]
 
 Template = Callable[[str], str]
-Progress = Callable[[int, int], Any]  # (prompts encoded, prompts in all)
+Progress = Callable[[int, int], object]  # (prompts encoded, prompts in all)
 
 _MEMORY_SLOTS = 8
 _WAIT_POLL_S = 0.5
@@ -37,12 +39,12 @@ _memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 _lock = threading.Lock()
 
 
-def _cache_key(clip: Any, labels: Sequence[str], templates: Sequence[Template]) -> str:
+def _cache_key(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template]) -> str:
     payload = json.dumps([clip.fingerprint, list(labels), [t("{}") for t in templates]])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def encode_labels(clip: Any, labels: Sequence[str], templates: Sequence[Template],
+def encode_labels(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template],
                   progress: Progress | None = None) -> torch.Tensor:
     """[D, L] matrix of ensembled, normalised label embeddings (no caching).
     `progress(done, total)` counts prompts encoded."""
@@ -52,7 +54,7 @@ def encode_labels(clip: Any, labels: Sequence[str], templates: Sequence[Template
     return (embeddings / embeddings.norm(dim=-1, keepdim=True)).T.contiguous()
 
 
-def label_matrix(clip: Any, labels: Sequence[str], templates: Sequence[Template] = PROMPT_TEMPLATES,
+def label_matrix(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template] = PROMPT_TEMPLATES,
                  cache_dir: Path | None = None, *, cache_bytes: int | None = None,
                  progress: Progress | None = None) -> torch.Tensor:
     """`encode_labels`, cached in memory (LRU) and, given `cache_dir`, on disk (LRU, at most
@@ -81,7 +83,7 @@ def label_matrix(clip: Any, labels: Sequence[str], templates: Sequence[Template]
 
 
 def _disk_cached(cache_dir: Path, key: str, cache_bytes: int | None, compute: Callable[[], torch.Tensor],
-                 waiting: Callable[[], Any]) -> torch.Tensor:
+                 waiting: Callable[[], object]) -> torch.Tensor:
     matrix = _load_cached(cache_dir, key)
     if matrix is not None:
         return matrix
@@ -97,7 +99,7 @@ def _disk_cached(cache_dir: Path, key: str, cache_bytes: int | None, compute: Ca
 
 
 @contextmanager
-def _computing(cache_dir: Path, key: str, waiting: Callable[[], Any]) -> Iterator[None]:
+def _computing(cache_dir: Path, key: str, waiting: Callable[[], object]) -> Iterator[None]:
     """Hold `key`'s lock file: one process (or thread) computes a matrix, the others wait for it,
     calling `waiting()` every half second (a job reports it, and may be cancelled meanwhile)."""
     with open(create_file(cache_dir / f".{key}.lock"), "a+b") as lock:
@@ -158,21 +160,21 @@ def prune_cache(cache_dir: Path, max_bytes: int, *, keep: str = "") -> int:
     return freed
 
 
-def probabilities(clip: Any, image_features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+def probabilities(clip: ClipModel, image_features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """softmax(logit_scale · cosine) for normalised [N, D] features against a [D, L] matrix."""
     logits = clip.logit_scale * image_features.float() @ matrix.to(image_features.device).float()
     return logits.softmax(dim=-1)
 
 
-def classify(clip: Any, image: Any, labels: Sequence[str], *, top: int,
+def classify(clip: ClipModel, image: Image.Image, labels: Sequence[str], *, top: int,
              templates: Sequence[Template] = PROMPT_TEMPLATES, cache_dir: Path | None = None,
-             cache_bytes: int | None = None, progress: Progress | None = None) -> dict:
+             cache_bytes: int | None = None, progress: Progress | None = None) -> Classification:
     """Classify one RGB PIL image; returns the `top` labels, best first."""
     matrix = label_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress)
     probs = probabilities(clip, clip.encode_images([image]), matrix)[0].cpu()
     scores, indices = probs.topk(min(top, len(labels)))
-    return {
-        "model": clip.spec,
-        "labels": [{"label": labels[i], "score": round(float(s), 6)} for s, i in zip(scores, indices.tolist())],
-        "meaningless": bool(clip.meaningless),
-    }
+    return Classification(
+        model=clip.spec,
+        labels=tuple(Scored(labels[i], round(float(s), 6)) for s, i in zip(scores, indices.tolist())),
+        meaningless=bool(clip.meaningless),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from engine.images import decode_image
 from engine.models import clip_for
@@ -13,6 +13,7 @@ from engine.tasks import JobContext, task
 from plugins.whatis import IMAGENET, MAX_TOP, TASK
 from plugins.whatis import pipeline
 from plugins.whatis.labels import check_labels, check_top
+from plugins.whatis.results import Classification
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
@@ -22,7 +23,7 @@ _REPORT_EVERY_S = 1.0
 
 
 @task(TASK, queue="gpu", inputs=("image",))  # the upload goes when the job ends
-def classify(job: JobContext, image: str, labels: list[str] | None, top: int) -> dict:
+def classify(job: JobContext, image: str, labels: list[str] | None, top: int) -> Classification:
     """Classify the image stored under blob key `image` against `labels` (None: ImageNet-1k)."""
     settings, config = job.settings, job.plugin_settings("whatis")
     # Checked again here, as the handlers do: a task may be submitted by any client.
@@ -36,7 +37,7 @@ def classify(job: JobContext, image: str, labels: list[str] | None, top: int) ->
                              cache_bytes=label_cache_bytes(config), progress=_job_progress(job, what))
 
 
-def prepare_imagenet_labels(settings: "EngineSettings", config: "WhatisSettings", report: Callable[[str], Any] | None = None) -> None:
+def prepare_imagenet_labels(settings: "EngineSettings", config: "WhatisSettings", report: Callable[[str], object] | None = None) -> None:
     """Compute the configured model's ImageNet-1k label matrix into the disk cache, unless it is
     there already, so the first /whatis answers at once. `config`: the whatis plugin settings;
     `report(message)` gets progress lines."""
@@ -50,7 +51,7 @@ def label_cache_dir(settings: "EngineSettings") -> Path:
     return settings.data_dir / "cache" / "labels"
 
 
-def label_cache_bytes(config: Any) -> int:
+def label_cache_bytes(config: "WhatisSettings") -> int:
     return int(config.label_cache_mb) * 1024 * 1024
 
 
@@ -60,7 +61,7 @@ class BuildProgress:
     of a build that reported. Waiting for another process that computes the same matrix is
     reported at once (as 0%)."""
 
-    def __init__(self, what: str, sink: Callable[[int, int, str], Any], *,
+    def __init__(self, what: str, sink: Callable[[int, int, str], object], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._what = what
         self._sink = sink

@@ -1,11 +1,14 @@
 """The torch-free half of /whatis: label parsing, label sets, the answer text."""
 
+from dataclasses import replace
+
 import pytest
 
 from engine.errors import UserError
 from engine.store import SqliteStore
 from plugins.whatis import format_answer
 from plugins.whatis.labels import LabelSets, parse_labels
+from plugins.whatis.results import Classification, Scored
 
 
 def test_parse_labels_trims_and_dedupes():
@@ -33,8 +36,9 @@ def test_label_sets_are_per_channel_and_platform():
     assert a.remove("pets") and not a.remove("pets")
 
 
-RESULT = {"model": "ViT-B-32:laion2b_s34b_b79k", "meaningless": False,
-          "labels": [{"label": "golden retriever", "score": 0.82}, {"label": "tennis ball", "score": 0.1}]}
+RESULT = Classification.from_json({
+    "model": "ViT-B-32:laion2b_s34b_b79k", "meaningless": False,
+    "labels": [{"label": "golden retriever", "score": 0.82}, {"label": "tennis ball", "score": 0.1}]})
 
 
 def test_answer_names_the_best_guess_and_the_source():
@@ -46,13 +50,13 @@ def test_answer_names_the_best_guess_and_the_source():
 
 
 def test_none_of_these_below_threshold():
-    unsure = {**RESULT, "labels": [{"label": "cat", "score": 0.07}, {"label": "dog", "score": 0.05}]}
+    unsure = replace(RESULT, labels=(Scored("cat", 0.07), Scored("dog", 0.05)))
     text, _ = format_answer(unsure, "your labels", threshold=0.1)
     assert text.startswith("I'm not sure: none of these fits well (best guess cat, 7%).")
     assert format_answer(unsure, "your labels", threshold=0.05)[0].startswith("Looks like **cat**")
 
 
 def test_meaningless_models_are_flagged():
-    text, note = format_answer({**RESULT, "model": "tiny-test", "meaningless": True}, "x", threshold=0.1)
+    text, note = format_answer(replace(RESULT, model="tiny-test", meaningless=True), "x", threshold=0.1)
     assert "tiny-test is a random test model; these answers mean nothing" in text
     assert note.endswith("random test model: meaningless")

@@ -49,19 +49,20 @@ def test_equivalent_to_open_clip_zero_shot_classifier(clip, picture):
     torch.testing.assert_close(matrix, classifier, rtol=1e-4, atol=1e-5)
 
     result = pipeline.classify(clip, picture, LABELS, top=len(LABELS))
-    ours = {item["label"]: item["score"] for item in result["labels"]}
+    ours = {item.label: item.score for item in result.labels}
     for label, prob in zip(LABELS, expected.tolist()):
         assert ours[label] == pytest.approx(prob, rel=1e-4, abs=1e-6)
     # not vacuous: the random model does tell the labels apart
     assert expected.max() / expected.min() > 1.05
-    assert [item["label"] for item in result["labels"]][0] == LABELS[int(expected.argmax())]
+    assert result.best.label == LABELS[int(expected.argmax())]
 
 
 def test_result_shape_and_order(clip, picture):
     result = pipeline.classify(clip, picture, LABELS, top=5)
-    assert set(result) == {"model", "labels", "meaningless"}
-    assert result["model"] == "tiny-test" and result["meaningless"] is True
-    scores = [item["score"] for item in result["labels"]]
+    wire = result.to_json()  # what the task's job record and `--json` carry
+    assert set(wire) == {"model", "labels", "meaningless"} and set(wire["labels"][0]) == {"label", "score"}
+    assert result.model == "tiny-test" and result.meaningless is True
+    scores = [item.score for item in result.labels]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     assert all(0 <= s <= 1 for s in scores)
 
