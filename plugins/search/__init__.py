@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal
 
 from pydantic import Field
 
@@ -24,13 +24,17 @@ from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.hookspecs import hookimpl
 from bot.markup import bold, escape, italic, link
 from engine.errors import UserError
+from plugins.search.query import ParsedQuery, parse_query
+from plugins.search.results import Hit, Indexed, IndexStats, Removed, SearchPage
 
 if TYPE_CHECKING:
     from bot.app import App
     from bot.dispatch import CommandContext
     from engine.face import EngineFace
+    import numpy as np
+
+    from bot.commands import Request
     from engine.store import Store
-from plugins.search.query import ParsedQuery, parse_query
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +159,21 @@ async def search(
         parsed = parse_query(query, user_id=request.user_id)
         kwargs, label = _what(request, parsed, image, similar)
     channels, scope = _channels(request, parsed)
-    result = await ctx.engine.run(QUERY, {
+    result = SearchPage.from_json(await ctx.engine.run(QUERY, {
         **kwargs, "space": request.space_id, "channels": None if channels is None else sorted(channels),
         "private": None if request.readable_channels is None else sorted(request.private_scopes),
         "authors": list(parsed.authors) or None, "after": parsed.after, "before": parsed.before,
-        "k": top, "offset": (page - 1) * top}, queue="gpu")
+        "k": top, "offset": (page - 1) * top}, queue="gpu"))
     if not more:
-        await ctx.run_blocking(ctx.store.set, _SAVED + result["vector_ref"], {
-            "query": _parsed_to(parsed), "top": top, "vector_ref": result["vector_ref"],
+        await ctx.run_blocking(ctx.store.set, _SAVED + result.vector_ref, {
+            "query": _parsed_to(parsed), "top": top, "vector_ref": result.vector_ref,
             "exclude": kwargs.get("exclude"), "label": label}, ttl=SAVED_SEARCH_TTL)
-    sheet = await ctx.run_blocking(ctx.engine.blobs.get, result["sheet"]) if result["sheet"] else None
+    sheet = await ctx.run_blocking(ctx.engine.blobs.get, result.sheet) if result.sheet else None
     yield _answer(result, label=label, scope=scope, parsed=parsed, page=page, top=top, sheet=sheet,
-                  ref=more or result["vector_ref"])
+                  ref=more or result.vector_ref)
 
 
-def _what(request: Any, parsed: ParsedQuery, image: Attachment | None, similar: str) -> tuple[dict, str]:
+def _what(request: "Request", parsed: ParsedQuery, image: Attachment | None, similar: str) -> tuple[dict, str]:
     """The query task's arguments for what to look for, and a label for the reply."""
     if similar:
         channel, _, message = similar.strip().rpartition("/")
@@ -182,7 +186,7 @@ def _what(request: Any, parsed: ParsedQuery, image: Attachment | None, similar: 
     return {"terms": [list(t) for t in parsed.terms], "image": image.key if image else None}, label
 
 
-def _channels(request: Any, parsed: ParsedQuery) -> tuple[frozenset[str] | None, str]:
+def _channels(request: "Request", parsed: ParsedQuery) -> tuple[frozenset[str] | None, str]:
     """The channels this search may look in: what the query asks for, within what the requester may
     read. `None` = the whole space (the operator CLI without --channel)."""
     readable = request.readable_channels
@@ -209,41 +213,40 @@ def _parsed_from(saved: dict) -> ParsedQuery:
                        before=saved["before"])
 
 
-def _answer(result: dict, *, label: str, scope: str, parsed: ParsedQuery, page: int, top: int,
+def _answer(result: SearchPage, *, label: str, scope: str, parsed: ParsedQuery, page: int, top: int,
             sheet: bytes | None, ref: str) -> Reply:
-    results = result["results"]
+    results = result.results
     first = (page - 1) * top + 1
-    data = {"results": [{k: r[k] for k in ("message_id", "channel", "author", "score", "permalink")}
-                        for r in results], "page": page, "model": result["model"]}
+    data = {"results": [r.public() for r in results], "page": page, "model": result.model}
     if not results:
         where = "there" if page == 1 else "after those"
         text = f"No pictures match {escape(label)} in {escape(scope)} {where}."
-        if result.get("reindexing"):
+        if result.reindexing:
             text += " Pictures are being re-indexed for a new model; try again in a while."
         return Reply(text=text, data=data, final=True)
     lines = [f"{bold('Search')}: {escape(label)} in {escape(scope)}" + (f" (page {page})" if page > 1 else "")]
     lines += [f"{first + i}. {_result_line(r)}" for i, r in enumerate(results)]
     notes = list(parsed.notes)
-    if result.get("meaningless"):
-        notes.append(f"{result['model']} is a random test model: these results mean nothing")
-    if result.get("reindexing"):
+    if result.meaningless:
+        notes.append(f"{result.model} is a random test model: these results mean nothing")
+    if result.reindexing:
         notes.append("pictures are being re-indexed for a new model; some may be missing")
     if notes:
         lines.append(italic("; ".join(notes)))
-    actions = [Action(f"Like {first + i}", "search", {"similar": f"{r['channel']}/{r['message_id']}"})
-               for i, r in enumerate(results[:4]) if len(f"{r['channel']}/{r['message_id']}") <= 60]
+    actions = [Action(f"Like {first + i}", "search", {"similar": f"{r.channel}/{r.message_id}"})
+               for i, r in enumerate(results[:4]) if len(f"{r.channel}/{r.message_id}") <= 60]
     if len(results) == top:
         actions.append(Action("More", "search", {"more": ref, "page": page + 1}, style="primary"))
     images = (Image(sheet, "search.png", f"results {first}-{first + len(results) - 1}"),) if sheet else ()
     return Reply(text="\n".join(lines), images=images, data=data, actions=tuple(actions), final=True)
 
 
-def _result_line(r: dict) -> str:
-    when = time.strftime("%Y-%m-%d", time.gmtime(r["posted_at"])) if r.get("posted_at") else ""
-    who = r.get("author_name") or r.get("author") or "someone"
-    text = f"{who} in #{r['channel']}" + (f", {when}" if when else "")
-    shown = link(text, r["permalink"]) if r.get("permalink") else escape(text)
-    return f"{shown} · {r['score']:.2f}"
+def _result_line(r: Hit) -> str:
+    when = time.strftime("%Y-%m-%d", time.gmtime(r.posted_at)) if r.posted_at else ""
+    who = r.author_name or r.author or "someone"
+    text = f"{who} in #{r.channel}" + (f", {when}" if when else "")
+    shown = link(text, r.permalink) if r.permalink else escape(text)
+    return f"{shown} · {r.score:.2f}"
 
 
 # ---- /index ---------------------------------------------------------------------------------------
@@ -273,31 +276,30 @@ async def index_(
         if not message_id:
             raise UserError("/index remove needs message_id (the message whose pictures go).")
         channel = None if request.readable_channels is None else request.channel_id
-        result = await ctx.engine.run(REMOVE, {"space": request.space_id, "message_id": message_id,
-                                               "channel_id": channel}, queue="gpu")
-        n = result["removed"]
+        n = Removed.from_json(await ctx.engine.run(REMOVE, {"space": request.space_id, "message_id": message_id,
+                                                            "channel_id": channel}, queue="gpu")).removed
         yield Reply(text=f"Removed {n} picture{'s' * (n != 1)} of message {escape(message_id)} from the index.",
                     data={"message_id": message_id, "removed": n}, final=True)
 
 
 async def _stats(ctx: "CommandContext") -> Reply:
     request = ctx.request
-    stats = await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu")
+    stats = IndexStats.from_json(await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu"))
     pending = await ctx.run_blocking(lambda: ctx.engine.pending(PENDING).size())
     readable = request.readable_channels
     # a private thread's pictures are counted under the thread: shown to who may see that thread
-    by_channel = {c: n for c, n in stats["by_channel"].items()
+    by_channel = {c: n for c, n in stats.by_channel.items()
                   if readable is None or c in readable or c in request.private_scopes}
-    data: dict[str, Any] = {"space": request.space_id, "model": stats["model"], "by_channel": by_channel,
+    data: dict[str, object] = {"space": request.space_id, "model": stats.model, "by_channel": by_channel,
                             "occurrences": sum(by_channel.values()), "channels": len(by_channel)}
     if readable is None:  # whole-space totals only for the operator: they count unreadable channels
-        data.update(embeddings=stats["embeddings"], stale=stats["stale"], pending=pending)
+        data.update(embeddings=stats.embeddings, stale=stats.stale, pending=pending)
     lines = [f"{bold('Index')} of {escape(request.space_id or 'this space')}: {data['occurrences']} pictures "
              f"in {data['channels']} channel{'s' * (data['channels'] != 1)} you can read"]
     lines += [f"- #{escape(c)}: {n}" for c, n in sorted(by_channel.items())]
     if readable is None:
-        lines.append(f"{stats['embeddings']} distinct pictures; {pending} waiting to be indexed"
-                     + (f"; {stats['stale']} being re-embedded for {stats['model']}" if stats["stale"] else ""))
+        lines.append(f"{stats.embeddings} distinct pictures; {pending} waiting to be indexed"
+                     + (f"; {stats.stale} being re-embedded for {stats.model}" if stats.stale else ""))
     states = await ctx.run_blocking(_backfill_states, ctx.store, request.platform, request.space_id, readable)
     if states:
         data["backfills"] = states
@@ -316,12 +318,12 @@ async def _add(ctx: "CommandContext", images: list[Attachment], message_id: str,
               "author_id": author or request.user_id, "author_name": author or request.user_name,
               "posted_at": time.time(), "permalink": "", "platform": request.platform}
              for i, a in enumerate(images)]
-    result = await ctx.engine.run(INDEX_NOW, {"items": items}, queue="gpu")
-    text = (f"Indexed {result['indexed']} of {len(images)} picture{'s' * (len(images) != 1)} as message "
-            f"{escape(message_id)} ({result['embedded']} new embeddings).")
-    if result["skipped"]:
-        text += f" {result['skipped']} could not be read."
-    return Reply(text=text, data={"message_id": message_id, "channel": request.channel_id, **result})
+    result = Indexed.from_json(await ctx.engine.run(INDEX_NOW, {"items": items}, queue="gpu"))
+    text = (f"Indexed {result.indexed} of {len(images)} picture{'s' * (len(images) != 1)} as message "
+            f"{escape(message_id)} ({result.embedded} new embeddings).")
+    if result.skipped:
+        text += f" {result.skipped} could not be read."
+    return Reply(text=text, data={"message_id": message_id, "channel": request.channel_id, **result.to_json()})
 
 
 # ---- backfill --------------------------------------------------------------------------------------
@@ -420,14 +422,14 @@ def clipbot_settings():
     return SearchSettings
 
 
-def encode_vector(vector: Any) -> str:
+def encode_vector(vector: "np.ndarray") -> str:
     """A query vector as short text (float16, base64) for the saved-search store."""
     import numpy as np
 
     return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode()
 
 
-def decode_vector(text: str) -> Any:
+def decode_vector(text: str) -> "np.ndarray":
     import numpy as np
 
     return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)

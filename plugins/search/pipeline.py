@@ -12,13 +12,16 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
+from PIL import Image
 
 from engine.errors import UserError
 from engine.images import REDUCING_GAP, decode_image
-from engine.index import Filter, Occurrence, unit
+from engine.index import Filter, ImageIndex, Occurrence, unit
+from engine.models.clip import ClipModel
+from plugins.search.results import Hit, Indexed
 from plugins.search.sheet import PREVIEW_SIDE, make_preview
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,8 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], bytes], *,
-                max_bytes: int, max_pixels: int) -> dict:
+def index_items(index: ImageIndex, clip: ClipModel, items: list[dict], load: Callable[[str], bytes], *,
+                max_bytes: int, max_pixels: int) -> Indexed:
     """Index posted pictures. Each item: space_id, channel_id, message_id, key (blob), and
     optionally source_id, author_id, author_name, posted_at, permalink, thread_id, platform.
     A picture that is gone from the blob store or is not a readable image is skipped."""
@@ -56,7 +59,7 @@ def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], 
     # Reduced as /whatis reduces for CLIP, but never below what the stored preview needs.
     side = max(clip.image_size, -(-PREVIEW_SIDE // REDUCING_GAP))
 
-    def prepare(data: bytes) -> tuple[Any, bytes] | str:
+    def prepare(data: bytes) -> tuple[Image.Image, bytes] | str:
         try:
             picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=side)
         except UserError as exc:
@@ -83,7 +86,7 @@ def index_items(index: Any, clip: Any, items: list[dict], load: Callable[[str], 
         keep = [o for o in occs if o.content_hash in new or o.content_hash not in {h for s, h in todo if s == space}]
         skipped += len(occs) - len(keep)
         added += index.add(space, clip.fingerprint, new, keep)
-    return {"indexed": added, "embedded": len(ok), "skipped": skipped, "batch": len(items)}
+    return Indexed(indexed=added, embedded=len(ok), skipped=skipped, batch=len(items))
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -108,7 +111,7 @@ def _occurrence(item: dict, h: str) -> Occurrence:
     )
 
 
-def encode_terms(clip: Any, terms: Iterable[tuple[str, float]]) -> np.ndarray:
+def encode_terms(clip: ClipModel, terms: Iterable[tuple[str, float]]) -> np.ndarray:
     """The weighted sum of the terms' text embeddings, normalised. Each text is encoded once
     per model and cached, so repeating or paging a query costs no model call."""
     terms = list(terms)
@@ -131,29 +134,27 @@ def encode_terms(clip: Any, terms: Iterable[tuple[str, float]]) -> np.ndarray:
     return unit(np.sum(vectors, axis=0))
 
 
-def encode_picture(clip: Any, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+def encode_picture(clip: ClipModel, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=clip.image_size)
     return unit(clip.encode_images([picture]).numpy()[0])
 
 
-def search(index: Any, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int, offset: int,
-           exclude_message: str | None = None) -> list[dict]:
-    """Results as JSON-able dicts, best first."""
+def search(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int, offset: int,
+           exclude_message: str | None = None) -> list[tuple[Hit, str]]:
+    """Results best first, each with its picture's content hash (for the thumbnails)."""
     hits = index.search(space, model, vector, where, k=k + (1 if exclude_message else 0), offset=offset)
     results = []
     for hit in hits:
         o = hit.occurrence
         if exclude_message and o.message_id == exclude_message:
             continue
-        results.append({
-            "message_id": o.message_id, "channel": o.channel_id, "author": o.author_id,
-            "author_name": o.author_name, "score": round(hit.score, 4), "permalink": o.permalink,
-            "posted_at": o.posted_at, "thread_id": o.thread_id, "hash": o.content_hash,
-        })
+        results.append((Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id,
+                            author_name=o.author_name or "", score=round(hit.score, 4), permalink=o.permalink or "",
+                            posted_at=o.posted_at, thread_id=o.thread_id), o.content_hash))
     return results[:k]
 
 
-def reembed(index: Any, clip: Any, limit: int, *, max_pixels: int) -> int:
+def reembed(index: ImageIndex, clip: ClipModel, limit: int, *, max_pixels: int) -> int:
     """Re-embed up to `limit` pictures whose embedding comes from another model, from their
     stored previews, in one model call. Returns how many were done."""
     stale = index.stale(clip.fingerprint, limit)

@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+
+import numpy as np
 
 from engine.blobs import discard
 from engine.errors import UserError
-from engine.index import Filter
+from engine.index import Filter, ImageIndex
 from engine.models import clip_for
+from engine.models.clip import ClipModel
 from engine.tasks import JobContext, task
 from plugins.search import (
     DRAIN, INDEX_NOW, MAX_TOP, PENDING, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
 from plugins.search import pipeline
 from plugins.search.query import MAX_TERM_CHARS, MAX_TERMS
+from plugins.search.results import Drained, Indexed, IndexStats, Reembedded, Removed, SearchPage
 from plugins.search.sheet import contact_sheet
 
 log = logging.getLogger(__name__)
@@ -38,16 +41,16 @@ def _image_limits(job: JobContext) -> dict:
 
 # ---- indexing --------------------------------------------------------------------------------------
 @task(DRAIN, queue="gpu")
-def drain(job: JobContext) -> dict:
+def drain(job: JobContext) -> Drained:
     settings = job.plugin_settings("search")
     queue = job.pending(PENDING)
     clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
     _maybe_expire(job, index, settings.retention_days)
     _apply_unapplied(job, index)
-    totals = {"indexed": 0, "embedded": 0, "skipped": 0, "batches": 0}
+    totals = Drained()
     while True:
-        if totals["batches"] >= settings.drain_batches and queue.size():
+        if totals.batches >= settings.drain_batches and queue.size():
             job.submit(DRAIN, {}, queue="gpu")  # keeps the lease: the next job carries on
             break
         batch = queue.peek(settings.batch_size)
@@ -59,14 +62,13 @@ def drain(job: JobContext) -> dict:
         result = pipeline.index_items(index, clip, live, job.blobs.get, **_image_limits(job))
         queue.ack(len(batch))
         _forget_uploads(job, batch)  # indexed (or skipped) for good: the bytes need not wait out the TTL
-        for name in ("indexed", "embedded", "skipped"):
-            totals[name] += result[name]
-        totals["batches"] += 1
+        totals = Drained(indexed=totals.indexed + result.indexed, embedded=totals.embedded + result.embedded,
+                         skipped=totals.skipped + result.skipped, batches=totals.batches + 1)
     return totals
 
 
 @task(INDEX_NOW, queue="gpu")
-def index_now(job: JobContext, items: list) -> dict:
+def index_now(job: JobContext, items: list) -> Indexed:
     """Index these pictures now, in one batch (`/index add`, `clipbot index add`)."""
     if not isinstance(items, list) or not items or len(items) > 1000:
         raise UserError("Give between 1 and 1000 pictures to index.")
@@ -88,13 +90,13 @@ def _forget_uploads(job: JobContext, items: list[dict]) -> None:
 
 @task(REMOVE, queue="gpu")
 def remove(job: JobContext, space: str, message_id: str | None = None, channel_id: str | None = None,
-           source_ids: list | None = None, whole_channel: bool = False) -> dict:
+           source_ids: list | None = None, whole_channel: bool = False) -> Removed:
     index = job.index()
     _apply_unapplied(job, index)
     return _remove(index, space, message_id, channel_id, source_ids, whole_channel)
 
 
-def _apply_unapplied(job: JobContext, index: Any) -> None:
+def _apply_unapplied(job: JobContext, index: ImageIndex) -> None:
     """Removals that arrived while no worker was online."""
     waiting = job.store.get(UNAPPLIED)
     if waiting:
@@ -104,28 +106,28 @@ def _apply_unapplied(job: JobContext, index: Any) -> None:
                               **removal})
 
 
-def _remove(index: Any, space: str, message_id: str | None, channel_id: str | None, source_ids: list | None,
-            whole_channel: bool) -> dict:
+def _remove(index: ImageIndex, space: str, message_id: str | None, channel_id: str | None,
+            source_ids: list | None, whole_channel: bool) -> Removed:
     if whole_channel:
         if not channel_id:
             raise UserError("Which channel's pictures should go?")
-        return {"removed": index.remove_channel(space, channel_id)}
+        return Removed(index.remove_channel(space, channel_id))
     if not message_id:
         raise UserError("Which message's pictures should go?")
-    return {"removed": index.remove_message(space, message_id, channel_id=channel_id,
-                                            source_ids=tuple(source_ids or ()))}
+    return Removed(index.remove_message(space, message_id, channel_id=channel_id,
+                                        source_ids=tuple(source_ids or ())))
 
 
 @task(STATS, queue="gpu")
-def stats(job: JobContext, space: str) -> dict:
+def stats(job: JobContext, space: str) -> IndexStats:
     clip, index = clip_for(job.settings), job.index()
     s = index.stats(space, clip.fingerprint)
-    return {"model": clip.spec, "embeddings": s.embeddings, "occurrences": s.occurrences, "channels": s.channels,
-            "stale": s.stale, "by_channel": s.by_channel}
+    return IndexStats(model=clip.spec, embeddings=s.embeddings, occurrences=s.occurrences, channels=s.channels,
+                      stale=s.stale, by_channel=dict(s.by_channel))
 
 
 @task(REEMBED, queue="gpu")
-def reembed(job: JobContext) -> dict:
+def reembed(job: JobContext) -> Reembedded:
     """Re-embed every picture whose embedding comes from another model, batch by batch."""
     clip, index = clip_for(job.settings), job.index()
     batch = job.plugin_settings("search").batch_size
@@ -141,10 +143,10 @@ def reembed(job: JobContext) -> dict:
             job.progress(done, done + batch, message=f"re-embedded {done} pictures for {clip.spec}")
     finally:
         job.store.delete(_REEMBEDDING)
-    return {"reembedded": done}
+    return Reembedded(done)
 
 
-def _check_model(job: JobContext, clip: Any) -> None:
+def _check_model(job: JobContext, clip: ClipModel) -> None:
     """The first job after a model change starts re-embedding the index in the background."""
     store = job.store
     if store.get(_MODEL_KEY) == clip.fingerprint:
@@ -156,7 +158,7 @@ def _check_model(job: JobContext, clip: Any) -> None:
         job.submit(REEMBED, {}, queue="gpu")
 
 
-def _maybe_expire(job: JobContext, index: Any, retention_days: float) -> None:
+def _maybe_expire(job: JobContext, index: ImageIndex, retention_days: float) -> None:
     if retention_days <= 0:
         return
     store, now = job.store, time.time()
@@ -173,7 +175,7 @@ def _maybe_expire(job: JobContext, index: Any, retention_days: float) -> None:
 def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | None = None,
           image: str | None = None, similar: dict | None = None, vector_ref: str | None = None,
           exclude: str | None = None, channels: list | None = None, authors: list | None = None,
-          after: float | None = None, before: float | None = None, private: list | None = None) -> dict:
+          after: float | None = None, before: float | None = None, private: list | None = None) -> SearchPage:
     _check_query(k, offset, terms, channels, authors, private)
     clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
@@ -189,20 +191,19 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
     ref = vector_ref or uuid.uuid4().hex[:16]
     if not vector_ref:
         job.store.set(_VECTOR + ref, encode_vector(vector), ttl=VECTOR_TTL)
-    results = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
-                              exclude_message=exclude)
+    found = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
+                            exclude_message=exclude)
     sheet = None
-    if results:
-        thumbs = index.thumbnails(space, [r["hash"] for r in results])
-        png = contact_sheet([thumbs.get(r["hash"]) for r in results], first_number=offset + 1)
+    if found:
+        thumbs = index.thumbnails(space, [h for _, h in found])
+        png = contact_sheet([thumbs.get(h) for _, h in found], first_number=offset + 1)
         sheet = job.blobs.put(png, ttl=SHEET_TTL)
-    for r in results:
-        del r["hash"]
-    return {"results": results, "sheet": sheet, "model": clip.spec, "meaningless": bool(clip.meaningless),
-            "vector_ref": ref, "reindexing": job.store.get(_REEMBEDDING) is not None}
+    return SearchPage(results=tuple(hit for hit, _ in found), sheet=sheet, model=clip.spec, vector_ref=ref,
+                      meaningless=bool(clip.meaningless), reindexing=job.store.get(_REEMBEDDING) is not None)
 
 
-def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any, private: Any) -> None:
+def _check_query(k: object, offset: object, terms: object, channels: object, authors: object,
+                 private: object) -> None:
     if not isinstance(k, int) or not 1 <= k <= MAX_TOP:
         raise UserError(f"top must be between 1 and {MAX_TOP}.")
     if not isinstance(offset, int) or not 0 <= offset <= 10_000:
@@ -217,8 +218,9 @@ def _check_query(k: Any, offset: Any, terms: Any, channels: Any, authors: Any, p
             raise UserError(f"Bad {name} filter.")
 
 
-def _query_vector(job: JobContext, clip: Any, index: Any, space: str, where: Filter, terms: list | None,
-                  image: str | None, similar: dict | None, vector_ref: str | None) -> Any:
+def _query_vector(job: JobContext, clip: ClipModel, index: ImageIndex, space: str, where: Filter,
+                  terms: list | None, image: str | None, similar: dict | None,
+                  vector_ref: str | None) -> np.ndarray:
     if vector_ref:
         saved = job.store.get(_VECTOR + vector_ref)
         if saved is None:
@@ -236,7 +238,7 @@ def _query_vector(job: JobContext, clip: Any, index: Any, space: str, where: Fil
     return pipeline.unit(sum(parts))
 
 
-def _similar_vector(clip: Any, index: Any, space: str, where: Filter, similar: dict) -> Any:
+def _similar_vector(clip: ClipModel, index: ImageIndex, space: str, where: Filter, similar: dict) -> np.ndarray:
     message, channel = str(similar.get("message_id") or ""), similar.get("channel_id")
     found = [o for o in index.occurrences(space, message, channel) if where.shows_place(o)]
     if not found:  # the same answer whether it does not exist or is not readable: nothing leaks
