@@ -17,7 +17,7 @@ from bot.hookspecs import hookimpl
 from bot.markup import bold, code, escape
 from engine.errors import UserError
 from engine.tasks import Queue
-from plugins.imagine.plan import Asked, ImagineJob, ImagineSettings, check_request
+from plugins.imagine.plan import Asked, ImagineJob, ImagineResult, ImagineSettings, check_request
 from plugins.imagine.prompts import parse_prompts, parse_size
 
 if TYPE_CHECKING:
@@ -81,50 +81,57 @@ def _fresh(asked: Asked, limits: ImagineSettings) -> ImagineJob:
 def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
     """reroll (new seed), vary (final latent + noise), continue (+steps from the final state),
     init (the final picture as the init image): the earlier job's settings unless overridden."""
-    record = ctx.engine.job(asked.from_job)
-    earlier = (record.result if record and record.task == TASK else None) or {}
-    if not earlier.get("state"):
-        raise UserError("I can't find that finished /imagine job (it may have expired); start a new one.")
+    earlier = _finished(ctx, asked.from_job)
     mode = asked.mode or "reroll"
-    prompt = earlier["prompt"] if asked.prompt.strip() == SAME_PROMPT else asked.prompt
+    prompt = earlier.prompt if asked.prompt.strip() == SAME_PROMPT else asked.prompt
     merged = dataclasses.replace(
-        asked, prompt=prompt, mode=None, from_job="", size=asked.size or earlier["size"],
-        drawer=asked.drawer or earlier["drawer"], steps=asked.steps or earlier["steps"],  # continue: this many more
-        every=asked.every or earlier["every"], preset=asked.preset or earlier.get("quality"),
-        seed=earlier["seed"] if mode == "continue" else asked.seed)
+        asked, prompt=prompt, mode=None, from_job="", size=asked.size or earlier.size,
+        drawer=asked.drawer or earlier.drawer, steps=asked.steps or earlier.steps,  # continue: this many more
+        every=asked.every or earlier.every, preset=asked.preset or earlier.quality,
+        seed=earlier.seed if mode == "continue" else asked.seed)
     job = _fresh(merged, limits)
-    if mode == "continue" and earlier["steps"] + (job.steps or 0) > limits.max_steps:
-        raise UserError(f"That would make {earlier['steps'] + (job.steps or 0)} steps; the most is {limits.max_steps}.")
+    if mode == "continue" and earlier.steps + (job.steps or 0) > limits.max_steps:
+        raise UserError(f"That would make {earlier.steps + (job.steps or 0)} steps; the most is {limits.max_steps}.")
     if mode == "continue":
-        return dataclasses.replace(job, start={"mode": "continue", "state": earlier["state"]})
+        return dataclasses.replace(job, start={"mode": "continue", "state": earlier.state})
     if mode == "vary":
-        return dataclasses.replace(job, start={"mode": "vary", "state": earlier["state"], "noise": _VARY_NOISE})
+        return dataclasses.replace(job, start={"mode": "vary", "state": earlier.state, "noise": _VARY_NOISE})
     if mode == "init":
-        return dataclasses.replace(job, init=earlier["final"])
+        return dataclasses.replace(job, init=earlier.final)
     return job
 
 
-def finish_reply(app: "App", result: dict) -> Reply:
-    """The final reply for a finished job (blocking: reads the picture from the blob store).
-    Also used by a restarted bot for jobs that finished while it was away."""
-    final = app.face.blobs.get(result["final"])
-    losses = result.get("loss") or []
+def _finished(ctx: "CommandContext", job_id: str) -> ImagineResult:
+    """The result of an earlier, finished /imagine job, or one clear error."""
+    record = ctx.engine.job(job_id)
+    earlier = record.result if record and record.task == TASK else None
+    if not isinstance(earlier, dict) or not earlier.get("state"):
+        raise UserError("I can't find that finished /imagine job (it may have expired); start a new one.")
+    return ImagineResult.from_json(earlier)
+
+
+def finish_reply(app: "App", raw: dict) -> Reply:
+    """The final reply for a finished job's result (its JSON, as the job record keeps it; blocking:
+    reads the picture from the blob store). Also used by a restarted bot for jobs that finished
+    while it was away."""
+    result = ImagineResult.from_json(raw)
+    final = app.face.blobs.get(result.final)
+    losses = list(result.loss)
     lines = [
-        f"{bold(result['prompt'])}",
-        f"seed {code(str(result['seed']))} · {result['steps']} steps · {result['size']} · {result['drawer']} · "
-        f"{result['cutouts']} cutouts",
+        f"{bold(result.prompt)}",
+        f"seed {code(str(result.seed))} · {result.steps} steps · {result.size} · {result.drawer} · "
+        f"{result.cutouts} cutouts",
     ]
     if losses:
         lines.append(f"loss {losses[0]:.4f} → {losses[-1]:.4f}")
-    if result.get("meaningless"):
-        lines.append(f"⚠ {escape(result['model'])} has random test weights: this picture means nothing.")
-    job_id = result.get("job_id", "")
+    if result.meaningless:
+        lines.append(f"⚠ {escape(result.model)} has random test weights: this picture means nothing.")
     data = {
-        "seed": result["seed"], "steps": result["steps"], "size": result["size"], "final": "final.png",
-        "snapshots": [s["filename"] for s in result.get("snapshots", [])], "loss": losses,
+        "seed": result.seed, "steps": result.steps, "size": result.size, "final": "final.png",
+        "snapshots": [s.filename for s in result.snapshots], "loss": losses,
     }
-    return Reply(text="\n".join(lines), images=(Image(final, "final.png", result["prompt"]),), final=True,
-                 data=data, actions=_actions(job_id) if job_id else ())
+    return Reply(text="\n".join(lines), images=(Image(final, "final.png", result.prompt),), final=True,
+                 data=data, actions=_actions(result.job_id) if result.job_id else ())
 
 
 def _actions(job_id: str) -> tuple[Action, ...]:

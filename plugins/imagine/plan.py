@@ -15,6 +15,7 @@ from pydantic import Field
 
 from bot.config import PluginSettings
 from engine.errors import UserError
+from engine.wire import Wire
 
 Quality = Literal["draft", "normal", "best"]
 Drawer = Literal["auto", "vqgan", "pixels"]
@@ -129,3 +130,48 @@ class Asked:
     preset: Quality | None = None
     from_job: str = ""
     mode: Literal["reroll", "vary", "continue", "init"] | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot(Wire):
+    """A progress picture that was posted: at which step, its blob key and file name."""
+
+    step: int
+    key: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class Attempt(Wire):
+    """One run of the job (a worker kill and a redelivery make two): where it started."""
+
+    attempt: int
+    from_step: int
+
+
+@dataclass(frozen=True)
+class ImagineResult(Wire):
+    """A finished /imagine job: what ran (prompt, seed, size, steps, drawer, models), the blob keys
+    of the final picture and of the end state (what Continue and Variations start from), the
+    snapshots posted, the loss per step and the attempts it took."""
+
+    prompt: str
+    seed: int
+    steps: int
+    every: int
+    size: str  # "WxH"
+    width: int
+    height: int
+    drawer: str
+    cutouts: int
+    quality: str
+    model: str
+    clip: str
+    final: str
+    state: str
+    job_id: str = ""
+    meaningless: bool = False
+    snapshots: tuple[Snapshot, ...] = ()
+    loss: tuple[float, ...] = ()
+    runs: tuple[Attempt, ...] = ()
+    seconds_per_step: float | None = None

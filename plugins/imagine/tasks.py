@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 
 
 @task(TASK, queue=QUEUE)
-def generate(job: JobContext, **kwargs: Any) -> dict:
+def generate(job: JobContext, **kwargs: Any) -> plan.ImagineResult:
     """The JSON kwargs back into a typed `plan.ImagineJob` (the one place they are decoded)."""
     return _generate(job, plan.ImagineJob.from_json(kwargs))
 
 
-def _generate(job: JobContext, ask: plan.ImagineJob) -> dict:
+def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
     prompt, seed, quality, steps, every, init = ask.prompt, ask.seed, ask.quality, ask.steps, ask.every, ask.init
     width, height, drawer, start = ask.width, ask.height, ask.drawer, ask.start
     limits: plan.ImagineSettings = job.plugin_settings("imagine")
@@ -68,14 +68,15 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> dict:
     final_key = job.blobs.put(generation.png(), ttl=limits.state_ttl)
     job.delete_checkpoint()
     meaningless = bool(clip.meaningless or (vqgan is not None and vqgan.meaningless))
-    return {
-        "job_id": job.job_id, "prompt": prompt, "seed": seed, "steps": total, "every": run_plan["every"], "size": f"{width}x{height}",
-        "width": width, "height": height, "drawer": drawer, "cutouts": run_plan["cutouts"],
-        "quality": quality or limits.quality, "model": vqgan.spec if vqgan else f"pixels + {clip.spec}",
-        "clip": clip.spec, "meaningless": meaningless, "final": final_key, "state": state_key,
-        "snapshots": reporter.snapshots(), "loss": [round(v, 6) for v in generation.losses],
-        "runs": extra["runs"], "seconds_per_step": reporter.seconds_per_step,
-    }
+    return plan.ImagineResult(
+        job_id=job.job_id, prompt=prompt, seed=seed, steps=total, every=run_plan["every"], size=f"{width}x{height}",
+        width=width, height=height, drawer=drawer, cutouts=run_plan["cutouts"],
+        quality=quality or limits.quality, model=vqgan.spec if vqgan else f"pixels + {clip.spec}",
+        clip=clip.spec, meaningless=meaningless, final=final_key, state=state_key,
+        snapshots=tuple(plan.Snapshot(**s) for s in reporter.snapshots()),
+        loss=tuple(round(v, 6) for v in generation.losses),
+        runs=tuple(plan.Attempt(**r) for r in extra["runs"]), seconds_per_step=reporter.seconds_per_step,
+    )
 
 
 def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: int, checkpoint_every: int,
