@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 from urllib.parse import urlsplit
 
 from bot.commands import Attachment
@@ -26,6 +26,9 @@ from engine.images import ImageInfo, inspect_image, read_image_file
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from engine.blobs import BlobStore
+    from engine.settings import EngineSettings
 
 __all__ = ["Downloaded", "Downloader", "FileHosts", "ImageLimits", "download_attachment",
            "file_attachment", "image_attachment", "too_big", "unreachable"]
@@ -41,7 +44,7 @@ class ImageLimits:
     max_pixels: int
 
     @classmethod
-    def of(cls, settings: Any) -> "ImageLimits":
+    def of(cls, settings: "EngineSettings") -> "ImageLimits":
         return cls(settings.max_image_bytes, settings.max_image_pixels)
 
 
@@ -55,25 +58,25 @@ def _size_text(size: int) -> str:
 
 
 # ---- bytes → Attachment -------------------------------------------------------------------------------
-def image_attachment(blobs: Any, data: bytes, *, filename: str, limits: ImageLimits,
+def image_attachment(blobs: "BlobStore", data: bytes, *, filename: str, limits: ImageLimits,
                      source_id: str = "") -> Attachment:
     """Check `data` as an image (size, format, pixels) and store it. Blocking: run it off the event loop."""
     info = inspect_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
     return _stored(blobs, data, info, filename, source_id)
 
 
-def file_attachment(blobs: Any, path: str | Path, *, limits: ImageLimits, filename: str | None = None) -> Attachment:
+def file_attachment(blobs: "BlobStore", path: str | Path, *, limits: ImageLimits, filename: str | None = None) -> Attachment:
     """A local file as an attachment; its size is checked before it is read. Blocking."""
     data, info = read_image_file(path, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
     return _stored(blobs, data, info, filename or Path(path).name, "")
 
 
-def _stored(blobs: Any, data: bytes, info: ImageInfo, filename: str, source_id: str) -> Attachment:
+def _stored(blobs: "BlobStore", data: bytes, info: ImageInfo, filename: str, source_id: str) -> Attachment:
     return Attachment(key=blobs.put(data), filename=filename or "image", content_type=info.content_type,
                       size=len(data), source_id=source_id)
 
 
-async def download_attachment(downloader: "Downloader", blobs: Any, url: str, *, filename: str,
+async def download_attachment(downloader: "Downloader", blobs: "BlobStore", url: str, *, filename: str,
                               limits: ImageLimits, source_id: str = "", declared_size: int | None = None) -> Attachment:
     """Download a platform file and take it in. A size the platform declares over the limit is refused
     before anything is fetched; the download itself is held to the limit whatever was declared."""

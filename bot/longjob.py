@@ -14,13 +14,17 @@ import asyncio
 import importlib
 import math
 import time
-from typing import Any, AsyncIterator, Callable
-
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, AsyncIterator, Callable
 
 from bot.commands import Action, Image, Reply, command
 from bot.markup import bold, code
 from engine.errors import BackendUnavailable, JobCancelled, UserError
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.commands import Request
+    from bot.dispatch import CommandContext
+    from engine.app import Engine
 
 _ENTRY = "clipbot:longjob:"
 _SECONDS = "clipbot:longjob-seconds:"  # recent run time per task, for queue ETAs
@@ -29,10 +33,10 @@ THROTTLE_S = 2.0  # fewest seconds between two text-only progress edits
 _WAIT_REFRESH_S = 5.0  # how often the queue position is refreshed while waiting
 RETRY_S = 3.0  # while the engine is unreachable at start, how often resuming tries again (workers: 3 s too)
 
-Finish = Callable[[Any, dict], Reply]
+Finish = Callable[["App", dict], Reply]  # (app, the job's result as JSON) -> the final reply
 
 
-async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finish, label: str = "") -> str:
+async def submit(ctx: "CommandContext", task: str, kwargs: dict, *, queue: str, finish: Finish, label: str = "") -> str:
     """Queue `task` and remember where it answers; returns the job id. `label` is plain text
     (e.g. "Imagining a fox"): progress replies show it bold, escaped."""
     engine = ctx.app.engine
@@ -51,7 +55,7 @@ async def submit(ctx: Any, task: str, kwargs: dict, *, queue: str, finish: Finis
     return job_id
 
 
-def entry(app: Any, job_id: str) -> dict | None:
+def entry(app: "App", job_id: str) -> dict | None:
     """What was stored about a long job when it was submitted (blocking)."""
     return app.engine.store.get(_ENTRY + job_id)
 
@@ -60,7 +64,7 @@ def cancel_action(job_id: str) -> Action:
     return Action("Cancel", "cancel", {"job": job_id}, style="danger")
 
 
-async def follow(app: Any, job_id: str, *, resumed: bool = False) -> AsyncIterator[Reply]:
+async def follow(app: "App", job_id: str, *, resumed: bool = False) -> AsyncIterator[Reply]:
     """The replies for one long job, ending with its final reply (or an error / cancelled one)."""
     info = await asyncio.to_thread(entry, app, job_id)
     if info is None:
@@ -86,7 +90,7 @@ async def follow(app: Any, job_id: str, *, resumed: bool = False) -> AsyncIterat
         reader.cancel()
 
 
-async def _replies(app: Any, info: dict, label: str, inbox: asyncio.Queue) -> AsyncIterator[Reply]:
+async def _replies(app: "App", info: dict, label: str, inbox: asyncio.Queue) -> AsyncIterator[Reply]:
     job_id = info["job_id"]
     finish = _load(info["finish"])
     running = False
@@ -121,11 +125,11 @@ async def _replies(app: Any, info: dict, label: str, inbox: asyncio.Queue) -> As
         yield await _progress_reply(app, job_id, label, event.data)
 
 
-async def _forget(app: Any, job_id: str) -> None:
+async def _forget(app: "App", job_id: str) -> None:
     await asyncio.to_thread(app.engine.store.delete, _ENTRY + job_id)
 
 
-async def _read_events(app: Any, job_id: str, resumed: bool, inbox: asyncio.Queue) -> None:
+async def _read_events(app: "App", job_id: str, resumed: bool, inbox: asyncio.Queue) -> None:
     record = await asyncio.to_thread(app.engine.book.get, job_id) if resumed else None
     # Long jobs bound themselves (their step caps): no job timeout. A resumed job that already
     # started may have had its early events trimmed, so it gets no queue timeout either.
@@ -138,7 +142,7 @@ async def _read_events(app: Any, job_id: str, resumed: bool, inbox: asyncio.Queu
         inbox.put_nowait(("error", exc))
 
 
-async def _progress_reply(app: Any, job_id: str, label: str, data: dict) -> Reply:
+async def _progress_reply(app: "App", job_id: str, label: str, data: dict) -> Reply:
     step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
     parts = [f"{bold(label)}: step {step}/{total}"]
     if data.get("eta") is not None:
@@ -155,7 +159,7 @@ async def _progress_reply(app: Any, job_id: str, label: str, data: dict) -> Repl
     return Reply(text=" · ".join(parts), images=images, progress=step / total, actions=(cancel_action(job_id),))
 
 
-async def _waiting_reply(app: Any, info: dict, label: str) -> Reply:
+async def _waiting_reply(app: "App", info: dict, label: str) -> Reply:
     position = await asyncio.to_thread(queue_position, app.engine, info["job_id"], info["queue"])
     text = f"{bold(label)}: waiting for a worker"
     if position:
@@ -166,7 +170,7 @@ async def _waiting_reply(app: Any, info: dict, label: str) -> Reply:
     return Reply(text=text, progress=0.0, actions=(cancel_action(info["job_id"]),))
 
 
-def queue_position(engine: Any, job_id: str, queue: str) -> int | None:
+def queue_position(engine: "Engine", job_id: str, queue: str) -> int | None:
     """1 = next to run. None when unknown (the embedded engine) or no longer queued."""
     if getattr(engine, "redis", None) is None:
         return None
@@ -179,7 +183,7 @@ def queue_position(engine: Any, job_id: str, queue: str) -> int | None:
     return None
 
 
-def _remember_duration(app: Any, info: dict) -> None:
+def _remember_duration(app: "App", info: dict) -> None:
     record = app.engine.book.get(info["job_id"])
     if record is None or not record.started_at or not record.finished_at:
         return
@@ -189,13 +193,13 @@ def _remember_duration(app: Any, info: dict) -> None:
                          ttl=30 * 86400)
 
 
-def unfinished(app: Any, platform: str) -> list[dict]:
+def unfinished(app: "App", platform: str) -> list[dict]:
     """The long jobs this platform's conversations still wait for (blocking)."""
     entries = (app.engine.store.get(key) for key in app.engine.store.keys(_ENTRY))
     return sorted((e for e in entries if e and e.get("platform") == platform), key=lambda e: e["created"])
 
 
-async def resume_jobs(app: Any, platform: str, *, unreachable: Callable[[str], Any] | None = None,
+async def resume_jobs(app: "App", platform: str, *, unreachable: Callable[[str], object] | None = None,
                       retry_every: float = RETRY_S) -> AsyncIterator[tuple[dict, AsyncIterator[Reply]]]:
     """For each unfinished job of `platform`: (its conversation, its reply stream from now on).
 
@@ -226,12 +230,12 @@ def _said(_message: str) -> None:
     pass
 
 
-def _unfinished_records(app: Any, platform: str) -> list[tuple[dict, bool]]:
+def _unfinished_records(app: "App", platform: str) -> list[tuple[dict, bool]]:
     """Every read `resume_jobs` needs, at once: it fails before anything is resumed, or not at all."""
     return [(info, app.engine.book.get(info["job_id"]) is not None) for info in unfinished(app, platform)]
 
 
-async def _lost(app: Any, info: dict) -> AsyncIterator[Reply]:
+async def _lost(app: "App", info: dict) -> AsyncIterator[Reply]:
     """Say once, where it was asked, what became of a job whose record is gone."""
     label = bold(info.get("label") or "A job")
     if app.engine.embedded:  # its records live in the bot process: a restart lost them
@@ -267,7 +271,7 @@ async def cancel(ctx, job: Annotated[str, "the job to stop (its Cancel button fi
     return Reply(text="Cancelling…", ephemeral=True)
 
 
-def may_cancel(info: dict | None, request: Any) -> bool:
+def may_cancel(info: dict | None, request: "Request") -> bool:
     """The requester (same platform and user), or an admin of the space (server, workspace) the
     job was started in. A job with no long-job entry belongs to no conversation: only an admin at
     the local chat or CLI (the operator) may stop it."""

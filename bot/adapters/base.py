@@ -22,7 +22,7 @@ import logging
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, ClassVar
 
 from pydantic_settings import SettingsConfigDict
 
@@ -30,6 +30,15 @@ from bot.commands import Attachment, Reply
 from bot.config import PluginSettings
 from bot.intake import Downloader, ImageLimits, download_attachment, file_attachment
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.events import HistorySource
+    from engine.blobs import BlobStore
+    from engine.settings import EngineSettings
+
+Deliver = Callable[[dict, AsyncIterator[Reply]], Awaitable[None]]  # (conversation, replies): render them there
+Spawn = Callable[[Awaitable[None]], object]  # starts a delivery in the background (asyncio.ensure_future)
 
 __all__ = ["Adapter", "AdapterSettings", "ChatSurface", "Intake", "error_reply", "missing_sdk",
            "resume_followed_jobs"]
@@ -54,7 +63,7 @@ class Adapter(ABC):
     default: ClassVar[bool] = False
     install_hint: ClassVar[str] = ""  # what to install when the SDK is missing, e.g. clipbot[discord]
 
-    def load_settings(self, **overrides: Any) -> AdapterSettings:
+    def load_settings(self, **overrides: object) -> AdapterSettings:
         """This adapter's settings, from the environment and .env (overrides win)."""
         return self.settings_class.load(self.name, **overrides)
 
@@ -67,12 +76,12 @@ class Adapter(ABC):
         """Raise `UserError` (see `missing_sdk`) when the platform's SDK is not installed."""
 
     @abstractmethod
-    async def serve(self, app: Any, settings: AdapterSettings, stop_event: asyncio.Event) -> None:
+    async def serve(self, app: "App", settings: AdapterSettings, stop_event: asyncio.Event) -> None:
         """Connect and answer until `stop_event` is set (then close every connection and return).
         An error raised here stops `clipbot run` with its message: a `UserError` for what the
         operator must fix (a rejected token), anything else as a crash."""
 
-    def open_history(self, app: Any, settings: AdapterSettings) -> AbstractAsyncContextManager[Any]:
+    def open_history(self, app: "App", settings: AdapterSettings) -> AbstractAsyncContextManager["HistorySource"]:
         """The platform's message history (`bot.events.HistorySource`) without serving: what
         `clipbot index backfill --platform NAME` walks from a shell. Adapters without one refuse."""
         raise UserError(f"The {self.name} adapter cannot read message history from a shell.")
@@ -87,23 +96,23 @@ class ChatSurface(ABC):
     """What a running adapter does for dispatch; `serve` builds one (or several) of these."""
 
     platform: ClassVar[str]
-    app: Any
+    app: "App"
 
     @abstractmethod
     async def deliver(self, conversation: dict, replies: AsyncIterator[Reply]) -> None:
         """Render a reply stream into a conversation recorded earlier (`Request.conversation`),
         as a fresh request's answer would be: progress replaces progress, the final reply ends it."""
 
-    async def resume_followed_jobs(self, *, spawn: Callable[[Awaitable[Any]], Any] = asyncio.ensure_future,
-                                   unreachable: Callable[[str], Any] = log.warning) -> list[Any]:
+    async def resume_followed_jobs(self, *, spawn: Spawn = asyncio.ensure_future,
+                                   unreachable: Callable[[str], object] = log.warning) -> list[object]:
         """See `resume_followed_jobs`; `deliver` renders each."""
         return await resume_followed_jobs(self.app, self.platform, self.deliver, spawn=spawn,
                                           unreachable=unreachable)
 
 
-async def resume_followed_jobs(app: Any, platform: str, deliver: Callable[[dict, AsyncIterator[Reply]], Awaitable[None]],
-                               *, spawn: Callable[[Awaitable[Any]], Any] = asyncio.ensure_future,
-                               unreachable: Callable[[str], Any] = log.warning) -> list[Any]:
+async def resume_followed_jobs(app: "App", platform: str, deliver: Deliver,
+                               *, spawn: Spawn = asyncio.ensure_future,
+                               unreachable: Callable[[str], object] = log.warning) -> list[object]:
     """Follow again every long job `platform`'s conversations still wait for (a restarted bot):
     each stream is `deliver`ed into its conversation by a task from `spawn`; a stream that cannot
     be delivered is logged, not raised. With Redis down at start, `unreachable` is told once and
@@ -114,7 +123,7 @@ async def resume_followed_jobs(app: Any, platform: str, deliver: Callable[[dict,
     return started
 
 
-async def _deliver_logged(platform: str, deliver: Any, conversation: dict, replies: AsyncIterator[Reply]) -> None:
+async def _deliver_logged(platform: str, deliver: Deliver, conversation: dict, replies: AsyncIterator[Reply]) -> None:
     try:
         await deliver(conversation, replies)
     except Exception:
@@ -130,11 +139,11 @@ class Intake:
     """Files people send, as stored `Attachment`s: downloaded (a platform's `Downloader`: trusted
     hosts only, size held), checked as images (`engine.images`) and put in the blob store."""
 
-    def __init__(self, blobs: Any, limits: ImageLimits, downloader: Downloader | None = None) -> None:
+    def __init__(self, blobs: "BlobStore", limits: ImageLimits, downloader: Downloader | None = None) -> None:
         self.blobs, self.limits, self.downloader = blobs, limits, downloader
 
     @classmethod
-    def of(cls, app: Any, settings: Any = None, downloader: Downloader | None = None) -> "Intake":
+    def of(cls, app: "App", settings: "EngineSettings | None" = None, downloader: Downloader | None = None) -> "Intake":
         """Into `app`'s blob store, held to `settings`' (default: the app's) image limits."""
         return cls(app.engine.blobs, ImageLimits.of(settings or app.settings), downloader)
 

@@ -18,11 +18,18 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bot.adapters.base import Intake
 from bot.adapters.registry import load_adapter, load_adapter_settings, reads_history
 from engine.datadir import make_dir, write_file
+from engine.wire import JSON
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from bot.commands import Attachment, CommandSpec, Image, Option, Request
+    from bot.config import Settings
+    from bot.events import HistorySource, ImagePosted
 
 __all__ = ["EXIT_USER_ERROR", "GENERIC_FLAGS", "add_verb", "answer_verb", "with_paths"]
 
@@ -30,7 +37,7 @@ EXIT_USER_ERROR = 2
 GENERIC_FLAGS = ("json", "out", "space", "channel", "user", "platform")
 
 
-def add_verb(sub: Any, spec: Any) -> None:
+def add_verb(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", spec: "CommandSpec") -> None:
     """`clipbot NAME` from a CommandSpec: the first required option is positional (or, when none is
     required, the first free-text option: `clipbot search QUERY`), and also a flag; the rest are
     flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
@@ -46,7 +53,7 @@ def add_verb(sub: Any, spec: Any) -> None:
         if option.multiple:
             _add_multiple(verb, option)
             continue
-        kwargs: dict[str, Any] = {"help": option.description or None}
+        kwargs: dict[str, object] = {"help": option.description or None}
         if option.choices:
             kwargs["choices"] = list(option.choices)
         if option.type in (int, float):
@@ -75,7 +82,7 @@ def add_verb(sub: Any, spec: Any) -> None:
     verb.set_defaults(spec_name=spec.name)
 
 
-def _add_multiple(verb: Any, option: Any) -> None:
+def _add_multiple(verb: argparse.ArgumentParser, option: "Option") -> None:
     """A list option: files are trailing positionals (`clipbot index add ... a.png b.png`),
     anything else a repeatable flag."""
     from bot.commands import Attachment
@@ -89,7 +96,7 @@ def _add_multiple(verb: Any, option: Any) -> None:
                           help=option.description or None)
 
 
-def answer_verb(args: argparse.Namespace, settings: Any) -> int:
+def answer_verb(args: argparse.Namespace, settings: "Settings") -> int:
     """Run the verb `args` were parsed for: one request, its replies printed; the exit code."""
     from bot.app import open_app
 
@@ -98,7 +105,8 @@ def answer_verb(args: argparse.Namespace, settings: Any) -> int:
         return asyncio.run(_answer_with_history(app, request, args, settings))
 
 
-async def _answer_with_history(app: Any, request: Any, args: argparse.Namespace, settings: Any) -> int:
+async def _answer_with_history(app: "App", request: "Request", args: argparse.Namespace,
+                               settings: "Settings") -> int:
     """`_answer`, with the platform's message history reachable over its Web API when a command
     (`clipbot index backfill --platform discord ...`) walks it; nothing connects unless one does."""
     async with contextlib.AsyncExitStack() as stack:
@@ -110,11 +118,11 @@ async def _answer_with_history(app: Any, request: Any, args: argparse.Namespace,
 class _ShellHistory:
     """A platform's `HistorySource` from the shell: logs in (REST only) on first use, closes at exit."""
 
-    def __init__(self, stack: contextlib.AsyncExitStack, platform: str, app: Any) -> None:
+    def __init__(self, stack: contextlib.AsyncExitStack, platform: str, app: "App") -> None:
         self._stack, self._platform, self._app = stack, platform, app
-        self._source: Any = None
+        self._source: "HistorySource | None" = None
 
-    async def history(self, space_id: str, channel_id: str, cursor: str | None, limit: int) -> Any:
+    async def history(self, space_id: str, channel_id: str, cursor: str | None, limit: int) -> "tuple[list[ImagePosted], str | None]":
         if self._source is None:
             adapter = load_adapter(self._platform)
             adapter.check_installed()
@@ -123,10 +131,10 @@ class _ShellHistory:
         return await self._source.history(space_id, channel_id, cursor, limit)
 
 
-def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
+def _request(app: "App", spec: "CommandSpec", args: argparse.Namespace) -> "Request":
     from bot.commands import Attachment, Request
 
-    options: dict[str, Any] = {}
+    options: dict[str, object] = {}
     for option in spec.options:
         value = getattr(args, f"opt_{option.name}", None)
         if value is None:
@@ -143,11 +151,11 @@ def _request(app: Any, spec: Any, args: argparse.Namespace) -> Any:
     )
 
 
-def _attach(app: Any, path: str) -> Any:
+def _attach(app: "App", path: str) -> "Attachment":
     return Intake.of(app).local_file(path)
 
 
-async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
+async def _answer(app: "App", request: "Request", args: argparse.Namespace) -> int:
     """Stream the replies: progress to stderr, text (or the final data as JSON) to stdout."""
     from bot.markup import progress_line, render_plain
 
@@ -179,12 +187,12 @@ async def _answer(app: Any, request: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_image(out_dir: Path, image: Any) -> Path:
+def _write_image(out_dir: Path, image: "Image") -> Path:
     make_dir(out_dir)
     return write_file(out_dir / Path(image.filename).name, image.data)
 
 
-def with_paths(value: Any, written: dict[str, str]) -> Any:
+def with_paths(value: JSON, written: dict[str, str]) -> JSON:
     """The data with every string that names an image written here replaced by its path."""
     if isinstance(value, str):
         return written.get(value, value)
