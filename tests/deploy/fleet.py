@@ -218,7 +218,8 @@ def plan_fleet(model: dict[str, Any], *, dotenv: dict[str, str], externals: dict
     plans = {}
     for name, spec in services.items():
         mapper = _Mapper(name, spec, services, externals, ports, volumes)
-        env = {**base_env, **images.get(spec.get("image", ""), {})}
+        env = dict(base_env)
+        env.update({k: interpolate(v, env) for k, v in images.get(spec.get("image", ""), {}).items()})  # PATH=/venv/bin:$PATH
         if spec.get("env_file"):
             env.update(dotenv)  # the admin's .env: outside the compose file, not rewritten
         for key, value in _as_dict(spec.get("environment")).items():
