@@ -17,7 +17,7 @@ COMPOSE = ROOT / "deploy" / "compose.yml"
 BASE_DOTENV = {"POSTGRES_PASSWORD": "fleet-test-password", "CLIPBOT_CLIP_MODEL": "tiny-test",
                "CLIPBOT_VQGAN_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "INFO",
                "CLIPBOT_WORKER_TORCH_THREADS": "1", "SLACK_BOT_TOKEN": "xoxb-placeholder",
-               "SLACK_SIGNING_SECRET": "placeholder-secret"}
+               "SLACK_SIGNING_SECRET": "placeholder-secret", "CLIPBOT_SLACK_PUBLISH": "127.0.0.1:3000"}
 
 
 def declared_queues() -> set[str]:

@@ -6,6 +6,7 @@ first, every healthcheck passing, then a /whatis, a posted picture found by /sea
 
 from __future__ import annotations
 
+import json
 import shutil
 import urllib.error
 import urllib.request
@@ -24,9 +25,9 @@ TEAM, SECRET = "T0FLEET", "fleet-signing-secret"
 
 
 def _flower_skip() -> dict[str, str]:
-    try:
-        import flower  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("flower") is None:
         return {"flower": "flower is not installed (pip install -e '.[flower]')"}
     return {}
 
@@ -49,7 +50,7 @@ class _Slack:
         self.fake, self.url = fake, f"http://127.0.0.1:{port}/slack/events"
 
     def send(self, kind: str, payload: dict) -> int:
-        body = urlencode(payload) if kind == "slash_commands" else __import__("json").dumps(payload)
+        body = urlencode(payload) if kind == "slash_commands" else json.dumps(payload)
         content = "application/x-www-form-urlencoded" if kind == "slash_commands" else "application/json"
         request = urllib.request.Request(self.url, data=body.encode(), method="POST",
                                          headers=signed_headers(SECRET, body, content_type=content))
