@@ -382,7 +382,10 @@ class Fleet:
         plan = self.plans[name]
         if plan.healthcheck is None:
             raise WiringError(f"{name}: has no healthcheck")
-        done = subprocess.run(plan.healthcheck, env=plan.env, cwd=self.workdir, capture_output=True, timeout=30)
+        try:  # generous for a loaded 2-core machine; a probe that overruns is a failed one, as in compose
+            done = subprocess.run(plan.healthcheck, env=plan.env, cwd=self.workdir, capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            return False
         return done.returncode == 0
 
     def wait_healthy(self, name: str) -> None:
