@@ -122,9 +122,13 @@ def _command_specs(settings: Any) -> list[Any]:
 
 def _configure_logging(args: argparse.Namespace, settings: Any) -> None:
     """Services log to stderr; the local chat and one-shot verbs keep library chatter (Celery,
-    open_clip) out of the conversation: full logs go to DATA_DIR/logs/clipbot.log."""
+    open_clip) out of the conversation: full logs go to DATA_DIR/logs/clipbot.log. Lines are
+    text, or JSON objects with CLIPBOT_LOG_FORMAT=json (`engine.observe.JsonFormatter`)."""
+    from engine.observe import JsonFormatter
+
     level = logging.DEBUG if args.verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = (JsonFormatter() if settings.log_format == "json"
+           else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.setLevel(level)
     if args.command == "worker" or args.verbose or (args.command == "run" and _platform_adapters(args, settings)):
@@ -184,11 +188,14 @@ def _default_adapter(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace, settings: Any) -> int:
+    from contextlib import nullcontext
+
     from bot.adapters.registry import load_adapter_settings
     from bot.app import open_app
+    from engine.observe import serve_client
 
     adapters = _platform_adapters(args, settings)
-    with open_app(settings) as app:
+    with open_app(settings) as app, serve_client(app.engine) or nullcontext():
         if adapters:
             asyncio.run(_serve(app, adapters))
         else:

@@ -131,7 +131,7 @@ class Dispatcher:
             yield Reply(text=str(exc), error=True, final=True, ephemeral=True, data={"error": "user"})
         except Exception:
             ref = uuid.uuid4().hex[:8]
-            log.exception("handler for /%s crashed (ref %s)", request.command, ref)
+            log.exception("handler for /%s crashed (ref %s)", request.command, ref, extra={"ref": ref})
             final_seen = True
             yield Reply(text=f"Something went wrong on my side (ref {ref}). It has been logged.", error=True,
                         final=True, data={"error": "internal", "ref": ref})

@@ -22,6 +22,7 @@ from engine.checkpoints import Checkpoints
 from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
 from engine.feed import MemoryFeed, RedisFeed
 from engine.health import WORKERS, stale_after
+from engine.observe import metrics
 from engine.jobs import (
     CANCELLED,
     FAILED,
@@ -106,12 +107,18 @@ class Engine:
         is cancelled before any worker took it."""
         if queue not in self.queues:
             raise ValueError(f"unknown queue {queue!r} (declared: {', '.join(self.queues)})")
-        self.require_worker(queue)
-        job_id = uuid.uuid4().hex
-        inputs = list(dict.fromkeys([*input_blobs, *blob_keys(self.book.declared_inputs(task), kwargs)]))
-        self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=inputs,
-                                   extra=dict(record_extra or {})))
-        self._publish(job_id, task, kwargs, queue)
+        submitted = metrics().submitted
+        try:
+            self.require_worker(queue)
+            job_id = uuid.uuid4().hex
+            inputs = list(dict.fromkeys([*input_blobs, *blob_keys(self.book.declared_inputs(task), kwargs)]))
+            self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=inputs,
+                                       extra=dict(record_extra or {})))
+            self._publish(job_id, task, kwargs, queue)
+        except (WorkerUnavailable, BackendUnavailable):
+            submitted.labels(task, "refused").inc()
+            raise
+        submitted.labels(task, "queued").inc()
         return job_id
 
     def _publish(self, job_id: str, task: str, kwargs: dict[str, Any], queue: str) -> None:

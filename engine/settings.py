@@ -1,4 +1,5 @@
-"""The engine's settings: queues, job lifetimes, worker health, models, the image index, image limits.
+"""The engine's settings: queues, job lifetimes, worker health, models, the image index, image limits,
+logs and the observe endpoints.
 
 Environment variables prefixed CLIPBOT_ (or a .env file), the same names as ever. The chat
 side's `bot.config.Settings` builds on this class, so one object still holds every setting;
@@ -8,7 +9,7 @@ engine/ only ever needs (and types against) this part.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -67,8 +68,17 @@ class EngineSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
 
     log_level: str = Field("INFO", description="logging level")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line "
+                                                "(time, level, logger, message, job_id)")
+
+    # observability (engine.observe): /metrics, /healthz, /readyz
+    observe_port: int | None = Field(None, ge=0, le=65535, description="port of the metrics and health "
+                                     "endpoints; unset: 9108 for clipbot run, 9109 for clipbot worker; 0: off")
+    observe_host: str = Field("127.0.0.1", description="address the metrics and health endpoints listen on "
+                              "(0.0.0.0 in containers)")
 
     _split_queues = field_validator("worker_queues", mode="before")(split_list)
+    _unset_port = field_validator("observe_port", mode="before")(lambda v: None if v == "" else v)
     # `CLIPBOT_DATA_DIR=~/...` (as .env.example writes it): no shell expands ~ in a .env file.
     _home = field_validator("data_dir", "model_cache", mode="after")(_expand_user)
 

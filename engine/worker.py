@@ -39,6 +39,9 @@ from engine.health import (
 from engine.errors import JobCancelled, UserError
 from engine.jobs import CANCELLED, FAILED, QUEUED, STARTED, SUCCEEDED
 from engine.models.registry import registry
+from engine.observe import (
+    WORKER_PORT, ObserveServer, QueueDepth, Readiness, engine_checks, forget_process, job_scope, metrics,
+    note_gpu_memory, observe_address, prepared_check, processes_with_files, scrape_registry, use_multiprocess_dir)
 from engine.tasks import JobContext, TaskInfo, blob_keys, tasks_in
 from engine.wire import to_wire
 
@@ -98,7 +101,14 @@ class WorkerRuntime:
                                 shared=False)
 
     def run_delivery(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> None:
-        """Execute one delivery of a job: record it, run the function, record the outcome."""
+        """Execute one delivery of a job: record it, run the function, record the outcome. Its
+        log lines carry the job id (`engine.observe.job_scope`); the outcome is counted."""
+        with job_scope(job_id):
+            outcome = self._deliver(info, job_id, kwargs)
+        metrics().jobs.labels(info.name, outcome).inc()
+
+    def _deliver(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> str:
+        """The delivery; returns its outcome (`engine.observe.OUTCOMES`)."""
         record = self.book.get(job_id)
         if record is None:
             # Every job gets its record as it is submitted, and keeps it a week unless it ends. So
@@ -108,38 +118,50 @@ class WorkerRuntime:
             # would run for nobody.
             log.warning("job %s has no record (it ended long ago, or was never submitted); not running it",
                         job_id[:8])
-            return
+            return "refused"
         if record.finished:  # a redelivery of a job that already ended: nothing to do
             log.info("job %s already ended (%s); not running it again", job_id[:8], record.state)
-            return
+            return "refused"
         inputs = sorted(set(record.inputs) | set(blob_keys(info.inputs, kwargs)))
         attempt = record.attempts + 1
         if self.book.cancel_requested(job_id):
             self.book.update(job_id, inputs=inputs)
-            return self._end(job_id, CANCELLED, error="The job was cancelled.")
+            self._end(job_id, CANCELLED, error="The job was cancelled.")
+            return CANCELLED
         if attempt > self.settings.max_attempts:  # its earlier attempts killed their processes
             self.book.update(job_id, inputs=inputs)
-            return self._end(job_id, FAILED, error=gave_up_message(job_id, record.attempts))
-        me = self.process
-        self.book.update(job_id, state=STARTED, started_at=time.time(), attempts=attempt, worker=me, inputs=inputs)
+            self._end(job_id, FAILED, error=gave_up_message(job_id, record.attempts))
+            return FAILED
+        me, started = self.process, time.time()
+        self.book.update(job_id, state=STARTED, started_at=started, attempts=attempt, worker=me, inputs=inputs)
         if self.redis is not None:
             self.redis.hset(RUNNING, job_id, me)
         self.book.emit(job_id, STARTED, attempt=attempt, worker=me)
+        if attempt == 1:
+            metrics().queue_wait.labels(info.name).observe(max(0.0, started - record.created_at))
+        began = time.perf_counter()
+        outcome, result, error = self._run(info, job_id, attempt, kwargs)
+        metrics().run_time.labels(info.name, outcome).observe(time.perf_counter() - began)
+        self._finish(job_id, attempt, outcome, result=result, error=error)
+        note_gpu_memory()
+        return outcome
+
+    def _run(self, info: TaskInfo, job_id: str, attempt: int, kwargs: dict[str, Any]) -> tuple[str, Any, str | None]:
+        """Run the task function: (outcome, result, user-facing error). A crash is logged with a
+        short reference that the error repeats, so a user's report finds the log line."""
         self.running.add(job_id)
         try:
-            result = to_wire(info.fn(JobContext(self.engine, job_id, attempt), **kwargs))
+            return SUCCEEDED, to_wire(info.fn(JobContext(self.engine, job_id, attempt), **kwargs)), None
         except JobCancelled as exc:
-            return self._finish(job_id, attempt, CANCELLED, error=str(exc))
+            return CANCELLED, None, str(exc)
         except UserError as exc:
-            return self._finish(job_id, attempt, FAILED, error=str(exc))
+            return FAILED, None, str(exc)
         except Exception:
-            log.exception("job %s (%s) crashed", job_id, info.name)
-            return self._finish(
-                job_id, attempt, FAILED,
-                error=f"Something went wrong on the worker (job {job_id[:8]}); it has been logged.")
+            ref = job_id[:8]
+            log.exception("job %s (%s) crashed (ref %s)", job_id, info.name, ref, extra={"ref": ref})
+            return FAILED, None, f"Something went wrong on the worker (ref {ref}); it has been logged."
         finally:
             self.running.discard(job_id)
-        self._finish(job_id, attempt, SUCCEEDED, result=result)
 
     def _finish(self, job_id: str, attempt: int, state: str, *, result: Any = None, error: str | None = None) -> None:
         current = self.book.get(job_id)
@@ -211,7 +233,14 @@ class WorkerRuntime:
         self._node_beat()
         if has_children:
             self._replace_hung_children()
+            self._forget_exited_children()
         self.reap()
+
+    def _forget_exited_children(self) -> None:
+        """Children killed before they could say so (SIGKILL, OOM) stop counting as prepared."""
+        for pid in processes_with_files() - {self.main_pid}:
+            if not _is_my_child(pid):
+                forget_process(pid)
 
     def _replace_hung_children(self) -> None:
         now, dead_after = time.time(), self.settings.worker_dead_after
@@ -348,27 +377,56 @@ def run_worker(engine: Engine, task_modules: Iterable[str], *, queues: list[str]
     from redis.retry import Retry
 
     settings = engine.settings
-    wait_for_redis(settings.state_redis_url)
-    logging.getLogger("celery.worker.consumer.consumer").addFilter(_one_line)
-    # Ride out a Redis restart mid-job (about a minute) instead of failing the job's writes.
-    engine.redis.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), 40))
-    runtime = WorkerRuntime(engine, node=f"clipbot@{socket.gethostname()}.{os.getpid()}", queues=queues)
-    runtime.join_fleet()
-    infos = runtime.register(task_modules)
-    log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
-    period, stop = heartbeat_every(settings), threading.Event()
     children = concurrency if pool == "prefork" else 1
-    _connect_signals(runtime, pool, period, stop, torch_threads(settings, children), prepare)
-    if pool == "prefork":
-        registry.forbid_loading("models load in worker children, not in the prefork parent (CUDA is not fork-safe)")
-    else:
-        registry.allow_loading()
-    worker = engine.celery.Worker(
-        hostname=runtime.node, queues=queues, concurrency=concurrency, pool=pool, loglevel=loglevel,
-        without_mingle=True, without_gossip=True,
-    )
-    worker.start()
-    return worker.exitcode or 0
+    use_multiprocess_dir()  # before any metric: the children count their jobs in files there
+    consuming = threading.Event()
+    server = _serve_observe(engine, queues, children, consuming)
+    try:
+        wait_for_redis(settings.state_redis_url)
+        logging.getLogger("celery.worker.consumer.consumer").addFilter(_one_line)
+        # Ride out a Redis restart mid-job (about a minute) instead of failing the job's writes.
+        engine.redis.set_retry(Retry(ExponentialBackoff(cap=2.0, base=0.1), 40))
+        runtime = WorkerRuntime(engine, node=f"clipbot@{socket.gethostname()}.{os.getpid()}", queues=queues)
+        runtime.join_fleet()
+        infos = runtime.register(task_modules)
+        log.info("tasks: %s", ", ".join(f"{i.name}[{i.queue}]" for i in infos) or "none")
+        period, stop = heartbeat_every(settings), threading.Event()
+        _connect_signals(runtime, pool, period, stop, torch_threads(settings, children), prepare,
+                         _Observed(server, consuming))
+        if pool == "prefork":
+            registry.forbid_loading("models load in worker children, not in the prefork parent (CUDA is not fork-safe)")
+        else:
+            registry.allow_loading()
+        worker = engine.celery.Worker(
+            hostname=runtime.node, queues=queues, concurrency=concurrency, pool=pool, loglevel=loglevel,
+            without_mingle=True, without_gossip=True,
+        )
+        worker.start()
+        return worker.exitcode or 0
+    finally:
+        if server is not None:
+            server.close()
+
+
+class _Observed:
+    """What the worker's signal handlers tell the observe endpoints."""
+
+    def __init__(self, server: ObserveServer | None, consuming: threading.Event) -> None:
+        self.server, self.consuming = server, consuming
+
+
+def _serve_observe(engine: Engine, queues: list[str], children: int, consuming: threading.Event
+                   ) -> ObserveServer | None:
+    """/metrics, /healthz, /readyz of this worker (None: CLIPBOT_OBSERVE_PORT=0). Ready: Redis
+    answers, the worker consumes its queues, and each of its `children` processes prepared."""
+    address = observe_address(engine.settings, WORKER_PORT)
+    if address is None:
+        return None
+    readiness = Readiness([*engine_checks(engine),
+                           lambda: None if consuming.is_set() else "starting: not consuming the queues yet",
+                           prepared_check(children)])
+    depth = QueueDepth(engine.redis, {q: engine.queue_name(q) for q in queues})
+    return ObserveServer(*address, registry=scrape_registry([depth, readiness]), readiness=readiness).start()
 
 
 def _one_line(record: logging.LogRecord) -> bool:
@@ -379,17 +437,21 @@ def _one_line(record: logging.LogRecord) -> bool:
 
 
 def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: threading.Event,
-                     threads: int, prepare: Callable[[], Any] | None) -> None:
+                     threads: int, prepare: Callable[[], Any] | None, observed: _Observed) -> None:
     from celery import signals
 
     prefork = pool == "prefork"
 
     def start_preparing() -> None:
-        if prepare is not None:
+        if prepare is None:
+            metrics().prepared.set(1)
+        else:
             threading.Thread(target=_safe_prepare, args=(prepare,), name="clipbot-prepare", daemon=True).start()
 
     @signals.worker_process_init.connect(weak=False)
     def _child_init(**_: Any) -> None:  # in each prefork child; must stay cheap (4 s limit)
+        if observed.server is not None:
+            observed.server.close_inherited()
         registry.allow_loading()
         _limit_torch_threads(threads)
         _every(period, threading.Event(), runtime.beat, "worker heartbeat")
@@ -397,6 +459,7 @@ def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: thr
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _child_exit(**_: Any) -> None:
+        forget_process(os.getpid())
         _quietly(runtime.withdraw)
 
     @signals.worker_ready.connect(weak=False)
@@ -410,6 +473,7 @@ def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: thr
             _every(period, stop, runtime.beat, "worker heartbeat")
             start_preparing()
         _every(period, stop, lambda: runtime.tend(has_children=prefork), "worker upkeep")
+        observed.consuming.set()
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
@@ -418,10 +482,13 @@ def _connect_signals(runtime: WorkerRuntime, pool: str, period: float, stop: thr
 
 
 def _safe_prepare(prepare: Callable[[], Any]) -> None:
+    """Prepare; a process that did counts in `clipbot_worker_prepared` (the worker's /readyz)."""
     try:
         prepare()
     except Exception as exc:  # e.g. weights not downloaded: jobs will say so too
         log.warning("preparing at start failed: %s", exc, exc_info=not isinstance(exc, UserError))
+        return
+    metrics().prepared.set(1)
 
 
 def _quietly(step: Any) -> None:

@@ -29,9 +29,10 @@ os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "
 
 # Tiers are folders; the marker follows the folder, so a test is never filed under the wrong tier.
 # tests/plugin drives the whole stack in one process through the local chat, and tests/index runs
-# against a real PostgreSQL: both are integration tests.
+# against a real PostgreSQL: both are integration tests. tests/deploy renders and validates the deploy
+# files and runs the compose fleet as processes on real Redis and PostgreSQL: integration.
 _TIER_OF_FOLDER = {"unit": "unit", "integration": "integration", "plugin": "integration", "index": "integration",
-                   "e2e": "e2e"}
+                   "e2e": "e2e", "deploy": "integration"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:

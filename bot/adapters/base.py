@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 Deliver = Callable[[dict, AsyncIterator[Reply]], Awaitable[None]]  # (conversation, replies): render them there
 Spawn = Callable[[Awaitable[None]], object]  # starts a delivery in the background (asyncio.ensure_future)
 
-__all__ = ["Adapter", "AdapterSettings", "ChatSurface", "Intake", "error_reply", "missing_sdk",
+__all__ = ["Adapter", "AdapterSettings", "ChatSurface", "Intake", "count_api_answer", "error_reply", "missing_sdk",
            "resume_followed_jobs"]
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,16 @@ async def _deliver_logged(platform: str, deliver: Deliver, conversation: dict, r
         await deliver(conversation, replies)
     except Exception:
         log.exception("%s: could not resume answering in %s", platform, conversation)
+
+
+def count_api_answer(platform: str, status: int, *, ok: bool = True) -> None:
+    """One answer of `platform`'s API: an error (HTTP status >= 400, or `ok` false: Slack's
+    ok=false in a 200) counts in clipbot_platform_api_errors_total{platform, status}; 429s, the
+    rate limits the SDKs wait out, too."""
+    if status >= 400 or not ok:
+        from engine.observe import metrics
+
+        metrics().platform_errors.labels(platform, str(status) if status >= 400 else "api_error").inc()
 
 
 def error_reply(text: str | BaseException) -> Reply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from functools import partial
 from typing import TYPE_CHECKING, Callable, TypeVar
@@ -48,7 +49,9 @@ class ModelRegistry:
         with self._key_lock(key):
             model = self._models.get(key, _MISSING)
             if model is _MISSING:
+                began = time.perf_counter()
                 model = loader()
+                _note_load(key, time.perf_counter() - began)
                 self._models[key] = model
         return model
 
@@ -87,6 +90,12 @@ class ModelRegistry:
         self._pid = _current_pid()
         forbidden = getattr(self, "_forbidden", None)
         self._forbidden = forbidden if forbidden and forbidden[0] == self._pid else None
+
+
+def _note_load(key: str, seconds: float) -> None:
+    from engine.observe import metrics
+
+    metrics().model_load.labels(key.split(":", 1)[0]).observe(seconds)  # kind: "clip", "vqgan", ...
 
 
 def _reset_after_fork(ref: weakref.ref) -> None:

@@ -17,6 +17,7 @@ from engine.errors import JobCancelled, UserError
 from engine.images import decode_image
 from engine.models import clip_for, vqgan_for
 from engine.models.vqgan import vqgan_available
+from engine.observe import imagine_step
 from engine.progress import ThrottledProgress
 from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
@@ -87,7 +88,9 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
         started = time.perf_counter()
         loss = generation.step()
         step = generation.step_done
-        reporter.step_took(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        reporter.step_took(took)
+        imagine_step(took)
         if step % every == 0 or step == total:
             reporter.snapshot(step, total, generation.png(), loss=round(loss, 6))
         else:

@@ -106,4 +106,5 @@ def test_docker_images():
     bot = (ROOT / "deploy" / "Dockerfile.bot").read_text()
     worker = (ROOT / "deploy" / "Dockerfile.worker").read_text()
     assert "worker" not in re.findall(r"pip install[^\n]*", bot)[0] and "torch" not in bot.split("FROM", 1)[1]
-    assert '".[worker]"' in re.findall(r"pip install[^\n]*", worker)[0]
+    assert re.search(r'"\.\[worker[,\]]', re.findall(r"pip install[^\n]*", worker)[0])
+    assert "worker" not in re.findall(r"ARG EXTRAS=[^\n]*", bot)[0]  # the bot image's extras: no torch

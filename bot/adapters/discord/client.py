@@ -36,7 +36,7 @@ import aiohttp
 import discord
 import yarl
 
-from bot.adapters.base import ChatSurface, Intake, error_reply
+from bot.adapters.base import ChatSurface, Intake, count_api_answer, error_reply
 from bot.adapters.discord.channels import (bot_reads, bot_sees_private_threads, channel_access,
                                            channel_and_thread)
 from bot.adapters.discord.history import DiscordHistory
@@ -73,7 +73,7 @@ async def open_history(app: Any, settings: Any, config: Any) -> AsyncIterator["D
         raise UserError("Reading discord history needs the bot's token: set DISCORD_TOKEN (as for `clipbot run`).")
     _point_discord_py_at(config)
     adapter = DiscordAdapter(app, settings, config)
-    adapter.client = discord.Client(intents=discord.Intents.none())
+    adapter.client = discord.Client(intents=discord.Intents.none(), http_trace=api_trace())
     try:
         try:
             await adapter.client.login(config.token.get_secret_value())
@@ -95,10 +95,22 @@ def _point_discord_py_at(config: Any) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.gateway_url)
 
 
+def api_trace() -> aiohttp.TraceConfig:
+    """Every REST answer discord.py gets, its retried 429s included, is seen here and counted
+    (`count_api_answer`)."""
+    async def on_end(_session: Any, _context: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        count_api_answer("discord", params.response.status)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(on_end)
+    return trace
+
+
 class _Client(discord.Client):
     def __init__(self, adapter: "DiscordAdapter", intents: discord.Intents) -> None:
         # Every message, edit and follow-up: a label or prompt saying @everyone must not ping anyone.
-        super().__init__(intents=intents, guild_ready_timeout=0.5, allowed_mentions=discord.AllowedMentions.none())
+        super().__init__(intents=intents, guild_ready_timeout=0.5, allowed_mentions=discord.AllowedMentions.none(),
+                         http_trace=api_trace())
         self.adapter = adapter
 
     async def setup_hook(self) -> None:

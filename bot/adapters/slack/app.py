@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable
 
@@ -53,7 +54,7 @@ try:  # the `slack` extra; without it `configured` still answers and `serve` say
 
     from bot.adapters.slack.files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
                                           image_files, image_posted)
-    from bot.adapters.slack.post import ChannelPacer, ReplyPoster, Target
+    from bot.adapters.slack.post import ChannelPacer, CountingRetryHandler, ReplyPoster, Target
     _MISSING = ""
 except ModuleNotFoundError as exc:
     _MISSING = exc.name or "slack-bolt"
@@ -96,7 +97,9 @@ async def serve(app: Any, settings: Any, config: Any, stop_event: asyncio.Event)
 def _web_client(config: Any) -> "AsyncWebClient":
     kwargs = {"base_url": config.api_url} if config.api_url else {}
     client = AsyncWebClient(token=config.bot_token, **kwargs)
-    # Waits out HTTP 429 with Retry-After (conversations.history may allow 1 call a minute).
+    # Sees every answer first (and counts the errors), then: waits out HTTP 429 with Retry-After
+    # (conversations.history may allow 1 call a minute).
+    client.retry_handlers.insert(0, CountingRetryHandler())
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=5))
     return client
 
@@ -333,8 +336,9 @@ class SlackAdapter(ChatSurface):
         except UserError as exc:
             await self._say_privately(target, str(exc))
         except Exception:
-            log.exception("Slack request in %s failed", target.channel)
-            await self._say_privately(target, "Something went wrong on my side. It has been logged.")
+            ref = uuid.uuid4().hex[:8]  # the reply names it, the log line too: a user's report finds it
+            log.exception("Slack request in %s failed (ref %s)", target.channel, ref, extra={"ref": ref})
+            await self._say_privately(target, f"Something went wrong on my side (ref {ref}). It has been logged.")
 
     async def _say_privately(self, target: Target, text: str) -> None:
         poster = ReplyPoster(self.client, self.pacer, target, progress_interval=0)

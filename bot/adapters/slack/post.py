@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 
 from bot.actions import encode_action
+from bot.adapters.base import count_api_answer
 from bot.commands import Action, Image, Reply
 from bot.markup import render_slack
 from engine.errors import UserError
@@ -31,6 +33,18 @@ SECTION_LIMIT = 3000  # characters of mrkdwn in one section block
 VALUE_LIMIT = 2000  # characters in a button's value
 TEXT_LIMIT = 39000  # a message's text field
 _GONE = {"channel_not_found", "not_in_channel", "is_archived"}
+
+
+class CountingRetryHandler(AsyncRetryHandler):
+    """Never retries: sees every Web API answer first and counts the errors, rate limits (429)
+    included (`bot.adapters.base.count_api_answer`)."""
+
+    async def can_retry_async(self, *, state: Any, request: Any, response: Any = None,
+                              error: Exception | None = None) -> bool:
+        if response is not None:
+            body = response.body if isinstance(response.body, dict) else {}
+            count_api_answer("slack", response.status_code, ok=body.get("ok", True) is not False)
+        return False
 
 
 class ChannelPacer:
