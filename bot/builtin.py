@@ -1,4 +1,5 @@
-"""What belongs to no feature: /help, /cancel (any long job), and the core engine queues."""
+"""What belongs to no feature: /help, /cancel (any long job), /quota and /queue (fair shares), and the
+core engine queues."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated
 
 from bot.commands import Reply, command
 from bot.longjob import cancel
+from bot.shares import queue, quota
 from bot.hookspecs import hookimpl
 from bot.markup import bold, code
 from engine.tasks import CORE_QUEUES
@@ -30,7 +32,7 @@ async def help_(ctx, command: Annotated[str, "a command to explain"] = "") -> Re
 
 @hookimpl
 def clipbot_commands():
-    return [help_, cancel]
+    return [help_, cancel, quota, queue]
 
 
 @hookimpl

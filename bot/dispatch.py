@@ -20,6 +20,7 @@ import pluggy
 from bot.commands import CommandSpec, Reply, Request
 from engine.errors import UserError
 from engine.face import EngineFace
+from engine.quotas import Requester
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+
+def requester_of(request: Request) -> Requester:
+    """Who asked, as quotas and fair queueing see them."""
+    return Requester(platform=request.platform, user_id=request.user_id, space_id=request.space_id,
+                     channel_id=request.channel_id, is_admin=request.is_admin)
 
 
 class CommandContext:
@@ -43,7 +50,8 @@ class CommandContext:
         self.request: Request = request
         self.dispatcher: Dispatcher = dispatcher
         self.app: "App" = dispatcher  # type: ignore[assignment]  # the running App (bot.app), a Dispatcher
-        self.engine: EngineFace = dispatcher.face  # submit, run, follow, cancel, job records, pending, blobs
+        # submit, run, follow, cancel, job records, pending, blobs; jobs count against the requester's quotas
+        self.engine: EngineFace = dispatcher.face.for_requester(requester_of(request))
         self.settings: "Settings" = dispatcher.settings
         self.store: "Store" = dispatcher.engine.store  # small JSON state
 

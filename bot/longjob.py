@@ -42,9 +42,12 @@ async def submit(ctx: "CommandContext", task: str, kwargs: dict, *, queue: str, 
     engine = ctx.app.engine
     request = ctx.request
     conversation = request.conversation
+    requester = ctx.engine.requester
+    if requester is not None:  # a refusal opens no thread: check the limits before anything is posted
+        await ctx.run_blocking(engine.quotas.admit, requester, long=queue in engine.settings.long_queues)
     if request.open_conversation is not None:  # the thread or parent message the job answers in
         conversation = await request.open_conversation()
-    job_id = await ctx.run_blocking(engine.submit, task, kwargs, queue=queue)
+    job_id = await ctx.run_blocking(engine.submit, task, kwargs, queue=queue, requester=requester)
     entry = {
         "job_id": job_id, "task": task, "queue": queue, "label": label, "finish": _name_of(finish),
         "platform": request.platform, "conversation": conversation or {"channel": request.channel_id},
@@ -172,15 +175,7 @@ async def _waiting_reply(app: "App", info: dict, label: str) -> Reply:
 
 def queue_position(engine: "Engine", job_id: str, queue: str) -> int | None:
     """1 = next to run. None when unknown (the embedded engine) or no longer queued."""
-    if getattr(engine, "redis", None) is None:
-        return None
-    # kombu's Redis transport LPUSHes and BRPOPs: the next message is at the right end.
-    waiting = engine.redis.lrange(engine.queue_name(queue), 0, -1)
-    needle = job_id.encode()
-    for position, raw in enumerate(reversed(waiting), start=1):
-        if needle in raw:
-            return position
-    return None
+    return engine.queue_position(job_id, queue)
 
 
 def _remember_duration(app: "App", info: dict) -> None:

@@ -20,6 +20,7 @@ from celery import Celery
 from engine.blobs import BlobStore, MemoryBlobStore, RedisBlobStore
 from engine.checkpoints import Checkpoints
 from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
+from engine.fair import FairQueue
 from engine.feed import MemoryFeed, RedisFeed
 from engine.health import WORKERS, stale_after
 from engine.observe import metrics
@@ -35,6 +36,7 @@ from engine.jobs import (
     ProgressEvent,
     RedisEventLog,
 )
+from engine.quotas import QuotaExceeded, Quotas, Requester
 from engine.store import RedisStore, SqliteStore, Store, reachable, redis_where
 from engine.tasks import CORE_QUEUES, Queue, blob_keys
 
@@ -89,6 +91,8 @@ class Engine:
         self._embedded: Any = None  # engine.worker.EmbeddedWorker once started
         self._feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisFeed] = weakref.WeakKeyDictionary()
         self._memory_feed = MemoryFeed(book.events, book.get) if isinstance(book.events, MemoryEventLog) else None
+        self.quotas = Quotas(settings, store, book, redis)
+        self._fair: dict[str, FairQueue] = {}
 
     @property
     def embedded(self) -> bool:
@@ -101,25 +105,87 @@ class Engine:
 
     # ---- submitting and following --------------------------------------------------------
     def submit(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", record_extra: dict | None = None,
-               input_blobs: Iterable[str] = ()) -> str:
-        """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online.
+               input_blobs: Iterable[str] = (), requester: Requester | None = None) -> str:
+        """Queue `task` with JSON `kwargs`; returns the job id. Refuses when no worker is online,
+        and when `requester` (who asked, from chat) is over a limit (`engine.quotas`).
         `input_blobs` (and the task's declared inputs) are deleted when the job ends, also when it
-        is cancelled before any worker took it."""
+        is cancelled before any worker took it. A fair queue holds the job back in its
+        requester's turn (`engine.fair`)."""
         if queue not in self.queues:
             raise ValueError(f"unknown queue {queue!r} (declared: {', '.join(self.queues)})")
         submitted = metrics().submitted
         try:
             self.require_worker(queue)
+            long = queue in self.settings.long_queues
+            if requester is not None:
+                self.quotas.admit(requester, long=long)
             job_id = uuid.uuid4().hex
             inputs = list(dict.fromkeys([*input_blobs, *blob_keys(self.book.declared_inputs(task), kwargs)]))
-            self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=inputs,
-                                       extra=dict(record_extra or {})))
-            self._publish(job_id, task, kwargs, queue)
-        except (WorkerUnavailable, BackendUnavailable):
+            extra = dict(record_extra or {})
+            if requester is not None:
+                extra["requester"] = requester.to_json()
+            self.book.create(JobRecord(id=job_id, task=task, queue=queue, kwargs=kwargs, inputs=inputs, extra=extra))
+            if requester is not None:
+                self.quotas.started(requester, job_id, long=long)
+            self._enqueue(job_id, task, kwargs, queue, requester)
+        except (WorkerUnavailable, BackendUnavailable, QuotaExceeded):
             submitted.labels(task, "refused").inc()
             raise
         submitted.labels(task, "queued").inc()
         return job_id
+
+    def _enqueue(self, job_id: str, task: str, kwargs: dict[str, Any], queue: str,
+                 requester: Requester | None) -> None:
+        fair = self.fair(queue)
+        if fair is None:
+            self._publish(job_id, task, kwargs, queue)
+        else:
+            fair.push(job_id, requester.owner if requester is not None else "engine")
+            self.pump(queue)
+
+    def fair(self, queue: str) -> FairQueue | None:
+        """The fair queue in front of `queue`'s broker queue; None when it is served first come,
+        first served (not a fair queue, or the embedded engine: one user, one process)."""
+        if self.redis is None or queue not in self.settings.fair_queues:
+            return None
+        if queue not in self._fair:
+            self._fair[queue] = FairQueue(self.redis, self.queue_name(queue), ahead=self.settings.fair_ahead,
+                                          publish=lambda job_id: self._publish_held(job_id, queue))
+        return self._fair[queue]
+
+    def pump(self, queue: str) -> int:
+        """Hand held-back jobs of a fair queue to the broker as room frees; returns how many."""
+        fair = self.fair(queue)
+        return fair.pump() if fair is not None else 0
+
+    def _publish_held(self, job_id: str, queue: str) -> bool:
+        record = self.book.get(job_id)
+        if record is None or record.finished:
+            return False  # cancelled (or expired) while it waited: it takes no place
+        self._publish(job_id, record.task, record.kwargs, queue)
+        return True
+
+    def queue_position(self, job_id: str, queue: str) -> int | None:
+        """1 = next to run. None when unknown (the embedded engine) or no longer waiting."""
+        if self.redis is None:
+            return None
+        fair = self.fair(queue)
+        held = fair.position(job_id) if fair is not None else None
+        if held is not None:
+            return held
+        # kombu's Redis transport LPUSHes and BRPOPs: the next message is at the right end.
+        needle = job_id.encode()
+        for position, raw in enumerate(reversed(self.redis.lrange(self.queue_name(queue), 0, -1)), start=1):
+            if needle in raw:
+                return position
+        return None
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Jobs waiting for a worker in `queue` (held back or in the broker); None when embedded."""
+        if self.redis is None:
+            return None
+        fair = self.fair(queue)
+        return fair.depth() if fair is not None else int(self.redis.llen(self.queue_name(queue)))
 
     def _publish(self, job_id: str, task: str, kwargs: dict[str, Any], queue: str) -> None:
         from kombu.exceptions import OperationalError
@@ -140,6 +206,9 @@ class Engine:
             return False
         self.book.request_cancel(job_id)
         self.celery.control.revoke(job_id)
+        fair = self.fair(record.queue)
+        if fair is not None:
+            fair.remove(job_id)
         if record.state == QUEUED:
             self.book.finish(job_id, CANCELLED, error="The job was cancelled.")
         return True

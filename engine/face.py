@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from engine.index import ImageIndex
     from engine.jobs import JobRecord, ProgressEvent
     from engine.pending import PendingQueue
+    from engine.quotas import Requester
     from engine.settings import EngineSettings
     from engine.store import Store
 
@@ -27,8 +28,13 @@ __all__ = ["EngineFace"]
 class EngineFace:
     """The engine as a plugin sees it (handlers, hooks and tasks alike)."""
 
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: "Engine", requester: "Requester | None" = None) -> None:
         self._engine = engine
+        self.requester = requester  # who asked (a handler's face): their jobs count against their quotas
+
+    def for_requester(self, requester: "Requester") -> "EngineFace":
+        """This face, submitting on behalf of `requester` (quotas, fair turns)."""
+        return EngineFace(self._engine, requester)
 
     @property
     def settings(self) -> "EngineSettings":
@@ -55,12 +61,14 @@ class EngineFace:
     # ---- jobs ----------------------------------------------------------------------------
     def submit(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", record_extra: dict | None = None,
                input_blobs: Iterable[str] = ()) -> str:
-        """Queue `task` with JSON `kwargs`; returns the job id (`engine.app.Engine.submit`)."""
-        return self._engine.submit(task, kwargs, queue=queue, record_extra=record_extra, input_blobs=input_blobs)
+        """Queue `task` with JSON `kwargs`; returns the job id (`engine.app.Engine.submit`). A
+        handler's face submits for its requester: over a limit, `engine.quotas.QuotaExceeded`."""
+        return self._engine.submit(task, kwargs, queue=queue, record_extra=record_extra, input_blobs=input_blobs,
+                                   requester=self.requester)
 
     async def run(self, task: str, kwargs: dict[str, Any], *, queue: str = "gpu", **submit: Any) -> Any:
         """Submit and wait for the JSON result, ignoring progress events."""
-        return await self._engine.run(task, kwargs, queue=queue, **submit)
+        return await self._engine.run(task, kwargs, queue=queue, requester=self.requester, **submit)
 
     def follow(self, job_id: str, *, job_timeout: float | None = None,
                queue_timeout: float | None = None) -> AsyncIterator["ProgressEvent"]:

@@ -67,6 +67,18 @@ class EngineSettings(BaseSettings):
     max_image_bytes: int = Field(25 * 1024 * 1024, description="largest upload accepted, in bytes")
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
 
+    # fair shares (engine.quotas, engine.fair); admins change the limits per space with /quota
+    long_queues: Annotated[list[str], NoDecode] = Field(
+        ["gpu-long"], description="queues of long jobs (the long_jobs limit counts them)")
+    fair_queues: Annotated[list[str], NoDecode] = Field(
+        ["gpu-long"], description="queues served round-robin between users (Redis only)")
+    fair_ahead: int = Field(1, ge=1, description="messages a fair queue hands the broker ahead of the workers")
+    quota_long_jobs: int = Field(2, ge=0, description="long jobs a user may have queued or running; 0: no limit")
+    quota_quick_jobs: int = Field(4, ge=0, description="quick jobs a user may have queued or running; 0: no limit")
+    quota_user_gpu_seconds: float = Field(3600.0, ge=0, description="GPU-seconds a user may use per UTC day; 0: no limit")
+    quota_space_gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds a server/workspace may use per day")
+    quota_channel_gpu_seconds: float = Field(0.0, ge=0, description="GPU-seconds a channel may use per day")
+
     log_level: str = Field("INFO", description="logging level")
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line "
                                                 "(time, level, logger, message, job_id)")
@@ -77,7 +89,7 @@ class EngineSettings(BaseSettings):
     observe_host: str = Field("127.0.0.1", description="address the metrics and health endpoints listen on "
                               "(0.0.0.0 in containers)")
 
-    _split_queues = field_validator("worker_queues", mode="before")(split_list)
+    _split_queues = field_validator("worker_queues", "long_queues", "fair_queues", mode="before")(split_list)
     _unset_port = field_validator("observe_port", mode="before")(lambda v: None if v == "" else v)
     # `CLIPBOT_DATA_DIR=~/...` (as .env.example writes it): no shell expands ~ in a .env file.
     _home = field_validator("data_dir", "model_cache", mode="after")(_expand_user)

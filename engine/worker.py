@@ -109,6 +109,7 @@ class WorkerRuntime:
 
     def _deliver(self, info: TaskInfo, job_id: str, kwargs: dict[str, Any]) -> str:
         """The delivery; returns its outcome (`engine.observe.OUTCOMES`)."""
+        self._pump(info.queue)  # this delivery left the broker queue: room for a held-back job
         record = self.book.get(job_id)
         if record is None:
             # Every job gets its record as it is submitted, and keeps it a week unless it ends. So
@@ -174,9 +175,19 @@ class WorkerRuntime:
     def _end(self, job_id: str, state: str, *, result: Any = None, error: str | None = None) -> None:
         """Finish the job and take it off the running list (an attempt that killed its process
         left its entry there)."""
-        self.book.finish(job_id, state, result=result, error=error)
+        record = self.book.finish(job_id, state, result=result, error=error)
         if self.redis is not None:
             self.redis.hdel(RUNNING, job_id)
+        try:
+            self.engine.quotas.charge(record)
+        except Exception as exc:  # accounting must never fail a job that ran
+            log.warning("job %s: could not charge its GPU time: %s", job_id[:8], exc)
+
+    def _pump(self, queue: str) -> None:
+        try:
+            self.engine.pump(queue)
+        except Exception as exc:  # the next delivery or heartbeat round pumps again
+            log.warning("could not hand held-back %s jobs to the broker: %s", queue, exc)
 
     # ---- heartbeats (distributed only) -------------------------------------------------
     def beat(self) -> None:
@@ -235,6 +246,8 @@ class WorkerRuntime:
             self._replace_hung_children()
             self._forget_exited_children()
         self.reap()
+        for queue in self.queues:  # a pump lost with a killed process is made up for here
+            self._pump(queue)
 
     def _forget_exited_children(self) -> None:
         """Children killed before they could say so (SIGKILL, OOM) stop counting as prepared."""

@@ -5,4 +5,4 @@ from bot.hookspecs import hookimpl
 
 @hookimpl
 def clipbot_task_modules():
-    return ["tests.sample_tasks"]
+    return ["tests.sample_tasks", "tests.sample_long_tasks"]

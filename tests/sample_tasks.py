@@ -51,3 +51,4 @@ def tally(job: JobContext, path: str, n: int, delay: float = 0.0) -> dict:
     with open(path, "a") as runs:
         runs.write(f"attempt {job.attempt}\n")
     return steps(job, n, delay)
+

@@ -290,4 +290,4 @@ def test_hook_clipbot_startup(tmp_path):
     with _events_app(tmp_path) as app:
         app.pm.register(recorder, name="recorder")
         asyncio.run(app.startup())
-    assert recorder.seen == [("startup", ["cancel", "help"])]
+    assert recorder.seen == [("startup", ["cancel", "help", "queue", "quota"])]
