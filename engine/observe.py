@@ -73,8 +73,9 @@ class Metrics:
         self.imagine_steps = Counter("clipbot_imagine_steps", "/imagine optimisation steps run", **on)
         self.imagine_step = Histogram("clipbot_imagine_step_seconds", "Seconds one /imagine step took",
                                       buckets=_STEP_SECONDS, **on)
-        self.index_images = Gauge("clipbot_index_images", "Pictures in the image index space last indexed "
-                                  "into", ["space"], multiprocess_mode="mostrecent", **on)
+        self.index_images = Gauge("clipbot_index_images", "Pictures with an embedding in an image index "
+                                  "space, as of its last stats query (/index stats)", ["space"],
+                                  multiprocess_mode="mostrecent", **on)
         self.platform_errors = Counter("clipbot_platform_api_errors", "Discord/Slack API answers that were "
                                        "errors (HTTP status, or api_error for Slack's ok=false)",
                                        ["platform", "status"], **on)
