@@ -195,7 +195,8 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
     from engine.observe import serve_client
 
     adapters = _platform_adapters(args, settings)
-    with open_app(settings) as app, serve_client(app.engine) or nullcontext():
+    # A service (Discord, Slack) must serve its endpoints; the local chat serves them if it can.
+    with open_app(settings) as app, serve_client(app.engine, required=bool(adapters)) or nullcontext():
         if adapters:
             asyncio.run(_serve(app, adapters))
         else:

@@ -73,8 +73,9 @@ class Metrics:
         self.imagine_steps = Counter("clipbot_imagine_steps", "/imagine optimisation steps run", **on)
         self.imagine_step = Histogram("clipbot_imagine_step_seconds", "Seconds one /imagine step took",
                                       buckets=_STEP_SECONDS, **on)
-        self.index_images = Gauge("clipbot_index_images", "Pictures in the image index space last indexed "
-                                  "into", ["space"], multiprocess_mode="mostrecent", **on)
+        self.index_images = Gauge("clipbot_index_images", "Pictures with an embedding in an image index "
+                                  "space, as of its last stats query (/index stats)", ["space"],
+                                  multiprocess_mode="mostrecent", **on)
         self.platform_errors = Counter("clipbot_platform_api_errors", "Discord/Slack API answers that were "
                                        "errors (HTTP status, or api_error for Slack's ok=false)",
                                        ["platform", "status"], **on)
@@ -294,17 +295,25 @@ def engine_checks(engine: "Engine") -> list[Check]:
     return [redis_check(url) for url in dict.fromkeys([settings.state_redis_url, settings.broker_url]) if url]
 
 
-def serve_client(engine: "Engine", extra_checks: Iterable[Check] = ()) -> "ObserveServer | None":
+def serve_client(engine: "Engine", *, required: bool = True) -> "ObserveServer | None":
     """The endpoints of a process that submits jobs (`clipbot run`), on CLIPBOT_OBSERVE_PORT
-    (default 9108); None when it is 0. Ready: `engine_checks` and `extra_checks` pass."""
+    (default 9108); None when it is 0. Ready: `engine_checks` pass. Not `required` (an
+    interactive local chat, a second one on this host): a taken port is a warning, not an exit."""
     address = observe_address(engine.settings, BOT_PORT)
     if address is None:
         return None
-    readiness = Readiness([*engine_checks(engine), *extra_checks])
+    readiness = Readiness(engine_checks(engine))
     collectors: list[Any] = [readiness]
     if not engine.embedded:
         collectors.append(QueueDepth(engine.redis, {q: engine.queue_name(q) for q in engine.queues}))
-    return ObserveServer(*address, registry=scrape_registry(collectors), readiness=readiness).start()
+    try:
+        server = ObserveServer(*address, registry=scrape_registry(collectors), readiness=readiness)
+    except Exception as exc:  # UserError: the port is taken
+        if required:
+            raise
+        log.warning("%s", exc)
+        return None
+    return server.start()
 
 
 # ---- the HTTP endpoints ------------------------------------------------------------------------

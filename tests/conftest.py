@@ -146,6 +146,9 @@ def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str
         "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_VQGAN_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu",
         "CLIPBOT_DATA_DIR": str(data_dir),
         "CLIPBOT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+        # No metrics endpoints unless a test asks (CLIPBOT_OBSERVE_PORT=N): processes of tests
+        # running side by side would fight over 9108/9109.
+        "CLIPBOT_OBSERVE_PORT": "0",
     })
     if redis_url:
         env["CLIPBOT_BROKER_URL"] = redis_url

@@ -19,6 +19,7 @@ from engine.errors import UserError
 from engine.index import Filter, ImageIndex
 from engine.models import clip_for
 from engine.models.clip import ClipModel
+from engine.observe import metrics
 from engine.tasks import JobContext, task
 from plugins.search import (
     DRAIN, INDEX_NOW, MAX_TOP, PENDING, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
@@ -122,6 +123,7 @@ def _remove(index: ImageIndex, space: str, message_id: str | None, channel_id: s
 def stats(job: JobContext, space: str) -> IndexStats:
     clip, index = clip_for(job.settings), job.index()
     s = index.stats(space, clip.fingerprint)
+    metrics().index_images.labels(space).set(s.embeddings)  # counted here, where it is cheap
     return IndexStats(model=clip.spec, embeddings=s.embeddings, occurrences=s.occurrences, channels=s.channels,
                       stale=s.stale, by_channel=dict(s.by_channel))
 

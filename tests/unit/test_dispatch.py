@@ -106,6 +106,15 @@ def test_crash_is_logged_not_shown(dispatcher, caplog):
     assert replies[0].error and "Something went wrong on my side (ref " in replies[0].text
     assert "secret internals" not in replies[0].text
     assert "secret internals" in caplog.text
+    # The reply's reference is in the log line of that crash (as CLIPBOT_LOG_FORMAT=json writes it, too).
+    import json
+
+    from engine.observe import JsonFormatter
+
+    ref = replies[0].data["ref"]
+    assert f"(ref {ref})" in replies[0].text
+    (line,) = [json.loads(JsonFormatter().format(r)) for r in caplog.records if f"ref {ref}" in r.getMessage()]
+    assert line["ref"] == ref and line["level"] == "ERROR" and "secret internals" in line["exc"]
 
 
 def test_duplicate_command_names_are_refused(tmp_path, monkeypatch):
