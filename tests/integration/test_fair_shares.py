@@ -137,7 +137,7 @@ def test_limits_refuse_with_the_limit_and_when_it_resets(app, start_worker, tmp_
     with pytest.raises(QuotaExceeded) as refused:
         engine.submit("sample.turn", kwargs, queue="gpu-long", requester=ANN)
     assert refused.value.limit == "user_gpu_seconds" and "00:00 UTC" in str(refused.value)
-    other_space = Requester(platform="discord", user_id="ann2", space_id="g2")
+    # the change was for Ann's server only
     assert quotas.limits("discord", "g2").user_gpu_seconds == app.settings.quota_user_gpu_seconds
 
 
