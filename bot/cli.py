@@ -14,11 +14,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bot.adapters.shell import EXIT_USER_ERROR
 from engine.datadir import PRIVATE_UMASK, make_dir, make_private
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from bot.adapters.base import Adapter, AdapterSettings
+    from bot.app import App
+    from bot.commands import CommandSpec
+    from bot.config import Settings
+
+    Serving = list[tuple[Adapter, AdapterSettings]]
 
 FIXED_VERBS = ("run", "worker", "models", "plugins")
 log = logging.getLogger("clipbot.cli")
@@ -29,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser(specs: list[Any]) -> argparse.ArgumentParser:
+def _parser(specs: list["CommandSpec"]) -> argparse.ArgumentParser:
     from bot.adapters import shell
     from bot.adapters.registry import adapter_names
 
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _settings() -> Any:
+def _settings() -> "Settings":
     from pydantic import ValidationError
 
     from bot.config import Settings
@@ -113,14 +121,14 @@ def _settings() -> Any:
         raise UserError(f"invalid setting {field}: {first['msg']}") from None
 
 
-def _command_specs(settings: Any) -> list[Any]:
+def _command_specs(settings: "Settings") -> list["CommandSpec"]:
     """The commands the loaded plugins serve, without building an engine (cheap, no torch)."""
     from bot.plugins import build_plugin_manager
 
     return [spec for specs in build_plugin_manager(settings).hook.clipbot_commands() for spec in specs or ()]
 
 
-def _configure_logging(args: argparse.Namespace, settings: Any) -> None:
+def _configure_logging(args: argparse.Namespace, settings: "Settings") -> None:
     """Services log to stderr; the local chat and one-shot verbs keep library chatter (Celery,
     open_clip) out of the conversation: full logs go to DATA_DIR/logs/clipbot.log. Lines are
     text, or JSON objects with CLIPBOT_LOG_FORMAT=json (`engine.observe.JsonFormatter`)."""
@@ -149,7 +157,7 @@ def _configure_logging(args: argparse.Namespace, settings: Any) -> None:
 
 
 # ---- process commands ---------------------------------------------------------------------------
-def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[tuple[Any, Any]]:
+def _platform_adapters(args: argparse.Namespace, settings: "Settings") -> "Serving":
     """(adapter, its settings) to serve beside each other: the one asked for, or (auto) every
     configured one. Empty: serve the default adapter (the local chat) alone."""
     from bot.adapters.registry import adapter_names, load_adapter, load_adapter_settings
@@ -180,14 +188,14 @@ def _platform_adapters(args: argparse.Namespace, settings: Any) -> list[tuple[An
     return serving
 
 
-def _default_adapter(args: argparse.Namespace) -> Any:
+def _default_adapter(args: argparse.Namespace) -> "Adapter":
     from bot.adapters.registry import adapter_names, load_adapter
 
     names = [args.adapter] if args.adapter != "auto" else adapter_names()
     return next(adapter for adapter in map(load_adapter, names) if adapter.default)
 
 
-def _run(args: argparse.Namespace, settings: Any) -> int:
+def _run(args: argparse.Namespace, settings: "Settings") -> int:
     from contextlib import nullcontext
 
     from bot.adapters.registry import load_adapter_settings
@@ -205,7 +213,7 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-async def _serve(app: Any, adapters: list[tuple[Any, Any]]) -> None:
+async def _serve(app: "App", adapters: "Serving") -> None:
     """Every configured platform adapter, concurrently, until one stops or Ctrl-C."""
     import signal
 
@@ -225,7 +233,7 @@ async def _serve(app: Any, adapters: list[tuple[Any, Any]]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _worker(args: argparse.Namespace, settings: Any) -> int:
+def _worker(args: argparse.Namespace, settings: "Settings") -> int:
     from bot.app import open_app
     from engine.worker import run_worker
 
@@ -244,7 +252,7 @@ def _worker(args: argparse.Namespace, settings: Any) -> int:
                           prepare=lambda: _prepare(app, at_worker_start=True))
 
 
-def _models(args: argparse.Namespace, settings: Any) -> int:
+def _models(args: argparse.Namespace, settings: "Settings") -> int:
     from engine.models.clip import parse_clip_spec, pull_clip
     from engine.models.presets import PRESETS
 
@@ -272,7 +280,7 @@ def _models(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def _pull_vqgan(spec: str, settings: Any) -> int:
+def _pull_vqgan(spec: str, settings: "Settings") -> int:
     from engine.models.vqgan import parse_vqgan_spec, pull_vqgan
 
     parse_vqgan_spec(spec)  # a bad spec is a user error before any network
@@ -282,7 +290,7 @@ def _pull_vqgan(spec: str, settings: Any) -> int:
     return 0
 
 
-def _prepare(app: Any, *, at_worker_start: bool) -> None:
+def _prepare(app: "App", *, at_worker_start: bool) -> None:
     """Run the plugins' `clipbot_prepare` hooks, their progress lines going to stderr (pull)
     or the log (worker)."""
     log = logging.getLogger("clipbot.prepare")
@@ -290,7 +298,7 @@ def _prepare(app: Any, *, at_worker_start: bool) -> None:
     app.pm.hook.clipbot_prepare(app=app, at_worker_start=at_worker_start, report=report)
 
 
-def _plugins(args: argparse.Namespace, settings: Any) -> int:
+def _plugins(args: argparse.Namespace, settings: "Settings") -> int:
     from bot.config import env_prefix
     from bot.plugins import build_plugin_manager, declared_queues, plugin_settings
 

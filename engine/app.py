@@ -41,7 +41,10 @@ from engine.store import RedisStore, SqliteStore, Store, reachable, redis_where
 from engine.tasks import CORE_QUEUES, Queue, blob_keys
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from engine.settings import EngineSettings
+    from engine.worker import EmbeddedWorker
 
 # A follower re-reads the job record at least this often, so a lost event cannot strand it.
 _RECHECK = 30.0
@@ -76,7 +79,7 @@ class Engine:
     """Submit jobs, follow their events, cancel them. Workers (`engine.worker`) run them."""
 
     def __init__(self, settings: EngineSettings, *, celery: Celery, blobs: BlobStore, store: Store, book: JobBook,
-                 redis: Any = None, queues: Iterable[Queue] = CORE_QUEUES,
+                 redis: "Redis | None" = None, queues: Iterable[Queue] = CORE_QUEUES,
                  plugin_settings: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.queues: dict[str, Queue] = {q.name: q for q in queues}
@@ -88,7 +91,7 @@ class Engine:
         self.redis = redis
         self._redis = redis  # what @reachable names in its "can't reach Redis" message
         self._instance = uuid.uuid4().hex[:12]
-        self._embedded: Any = None  # engine.worker.EmbeddedWorker once started
+        self._embedded: "EmbeddedWorker | None" = None  # once started
         self._feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisFeed] = weakref.WeakKeyDictionary()
         self._memory_feed = MemoryFeed(book.events, book.get) if isinstance(book.events, MemoryEventLog) else None
         self.quotas = Quotas(settings, store, book, redis)

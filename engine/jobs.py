@@ -15,10 +15,14 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from engine.blobs import discard
 from engine.store import Store, reachable
+
+if TYPE_CHECKING:
+    from engine.blobs import BlobStore
+    from engine.checkpoints import Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +181,8 @@ class JobBook:
     `blobs`, when given, is where a job's input blobs are deleted as it ends; `checkpoints`
     (`engine.checkpoints.Checkpoints`), where its checkpoint is."""
 
-    def __init__(self, store: Store, events: EventLog, *, finished_ttl: float = 3600, blobs: Any = None,
-                 checkpoints: Any = None) -> None:
+    def __init__(self, store: Store, events: EventLog, *, finished_ttl: float = 3600, blobs: "BlobStore | None" = None,
+                 checkpoints: "Checkpoints | None" = None) -> None:
         self.store = store
         self.events = events
         self.finished_ttl = finished_ttl
