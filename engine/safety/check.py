@@ -81,10 +81,10 @@ def first_match(embedding: torch.Tensor, matrix: torch.Tensor, concepts: list[Co
 
 
 def blur_png(png: bytes, share: float) -> bytes:
-    """The picture under a Gaussian blur of radius `share` × its larger side (at least 4 px)."""
+    """The picture under a Gaussian blur of radius `share` × its larger side (at least 8 px)."""
     with Image.open(io.BytesIO(png)) as opened:
         picture = opened.convert("RGB")
-    radius = max(4.0, share * max(picture.size))
+    radius = max(8.0, share * max(picture.size))
     out = io.BytesIO()
     picture.filter(ImageFilter.GaussianBlur(radius)).save(out, format="PNG")
     return out.getvalue()

@@ -51,7 +51,7 @@ class SafetySettings(BaseSettings):
         "concepts with high thresholds (not applied on test models)")
     policy: Policy = Field("blur", description="what a picture that matches a concept gets where a channel "
                            "sets nothing: blur (blurred, spoilered where the platform can), stop, or allow")
-    blur_radius: float = Field(0.08, gt=0, le=1, description="Gaussian blur radius as a share of the picture's "
+    blur_radius: float = Field(0.1, gt=0, le=1, description="Gaussian blur radius as a share of the picture's "
                                "larger side")
     audit_keep: int = Field(1000, ge=10, description="moderation log entries kept per space (oldest go first)")
 
