@@ -132,7 +132,8 @@ class LocalAdapter:
         is_progress = reply.progress is not None and not reply.final
         with self._printing:  # commands answer side by side: one reply's lines, and file names, at a time
             lines = [] if is_progress or not text else [("error: " if reply.error else "") + text]
-            lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" for i in reply.images]
+            lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" + (" (blurred)" if i.spoiler else "")
+                      for i in reply.images]
             repeated = is_progress and reply.actions == stream.progress_actions
             stream.progress_actions = reply.actions if is_progress else ()
             lines += [f"[{a.label}] {action_command(a)}" for a in (() if repeated else reply.actions)]
