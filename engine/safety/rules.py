@@ -26,7 +26,7 @@ __all__ = ["Concept", "blocked_rule", "normalize", "parse_blocklist", "parse_con
 
 BLOCKLIST_RULE = "blocklist"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _NOT_WORD = re.compile(r"[^\w]+|_")
 
 
