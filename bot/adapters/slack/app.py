@@ -445,7 +445,7 @@ class SlackAdapter(ChatSurface):
             replies = []  # no thread (or not readable): the message alone
         mine = self.identity.get("user_id")
         for reply in replies:
-            if reply.get("ts") != ts and (reply.get("user") == mine or reply.get("bot_id")):
+            if reply.get("ts") != ts and mine and reply.get("user") == mine:  # other bots: not ours to delete
                 await self._delete(channel, reply["ts"])
         await self._delete(channel, ts)
 
