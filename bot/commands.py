@@ -49,6 +49,7 @@ class Image:
     data: bytes
     filename: str = "image.png"
     description: str = ""
+    spoiler: bool = False  # hidden until clicked where the platform can (Discord); already blurred
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,9 @@ class Request:
     operator's CLI only. `private_scopes` are the private threads (Discord) whose pictures the
     requester may also see: the thread the request comes from, and the channels where they may see
     every private thread (Manage Threads). `conversation` is where answers go, opaque to everyone but the adapter that
-    made it (long jobs store it, so a restarted bot can resume posting).
+    made it (long jobs store it, so a restarted bot can resume posting). `source_message`, for a
+    button click, says which message the button is on, in the adapter's terms (what
+    `ChatSurface.delete_message` takes); `delete_source`, set with it, deletes that message.
 
     `open_conversation`, when set, opens the place a long job answers in (a thread, a parent
     message) and returns the completed `conversation`. Adapters open it lazily, at the first public
@@ -195,6 +198,9 @@ class Request:
     open_conversation: Callable[[], Awaitable[dict[str, Any]]] | None = field(default=None, compare=False,
                                                                               repr=False)
     private_scopes: frozenset[str] = frozenset()
+    channel_nsfw: bool = False  # an age-restricted channel (Discord's nsfw flag): safety allows there
+    source_message: dict[str, Any] | None = None  # a click: the message the button is on (adapter's own shape)
+    delete_source: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
     def may_read(self, channel_id: str) -> bool:
         return self.readable_channels is None or channel_id in self.readable_channels

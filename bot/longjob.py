@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Annotated, AsyncIterator, Callable
 
 from bot.commands import Action, Image, Reply, command
-from bot.markup import bold, code
+from bot.markup import bold, code, escape
 from engine.errors import BackendUnavailable, JobCancelled, UserError
 
 if TYPE_CHECKING:
@@ -152,11 +152,14 @@ async def _progress_reply(app: "App", job_id: str, label: str, data: dict) -> Re
         parts.append(f"about {format_seconds(float(data['eta']))} left")
     if data.get("message"):
         parts.append(str(data["message"]))
+    if data.get("flagged"):
+        parts.append(f"blurred (rule: {escape(str(data['flagged']))})")
     images: tuple[Image, ...] = ()
     if data.get("snapshot"):
         try:
             png = await asyncio.to_thread(app.engine.blobs.get, data["snapshot"])
-            images = (Image(png, data.get("filename") or f"step-{step:04d}.png", f"step {step} of {total}"),)
+            images = (Image(png, data.get("filename") or f"step-{step:04d}.png", f"step {step} of {total}",
+                            spoiler=bool(data.get("flagged"))),)  # flagged: blurred by the worker
         except UserError:
             pass  # expired (a resumed, old job): the text still says where it stands
     return Reply(text=" · ".join(parts), images=images, progress=step / total, actions=(cancel_action(job_id),))

@@ -103,6 +103,11 @@ class ChatSurface(ABC):
         """Render a reply stream into a conversation recorded earlier (`Request.conversation`),
         as a fresh request's answer would be: progress replaces progress, the final reply ends it."""
 
+    async def delete_message(self, message: dict) -> None:
+        """Delete a message the bot posted (`Request.source_message`, this adapter's own shape),
+        for the Delete button; raise UserError with what went wrong. Adapters that cannot say so."""
+        raise UserError(f"I can't delete messages on {self.platform}.")
+
     async def resume_followed_jobs(self, *, spawn: Spawn = asyncio.ensure_future,
                                    unreachable: Callable[[str], object] = log.warning) -> list[object]:
         """See `resume_followed_jobs`; `deliver` renders each."""

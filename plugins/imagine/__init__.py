@@ -16,7 +16,9 @@ from bot.commands import Action, Attachment, Image, Reply, command
 from bot.hookspecs import hookimpl
 from bot.markup import bold, code, escape
 from engine.errors import UserError
+from engine.safety import Moderation, remember_owner
 from engine.tasks import Queue
+from plugins.imagine.moderation import moderated
 from plugins.imagine.plan import Asked, ImagineJob, ImagineResult, ImagineSettings, check_request
 from plugins.imagine.prompts import parse_prompts, parse_size
 
@@ -50,8 +52,10 @@ async def imagine(
     asked = Asked(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
                   preset=preset, from_job=from_job, mode=mode)
     run = await ctx.run_blocking(_build_request, ctx, asked, limits)
+    run = await ctx.run_blocking(moderated, ctx, run)  # the blocklist, and the channel's safety policy
     label = f"Imagining {_short(run.prompt)}"  # plain text: longjob formats (and escapes) it
     job_id = await longjob.submit(ctx, TASK, run.to_json(), queue=QUEUE, finish=finish_reply, label=label)
+    await ctx.run_blocking(remember_owner, ctx.engine.store, job_id, Moderation.from_json(run.safety or {}))
     async for reply in longjob.follow(ctx.app, job_id):
         yield reply
 
@@ -126,11 +130,17 @@ def finish_reply(app: "App", raw: dict) -> Reply:
         lines.append(f"loss {losses[0]:.4f} → {losses[-1]:.4f}")
     if result.meaningless:
         lines.append(f"⚠ {escape(result.model)} has random test weights: this picture means nothing.")
+    if result.flagged:
+        lines.append(f"⚠ Blurred: it looked too much like {bold(escape(result.flagged))} (rule: "
+                     f"{escape(result.flagged)}).")
     data = {
         "seed": result.seed, "steps": result.steps, "size": result.size, "final": "final.png",
         "snapshots": [s.filename for s in result.snapshots], "loss": losses,
     }
-    return Reply(text="\n".join(lines), images=(Image(final, "final.png", result.prompt),), final=True,
+    if result.flagged:
+        data["flagged"] = result.flagged
+    image = Image(final, "final.png", result.prompt, spoiler=bool(result.flagged))
+    return Reply(text="\n".join(lines), images=(image,), final=True,
                  data=data, actions=_actions(result.job_id) if result.job_id else ())
 
 
@@ -139,7 +149,7 @@ def _actions(job_id: str) -> tuple[Action, ...]:
         return Action(label, "imagine", {"prompt": SAME_PROMPT, "from_job": job_id, "mode": mode}, style=style)
 
     return (act("Reroll", "reroll", "primary"), act("Variations", "vary"), act("Continue", "continue"),
-            act("Use as init", "init"))
+            act("Use as init", "init"), Action("Delete", "delete", {"job": job_id}, style="danger"))
 
 
 def _short(text: str, limit: int = 60) -> str:

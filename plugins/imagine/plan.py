@@ -98,6 +98,7 @@ class ImagineJob:
     init: str | None = None  # blob key of the picture to start from
     start: dict | None = None  # {"mode": "continue"|"vary", "state": blob key, "noise"?}: an earlier job's end
     augment: bool = True
+    safety: dict | None = None  # engine.safety.Moderation's JSON: the channel's policy, who asked where
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -175,3 +176,4 @@ class ImagineResult(Wire):
     loss: tuple[float, ...] = ()
     runs: tuple[Attempt, ...] = ()
     seconds_per_step: float | None = None
+    flagged: str = ""  # the safety concept the pictures matched (they were blurred), or ""

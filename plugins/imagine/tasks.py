@@ -5,6 +5,9 @@
 - Progress leaves through the engine's throttled progress (a background thread): the loop only
   hands over data, so a slow Redis or chat platform never slows the GPU.
 - Cancel is checked before every step.
+- Safety (`engine.safety.check`): unless the channel allows, the prompt's text embedding is
+  checked before the first step, and every snapshot and the final picture before it is stored:
+  blurred on a match (the result says which concept), or the job stops, as the policy says.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from engine.models import clip_for, vqgan_for
 from engine.models.vqgan import vqgan_available
 from engine.observe import imagine_step
 from engine.progress import ThrottledProgress
+from engine.safety import AuditEntry, AuditLog, Moderation, safety_settings
+from engine.safety.check import Match, PictureGuard
 from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
 from plugins.imagine import TASK, QUEUE, plan
 from plugins.imagine import pipeline
+from plugins.imagine.moderation import positive_texts
 from plugins.imagine.prompts import parse_prompts
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,9 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
     plan.check_request(limits, size=size, steps=steps, every=every)
     clip = clip_for(settings)
     _check_token_length(clip, prompts)
+    guard = _guard(job, ask, clip)
+    if guard is not None:
+        guard.check_prompt(positive_texts(prompt))
     drawer = _pick_drawer(drawer, settings)
     vqgan = vqgan_for(settings) if drawer == "vqgan" else None
     device_class = "gpu" if clip.device.type == "cuda" else "cpu"
@@ -61,12 +70,13 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
     reporter = job.throttled_progress(extra.get("snapshots", []))
     try:
         # A first picture at once (the start, or where a resumed run stands), before any step.
-        reporter.snapshot(generation.step_done, total, generation.png(), preview=True)
-        _loop(job, generation, total, run_plan["every"], limits.checkpoint_every, reporter, extra)
+        _snapshot(reporter, guard, generation, total, preview=True)
+        _loop(job, generation, total, run_plan["every"], limits.checkpoint_every, reporter, extra, guard)
     finally:
         reporter.close()
     state_key = job.blobs.put(generation.state_bytes(), ttl=limits.state_ttl)
-    final_key = job.blobs.put(generation.png(), ttl=limits.state_ttl)
+    final_png, _ = guard.screen(generation.png(), total) if guard is not None else (generation.png(), None)
+    final_key = job.blobs.put(final_png, ttl=limits.state_ttl)
     job.delete_checkpoint()
     meaningless = bool(clip.meaningless or (vqgan is not None and vqgan.meaningless))
     return plan.ImagineResult(
@@ -77,11 +87,12 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
         snapshots=tuple(plan.Snapshot(**s) for s in reporter.snapshots()),
         loss=tuple(round(v, 6) for v in generation.losses),
         runs=tuple(plan.Attempt(**r) for r in extra["runs"]), seconds_per_step=reporter.seconds_per_step,
+        flagged=guard.flagged.name if guard is not None and guard.flagged is not None else "",
     )
 
 
 def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: int, checkpoint_every: int,
-          reporter: ThrottledProgress, extra: dict) -> None:
+          reporter: ThrottledProgress, extra: dict, guard: PictureGuard | None) -> None:
     while generation.step_done < total:
         if job.cancelled():  # every step: a cancel stops the run within one step
             raise JobCancelled("The job was cancelled.")
@@ -92,7 +103,7 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
         reporter.step_took(took)
         imagine_step(took)
         if step % every == 0 or step == total:
-            reporter.snapshot(step, total, generation.png(), loss=round(loss, 6))
+            _snapshot(reporter, guard, generation, total, loss=round(loss, 6))
         else:
             reporter.update(step, total, loss=round(loss, 6))
         if step % checkpoint_every == 0 and step < total:
@@ -101,6 +112,37 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
             reporter.flush()
             extra["snapshots"] = reporter.snapshots()
             job.save_checkpoint(generation.state_bytes(extra=extra), step=step)
+
+
+def _snapshot(reporter: ThrottledProgress, guard: PictureGuard | None, generation: pipeline.Generation,
+              total: int, **data: Any) -> None:
+    """Hand the picture as it stands to the reporter, screened first (blurred, or the job stops)."""
+    png, match = guard.screen(generation.png(), generation.step_done) if guard is not None else (generation.png(), None)
+    if match is not None:
+        data["flagged"] = match.name  # the progress reply shows it behind a spoiler
+    reporter.snapshot(generation.step_done, total, png, **data)
+
+
+def _guard(job: JobContext, ask: plan.ImagineJob, clip: Any) -> PictureGuard | None:
+    """This job's safety checks, or None where its channel allows everything (or nothing is set)."""
+    moderation = Moderation.from_json(ask.safety or {})  # a job from before safety: the default policy
+    if moderation.policy == "allow":
+        return None
+    settings = safety_settings(job)
+    pictures = settings.output_concepts(meaningless=clip.meaningless)
+    prompts = settings.text_concepts(meaningless=clip.meaningless)
+    if not pictures and not prompts:
+        return None
+    audit = AuditLog(job.store, keep=settings.audit_keep)
+
+    def hit(action: str, match: Match, step: int | None) -> None:
+        where = f"step {step}, " if step is not None else ""
+        audit.record(moderation.platform, moderation.space, AuditEntry(
+            action=action, rule=match.name, user=moderation.user, channel=moderation.channel, job_id=job.job_id,
+            detail=f"{'prompt' if step is None else 'picture'} ({where}cosine {match.cosine} >= {match.threshold})"))
+
+    return PictureGuard(clip, pictures=pictures, prompts=prompts, policy=moderation.policy,
+                        blur_share=settings.blur_radius, hit=hit)
 
 
 def _restore(job: JobContext, generation: pipeline.Generation, start: dict | None) -> dict:

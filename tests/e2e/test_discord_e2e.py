@@ -502,3 +502,40 @@ def test_a_deleted_thread_or_a_private_one_the_bot_is_removed_from_leaves_the_in
     fake.delete_thread(open_thread)
     _search_until(fake, world, keeper, "picture", lambda t: shared["id"] not in t and plain["id"] in t,
                   "the deleted thread's picture gone")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_imagine_pictures_that_match_a_concept_are_spoilered_except_in_age_restricted_channels_and_deletable(
+        world, start_bot):
+    """A concept with threshold -1 matches every picture (a cosine is never below -1): the real worker
+    blurs it and the adapter spoilers it (SPOILER_ file names); an age-restricted channel allows it.
+    The Delete button deletes the message for the requester, not for another member."""
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    adult = fake.add_channel(world.guild, "adult", nsfw=True)
+    bob = fake.add_member(world.guild, "bob")
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0", CLIPBOT_SAFETY_CONCEPTS="anything=-1")
+    options = {"steps": 2, "size": "32", "every": 2, "seed": 3, "drawer": "pixels"}
+
+    fake.slash(world.guild, world.general, world.alice, "imagine", {"prompt": "a red kite", **options})
+    thread = _thread_of(fake, world.general, "/imagine a red kite")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Delete" in _buttons(m)],
+                          180, "the blurred picture")[0]
+    assert [a["filename"] for a in final["attachments"]] == ["SPOILER_final.png"]
+    assert "Blurred" in final["content"] and "rule: anything" in final["content"]
+
+    fake.slash(world.guild, adult, world.alice, "imagine", {"prompt": "a blue kite", **options})
+    adult_thread = _thread_of(fake, adult, "/imagine a blue kite")
+    allowed = fake.wait_for(lambda f: [m for m in f.messages[adult_thread["id"]].values()
+                                       if "Delete" in _buttons(m)], 180, "the picture in the adult channel")[0]
+    assert [a["filename"] for a in allowed["attachments"]] == ["final.png"] and "Blurred" not in allowed["content"]
+
+    refused = fake.click(world.guild, thread["id"], bob, final["id"], _buttons(final)["Delete"])
+    notice = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                      if m.get("interaction_metadata", {}).get("id") == refused.id
+                                      and m["flags"] & EPHEMERAL], 30, "a private refusal")[0]
+    assert "Only the person who asked" in notice["content"] and final["id"] in fake.messages[thread["id"]]
+    fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Delete"])
+    fake.wait_for(lambda f: final["id"] not in f.messages[thread["id"]], 30, "the picture deleted")
+    assert fake.find_calls("DELETE", rf"/channels/{thread['id']}/messages/{final['id']}")

@@ -541,6 +541,32 @@ def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fak
     assert "Reroll" in labels
 
 
+def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_only(bot, fake):
+    word = _token()
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U1", "/imagine", f"a {word} kite steps: 2 size: 32 every: 2"))
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} kite"))
+    ts = [m["ts"] for m in fake.bot_messages("C2") if m["text"].startswith(f"<@U1> /imagine: a {word} kite")][-1]
+    parent = _answered(fake, "C2", ts, button="Delete")
+    assert any(f["name"] == "final.png" for m in fake.thread("C2", ts)[1:] for f in m.get("files", ()))
+    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == "Delete")
+    bot.send("interactive", block_actions(TEAM, "C2", "U2", parent, button["action_id"], button["value"]))
+    refusal = fake.wait_call("chat.postEphemeral", lambda c: "Only the person who asked" in c.params.get("text", ""))
+    assert refusal.params["user"] == "U2" and fake.thread("C2", ts)
+    bot.send("interactive", block_actions(TEAM, "C2", "U1", parent, button["action_id"], button["value"]))
+    fake.wait_for(lambda: not [m for m in fake.messages["C2"] if ts in (m["ts"], m.get("thread_ts"))],
+                  what="the parent and its thread deleted")
+    assert any(c.params["ts"] == ts for c in fake.calls_to("chat.delete"))
+
+
+def test_a_blurred_picture_says_so_on_slack_which_has_no_spoilers():
+    from bot.adapters.slack.post import SPOILER_NOTE, _rendered
+    from bot.commands import Image, Reply
+
+    assert _rendered(Reply(text="a fox", images=(Image(b"png", spoiler=True),))) == f"a fox\n{SPOILER_NOTE}"
+    assert _rendered(Reply(text="a fox", images=(Image(b"png"),))) == "a fox"
+
+
 def test_imagine_header_shows_the_prompt_without_mentioning_anyone(bot, fake):
     prompt = "<!channel> hi <@U123> <!here> <#C2> \u202eevil\x07 &"
     bot.send("slash_commands", slash_command(TEAM, "C1", "U1", "/imagine", f"{prompt} steps: 2 size: 64 every: 1"))

@@ -42,6 +42,7 @@ VIEW_CHANNEL = 1 << 10
 SEND_MESSAGES = 1 << 11
 ATTACH_FILES = 1 << 15
 READ_MESSAGE_HISTORY = 1 << 16
+MANAGE_MESSAGES = 1 << 13
 MANAGE_THREADS = 1 << 34
 EVERYONE_DEFAULT = VIEW_CHANNEL | SEND_MESSAGES | ATTACH_FILES | READ_MESSAGE_HISTORY | (1 << 6) | (1 << 38)
 ALL_PERMISSIONS = (1 << 50) - 1
@@ -202,14 +203,15 @@ class FakeDiscord:
                       "permissions": str(permissions), "managed": False, "mentionable": False, "flags": 0})
         return rid
 
-    def add_channel(self, guild_id: str, name: str, *, overwrites: list[dict] | None = None) -> str:
-        """A text channel. `overwrites`: [{"id", "type": 0 role | 1 member, "allow": int, "deny": int}]."""
+    def add_channel(self, guild_id: str, name: str, *, overwrites: list[dict] | None = None, nsfw: bool = False) -> str:
+        """A text channel. `overwrites`: [{"id", "type": 0 role | 1 member, "allow": int, "deny": int}];
+        `nsfw`: age-restricted."""
         cid = self.snowflake()
         channel = {"id": cid, "type": 0, "guild_id": guild_id, "name": name,
                    "position": len(self.guilds[guild_id]["channels"]),
                    "permission_overwrites": [{"id": o["id"], "type": o["type"], "allow": str(o.get("allow", 0)),
                                               "deny": str(o.get("deny", 0))} for o in overwrites or []],
-                   "parent_id": None, "nsfw": False, "topic": None, "last_message_id": None,
+                   "parent_id": None, "nsfw": nsfw, "topic": None, "last_message_id": None,
                    "rate_limit_per_user": 0, "flags": 0}
         self.guilds[guild_id]["channels"].append(channel)
         self.channels[cid] = channel
@@ -544,6 +546,7 @@ class FakeDiscord:
             ("GET", r"/channels/(\d+)/messages/(\d+)", "_r_message"),
             ("POST", r"/channels/(\d+)/messages", "_r_send"),
             ("PATCH", r"/channels/(\d+)/messages/(\d+)", "_r_edit"),
+            ("DELETE", r"/channels/(\d+)/messages/(\d+)", "_r_delete"),
             ("POST", r"/channels/(\d+)/threads", "_r_thread"),
             ("POST", r"/channels/(\d+)/messages/(\d+)/threads", "_r_thread"),
         ]
@@ -564,6 +567,8 @@ class FakeDiscord:
                 request.headers.get("Authorization") != f"Bot {BOT_TOKEN}":
             return self._error(call, 401, 0, "401: Unauthorized")
         result = getattr(self, handler)(call, *match.groups())
+        if asyncio.iscoroutine(result):  # a route that also dispatches a gateway event
+            result = await result
         if isinstance(result, web.Response):
             return result
         call.status = 200 if result is not None else 204
@@ -739,6 +744,18 @@ class FakeDiscord:
         if message is None:
             return self._error(call, 404, 10008, "Unknown Message")
         return self._edit_allowed(call, cid) or self._apply_edit(message, call.json or {}, call.files)
+
+    async def _r_delete(self, call: Call, cid: str, mid: str) -> Any:
+        """Discord's rule: the bot deletes its own messages; anyone else's needs Manage Messages."""
+        message = self.messages.get(cid, {}).get(mid)
+        if message is None:
+            return self._error(call, 404, 10008, "Unknown Message")
+        guild_id = self.channels[cid]["guild_id"]
+        if message["author"]["id"] != self.app_id and not self.permissions(guild_id, cid, self.app_id) & MANAGE_MESSAGES:
+            return self._error(call, 403, 50013, "Missing Permissions")
+        self.messages[cid].pop(mid, None)
+        await self._dispatch("MESSAGE_DELETE", {"id": mid, "channel_id": cid, "guild_id": guild_id})
+        return None
 
     def _r_thread(self, call: Call, cid: str, mid: str | None = None) -> Any:
         parent = self.channels.get(cid)

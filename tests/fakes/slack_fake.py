@@ -275,6 +275,8 @@ class FakeSlack:
         message = self._find(p.get("channel", ""), p.get("ts", ""))
         if message is None:
             return {"error": "message_not_found"}
+        if message.get("user") != self.bot_user_id:  # a bot token deletes only the bot's own messages
+            return {"error": "cant_delete_message"}
         self.messages[p["channel"]].remove(message)
         return {"channel": p["channel"], "ts": p["ts"]}
 

@@ -39,7 +39,7 @@ def test_progress_snapshots_final_data_and_actions(local):
     assert shots == ["step-0000.png", "step-0004.png", "step-0008.png", "step-0012.png"]
     assert all(r.progress is not None and r.actions[0].command == "cancel" for r in progress)
     assert [r.progress for r in progress if r.images][1:] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert {a.label for a in final.actions} == {"Reroll", "Variations", "Continue", "Use as init"}
+    assert {a.label for a in final.actions} == {"Reroll", "Variations", "Continue", "Use as init", "Delete"}
     printed = local.buffer.getvalue()
     assert "[Reroll] /imagine prompt: = from_job: " in printed and printed.count("[Cancel]") == 1
 

@@ -28,6 +28,8 @@ Discord's rules this module keeps (see FIELD-NOTES.md):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -259,9 +261,12 @@ class DiscordAdapter(ChatSurface):
             await ReplyStream(self, interaction).send(
                 error_reply("This button is from an older version of the bot and no longer works."))
             return
-        await self.answer(interaction, action.command, dict(action.options))
+        clicked = {"channel": str(interaction.channel_id), "message": str(interaction.message.id)} \
+            if interaction.message is not None else None
+        await self.answer(interaction, action.command, dict(action.options), clicked=clicked)
 
-    async def answer(self, interaction: discord.Interaction, command: str, options: dict[str, Any]) -> None:
+    async def answer(self, interaction: discord.Interaction, command: str, options: dict[str, Any], *,
+                     clicked: dict | None = None) -> None:
         """Dispatch one request from the interaction's user and render its replies."""
         stream = ReplyStream(self, interaction)
         try:
@@ -274,6 +279,9 @@ class DiscordAdapter(ChatSurface):
                 stream.thread_name = _thread_name(command, options, interaction.user.display_name)
                 opener = _thread_opener(stream, conversation)
             request = self._request(interaction, command, options, conversation, opener)
+            if clicked is not None:  # a button: which message it is on, and how to delete that message
+                request = dataclasses.replace(request, source_message=clicked,
+                                              delete_source=functools.partial(self.delete_message, clicked))
         except UserError as exc:
             await stream.send(error_reply(exc))
             return
@@ -297,7 +305,7 @@ class DiscordAdapter(ChatSurface):
             is_admin=member.guild_permissions.manage_guild, thread_id=thread_id, space_id=str(guild.id),
             readable_channels=readable, user_name=member.display_name,
             conversation=conversation, open_conversation=open_conversation,
-            private_scopes=scopes,
+            private_scopes=scopes, channel_nsfw=_age_restricted(interaction.channel),
         )
 
     async def _menu_image(self, data: dict) -> Attachment:
@@ -371,9 +379,24 @@ class DiscordAdapter(ChatSurface):
         async for reply in replies:
             await stream.send(reply)
 
+    async def delete_message(self, message: dict) -> None:
+        """Delete a message (`Request.source_message`: channel and message ids) with the bot token."""
+        try:
+            await self.client.http.delete_message(int(message["channel"]), int(message["message"]))  # type: ignore[union-attr]
+        except discord.NotFound:
+            return  # already gone
+        except discord.HTTPException as exc:
+            raise UserError(f"Discord did not let me delete that message ({exc.text or exc.status}).") from None
+
     async def _channel(self, channel_id: int) -> Any:
         channel = self.client.get_channel(channel_id)  # type: ignore[union-attr]
         return channel or await self.client.fetch_channel(channel_id)  # type: ignore[union-attr]
+
+
+def _age_restricted(channel: Any) -> bool:
+    """Discord's age-restricted flag (a thread has its parent's)."""
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
 
 
 def _thread_opener(stream: ReplyStream, conversation: dict) -> Callable[[], Awaitable[dict]]:

@@ -141,12 +141,12 @@ def fit_image(image: Image, limit: int) -> Image:
     for quality in (90, 80, 70):
         data = _jpeg(rgb, quality)
         if len(data) <= limit:
-            return Image(data, f"{stem}.jpg", image.description)
+            return Image(data, f"{stem}.jpg", image.description, spoiler=image.spoiler)
     while min(rgb.size) > 16:
         rgb = rgb.resize((max(1, rgb.width * 3 // 4), max(1, rgb.height * 3 // 4)), PILImage.Resampling.LANCZOS)
         data = _jpeg(rgb, 80)
         if len(data) <= limit:
-            return Image(data, f"{stem}.jpg", image.description)
+            return Image(data, f"{stem}.jpg", image.description, spoiler=image.spoiler)
     raise ValueError(f"cannot fit {image.filename} into {limit} bytes")
 
 

@@ -191,8 +191,9 @@ class ReplyStream:
 
     async def _fields(self, reply: Reply) -> dict:
         images = await asyncio.to_thread(fit_images, reply.images, self.limit) if reply.images else []
-        files = [discord.File(io.BytesIO(i.data), filename=i.filename, description=i.description or None)
-                 for i in images]
+        # spoiler: discord.py names the file SPOILER_...; the picture was blurred already.
+        files = [discord.File(io.BytesIO(i.data), filename=i.filename, description=i.description or None,
+                              spoiler=i.spoiler) for i in images]
         view = discord.ui.View(timeout=None)
         for action in reply.actions[:MAX_BUTTONS]:
             try:

@@ -80,10 +80,16 @@ class LocalAdapter:
 
     def request(self, command: str, options: dict[str, Any]) -> Request:
         """A request from the local user in the local channel."""
+        # A typed line is what a button stands for here, so each one may delete "its" message.
         return Request(command=command, options=options, user_id=self.user_id, channel_id=self.channel_id,
                        platform=self.platform, is_admin=self.is_admin, space_id="local",
                        readable_channels=frozenset({self.channel_id}), user_name=self.user_id,
-                       conversation={"channel": self.channel_id})
+                       conversation={"channel": self.channel_id}, source_message={"channel": self.channel_id},
+                       delete_source=self._deleted)
+
+    async def _deleted(self) -> None:
+        """The local chat's `delete_message`: printed lines cannot be taken back, so it says so."""
+        await asyncio.to_thread(self.print_line, "[deleted: that answer is gone from the chat]")
 
     def _attach(self, path_text: str) -> Attachment:
         return Intake.of(self.dispatcher).local_file(path_text)
@@ -126,7 +132,8 @@ class LocalAdapter:
         is_progress = reply.progress is not None and not reply.final
         with self._printing:  # commands answer side by side: one reply's lines, and file names, at a time
             lines = [] if is_progress or not text else [("error: " if reply.error else "") + text]
-            lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" for i in reply.images]
+            lines += [f"[image saved: {self.save_image(i.data, i.filename)}]" + (" (blurred)" if i.spoiler else "")
+                      for i in reply.images]
             repeated = is_progress and reply.actions == stream.progress_actions
             stream.progress_actions = reply.actions if is_progress else ()
             lines += [f"[{a.label}] {action_command(a)}" for a in (() if repeated else reply.actions)]

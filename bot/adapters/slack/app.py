@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -375,7 +376,9 @@ class SlackAdapter(ChatSurface):
         spec = self.app.spec(action.command)
         if not spec.long_running:  # quick answers go under the clicked message
             target.thread_ts = message.get("thread_ts") or message.get("ts")
-        await self._answer(spec, dict(action.options), target, team=_team(body), thread=message.get("thread_ts"))
+        clicked = {"channel": target.channel, "ts": message.get("ts", "")} if message.get("ts") else None
+        await self._answer(spec, dict(action.options), target, team=_team(body), thread=message.get("thread_ts"),
+                           clicked=clicked)
 
     async def _attach(self, spec: CommandSpec, options: dict[str, Any], files: list[dict], channel: str,
                       thread: str | None, latest_fallback: bool) -> None:
@@ -411,7 +414,7 @@ class SlackAdapter(ChatSurface):
                         "message with a picture, or mention me with a picture attached.")
 
     async def _answer(self, spec: CommandSpec, options: dict[str, Any], target: Target, *, team: str,
-                      user_name: str = "", thread: str | None = None) -> None:
+                      user_name: str = "", thread: str | None = None, clicked: dict | None = None) -> None:
         if spec.name not in self._commands.values():
             raise UserError(f"/{spec.name} is not available in Slack.")
         poster = ReplyPoster(self.client, self.pacer, target, progress_interval=self.config.progress_interval)
@@ -431,8 +434,32 @@ class SlackAdapter(ChatSurface):
         request = Request(command=spec.name, options=options, user_id=target.user, channel_id=target.channel,
                           platform=PLATFORM, is_admin=await self._is_admin(target.user), thread_id=thread,
                           space_id=team, readable_channels=await self._readable(target.user, target.channel),
-                          user_name=user_name, conversation=conversation, open_conversation=poster.opener)
+                          user_name=user_name, conversation=conversation, open_conversation=poster.opener,
+                          source_message=clicked,
+                          delete_source=functools.partial(self.delete_message, clicked) if clicked else None)
         await poster.deliver(self.app.handle(request))
+
+    async def delete_message(self, message: dict) -> None:
+        """Delete a message the bot posted (`chat.delete`), with the bot's own messages in its thread
+        (a long job's snapshots and pictures). Slack lets a bot token delete only its own messages."""
+        channel, ts = message["channel"], message["ts"]
+        try:
+            replies = (await self.client.conversations_replies(channel=channel, ts=ts, limit=200)).get("messages") or []
+        except SlackApiError:
+            replies = []  # no thread (or not readable): the message alone
+        mine = self.identity.get("user_id")
+        for reply in replies:
+            if reply.get("ts") != ts and mine and reply.get("user") == mine:  # other bots: not ours to delete
+                await self._delete(channel, reply["ts"])
+        await self._delete(channel, ts)
+
+    async def _delete(self, channel: str, ts: str) -> None:
+        async with self.pacer.slot(channel):
+            try:
+                await self.client.chat_delete(channel=channel, ts=ts)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "message_not_found":
+                    raise UserError(f"Slack did not let me delete that message ({exc.response.get('error')}).") from None
 
     async def deliver(self, conversation: dict, replies: Any) -> None:
         """Post a reply stream into a conversation stored earlier (`Request.conversation`), e.g. a

@@ -113,6 +113,17 @@ def _chunks(text: str, limit: int) -> list[str]:
     return chunks
 
 
+SPOILER_NOTE = "_(blurred: Slack has no spoiler tags to hide it behind)_"
+
+
+def _rendered(reply: Reply) -> str:
+    """The reply's text as mrkdwn; a picture meant to be behind a spoiler says it is blurred only."""
+    text = render_slack(reply.text)
+    if any(image.spoiler for image in reply.images):
+        text = f"{text}\n{SPOILER_NOTE}" if text else SPOILER_NOTE
+    return text
+
+
 def progress_line(progress: float) -> str:
     filled = max(0, min(10, round(progress * 10)))
     return f"`{'▓' * filled}{'░' * (10 - filled)}` {progress:.0%}"
@@ -167,7 +178,7 @@ class ReplyPoster:
         if now - self._last_progress < self.progress_interval:
             return  # throttled: a later progress reply or the final answer replaces it
         self._last_progress = now
-        text = "\n".join(t for t in (render_slack(reply.text), progress_line(reply.progress)) if t)
+        text = "\n".join(t for t in (_rendered(reply), progress_line(reply.progress)) if t)
         if self.parent_ts:  # the progress's buttons (Cancel) come along: a chat.update replaces the blocks
             await self._update(self.parent_ts, f"{self.header}\n{text}", reply.actions)
             if reply.images:
@@ -184,7 +195,7 @@ class ReplyPoster:
             await self._post(render_slack(reply.text), reply.images, reply.actions)
 
     async def _final(self, reply: Reply) -> None:
-        text = render_slack(reply.text)
+        text = _rendered(reply)
         if self.parent_ts:  # long job: the parent shows the outcome, the thread gets the pictures
             if reply.images:
                 await self._upload(reply.images, thread_ts=self.thread_ts)
