@@ -10,7 +10,8 @@ HNSW index built afterwards with parallel workers, with the product's m and ef_c
 Part 2, indexing: N generated pictures go through the whole path (ImagePosted hook -> pending
 queue -> drain job on the embedded engine -> decode, hash, preview, one CLIP call per batch ->
 index) and, in the same run, straight through `ClipModel.encode_images` in the same batches
-(model only, pictures already decoded). Reported as pictures/s and their ratio.
+(model only, pictures already decoded). Reported as pictures/s and their ratio, once per CLIP
+backend (--clip-backend torch,onnx: each against its own model-only rate).
 
     python3 bench/search.py                                   # 10k + 100k, both backends, indexing
     python3 bench/search.py --sizes 1000000 --backends embedded
@@ -219,43 +220,55 @@ def make_pictures(n: int, folder: Path) -> list[Path]:
 
 def indexing_part(args: argparse.Namespace) -> None:
     from bot.app import open_app
-    from bot.commands import Attachment
     from bot.config import Settings
-    from bot.events import ImagePosted
-    from engine.images import decode_image
     from engine.models import clip_for
 
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-idx-"))
     try:
         paths = make_pictures(args.index_images, work)
-        settings = Settings(_env_file=None, data_dir=work / "data", clip_model=args.model, device=args.device,
-                            log_level="WARNING")
         os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(args.batch)
-        with open_app(settings) as app:
-            clip = clip_for(settings)
-            warm = [decode_image(p.read_bytes()) for p in paths[: args.batch]]
-            clip.encode_images(warm, batch_size=args.batch)  # load and warm the model once for both
-            pictures = [decode_image(p.read_bytes()) for p in paths]
-            started = time.perf_counter()
-            clip.encode_images(pictures, batch_size=args.batch)
-            model_rate = len(pictures) / (time.perf_counter() - started)
-
-            blobs = [(p, app.engine.blobs.put(p.read_bytes())) for p in paths]
-            started = time.perf_counter()
-            for i, (path, key) in enumerate(blobs):
-                event = ImagePosted("local", SPACE, "c1", f"m{i}", "u", time.time(), "",
-                                    (Attachment(key, path.name, "image/jpeg", path.stat().st_size),))
-                asyncio.run(app.image_posted(event))
-            queue = app.face.pending("search")
-            while queue.size():
-                time.sleep(0.005)
-            stats = asyncio.run(app.engine.run("search.stats", {"space": SPACE}, queue="gpu"))
-            path_rate = len(paths) / (time.perf_counter() - started)
-            assert stats["embeddings"] == len(paths), stats
-        print(f"indexing {len(paths)} pictures, {args.model} on {args.device}, batches of {args.batch}: "
-              f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
+        for backend in args.clip_backend:
+            # a fresh index per backend (no picture is a duplicate), one models cache (one export)
+            settings = Settings(_env_file=None, data_dir=work / f"data-{backend}", model_cache=work / "models",
+                                clip_model=args.model, device=args.device, log_level="WARNING",
+                                clip_backend=backend)
+            with open_app(settings) as app:
+                clip = clip_for(settings)
+                model_rate, path_rate = _indexing_rates(app, clip, paths, args.batch)
+            print(f"indexing {len(paths)} pictures, {args.model} on {args.device}, CLIP backend {backend} "
+                  f"(runs {clip.backend}), batches of {args.batch}: "
+                  f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _indexing_rates(app: object, clip: object, paths: list[Path], batch: int) -> tuple[float, float]:
+    """(model-only encode, whole indexing path) in pictures per second, one model, same pictures."""
+    from bot.commands import Attachment
+    from bot.events import ImagePosted
+    from engine.images import decode_image
+
+    warm = [decode_image(p.read_bytes()) for p in paths[:batch]]
+    clip.encode_images(warm, batch_size=batch)  # load and warm the model once for both
+    pictures = [decode_image(p.read_bytes()) for p in paths]
+    started = time.perf_counter()
+    clip.encode_images(pictures, batch_size=batch)
+    model_rate = len(pictures) / (time.perf_counter() - started)
+
+    blobs = [(p, app.engine.blobs.put(p.read_bytes())) for p in paths]
+    before = asyncio.run(app.engine.run("search.stats", {"space": SPACE}, queue="gpu"))["embeddings"]
+    started = time.perf_counter()
+    for i, (path, key) in enumerate(blobs):
+        event = ImagePosted("local", SPACE, "c1", f"m{i}-{id(clip)}", "u", time.time(), "",
+                            (Attachment(key, path.name, "image/jpeg", path.stat().st_size),))
+        asyncio.run(app.image_posted(event))
+    queue = app.face.pending("search")
+    while queue.size():
+        time.sleep(0.005)
+    stats = asyncio.run(app.engine.run("search.stats", {"space": SPACE}, queue="gpu"))
+    path_rate = len(paths) / (time.perf_counter() - started)
+    assert stats["embeddings"] == before + len(paths), stats
+    return model_rate, path_rate
 
 
 def main() -> None:
@@ -271,6 +284,9 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32:random")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--clip-backend", default="torch,onnx", type=lambda s: s.split(","),
+                        help="CLIP backends to index with, each measured against its own model-only rate "
+                             "(CLIPBOT_CLIP_BACKEND values; default torch,onnx)")
     parser.add_argument("--threads", type=int,
                         help="torch threads for the embedded scan (default: a one-child worker's, engine.worker.torch_threads)")
     parser.add_argument("--ef-construction", type=int, help="HNSW build setting (default: the product's)")

@@ -253,11 +253,14 @@ def _worker(args: argparse.Namespace, settings: "Settings") -> int:
 
 
 def _models(args: argparse.Namespace, settings: "Settings") -> int:
-    from engine.models.clip import parse_clip_spec, pull_clip
+    from engine.models.clip import backend_status, parse_clip_spec, pull_clip
     from engine.models.presets import PRESETS
 
     if args.action == "list":
         print(f"configured CLIP: {settings.clip_model} (cache: {settings.models_dir})")
+        backend, why = backend_status(settings.clip_model, device=settings.device, cache_dir=settings.models_dir,
+                                      backend=settings.clip_backend)
+        print(f"CLIP backend: {backend} ({why})")
         print(f"configured VQGAN: {settings.vqgan_model}")
         for name, about in PRESETS.items():
             print(f"preset {name}: {about}")

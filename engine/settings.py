@@ -56,6 +56,10 @@ class EngineSettings(BaseSettings):
     clip_model: str = Field("ViT-B-32:laion2b_s34b_b79k", description="ARCH:TAG, ARCH:/path/file, or a preset")
     vqgan_model: str = Field("imagenet_f16_16384", description="official VQGAN name, CONFIG.yaml:CKPT, or a preset")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    clip_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="what computes CLIP embeddings: torch (eager, the reference), onnx (ONNX Runtime, "
+        "CPU only, the `cpu` extra; exported and checked against torch once per model), or auto (onnx on a CPU "
+        "where it is installed and its export passed the check, torch otherwise)")
     model_cache: Path | None = Field(None, description="model weights cache; defaults to data_dir/models")
 
     # image index (/search)

@@ -23,8 +23,11 @@ REDIS_URL = os.environ.get("CLIPBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"
 # Settings read the environment: pin it before any test builds a Settings object.
 for _name in [n for n in os.environ if n.startswith("CLIPBOT_") and n != "CLIPBOT_TEST_REDIS_URL"]:
     del os.environ[_name]
+# The suite runs CLIP on the torch reference (an ONNX export per fresh data dir would cost seconds
+# per worker test); tests/unit/test_cpu_backend.py and tests/plugin/test_whatis_backends.py
+# choose onnx and auto themselves.
 os.environ.update({"CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu", "CLIPBOT_LOG_LEVEL": "WARNING",
-                   "CLIPBOT_VQGAN_MODEL": "tiny-test"})
+                   "CLIPBOT_VQGAN_MODEL": "tiny-test", "CLIPBOT_CLIP_BACKEND": "torch"})
 
 
 # Tiers are folders; the marker follows the folder, so a test is never filed under the wrong tier.
@@ -144,7 +147,7 @@ def clipbot_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPBOT_")}
     env.update({
         "CLIPBOT_CLIP_MODEL": "tiny-test", "CLIPBOT_VQGAN_MODEL": "tiny-test", "CLIPBOT_DEVICE": "cpu",
-        "CLIPBOT_DATA_DIR": str(data_dir),
+        "CLIPBOT_DATA_DIR": str(data_dir), "CLIPBOT_CLIP_BACKEND": "torch",
         "CLIPBOT_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
         # No metrics endpoints unless a test asks (CLIPBOT_OBSERVE_PORT=N): processes of tests
         # running side by side would fight over 9108/9109.

@@ -13,7 +13,8 @@ def clip_for(settings):
     """The CLIP model the settings configure, loaded once per worker process (lazily)."""
     from engine.models.clip import get_clip
 
-    return get_clip(settings.clip_model, device=settings.device, cache_dir=settings.models_dir)
+    return get_clip(settings.clip_model, device=settings.device, cache_dir=settings.models_dir,
+                    backend=settings.clip_backend)
 
 
 def vqgan_for(settings, spec: str | None = None):

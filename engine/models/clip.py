@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from engine.errors import ModelUnavailable
 from engine.images import reduce_for_side
-from engine.models import downloads, presets
+from engine.models import cpu_backend, downloads, presets
+from engine.models.cpu_backend import BACKENDS, OnnxClip
 from engine.models.downloads import sha256_file  # noqa: F401 - re-exported
 from engine.models.registry import registry, resolve_device
 
@@ -80,6 +81,9 @@ class ClipModel:
     fingerprint: str = ""  # names these exact weights, for caches keyed by model (file specs add size+mtime)
     text_tower: "_TextTower | None" = None  # set when texts may be encoded on a token prefix
     image_size: int = 224  # the side of the image tower's input, in pixels
+    backend: str = "torch"  # what computes embeddings: "torch" (eager, the reference) or "onnx" (CPU only)
+    backend_reason: str = ""  # why that backend, in a sentence (`clipbot models list`, the log)
+    fast: "OnnxClip | None" = field(default=None, repr=False)  # the ONNX sessions when backend is "onnx"
     _grad_encoder: Any = field(default=None, init=False, repr=False)  # image_encoder_for_grad's, built once
 
     @torch.no_grad()
@@ -95,7 +99,8 @@ class ClipModel:
                          for image in images[i : i + batch_size]])
             for i in range(0, len(images), batch_size)
         ]
-        return self._encode(self.model.encode_image, batches)
+        chunks = [self._encode_pixels(batch) for batch in batches]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int | None = None,
@@ -146,15 +151,34 @@ class ClipModel:
             rows = order[start : start + batch_size]
             yield rows, tokens[rows, : int(lengths[rows].max())]
 
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        fast = self.fast
+        if fast is not None:
+            try:
+                return fast.encode_image(pixels)
+            except Exception as exc:  # onnxruntime raises its own types
+                self._fast_failed(exc)
+        return self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu()
+
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        fast = self.fast
+        if fast is not None and fast.has_text and self.text_tower is not None:
+            try:
+                return fast.encode_text(tokens)
+            except Exception as exc:
+                self._fast_failed(exc)
         tokens = tokens.to(self.device)
         if self.text_tower is None:
             return self.model.encode_text(tokens, normalize=True)
         return self.text_tower.encode(tokens)
 
-    def _encode(self, encode: Callable[..., torch.Tensor], batches) -> torch.Tensor:
-        chunks = [encode(batch.to(self.device), normalize=True).float().cpu() for batch in batches]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+    def _fast_failed(self, exc: Exception) -> None:
+        """The ONNX backend raised: torch computes this and every later batch (same answers)."""
+        if self.fast is None:
+            return
+        self.fast, self.backend = None, "torch"
+        self.backend_reason = f"the ONNX backend failed at run time ({cpu_backend._brief(exc)}); torch since"
+        log.warning("CLIP %s: %s", self.spec, self.backend_reason)
 
 
 def _sequence_first(visual: Any) -> Any | None:
@@ -214,17 +238,20 @@ class _TextTower:
         """Per row, how many leading tokens the pooled feature depends on."""
         return _pool_index(tokens, self.pool_type, self.eos_id) + 1
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised features of token rows already cut to their batch's longest used length."""
+    def encode(self, tokens: torch.Tensor, parts: Any = None) -> torch.Tensor:
+        """Normalised features of token rows already cut to their batch's longest used length.
+        `parts` (default: this tower) supplies the modules and tensors, as the ONNX export's
+        module of the same names does (engine.models.cpu_backend)."""
+        parts = parts if parts is not None else self
         length = tokens.shape[1]
         cast_dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(tokens).to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
-        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:length, :length]))
+        x = parts.token_embedding(tokens).to(cast_dtype) + parts.positional_embedding[:length].to(cast_dtype)
+        x = parts.ln_final(parts.transformer(x, attn_mask=parts.attn_mask[:length, :length]))
         x = x[torch.arange(x.shape[0], device=x.device), _pool_index(tokens, self.pool_type, self.eos_id)]
-        if isinstance(self.text_projection, torch.nn.Linear):
-            x = self.text_projection(x)
-        elif self.text_projection is not None:
-            x = x @ self.text_projection
+        if isinstance(parts.text_projection, torch.nn.Linear):
+            x = parts.text_projection(x)
+        elif parts.text_projection is not None:
+            x = x @ parts.text_projection
         return torch.nn.functional.normalize(x, dim=-1)
 
 
@@ -351,13 +378,18 @@ def _tags_hint(arch: str) -> str:
 # --- loading -----------------------------------------------------------------------------------
 
 
-def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None) -> ClipModel:
-    """Load the CLIP model `spec` names, from local files only, onto `device`, in eval mode."""
+def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None,
+              backend: str = "torch") -> ClipModel:
+    """Load the CLIP model `spec` names, from local files only, onto `device`, in eval mode.
+
+    `backend` (auto, torch, onnx) picks what computes its embeddings: see `_attach_backend`; the
+    ONNX export is cached under `cache_dir` (engine.models.cpu_backend)."""
+    backend = _checked_backend(backend)
     parsed = parse_clip_spec(spec)
     target = resolve_device(device)
     arch, model, preprocess, tokenizer = _build(parsed, cache_dir)
     model = model.to(target).eval()
-    return ClipModel(
+    clip = ClipModel(
         spec=spec.strip(),
         model=model,
         preprocess=preprocess,
@@ -370,6 +402,41 @@ def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None =
         text_tower=_checked_text_tower(model, tokenizer, target),
         image_size=_image_size(model),
     )
+    _attach_backend(clip, arch, backend, cache_dir)
+    return clip
+
+
+def _checked_backend(backend: str) -> str:
+    name = str(backend or "auto").strip().lower()
+    if name not in BACKENDS:
+        raise ModelUnavailable(f"Unknown CLIP backend {backend!r}: use {', '.join(BACKENDS)}.")
+    return name
+
+
+def _attach_backend(clip: ClipModel, arch: str, backend: str, cache_dir: str | Path | None) -> None:
+    """Give `clip` the ONNX backend where `backend` asks for it (onnx) or allows it (auto: on a
+    CPU with onnxruntime installed) and its export passes the equivalence check; torch otherwise,
+    with the reason in `clip.backend_reason` (a log line where onnx was asked for)."""
+    if backend == "torch":
+        clip.backend_reason = "CLIPBOT_CLIP_BACKEND=torch"
+        return
+    if clip.device.type != "cpu":
+        clip.backend_reason = f"{backend}: ONNX serves CPUs only, {clip.device} runs torch"
+        return
+    towers = cpu_backend.Towers(clip.model, clip.text_tower, clip.tokenizer, clip.image_size, clip.embed_dim,
+                                open_clip.get_model_config(arch) or {}, arch)
+    try:
+        clip.fast = cpu_backend.load_or_export(towers, cache_dir)
+    except cpu_backend.BackendUnavailable as exc:
+        clip.backend_reason = f"{backend}: {exc}; torch instead"
+        quiet = backend == "auto" and cpu_backend.onnxruntime_version() is None
+        (log.info if quiet else log.warning)("CLIP %s runs on torch: %s", clip.spec, clip.backend_reason)
+        return
+    clip.backend = "onnx"
+    assert clip.fast.verdict is not None
+    clip.backend_reason = (f"{backend}: a CPU, export {clip.fast.folder.name}, {clip.fast.verdict.describe()}"
+                           + ("" if clip.fast.has_text else "; texts on torch (a text tower it cannot trim)"))
+    cpu_backend.remember(cache_dir, clip.fingerprint, clip.fast)
 
 
 def _image_size(model: Any) -> int:
@@ -384,11 +451,34 @@ def _fingerprint(spec: str, parsed: ClipSpec) -> str:
     return f"{spec}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def get_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None) -> ClipModel:
-    """The process-wide ClipModel for `spec` on `device`, loaded on first use through the registry."""
+def get_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None,
+             backend: str = "torch") -> ClipModel:
+    """The process-wide ClipModel for `spec` on `device` with `backend`, loaded on first use
+    through the registry."""
     target = resolve_device(device)
-    key = f"clip:{spec.strip()}@{target}"
-    return registry.get(key, lambda: load_clip(spec, device=str(target), cache_dir=cache_dir))
+    backend = _checked_backend(backend)
+    key = f"clip:{spec.strip()}@{target}/{backend}"
+    return registry.get(key, lambda: load_clip(spec, device=str(target), cache_dir=cache_dir, backend=backend))
+
+
+def backend_status(spec: str, *, device: str = "auto", cache_dir: str | Path | None = None,
+                   backend: str = "auto") -> tuple[str, str]:
+    """(backend, why) that loading `spec` would use, without loading it: from the setting, the
+    device, onnxruntime, and the verdict of this model's last export (`clipbot models list`)."""
+    backend = _checked_backend(backend)
+    if backend == "torch":
+        return "torch", "CLIPBOT_CLIP_BACKEND=torch"
+    target = resolve_device(device)
+    if target.type != "cpu":
+        return "torch", f"{backend}: ONNX serves CPUs only, {target} runs torch"
+    version = cpu_backend.onnxruntime_version()
+    if version is None:
+        return "torch", f"{backend}: onnxruntime is not installed (pip install -e '.[cpu]')"
+    known = cpu_backend.recalled(cache_dir, _fingerprint(spec.strip(), parse_clip_spec(spec)))
+    if known is None:
+        return "onnx", (f"{backend}: a CPU with onnxruntime {version}; the first load exports this model "
+                        "and checks it against torch (torch if the check fails)")
+    return "onnx", f"{backend}: a CPU, export {known}"
 
 
 def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, Any, Any]:

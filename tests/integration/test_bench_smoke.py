@@ -14,6 +14,7 @@ from tests.conftest import ROOT, clipbot_env
 
 # bench -> the lines that carry its ratios against the reference measured in the same run
 RATIO_LINES = {
+    "clip_cpu.py": [r"^onnx over eager: image b1 [\d.]+x · image b32 [\d.]+x · text b1 [\d.]+x · text b32 [\d.]+x$"],
     "whatis.py": [r"^embedded .* \d+\.\d+x$", r"^redis\+worker \(solo\) .* \d+\.\d+x$"],
     "imagine.py": [r"^\s*32\^2 reference\s+[\d.]+\s+1\.00\b", r"^\s*32\^2 ours\s+[\d.]+\s+[\d.]+\s.*\byes$"],
     "search.py": [r"^\s*1000\s+embedded\s+none\s", r"whole path [\d.]+/s, ratio [\d.]+x$"],
