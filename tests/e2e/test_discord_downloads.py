@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_discord_e2e import _answer, _search_until
+from tests.e2e.test_discord_e2e import _answer, _search_until, whatis_answer
 from tests.fakes.cdn import lying_file, photo_jpeg
 from tests.fakes.discord_fake import EPHEMERAL, FakeDiscord
 
@@ -38,12 +38,14 @@ def test_real_photos_are_read_whole_by_whatis_the_menu_and_the_index(world, star
     assert 3_000_000 < len(first) < 8_000_000 and 3_000_000 < len(second) < 8_000_000
 
     answer = _answer(fake, fake.slash(world.guild, world.general, world.alice, "whatis",
-                                      attachments={"image": ("IMG_0001.jpg", first, "image/jpeg")}), "/whatis")
+                                      attachments={"image": ("IMG_0001.jpg", first, "image/jpeg")}), "/whatis",
+                     until=whatis_answer)
     assert "Looks like" in answer["content"] or "not sure" in answer["content"], answer["content"]
     assert answer["attachments"], "the answer carries its chart"
 
     posted = fake.post_message(world.general, world.alice, "holiday", files=[("IMG_0002.jpg", second, "image/jpeg")])
-    menu = _answer(fake, fake.context_menu(world.guild, world.general, world.mod, "What is this?", posted["id"]))
+    menu = _answer(fake, fake.context_menu(world.guild, world.general, world.mod, "What is this?", posted["id"]),
+                   until=whatis_answer)
     assert "Looks like" in menu["content"] or "not sure" in menu["content"], menu["content"]
 
     (stored,) = _posted_event(bot, posted["id"])["files"]  # what the index got: every byte of the photo

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+from typing import Callable
 
 import pytest
 from PIL import Image as PILImage
@@ -23,15 +24,24 @@ def _png(color=(200, 30, 30), size=(96, 64)) -> bytes:
     return png_bytes(color, size)
 
 
-def _answer(fake: FakeDiscord, record: InteractionRecord, what: str = "the answer") -> dict:
-    """The interaction's original message once it holds an answer (not the loading placeholder)."""
+def _answer(fake: FakeDiscord, record: InteractionRecord, what: str = "the answer",
+            until: Callable[[dict], bool] | None = None) -> dict:
+    """The interaction's original message once it holds an answer (not the loading placeholder;
+    with `until`, not a progress edit either: a busy machine shows "preparing 3 labels: 80%")."""
     def done(f: FakeDiscord):
         if record.original_id is None:
             return None
         message = f.messages[record.channel_id].get(record.original_id)
-        return message if message and not message["flags"] & LOADING else None
+        if not message or message["flags"] & LOADING:
+            return None
+        return message if until is None or until(message) else None
 
     return fake.wait_for(done, 90, what)
+
+
+def whatis_answer(message: dict) -> bool:
+    """A /whatis answer (its chart attached), not one of its progress edits."""
+    return bool(message["attachments"]) and ("Looks like" in message["content"] or "not sure" in message["content"])
 
 
 def _probe_data(message: dict) -> dict:
@@ -56,7 +66,7 @@ def test_whatis_with_an_attachment_is_deferred_then_answered_with_a_chart(world,
     fake = world.fake
     record = fake.slash(world.guild, world.general, world.alice, "whatis", {"labels": "red, green, blue"},
                         attachments={"image": ("red.png", _png(), "image/png")})
-    message = _answer(fake, record, "the /whatis answer")
+    message = _answer(fake, record, "the /whatis answer", until=whatis_answer)
     assert record.callback_type == 5  # deferred with "thinking"
     calls = fake.calls
     callback = next(i for i, c in enumerate(calls) if c.path.startswith(f"/interactions/{record.id}/"))
@@ -79,7 +89,7 @@ def test_message_menu_what_is_this_answers_for_a_posted_image(world, start_bot):
     assert "Saved 3 labels" in saved["content"]
     posted = fake.post_message(world.general, world.alice, "look", files=[("cat.png", _png((10, 200, 10)), "image/png")])
     record = fake.context_menu(world.guild, world.general, world.mod, "What is this?", posted["id"])
-    message = _answer(fake, record)
+    message = _answer(fake, record, until=whatis_answer)
     assert message["attachments"] and ("Looks like" in message["content"] or "not sure" in message["content"])
     assert "tree" in message["content"]
 
@@ -217,7 +227,7 @@ def test_echoed_labels_prompts_and_names_never_ping_and_stay_literal(world, star
     hostile = f"@everyone @here <@{world.alice['id']}> <@&{world.mods_role}> ||boo|| \u202eevil"
     whatis = fake.slash(world.guild, world.general, world.alice, "whatis", {"labels": "@everyone, @here, red"},
                         attachments={"image": ("red.png", _png(), "image/png")})
-    assert "red" in _answer(fake, whatis, "the /whatis answer")["content"]
+    assert "red" in _answer(fake, whatis, "the /whatis answer", until=whatis_answer)["content"]
     slow = _answer(fake, fake.slash(world.guild, world.general, world.alice, "probe_slow",
                                     {"steps": 2, "delay": 0.1, "text": hostile}), "the /probe_slow answer")
     fake.slash(world.guild, world.general, world.alice, "probe_long", {"steps": 2, "delay": 0.1, "big": 64,
