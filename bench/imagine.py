@@ -148,7 +148,9 @@ def _reference_loop(clip, vqgan, size: int, cutouts: int, steps: int, seed: int,
             z.copy_(z.maximum(z_min).minimum(z_max))
         losses.append(float(loss.detach()))  # a device sync too: the step is done
         times.append(_since(started))
-    return times[1:], losses, out.detach()
+    with torch.no_grad():  # the picture after the last step, as ours reports it
+        final = decode(vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)).add(1).div(2).clamp(0, 1)
+    return times[1:], losses, final
 
 
 def _child(kind: str, args: argparse.Namespace, size: int, out) -> None:

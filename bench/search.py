@@ -218,6 +218,14 @@ def make_pictures(n: int, folder: Path) -> list[Path]:
 
 
 def indexing_part(args: argparse.Namespace) -> None:
+    model_rate, path_rate, n = indexing_rates(args.model, args.device, args.index_images, args.batch)
+    print(f"indexing {n} pictures, {args.model} on {args.device}, batches of {args.batch}: "
+          f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
+
+
+def indexing_rates(model: str, device: str, images: int, batch: int) -> tuple[float, float, int]:
+    """(model-only pictures/s, whole-path pictures/s, pictures) for `images` generated pictures:
+    `encode_images` on decoded pictures, then the backfill path (hook -> queue -> drain -> index)."""
     from bot.app import open_app
     from bot.commands import Attachment
     from bot.config import Settings
@@ -227,17 +235,17 @@ def indexing_part(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-idx-"))
     try:
-        paths = make_pictures(args.index_images, work)
-        settings = Settings(_env_file=None, data_dir=work / "data", clip_model=args.model, device=args.device,
+        paths = make_pictures(images, work)
+        settings = Settings(_env_file=None, data_dir=work / "data", clip_model=model, device=device,
                             log_level="WARNING")
-        os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(args.batch)
+        os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(batch)
         with open_app(settings) as app:
             clip = clip_for(settings)
-            warm = [decode_image(p.read_bytes()) for p in paths[: args.batch]]
-            clip.encode_images(warm, batch_size=args.batch)  # load and warm the model once for both
+            warm = [decode_image(p.read_bytes()) for p in paths[:batch]]
+            clip.encode_images(warm, batch_size=batch)  # load and warm the model once for both
             pictures = [decode_image(p.read_bytes()) for p in paths]
             started = time.perf_counter()
-            clip.encode_images(pictures, batch_size=args.batch)
+            clip.encode_images(pictures, batch_size=batch)
             model_rate = len(pictures) / (time.perf_counter() - started)
 
             blobs = [(p, app.engine.blobs.put(p.read_bytes())) for p in paths]
@@ -252,8 +260,7 @@ def indexing_part(args: argparse.Namespace) -> None:
             stats = asyncio.run(app.engine.run("search.stats", {"space": SPACE}, queue="gpu"))
             path_rate = len(paths) / (time.perf_counter() - started)
             assert stats["embeddings"] == len(paths), stats
-        print(f"indexing {len(paths)} pictures, {args.model} on {args.device}, batches of {args.batch}: "
-              f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
+        return model_rate, path_rate, len(paths)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
