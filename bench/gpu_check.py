@@ -161,7 +161,8 @@ def print_rows(rows: list[Row]) -> None:
     """Rows as each section finishes: a run stopped by the wrapper's timeout keeps what it printed."""
     for r in rows:
         same = "" if r.loss_diff is None else ("yes" if r.keeps_result else "NO")
-        print(f"{r.check:<46} {r.value:9.2f} {r.unit:<6} {_fmt(r.vs_ref, '6.2f', '') + ('x' if r.vs_ref is not None else '-'):>7} "
+        vs_ref = "-" if r.vs_ref is None else f"{r.vs_ref:.2f}x"
+        print(f"{r.check:<46} {r.value:9.2f} {r.unit:<6} {vs_ref:>7} "
               f"{_fmt(r.loss_diff, '9.1e'):>9} {_fmt(r.pixel_diff, '10.1e'):>10} {_fmt(r.peak_gib, '8.2f'):>8}  {same}")
 
 
@@ -175,7 +176,8 @@ def goal_line(rows: list[Row]) -> str:
     text = "goal: ours >= %.1fx the reference's it/s: " % GOAL
     if kept:
         best = max(kept, key=lambda r: r.vs_ref)
-        text += f"{best.check.split(' ', 2)[2]} {best.vs_ref:.2f}x keeping the result ({'PASS' if best.vs_ref >= GOAL else 'FAIL'})"
+        verdict = "PASS" if best.vs_ref >= GOAL else "FAIL"
+        text += f"{best.check.split(' ', 2)[2]} {best.vs_ref:.2f}x keeping the result ({verdict})"
     else:
         text += "no loop kept the result (FAIL)"
     if fastest not in kept:

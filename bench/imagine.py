@@ -11,10 +11,14 @@ in both and driven by the same seeded generator, so both loops must give the sam
 rtol 1e-4). The reference runs taming as it ships (x * sigmoid(x)) and its own vector quantiser
 (nerdyrodent's: a one-hot matmul under autograd) and calls open_clip's `encode_image`; ours has
 the loader's fused SiLU, a lookup, and CLIP's vision transformer sequence-first
-(`ClipModel.image_encoder_for_grad`).
-With `--rounds N` the three loops run N times, interleaved, and each reports its fastest step. The reference runs twice: with CLIP as `load_clip` returns it (weights requiring
-grad, as a straightforward loop leaves them) and with CLIP frozen. A benchmark reports, it
-never fails: the exit code is 0 whatever the numbers.
+(`ClipModel.image_encoder_for_grad`), the decoder's upsampling as phase convolutions
+(`engine.models.upsampling`) and, on a CPU, the decoder in channels_last.
+With `--rounds N` the loops run N times, interleaved, and each reports its fastest step, as
+wall time and as CPU time (all threads; it moves less when other processes share the cores).
+`--levers` adds our loop with one speed-up left out each (LEVERS). The reference runs twice:
+with CLIP as `load_clip` returns it (weights requiring grad, as a straightforward loop leaves
+them) and with CLIP frozen. A benchmark reports, it never fails: the exit code is 0 whatever
+the numbers.
 """
 
 from __future__ import annotations

@@ -23,12 +23,21 @@ _FOLD = torch.tensor([[0.0, 0.0, 1.0],   # row 2a-1 (phase 1 of a-1): w2
                       [0.0, 1.0, 1.0],   # row 2a   (phase 0 of a):   w1 + w2
                       [1.0, 1.0, 0.0],   # row 2a+1 (phase 1 of a):   w0 + w1
                       [1.0, 0.0, 0.0]])  # row 2a+2 (phase 0 of a+1): w0
+_FOLDS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _fold(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """_FOLD on `device`, copied there once (a host-to-GPU copy per forward would stall the stream)."""
+    key = (device, dtype)
+    if key not in _FOLDS:
+        _FOLDS[key] = _FOLD.to(device, dtype)
+    return _FOLDS[key]
 
 
 def folded_kernel(weight: torch.Tensor) -> torch.Tensor:
     """The [C_in, C_out, 4, 4] transposed-conv kernel equal to nearest x2 + conv with the
     [C_out, C_in, 3, 3] `weight` (padding 1). Linear in `weight`, so gradients reach it too."""
-    fold = _FOLD.to(weight.device, weight.dtype)
+    fold = _fold(weight.device, weight.dtype)
     return torch.einsum("rk,sl,ockl->cors", fold, fold, weight)
 
 

@@ -180,7 +180,7 @@ def use_phase_upsampling(model: torch.nn.Module, enabled: bool = True) -> int:
     """Swap every taming `Upsample(with_conv=True)` in `model` for a `PhaseUpsample` sharing its
     conv (the same function with 2.25x fewer FLOPs: engine/models/upsampling.py), or, with
     `enabled=False`, back; returns how many were swapped. State-dict keys stay the same."""
-    old, new = (_taming_model.Upsample, PhaseUpsample) if enabled else (PhaseUpsample, _taming_model.Upsample)
+    old = _taming_model.Upsample if enabled else PhaseUpsample
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
