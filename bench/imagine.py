@@ -46,6 +46,7 @@ PROMPT = "a watercolor fox:1 | blurry:-0.5"
 LEVERS: dict[str, tuple[dict, bool]] = {
     "ours-no-phase-upsample": ({}, True),
     "ours-no-channels-last": ({"channels_last": False}, False),
+    "ours-neither": ({"channels_last": False}, True),  # our loop before issue 16's levers
 }
 
 
