@@ -219,25 +219,34 @@ def make_pictures(n: int, folder: Path) -> list[Path]:
 
 
 def indexing_part(args: argparse.Namespace) -> None:
+    for backend in args.clip_backend:
+        model_rate, path_rate, n, runs = indexing_rates(args.model, args.device, args.index_images, args.batch,
+                                                        backend=backend, with_backend=True)
+        print(f"indexing {n} pictures, {args.model} on {args.device}, CLIP backend {backend} "
+              f"(runs {runs}), batches of {args.batch}: "
+              f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
+
+
+def indexing_rates(model: str, device: str, images: int, batch: int, *, backend: str = "torch",
+                   with_backend: bool = False) -> tuple:
+    """(model-only pictures/s, whole-path pictures/s, pictures[, the backend that ran]) for
+    `images` generated pictures: `encode_images` on decoded pictures, then the backfill path
+    (hook -> queue -> drain -> index), on a fresh index."""
     from bot.app import open_app
     from bot.config import Settings
     from engine.models import clip_for
 
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-idx-"))
     try:
-        paths = make_pictures(args.index_images, work)
-        os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(args.batch)
-        for backend in args.clip_backend:
-            # a fresh index per backend (no picture is a duplicate), one models cache (one export)
-            settings = Settings(_env_file=None, data_dir=work / f"data-{backend}", model_cache=work / "models",
-                                clip_model=args.model, device=args.device, log_level="WARNING",
-                                clip_backend=backend)
-            with open_app(settings) as app:
-                clip = clip_for(settings)
-                model_rate, path_rate = _indexing_rates(app, clip, paths, args.batch)
-            print(f"indexing {len(paths)} pictures, {args.model} on {args.device}, CLIP backend {backend} "
-                  f"(runs {clip.backend}), batches of {args.batch}: "
-                  f"model only {model_rate:.1f}/s, whole path {path_rate:.1f}/s, ratio {path_rate / model_rate:.2f}x")
+        paths = make_pictures(images, work)
+        os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(batch)
+        settings = Settings(_env_file=None, data_dir=work / "data", model_cache=work / "models", clip_model=model,
+                            device=device, log_level="WARNING", clip_backend=backend)
+        with open_app(settings) as app:
+            clip = clip_for(settings)
+            model_rate, path_rate = _indexing_rates(app, clip, paths, batch)
+        rates = (model_rate, path_rate, len(paths))
+        return (*rates, clip.backend) if with_backend else rates
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

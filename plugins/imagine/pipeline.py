@@ -30,6 +30,9 @@ from PIL import Image
 from plugins.imagine.prompts import WeightedPrompt
 
 PIXEL_SCALE = 4  # the pixels drawer optimises a grid 4x coarser than the output
+# Forward-pass precisions: autocast dtypes (None: float32). Lower ones change the result a little
+# (bench/gpu_check.py reports by how much); float32 is the default everywhere.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --- primitives (the reference loop in the tests is written from these) ---------------------------
@@ -169,8 +172,13 @@ class VqganDrawer:
     name = "vqgan"
 
     def __init__(self, vqgan: Any, width: int, height: int, generator: torch.Generator,
-                 init: torch.Tensor | None = None) -> None:
+                 init: torch.Tensor | None = None, channels_last: bool = False) -> None:
         self.vqgan = vqgan
+        # channels_last: the decoder's convolutions in NHWC (the same values; faster where the
+        # backend prefers it). The shared model's weights are re-laid out once, in place.
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            vqgan.model.to(memory_format=torch.channels_last)
         f = vqgan.factor
         self.width, self.height = width // f * f, height // f * f
         codebook = vqgan.codebook
@@ -193,6 +201,7 @@ class VqganDrawer:
 
     def synth(self) -> torch.Tensor:
         z_q = vector_quantize(self.z.movedim(1, 3), self.vqgan.codebook).movedim(3, 1)
+        z_q = z_q.contiguous(memory_format=self.layout)
         return clamp_with_grad(self.vqgan.decode(z_q).add(1).div(2), 0, 1)
 
     @torch.no_grad()
@@ -267,6 +276,8 @@ class Generation:
     """One VQGAN+CLIP (or pixels+CLIP) optimisation, advanced a step at a time.
 
     `augment=False` turns the cutout augmentations off (the equivalence test runs that way).
+    `precision` "bf16" or "fp16" autocasts the forward pass (fp16 with a gradient scaler); the
+    parameters and Adam stay float32.
     """
 
     clip: Any
@@ -277,6 +288,7 @@ class Generation:
     cut_pow: float = 1.0
     augment: bool = True
     lr: float = 0.1
+    precision: str = "fp32"
     step_done: int = 0
     losses: list[float] = field(default_factory=list)
 
@@ -284,13 +296,20 @@ class Generation:
         self.clip.model.requires_grad_(False)  # gradients flow to the image, never into CLIP's weights
         self.input = clip_input(self.clip)
         self.optimizer = torch.optim.Adam(self.drawer.parameters(), lr=self.lr)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
+        device = self.drawer.parameters()[0].device.type
+        self._autocast = torch.autocast(device, dtype=PRECISIONS[self.precision] or torch.bfloat16,
+                                        enabled=self.precision != "fp32")
+        self._scaler = torch.amp.GradScaler(device) if self.precision == "fp16" else None
 
     def loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, image) for the current parameters, with gradients."""
-        image = self.drawer.synth()
-        crops = make_cutouts(image, cut_size=self.input.size, cutn=self.cutouts, cut_pow=self.cut_pow,
-                             generator=self.generator, augment=self.augment)
-        embeds = self.clip.image_encoder_for_grad()(self.input.normalize(crops)).float()
+        with self._autocast:
+            image = self.drawer.synth()
+            crops = make_cutouts(image, cut_size=self.input.size, cutn=self.cutouts, cut_pow=self.cut_pow,
+                                 generator=self.generator, augment=self.augment)
+            embeds = self.clip.image_encoder_for_grad()(self.input.normalize(crops)).float()
         total = sum(prompt_loss(embeds, t.embed, t.weight, t.stop) for t in self.targets)
         return total, image
 
@@ -298,8 +317,13 @@ class Generation:
         """One optimiser step; returns the loss measured before it."""
         self.optimizer.zero_grad(set_to_none=True)
         total, _ = self.loss()
-        total.backward()
-        self.optimizer.step()
+        if self._scaler is None:
+            total.backward()
+            self.optimizer.step()
+        else:
+            self._scaler.scale(total).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
         self.drawer.clamp_()
         self.step_done += 1
         value = float(total.detach())
@@ -338,17 +362,22 @@ class Generation:
 def build_generation(clip: Any, vqgan: Any, *, prompts: Sequence[WeightedPrompt], drawer: str, width: int,
                      height: int, seed: int, cutouts: int, cut_pow: float = 1.0, augment: bool = True,
                      lr: float = 0.1, init: Image.Image | None = None,
-                     image_prompts: Sequence[Image.Image] = ()) -> Generation:
-    """Set up a run: seed everything, make the drawer (from random codes or `init`), embed the prompts."""
+                     image_prompts: Sequence[Image.Image] = (), precision: str = "fp32",
+                     channels_last: bool | None = None) -> Generation:
+    """Set up a run: seed everything, make the drawer (from random codes or `init`), embed the prompts.
+    `precision` and `channels_last` are speed settings (see Generation and VqganDrawer);
+    `channels_last` None: on for a CPU, where it measured faster (bench/README.md), off elsewhere."""
     clip.model.requires_grad_(False)  # first: CLIP's kernels differ (slightly) once weights need no grad
     generator = seed_everything(seed)
     init_tensor = image_tensor(init) if init is not None else None
     if drawer == "vqgan":
-        canvas: Any = VqganDrawer(vqgan, width, height, generator, init_tensor)
+        channels_last = vqgan.device.type == "cpu" if channels_last is None else channels_last
+        canvas: Any = VqganDrawer(vqgan, width, height, generator, init_tensor, channels_last=channels_last)
     else:
         canvas = PixelDrawer(clip.device, width, height, generator, init_tensor)
     targets = text_targets(clip, prompts) + [image_target(clip, image) for image in image_prompts]
-    return Generation(clip, canvas, targets, generator, cutouts=cutouts, cut_pow=cut_pow, augment=augment, lr=lr)
+    return Generation(clip, canvas, targets, generator, cutouts=cutouts, cut_pow=cut_pow, augment=augment, lr=lr,
+                      precision=precision)
 
 
 def add_noise(generation: Generation, amount: float) -> None:

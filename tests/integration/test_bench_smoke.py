@@ -40,3 +40,23 @@ def test_every_benchmark_smoke_mode_prints_its_ratio_lines(bench, redis_url, tmp
     for pattern in RATIO_LINES[bench]:
         assert re.search(pattern, done.stdout, re.M), f"{bench} --smoke printed no line matching {pattern!r}:\n{output}"
     assert "failed:" not in done.stdout, output  # whatis.py reports a crashed engine path as a note
+
+
+@pytest.mark.slow
+def test_gpu_check_wrapper_prints_its_table_on_a_cpu(tmp_path):
+    """bench/gpu_check.sh, the GPU machine's one command, on a CPU: the same table from tiny
+    presets, every /imagine loop compared with the reference, and its goal line."""
+    env = {**clipbot_env(tmp_path, None), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", "bench/gpu_check.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert re.search(r"^# nvidia-smi: ", done.stdout, re.M), output
+    assert re.search(r"^imagine 32\^2 reference\s+[\d.]+ it/s\s+1\.00x", done.stdout, re.M), output
+    for loop in ("reference-frozen", "ours fp32", "ours bf16", "ours channels_last", "ours fp16\\+channels_last"):
+        assert re.search(rf"^imagine 32\^2 {loop}\s+[\d.]+ it/s\s+[\d.]+x\s+[\d.e+-]+\s+[\d.e+-]+ .*(yes|NO)$",
+                         done.stdout, re.M), f"no row for {loop}:\n{output}"
+    assert re.search(r"^clip encode_image bs8 bf16 autocast\s+[\d.]+ img/s", done.stdout, re.M), output
+    assert re.search(r"^search backfill 8 pics: whole path\s+[\d.]+ img/s", done.stdout, re.M), output
+    assert re.search(r"^goal: ours >= 1\.5x the reference's it/s: ", done.stdout, re.M), output
+    assert "failed:" not in done.stdout, output

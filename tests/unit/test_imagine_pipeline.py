@@ -186,3 +186,17 @@ def test_variation_noise_moves_the_latent_within_the_codebook_box(clip, vqgan):
     after = run.drawer.z.detach()
     assert not torch.equal(before, after)
     assert (after >= run.drawer.z_min - 1e-6).all() and (after <= run.drawer.z_max + 1e-6).all()
+
+
+def test_autocast_precisions_follow_the_fp32_run_and_a_bad_one_is_refused(clip, vqgan):
+    """bf16/fp16 autocast (fp16 with a gradient scaler) run the same optimisation, a little rounded."""
+    runs = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        run = _build(clip, vqgan, augment=False, cutouts=2, precision=precision, channels_last=False)
+        for _ in range(2):
+            run.step()
+        runs[precision] = run.losses
+    for precision in ("bf16", "fp16"):
+        assert runs[precision] == pytest.approx(runs["fp32"], rel=0.05)
+    with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
+        _build(clip, vqgan, precision="fp8")
