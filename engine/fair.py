@@ -15,6 +15,9 @@ Whoever may have made room pumps: a submit, a worker taking a message (`engine.w
 queue (a lock that expires, so a killed pumper blocks nobody), and a job leaves the set only
 after it was published: a pumper killed in between publishes it twice at worst, and the worker
 runs a job once (a delivery of a job that already started or ended is dropped).
+
+The broker list of a fair queue never holds more than `ahead` jobs: what scales workers on a
+backlog reads `backlog_key(queue)` too (deploy/k8s's KEDA objects do).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 PUMP_LOCK_S = 10
 _PREFIX = "clipbot:fair:"
 
-# KEYS: jobs zset, last-tag hash, V, sequence. ARGV: owner, job id. Returns the job's tag.
+# KEYS: jobs zset, last-tag hash, V, sequence, backlog list. ARGV: owner, job id. Returns the tag.
 _PUSH = """
 local v = tonumber(redis.call('GET', KEYS[3]) or '0')
 local last = redis.call('HGET', KEYS[2], ARGV[1])
@@ -41,6 +44,7 @@ if last then tag = math.max(v, tonumber(last) + 1) end
 redis.call('HSET', KEYS[2], ARGV[1], tag)
 local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[1], tag, string.format('%015d', seq) .. ':' .. ARGV[2] .. ':' .. ARGV[1])
+redis.call('RPUSH', KEYS[5], ARGV[2])
 return tostring(tag)
 """
 
@@ -49,6 +53,13 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def backlog_key(broker_queue: str) -> str:
+    """A Redis list of the held-back jobs' ids (arrival order): its length is the backlog the
+    broker list does not show, for what can only read list lengths (KEDA's redis scaler, the
+    queue-depth metric)."""
+    return f"{_PREFIX}{broker_queue}:backlog"
 
 
 @dataclass(frozen=True)
@@ -83,10 +94,11 @@ class FairQueue:
         base = f"{_PREFIX}{broker_queue}:"
         self._jobs, self._last, self._v, self._seq, self._lock = (
             base + "jobs", base + "last", base + "v", base + "seq", base + "pump")
+        self.backlog_key = backlog_key(broker_queue)
 
     def push(self, job_id: str, owner: str) -> float:
         """Hold `job_id` back in `owner`'s turn; returns its tag."""
-        keys = [self._jobs, self._last, self._v, self._seq]
+        keys = [self._jobs, self._last, self._v, self._seq, self.backlog_key]
         return float(self._redis.eval(_PUSH, len(keys), *keys, owner, job_id))
 
     def waiting(self) -> list[Waiting]:
@@ -111,6 +123,8 @@ class FairQueue:
     def remove(self, job_id: str) -> bool:
         """Drop a held-back job (it was cancelled); False when it is not here."""
         gone = [w.member for w in self.waiting() if w.job_id == job_id]
+        if gone:
+            self._redis.lrem(self.backlog_key, 1, job_id)
         return bool(gone) and bool(self._redis.zrem(self._jobs, *gone))
 
     def pump(self) -> int:
@@ -136,6 +150,7 @@ class FairQueue:
                 if self._publish(item.job_id):
                     published += 1
                 self._redis.zrem(self._jobs, item.member)
+                self._redis.lrem(self.backlog_key, 1, item.job_id)
                 self._redis.set(self._v, repr(item.tag))
         finally:
             self._redis.eval(_UNLOCK, 1, self._lock, token)

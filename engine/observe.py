@@ -32,6 +32,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from engine.fair import backlog_key
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["BOT_PORT", "WORKER_PORT", "JsonFormatter", "Metrics", "ObserveServer", "Readiness", "current_job",
-           "engine_checks",            "forget_process", "imagine_step", "job_scope", "metric_names", "metrics", "note_gpu_memory",
+           "engine_checks", "forget_process", "imagine_step", "job_scope", "metric_names", "metrics", "note_gpu_memory",
            "observe_address", "scrape_registry", "serve_client", "use_multiprocess_dir"]
 
 BOT_PORT, WORKER_PORT = 9108, 9109
@@ -200,8 +202,9 @@ _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redi
 
 
 class QueueDepth:
-    """`clipbot_queue_depth{queue}`: messages waiting in each broker queue, read from Redis at
-    scrape time (kombu keeps a queue, and one list per priority step, as Redis lists)."""
+    """`clipbot_queue_depth{queue}`: jobs waiting in each queue, read from Redis at scrape time
+    (kombu keeps a queue, and one list per priority step, as Redis lists; a fair queue also holds
+    jobs back in `engine.fair`, listed in its backlog)."""
 
     def __init__(self, redis: Any, queues: dict[str, str]) -> None:
         self._redis, self._queues = redis, queues  # logical queue name -> broker queue name
@@ -216,11 +219,12 @@ class QueueDepth:
             for broker_name in self._queues.values():
                 for suffix in _PRIORITY_SUFFIXES:
                     pipe.llen(broker_name + suffix)
+                pipe.llen(backlog_key(broker_name))  # a fair queue's held-back jobs (engine.fair)
             lengths = pipe.execute()
         except Exception as exc:  # Redis away: no depth this scrape, /readyz says why
             log.debug("queue depth not read: %s", exc)
             lengths = []
-        steps = len(_PRIORITY_SUFFIXES)
+        steps = len(_PRIORITY_SUFFIXES) + 1
         for n, name in enumerate(self._queues if lengths else ()):
             family.add_metric([name], sum(lengths[n * steps:(n + 1) * steps]))
         yield family

@@ -13,6 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from engine.fair import backlog_key
+from engine.settings import EngineSettings
 from tests.conftest import ROOT
 from tests.deploy.kustomize import KustomizeError, render, strategic_merge
 
@@ -92,7 +94,9 @@ def test_workers_serve_every_declared_queue_and_scale_on_their_own_lists(rendere
     for name, scaled in _by_kind(objects, "ScaledObject").items():
         target = scaled["spec"]["scaleTargetRef"]["name"]
         lists = [t["metadata"]["listName"] for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
-        assert sorted(lists) == sorted(served[target]), name  # Celery's list key is the queue's name
+        # Celery's list key is the queue's name; a fair queue's held-back jobs are in its backlog list
+        fair = [backlog_key(q) for q in served[target] if q in EngineSettings().fair_queues]
+        assert sorted(lists) == sorted(served[target] + fair), name
         assert scaled["spec"]["minReplicaCount"] >= 1  # with no worker online, commands are refused
         for trigger in scaled["spec"]["triggers"]:
             host, port = trigger["metadata"]["address"].split(":")

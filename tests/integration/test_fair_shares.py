@@ -47,10 +47,10 @@ def test_round_robin_order_between_users(redis_url):
     """The order alone (no worker): the broker queue is drained by hand, one message at a time."""
     import redis
 
-    from engine.fair import FairQueue
+    from engine.fair import FairQueue, backlog_key
 
     client, name = redis.Redis.from_url(redis_url), "fair-order-test"
-    client.delete(name, *client.scan_iter(f"clipbot:fair:{name}:*"))
+    client.delete(name, *client.scan_iter(f"clipbot:fair:{name}:*"))  # an earlier run's keys
     published: list[str] = []
 
     def publish(job_id: str) -> bool:
@@ -66,11 +66,12 @@ def test_round_robin_order_between_users(redis_url):
     assert fair.pump() == 1 and fair.pump() == 0  # one message ahead of the workers, no more
     fair.push("b0", "bob"), fair.push("gone", "bob"), fair.push("b1", "bob"), fair.push("c0", "cy")
     assert fair.depth() == 9 and fair.position("b0") == 2 and fair.position("a4") == 9
+    assert client.llen(backlog_key(name)) == 8  # what KEDA and the depth metric read: held back, not handed out
     while client.rpop(name) is not None:  # a worker takes the next message, and pumps
         fair.pump()
     # turns alternate; Bob's dropped job had taken his second turn (a tag), so b1 comes a turn later
     assert published == ["a0", "b0", "c0", "a1", "a2", "b1", "a3", "a4"]
-    assert fair.depth() == 0 and fair.waiting() == []
+    assert fair.depth() == 0 and fair.waiting() == [] and client.llen(backlog_key(name)) == 0
 
 
 def test_a_users_first_job_waits_behind_at_most_one_job_of_a_user_with_ten(app, start_worker, tmp_path):
