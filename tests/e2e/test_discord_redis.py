@@ -47,5 +47,6 @@ def _kill_and_restart(world, start_bot, bot, redis_url) -> None:
     assert "seed `4` · 60 steps" in final["content"] and final["attachments"][0]["filename"] == "final.png"
     assert "following 1 unfinished job" in again.log()
     # the entry goes once the final reply is delivered, which is just after the fake shows it
-    wait_until(lambda: not set(client.scan_iter("clipbot:longjob:*")) - earlier, timeout=30,
-               what="the delivered job's entry to be forgotten")
+    left = lambda: set(client.scan_iter("clipbot:longjob:*")) - earlier  # noqa: E731
+    wait_until(lambda: not left(), timeout=30, what="the delivered job's entry to be forgotten",
+               detail=lambda: str({k: client.get(k) for k in left()}))
