@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from bot.app import App
     from bot.commands import Request
     from bot.dispatch import CommandContext
-    from engine.app import Engine
 
 _ENTRY = "clipbot:longjob:"
 _SECONDS = "clipbot:longjob-seconds:"  # recent run time per task, for queue ETAs
@@ -166,7 +165,7 @@ async def _progress_reply(app: "App", job_id: str, label: str, data: dict) -> Re
 
 
 async def _waiting_reply(app: "App", info: dict, label: str) -> Reply:
-    position = await asyncio.to_thread(queue_position, app.engine, info["job_id"], info["queue"])
+    position = await asyncio.to_thread(app.engine.queue_position, info["job_id"], info["queue"])
     text = f"{bold(label)}: waiting for a worker"
     if position:
         text += f" · position {position} in the queue"
@@ -174,11 +173,6 @@ async def _waiting_reply(app: "App", info: dict, label: str) -> Reply:
         if seconds:
             text += f" · starts in about {format_seconds(position * float(seconds))}"
     return Reply(text=text, progress=0.0, actions=(cancel_action(info["job_id"]),))
-
-
-def queue_position(engine: "Engine", job_id: str, queue: str) -> int | None:
-    """1 = next to run. None when unknown (the embedded engine) or no longer queued."""
-    return engine.queue_position(job_id, queue)
 
 
 def _remember_duration(app: "App", info: dict) -> None:

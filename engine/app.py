@@ -20,7 +20,7 @@ from celery import Celery
 from engine.blobs import BlobStore, MemoryBlobStore, RedisBlobStore
 from engine.checkpoints import Checkpoints
 from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
-from engine.fair import FairQueue
+from engine.fair import FairQueue, backlog_key
 from engine.feed import MemoryFeed, RedisFeed
 from engine.health import WORKERS, stale_after
 from engine.observe import metrics
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
     from engine.settings import EngineSettings
     from engine.worker import EmbeddedWorker
+
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
 
 # A follower re-reads the job record at least this often, so a lost event cannot strand it.
 _RECHECK = 30.0
@@ -184,11 +186,16 @@ class Engine:
         return None
 
     def queue_depth(self, queue: str) -> int | None:
-        """Jobs waiting for a worker in `queue` (held back or in the broker); None when embedded."""
+        """Jobs waiting for a worker in `queue`: in the broker (kombu keeps a queue, and one list
+        per priority step, as Redis lists) or held back by a fair queue; None when embedded."""
         if self.redis is None:
             return None
-        fair = self.fair(queue)
-        return fair.depth() if fair is not None else int(self.redis.llen(self.queue_name(queue)))
+        name = self.queue_name(queue)
+        pipe = self.redis.pipeline(transaction=False)
+        for suffix in _PRIORITY_SUFFIXES:
+            pipe.llen(name + suffix)
+        pipe.llen(backlog_key(name))  # a fair queue's held-back jobs (engine.fair); empty otherwise
+        return int(sum(pipe.execute()))
 
     def _publish(self, job_id: str, task: str, kwargs: dict[str, Any], queue: str) -> None:
         from kombu.exceptions import OperationalError

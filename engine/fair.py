@@ -109,10 +109,6 @@ class FairQueue:
         """Messages in the broker queue that no worker took yet."""
         return int(self._redis.llen(self.broker_queue))
 
-    def depth(self) -> int:
-        """Every job waiting for a worker: in the broker queue or held back here."""
-        return self.handed_out() + int(self._redis.zcard(self._jobs))
-
     def position(self, job_id: str) -> int | None:
         """1 = next to run; None when the job is not held back here."""
         for i, item in enumerate(self.waiting()):

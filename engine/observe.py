@@ -32,8 +32,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from engine.fair import backlog_key
-
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -198,16 +196,12 @@ class _Forward:
         yield from self._source.collect()
 
 
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
-
-
 class QueueDepth:
-    """`clipbot_queue_depth{queue}`: jobs waiting in each queue, read from Redis at scrape time
-    (kombu keeps a queue, and one list per priority step, as Redis lists; a fair queue also holds
-    jobs back in `engine.fair`, listed in its backlog)."""
+    """`clipbot_queue_depth{queue}`: jobs waiting in each queue (`Engine.queue_depth`), read from
+    Redis at scrape time."""
 
-    def __init__(self, redis: Any, queues: dict[str, str]) -> None:
-        self._redis, self._queues = redis, queues  # logical queue name -> broker queue name
+    def __init__(self, engine: "Engine", queues: Iterable[str]) -> None:
+        self._engine, self._queues = engine, list(queues)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -215,18 +209,12 @@ class QueueDepth:
         family = GaugeMetricFamily("clipbot_queue_depth", "Jobs waiting in each queue (read from Redis)",
                                    labels=["queue"])
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for broker_name in self._queues.values():
-                for suffix in _PRIORITY_SUFFIXES:
-                    pipe.llen(broker_name + suffix)
-                pipe.llen(backlog_key(broker_name))  # a fair queue's held-back jobs (engine.fair)
-            lengths = pipe.execute()
+            depths = {name: self._engine.queue_depth(name) for name in self._queues}
         except Exception as exc:  # Redis away: no depth this scrape, /readyz says why
             log.debug("queue depth not read: %s", exc)
-            lengths = []
-        steps = len(_PRIORITY_SUFFIXES) + 1
-        for n, name in enumerate(self._queues if lengths else ()):
-            family.add_metric([name], sum(lengths[n * steps:(n + 1) * steps]))
+            depths = {}
+        for name, depth in depths.items():
+            family.add_metric([name], depth or 0)
         yield family
 
 
@@ -309,7 +297,7 @@ def serve_client(engine: "Engine", *, required: bool = True) -> "ObserveServer |
     readiness = Readiness(engine_checks(engine))
     collectors: list[Any] = [readiness]
     if not engine.embedded:
-        collectors.append(QueueDepth(engine.redis, {q: engine.queue_name(q) for q in engine.queues}))
+        collectors.append(QueueDepth(engine, engine.queues))
     try:
         server = ObserveServer(*address, registry=scrape_registry(collectors), readiness=readiness)
     except Exception as exc:  # UserError: the port is taken

@@ -60,13 +60,13 @@ class Requester(Wire):
 
 @dataclass(frozen=True)
 class Limits(Wire):
-    """One space's limits; 0 means no limit."""
+    """One space's limits; 0 means no limit. The defaults are the settings (`Quotas.defaults`)."""
 
-    long_jobs: int = 2
-    quick_jobs: int = 4
-    user_gpu_seconds: float = 0.0
-    space_gpu_seconds: float = 0.0
-    channel_gpu_seconds: float = 0.0
+    long_jobs: int
+    quick_jobs: int
+    user_gpu_seconds: float
+    space_gpu_seconds: float
+    channel_gpu_seconds: float
 
 
 LIMIT_HELP = {

@@ -438,7 +438,7 @@ def _serve_observe(engine: Engine, queues: list[str], children: int, consuming: 
     readiness = Readiness([*engine_checks(engine),
                            lambda: None if consuming.is_set() else "starting: not consuming the queues yet",
                            prepared_check(children)])
-    depth = QueueDepth(engine.redis, {q: engine.queue_name(q) for q in queues})
+    depth = QueueDepth(engine, queues)
     return ObserveServer(*address, registry=scrape_registry([depth, readiness]), readiness=readiness).start()
 
 

@@ -43,6 +43,17 @@ def _starts(path) -> list[tuple[str, float]]:
     return [(name, float(at)) for name, at in (line.split() for line in path.read_text().splitlines())]
 
 
+def _long_worker(app, start_worker) -> None:
+    """One `clipbot worker` child on gpu-long: jobs start one at a time, in the order handed out."""
+    worker = start_worker("--queues", "gpu-long", "--concurrency", "1", **SAMPLE)
+    worker.wait_ready(app.engine, "gpu-long")
+
+
+def _wait_ended(engine, jobs) -> None:
+    for job in jobs:
+        wait_until(lambda: (r := engine.book.get(job)) is not None and r.finished, timeout=60, what="jobs to end")
+
+
 def test_round_robin_order_between_users(redis_url):
     """The order alone (no worker): the broker queue is drained by hand, one message at a time."""
     import redis
@@ -65,18 +76,17 @@ def test_round_robin_order_between_users(redis_url):
         fair.push(f"a{i}", "ann")
     assert fair.pump() == 1 and fair.pump() == 0  # one message ahead of the workers, no more
     fair.push("b0", "bob"), fair.push("gone", "bob"), fair.push("b1", "bob"), fair.push("c0", "cy")
-    assert fair.depth() == 9 and fair.position("b0") == 2 and fair.position("a4") == 9
+    assert fair.handed_out() + len(fair.waiting()) == 9 and fair.position("b0") == 2 and fair.position("a4") == 9
     assert client.llen(backlog_key(name)) == 8  # what KEDA and the depth metric read: held back, not handed out
     while client.rpop(name) is not None:  # a worker takes the next message, and pumps
         fair.pump()
     # turns alternate; Bob's dropped job had taken his second turn (a tag), so b1 comes a turn later
     assert published == ["a0", "b0", "c0", "a1", "a2", "b1", "a3", "a4"]
-    assert fair.depth() == 0 and fair.waiting() == [] and client.llen(backlog_key(name)) == 0
+    assert fair.handed_out() == 0 and fair.waiting() == [] and client.llen(backlog_key(name)) == 0
 
 
 def test_a_users_first_job_waits_behind_at_most_one_job_of_a_user_with_ten(app, start_worker, tmp_path):
-    worker = start_worker("--queues", "gpu-long", "--concurrency", "1", **SAMPLE)
-    worker.wait_ready(app.engine, "gpu-long")
+    _long_worker(app, start_worker)
     engine, starts = app.engine, tmp_path / "starts.txt"
     jobs = [engine.submit("sample.turn", {"path": str(starts), "name": f"A{i}", "seconds": 0.4}, queue="gpu-long",
                           requester=ANN) for i in range(10)]
@@ -92,14 +102,12 @@ def test_a_users_first_job_waits_behind_at_most_one_job_of_a_user_with_ten(app, 
     assert len(ann_between) <= 1, f"Bob waited behind {ann_between} (order {order})"
     assert order[bob_at + 1:], "Bob's job ran last: no fairness at all"
     assert sorted(order) == sorted([f"A{i}" for i in range(10)] + ["B0"])  # nothing lost, nothing twice
-    for job in [*jobs, bob]:
-        wait_until(lambda: (r := engine.book.get(job)) is not None and r.finished, timeout=60, what="jobs to end")
+    _wait_ended(engine, [*jobs, bob])
     assert engine.queue_depth("gpu-long") == 0
 
 
 def test_a_job_cancelled_while_held_back_never_runs(app, start_worker, tmp_path):
-    worker = start_worker("--queues", "gpu-long", "--concurrency", "1", **SAMPLE)
-    worker.wait_ready(app.engine, "gpu-long")
+    _long_worker(app, start_worker)
     engine, starts = app.engine, tmp_path / "starts.txt"
     first = [engine.submit("sample.turn", {"path": str(starts), "name": f"A{i}", "seconds": 0.5}, queue="gpu-long",
                            requester=ANN) for i in range(3)]
@@ -107,15 +115,13 @@ def test_a_job_cancelled_while_held_back_never_runs(app, start_worker, tmp_path)
     assert engine.queue_position(held, "gpu-long") is not None
     assert engine.cancel(held)
     assert engine.queue_position(held, "gpu-long") is None
-    for job in first:
-        wait_until(lambda: (r := engine.book.get(job)) is not None and r.finished, timeout=60, what="jobs to end")
+    _wait_ended(engine, first)
     assert "gone" not in [name for name, _ in _starts(starts)]
     assert engine.book.get(held).state == "cancelled"
 
 
 def test_limits_refuse_with_the_limit_and_when_it_resets(app, start_worker, tmp_path):
-    worker = start_worker("--queues", "gpu-long", "--concurrency", "1", **SAMPLE)
-    worker.wait_ready(app.engine, "gpu-long")
+    _long_worker(app, start_worker)
     engine, starts = app.engine, tmp_path / "starts.txt"
     quotas = engine.quotas
     quotas.set_limit("discord", "g1", "long_jobs", 2)
@@ -127,8 +133,7 @@ def test_limits_refuse_with_the_limit_and_when_it_resets(app, start_worker, tmp_
     admin = Requester(platform="discord", user_id="ann", space_id="g1", channel_id="c1", is_admin=True)
     two.append(engine.submit("sample.turn", kwargs, queue="gpu-long", requester=admin))  # admins are exempt
     engine.submit("sample.turn", kwargs, queue="gpu-long", requester=BOB)  # Bob has his own count
-    for job in two:
-        wait_until(lambda: (r := engine.book.get(job)) is not None and r.finished, timeout=60, what="jobs to end")
+    _wait_ended(engine, two)
 
     # the worker charged the run time of Ann's jobs to her, her server and her channel
     usage = quotas.usage(ANN)
@@ -143,8 +148,7 @@ def test_limits_refuse_with_the_limit_and_when_it_resets(app, start_worker, tmp_
 
 
 def test_quota_and_queue_from_chat(app, start_worker, tmp_path):
-    worker = start_worker("--queues", "gpu-long", "--concurrency", "1", **SAMPLE)
-    worker.wait_ready(app.engine, "gpu-long")
+    _long_worker(app, start_worker)
     user = LocalAdapter(app, out=io.StringIO(), output_dir=tmp_path, user_id="cy", is_admin=False)
     admin = LocalAdapter(app, out=io.StringIO(), output_dir=tmp_path, user_id="root", is_admin=True)
     said = lambda who, line: asyncio.run(who.handle_line(line))[-1]  # noqa: E731
