@@ -34,7 +34,7 @@ def usage_lines(usage: Usage, *, admin: bool) -> list[str]:
              f"- this channel's GPU time: {_seconds(usage.channel_gpu_seconds, limits.channel_gpu_seconds)}",
              f"Daily usage resets at 00:00 UTC, in {format_seconds(usage.resets_in)}."]
     if admin:
-        lines.append(f"Change a limit for this server: {code('/quota limit:NAME value:N')} (0 = no limit); "
+        lines.append(f"Change a limit for this server: {code('/quota limit: NAME value: N')} (0 = no limit); "
                      f"limits: {', '.join(LIMIT_HELP)}.")
     return lines
 
@@ -49,7 +49,7 @@ async def quota(ctx: CommandContext, limit: Annotated[str, "admins: the limit to
         if not request.is_admin:
             raise UserError("Only admins can change limits.")
         if not limit or value == -1.0:
-            raise UserError(f"Give both the limit and its value, e.g. {code('/quota limit:user_gpu_seconds value:1800')}.")
+            raise UserError(f"Give both the limit and its value, e.g. {code('/quota limit: user_gpu_seconds value: 1800')}.")
         limits = await ctx.run_blocking(quotas.set_limit, request.platform, request.space_id, limit, value)
         return Reply(text=f"{bold(limit)} is now {getattr(limits, limit):g} for this server ({LIMIT_HELP[limit]}).",
                      ephemeral=True, data={"limits": limits.to_json()})
