@@ -109,7 +109,7 @@ def _parse_bool(text: str) -> bool:
 
 # Friendly names for the message menus (Discord) and shortcuts (Slack) of the built-in commands;
 # any other command a picture alone can run is offered as "/NAME this".
-MESSAGE_ACTION_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
+MESSAGE_ACTION_NAMES = {"whatis": "What is this?", "search": "Find similar pictures", "describe": "Describe"}
 
 
 @dataclass(frozen=True)
