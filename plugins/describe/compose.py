@@ -4,7 +4,8 @@ Each candidate takes, for each kind, the term at a given rank (0 = best; a kind 
 gives its last). A prompt reads "MEDIUM of SUBJECT, STYLE, by ARTIST, LIGHTING, COLOUR, FRAMING".
 Every prompt must fit in its **Imagine this** button, which carries the whole `/imagine` command
 (data in buttons, so they survive restarts): Discord's 100-character custom_id is the binding
-limit, so the least telling kinds are dropped (framing first) until the prompt fits.
+limit, so kinds are added most telling first (subject, medium, style, artist, ...) while
+the prompt still fits.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CANDIDATE_RANKS: tuple[Mapping[str, int], ...] = (
     {"subjects": 1, "mediums": 0, "styles": 0, "artists": 0, "lighting": 0, "colours": 0, "framing": 0},
     {"subjects": 2, "mediums": 1, "styles": 0, "lighting": 0, "colours": 0},
 )
-_DROP_ORDER = ("framing", "colours", "lighting", "artists", "styles", "mediums")  # least telling first
+_PRIORITY = ("subjects", "mediums", "styles", "artists", "lighting", "colours", "framing")  # most telling first
 
 
 def imagine_action(prompt: str, label: str = "Imagine this") -> Action:
@@ -50,14 +51,15 @@ def _at(phrases: Sequence[str], rank: int) -> str:
 
 
 def _fitted(parts: dict[str, str]) -> str:
-    parts = {kind: text for kind, text in parts.items() if text}
-    prompt = _join(parts)
-    for kind in _DROP_ORDER:
-        if fits_a_button(prompt):
-            break
-        parts.pop(kind, None)
-        prompt = _join(parts)
-    return prompt if fits_a_button(prompt) else _cut(prompt)
+    """The prompt of as many of `parts` as fit a button, the most telling kinds first (a kind
+    that does not fit is left out and the next ones are still tried)."""
+    kept: dict[str, str] = {}
+    for kind in _PRIORITY:
+        if parts.get(kind) and fits_a_button(_join({**kept, kind: parts[kind]})):
+            kept[kind] = parts[kind]
+    if not kept and parts.get("subjects"):
+        return _cut(parts["subjects"])
+    return _join(kept)
 
 
 def _join(parts: Mapping[str, str]) -> str:
