@@ -54,8 +54,8 @@ def test_commands_sync_to_the_dev_guild_with_types_and_admin_permissions(world, 
     fake = world.fake
     (put,) = fake.find_calls("PUT", rf"/applications/{fake.app_id}/guilds/{world.guild}/commands")
     by_name = {c["name"]: c for c in put.json}
-    assert {"help", "whatis", "labels", "probe", "What is this?"} <= set(by_name)
-    assert by_name["What is this?"]["type"] == 3
+    assert {"help", "whatis", "labels", "probe", "What is this?", "describe", "Describe"} <= set(by_name)
+    assert by_name["What is this?"]["type"] == 3 and by_name["Describe"]["type"] == 3
     assert [o["type"] for o in by_name["whatis"]["options"]] == [11, 3, 4]
     assert by_name["probe_admin"]["default_member_permissions"] == "32"
     assert not fake.find_calls("PUT", rf"/applications/{fake.app_id}/commands")
@@ -100,6 +100,24 @@ def test_message_menu_what_is_this_answers_for_a_posted_image(world, start_bot):
                                         and m["flags"] & EPHEMERAL], 30, "an ephemeral refusal")
     assert "no image" in followup[0]["content"]
     assert record.original_id not in fake.messages[world.general]  # the placeholder went
+
+
+@pytest.mark.slow  # a bot start, and an /imagine thread
+def test_message_menu_describe_answers_four_prompts_whose_buttons_start_imagine(world, start_bot):
+    start_bot()
+    fake = world.fake
+    posted = fake.post_message(world.general, world.alice, "what would you call this?",
+                               files=[("fox.png", _png((200, 120, 40)), "image/png")])
+    record = fake.context_menu(world.guild, world.general, world.mod, "Describe", posted["id"])
+    message = _answer(fake, record, "the /describe answer", until=lambda m: bool(m["components"]))
+    buttons = _buttons(message)
+    assert list(buttons) == [f"Imagine this #{i}" for i in range(1, 5)]
+    prompt = json.loads(buttons["Imagine this #2"][len("cb1:"):])[1]["prompt"]
+    assert prompt in message["content"] and "subjects:" in message["content"]
+
+    fake.click(world.guild, world.general, world.alice, message["id"], buttons["Imagine this #2"])
+    thread = _thread_of(fake, world.general, "/imagine ")
+    assert thread["name"].startswith(f"/imagine {prompt[:20]}")  # the clicker's /imagine of that prompt
 
 
 def test_requests_carry_the_members_readable_channels_and_admin_flag(world, start_bot):

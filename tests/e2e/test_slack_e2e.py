@@ -214,6 +214,20 @@ def test_whatis_message_shortcut_classifies_the_picture(bot, fake):
     assert (photo["id"], True) in fake.downloads  # fetched with the bot token
 
 
+def test_describe_message_shortcut_answers_with_four_imagine_buttons(bot, fake):
+    photo = fake.add_file(_png((40, 90, 200)), "pic.png", user="U1")
+    message = fake.post_as_user("C1", "U1", "describe me", files=[photo])
+    bot.send("interactive", message_shortcut(TEAM, "C1", "U1", message, "clipbot_describe"))
+    call = fake.wait_call("chat.postMessage", lambda c: "Prompts for this picture" in c.params.get("text", "")
+                          and c.params.get("thread_ts") == message["ts"], timeout=120)
+    buttons = [e for b in call.params["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["text"]["text"] for b in buttons] == [f"Imagine this #{i}" for i in range(1, 5)]
+    actions = [decode_action(b["value"]) for b in buttons]
+    assert {a.command for a in actions} == {"imagine"} and len({a.options["prompt"] for a in actions}) == 4
+    assert all(a.options["prompt"] in call.params["text"] for a in actions)
+    assert (photo["id"], True) in fake.downloads  # fetched with the bot token
+
+
 def test_whatis_slash_command_in_a_channel_uses_its_latest_picture(bot, fake):
     photo = fake.add_file(_png((90, 90, 250)), "sky.png", user="U2")
     fake.post_as_user("C2", "U2", "sky", files=[photo])
