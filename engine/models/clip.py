@@ -56,6 +56,7 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _NETWORK_TIMEOUT_S = downloads.NETWORK_TIMEOUT_S
 _OPEN_CLIP_URL_CACHE = "~/.cache/clip"  # where open_clip puts url downloads without a cache_dir
 _CONFIG_LOCK = threading.Lock()  # open_clip's config registry is a module global
+_SEEDED_LOCK = threading.Lock()  # torch's CPU generator is process-wide: one seeded build at a time
 _TEXT_BATCH_CPU = 64
 _TEXT_BATCH_CUDA = 1024
 _TOKENIZE_CHUNK = 8192
@@ -653,8 +654,10 @@ def create_seeded_clip(arch: str, seed: int = 0, *, text_source: Path | None = N
     """Build open_clip architecture `arch` with weights drawn from `seed` (meaningless outputs).
 
     The CPU generator is seeded inside `fork_rng`, so the caller's RNG state is restored after.
+    Builds take turns: two threads drawing from the one generator would get each other's numbers
+    (a worker thread loading the model while a test loads its own copy).
     """
-    with torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
+    with _SEEDED_LOCK, torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
         torch.manual_seed(seed)
         return build_clip(arch, text_source=text_source)
 
