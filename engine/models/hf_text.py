@@ -38,6 +38,8 @@ _TINY_VOCAB = 512
 _TINY_CONFIG = {"vocab_size": _TINY_VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                 "intermediate_size": 64, "max_position_embeddings": 80, "type_vocab_size": 1,
                 "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+_OFFLINE_HINT = ("without internet access, copy its config.json and tokenizer files into a folder and name that "
+                 "folder as hf_model_name in a model-config JSON")
 _DEFAULT_ROOT = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "clipbot"
 
 
@@ -56,15 +58,15 @@ def local_source(name: str, cache_dir: str | Path | None) -> Path:
     import huggingface_hub
     from huggingface_hub import errors
 
+    missing = (f"The text tower files of {name} (its transformers config and tokenizer) are not downloaded; "
+               f"run `clipbot models pull` on a machine with internet access; {_OFFLINE_HINT}")
     try:
         folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir, local_files_only=True,
                                                    allow_patterns=list(TEXT_FILE_PATTERNS))
-    except (errors.LocalEntryNotFoundError, FileNotFoundError, ValueError) as exc:
-        raise ModelUnavailable(
-            f"The text tower files of {name} (its transformers config and tokenizer) are not downloaded; "
-            "run `clipbot models pull` on a machine with internet access, or copy them into a folder "
-            f"and put that folder's path as hf_model_name in a model-config JSON ({downloads.brief(exc)})."
-        ) from exc
+    except errors.LocalEntryNotFoundError as exc:  # not in the cache, or only part of it
+        raise ModelUnavailable(f"{missing}.") from exc
+    except (OSError, ValueError) as exc:  # a name the Hub would refuse, an unreadable cache
+        raise ModelUnavailable(f"{missing} ({downloads.brief(exc)}).") from exc
     return _checked_folder(Path(folder), name)
 
 
@@ -90,17 +92,17 @@ def pull_source(name: str, cache_dir: str | Path | None, *, progress: bool = Tru
 
     failed = f"Could not download the text tower files of {name}"
     if downloads.hf_offline():
-        raise ModelUnavailable(f"{failed}: Hugging Face offline mode is on (HF_HUB_OFFLINE).")
+        raise ModelUnavailable(f"{failed}: Hugging Face offline mode is on (HF_HUB_OFFLINE); {_OFFLINE_HINT}.")
     endpoint = downloads.hf_endpoint()
     problem = downloads.check_reachable(endpoint)
     if problem:
-        raise ModelUnavailable(f"{failed}: {problem}.")
+        raise ModelUnavailable(f"{failed}: {problem}; {_OFFLINE_HINT}.")
     try:
         huggingface_hub.snapshot_download(name, cache_dir=cache_dir, allow_patterns=list(TEXT_FILE_PATTERNS),
                                           endpoint=endpoint, etag_timeout=downloads.NETWORK_TIMEOUT_S,
                                           tqdm_class=None if progress else downloads.QuietTqdm)
     except Exception as exc:  # HTTP errors, a gated or missing repo, disk full: one sentence
-        raise ModelUnavailable(f"{failed}: {downloads.brief(exc)}.") from exc
+        raise ModelUnavailable(f"{failed}: {downloads.brief(exc)}; {_OFFLINE_HINT}.") from exc
     return local_source(name, cache_dir)
 
 

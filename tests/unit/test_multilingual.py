@@ -159,6 +159,17 @@ def test_text_tower_files_missing_is_a_clear_error_without_network(tmp_path, off
     assert "clipbot models pull" in message and "\n" not in message
 
 
+def test_a_cached_text_tower_without_a_tokenizer_is_a_clear_error(tmp_path, models, offline):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(hf_text.tiny_multilingual_source(models) / "config.json", partial)
+    fill_hub_cache(tmp_path / "cache", partial)
+    spec = f"{hub_config(tmp_path)}:random"
+    assert not weights_here(spec, cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelUnavailable, match=f"of {HUB_NAME} has no tokenizer .*pull it again"):
+        load_clip(spec, device="cpu", cache_dir=tmp_path / "cache")
+
+
 def test_the_real_multilingual_tag_without_its_files_says_what_to_do(tmp_path, offline):
     spec = "xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k"
     assert not weights_here(spec, cache_dir=tmp_path)
