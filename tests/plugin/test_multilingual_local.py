@@ -51,8 +51,8 @@ _real_connect = socket.socket.connect
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_clip("tiny-multilingual", device="cpu")
+def model(tmp_path_factory):  # its own copy, tokenizer built again in its own cache
+    return load_clip("tiny-multilingual", device="cpu", cache_dir=tmp_path_factory.mktemp("models"))
 
 
 def test_search_in_other_scripts_ranks_as_the_model_does(bot, model, pictures):
