@@ -177,10 +177,9 @@ def _pick_drawer(drawer: str, settings: EngineSettings) -> str:
 
 def _check_token_length(clip: Any, prompts: list) -> None:
     for prompt in prompts:
-        tokens = clip.tokenizer([prompt.text])
-        if int(tokens[0, -1]) != 0:  # the end marker was forced into the last slot: truncated
+        if clip.too_long(prompt.text):  # the tokenizer cut it (any tokenizer: its own padding id)
             raise UserError(f"The prompt '{prompt.text[:40]}…' is too long: CLIP reads at most "
-                            f"{tokens.shape[1]} tokens. Shorten it.")
+                            f"{clip.context_length} tokens. Shorten it.")
 
 
 def _image(job: JobContext, key: str, side: int) -> Any:
