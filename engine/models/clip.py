@@ -44,7 +44,7 @@ from engine.images import reduce_for_side
 from engine.models import cpu_backend, downloads, hf_text, presets
 from engine.models.cpu_backend import BACKENDS, OnnxClip
 from engine.models.downloads import sha256_file  # noqa: F401 - re-exported
-from engine.models.registry import registry, resolve_device
+from engine.models.registry import SEEDED_BUILD_LOCK, registry, resolve_device
 
 DEFAULT_CLIP_SPEC = "ViT-B-32:laion2b_s34b_b79k"
 # Zero-shot vocabulary: the ImageNet-1k class names and the CLIP paper's 80 prompt templates.
@@ -56,7 +56,6 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _NETWORK_TIMEOUT_S = downloads.NETWORK_TIMEOUT_S
 _OPEN_CLIP_URL_CACHE = "~/.cache/clip"  # where open_clip puts url downloads without a cache_dir
 _CONFIG_LOCK = threading.Lock()  # open_clip's config registry is a module global
-_SEEDED_LOCK = threading.Lock()  # torch's CPU generator is process-wide: one seeded build at a time
 _TEXT_BATCH_CPU = 64
 _TEXT_BATCH_CUDA = 1024
 _TOKENIZE_CHUNK = 8192
@@ -657,7 +656,7 @@ def create_seeded_clip(arch: str, seed: int = 0, *, text_source: Path | None = N
     Builds take turns: two threads drawing from the one generator would get each other's numbers
     (a worker thread loading the model while a test loads its own copy).
     """
-    with _SEEDED_LOCK, torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
+    with SEEDED_BUILD_LOCK, torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
         torch.manual_seed(seed)
         return build_clip(arch, text_source=text_source)
 
