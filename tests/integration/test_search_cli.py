@@ -31,7 +31,8 @@ def test_index_add_search_remove_stats(tmp_path, env):
     out = clipbot(data, "search", "--space", "T1", "--image", str(blue), "--top", "5", "--json", **env)
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)["results"]
-    assert [set(r) for r in results] == [{"message_id", "channel", "author", "score", "permalink"}] * 2
+    assert [set(r) for r in results] == [{"message_id", "channel", "author", "score", "permalink", "text",
+                                         "message_text"}] * 2
     assert results[0]["message_id"] == "M1" and results[0]["author"] == "ana" and results[0]["score"] > 0.99
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)  # never T2's
 
