@@ -4,11 +4,15 @@ it, by its message's words, by an exact `text:` phrase; /index ocr off|on per sp
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from bot.testing import TestBot
 from tests.conftest import write_image
 from tests.support.pictures import text_png
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(params=["embedded", "pgvector"])
@@ -79,3 +83,26 @@ def test_ocr_switched_off_for_a_space_reads_no_new_pictures(bot, tmp_path):
     post(bot, slide(tmp_path, "4", "papaya salad"))
     assert [r["text"] for r in bot.ask('/search text:"papaya"').data["results"]] == ["papaya salad"]
     assert bot.ask("/index ocr maybe").error
+
+
+def test_the_reembedding_after_a_model_change_reads_pictures_never_read(tmp_path):
+    """A picture indexed before OCR (another model's embedding, no text) gets its words read from its
+    stored preview when the worker re-embeds the index for the new model."""
+    import numpy as np
+
+    from engine.index import Occurrence, process_index
+    from plugins.search.pipeline import content_hash
+    from plugins.search.sheet import make_preview
+
+    data = text_png(["Offsite agenda", "pelican lunch"])
+    with TestBot(data_dir=tmp_path / "data", channel_id="general") as bot:
+        index = process_index(bot.app.settings)
+        with Image.open(io.BytesIO(data)) as im:
+            preview = make_preview(im)
+        index.add("local", "old-model", {content_hash(data): (np.ones(48), preview)},
+                  [Occurrence("local", "general", "m0", content_hash(data))])
+        bot.app.engine.store.set("clipbot:search:model", "old-model")  # the worker last ran another model
+        assert not bot.ask("/search agenda").error  # notices the change, starts re-embedding
+        wait_until(lambda: bot.ask('/search text:"pelican lunch"').data["results"], timeout=60,
+                   what="the re-embedding to read the picture", every=0.2)
+        assert index.texts("local", [content_hash(data)]) == {content_hash(data): "Offsite agenda\npelican lunch"}
