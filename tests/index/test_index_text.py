@@ -5,7 +5,10 @@ search, the phrase filter inside the query, and removal."""
 from __future__ import annotations
 
 from engine.index import Filter
-from tests.index.test_index import MODEL, index, occ, vec  # noqa: F401 (the backend fixture)
+from tests.index import test_index as suite
+from tests.index.test_index import MODEL, occ, vec
+
+index = suite.index  # the same backend fixture: every case on SQLite, pgvector exact and pgvector HNSW
 
 
 def _posted(index, space="s"):
