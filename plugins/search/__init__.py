@@ -140,7 +140,7 @@ def is_gone(store: "Store", item: dict) -> bool:
 async def search(
     ctx,
     query: Annotated[str, "what to find: words, +more -less, in:#channel or in:all, from:@user, "
-                          "before:/after:YYYY-MM-DD, last week"] = "",
+                          "before:/after:YYYY-MM-DD, last week, text:\"words\""] = "",
     image: Annotated[Attachment, "find pictures like this one"] = None,
     top: Annotated[int, f"results per page (1-{MAX_TOP})"] = 0,
     similar: Annotated[str, "find pictures like the one in this message (CHANNEL/MESSAGE or MESSAGE)"] = "",
@@ -285,7 +285,7 @@ async def index_(
     author: Annotated[str, "add: who posted them"] = "",
     restart: Annotated[bool, "backfill: start again from the newest message"] = False,
 ) -> AsyncIterator[Reply]:
-    """Index status; admins: backfill a channel's history, add or remove pictures by hand, read text in pictures."""
+    """Index status; admins: backfill history, add or remove pictures, switch OCR (text in pictures)."""
     request = ctx.request
     if action in ("status", "stats"):
         yield dataclasses.replace(await _stats(ctx), final=True)
