@@ -24,7 +24,7 @@ from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.hookspecs import hookimpl
 from bot.markup import bold, escape, italic, link
 from engine.errors import UserError
-from plugins.search.query import ParsedQuery, parse_query
+from plugins.search.query import ParsedQuery, check_phrase, parse_query
 from plugins.search.results import Hit, Indexed, IndexStats, Removed, SearchPage
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ _SAVED = "clipbot:search:saved:"
 _GONE_MESSAGE = "clipbot:search:gone:"
 _GONE_CHANNEL = "clipbot:search:gone-channel:"
 _BACKFILL = "clipbot:search:backfill:"
+_OCR_OFF = "clipbot:search:ocr-off:"
 UNAPPLIED = "clipbot:search:unapplied-removals"
 PENDING = "search"  # the engine pending queue of pictures waiting to be indexed
 TOMBSTONE_TTL = 2 * 86400
@@ -71,7 +72,14 @@ def event_items(event: ImagePosted) -> list[dict]:
         "key": attachment.key, "author_id": event.author_id, "author_name": event.author_name,
         "posted_at": event.posted_at, "permalink": event.permalink, "thread_id": event.thread_id,
         "platform": event.platform, "private": event.private,
+        "message_text": event.text, "file_name": attachment.filename,
     } for i, attachment in enumerate(event.attachments)]
+
+
+def ocr_enabled(store: "Store", space_id: str) -> bool:
+    """Whether pictures indexed in this space have their text read (`/index ocr on|off`; the
+    global switch is CLIPBOT_OCR)."""
+    return store.get(_OCR_OFF + space_id) is None
 
 
 def enqueue(engine: "EngineFace", items: list[dict]) -> None:
@@ -132,10 +140,11 @@ def is_gone(store: "Store", item: dict) -> bool:
 async def search(
     ctx,
     query: Annotated[str, "what to find: words, +more -less, in:#channel or in:all, from:@user, "
-                          "before:/after:YYYY-MM-DD, last week"] = "",
+                          "before:/after:YYYY-MM-DD, last week, text:\"words\""] = "",
     image: Annotated[Attachment, "find pictures like this one"] = None,
     top: Annotated[int, f"results per page (1-{MAX_TOP})"] = 0,
     similar: Annotated[str, "find pictures like the one in this message (CHANNEL/MESSAGE or MESSAGE)"] = "",
+    text: Annotated[str, "only pictures with these exact words on them, in their message or file name"] = "",
     page: Annotated[int, "which page of results"] = 1,
     more: Annotated[str, "a saved search to continue (the More button)"] = "",
 ) -> AsyncIterator[Reply]:
@@ -153,17 +162,20 @@ async def search(
             raise UserError("That search has expired; run /search again.")
         parsed = _parsed_from(saved["query"])
         top = saved["top"]
-        kwargs = {"vector_ref": saved["vector_ref"], "exclude": saved.get("exclude")}
+        kwargs = {"vector_ref": saved["vector_ref"], "exclude": saved.get("exclude"),
+                  "terms": [list(t) for t in parsed.terms] or None}  # the words the next page ranks by too
         label = saved["label"]
     else:
         parsed = parse_query(query, user_id=request.user_id)
+        if text.strip():
+            parsed = dataclasses.replace(parsed, phrases=tuple(dict.fromkeys((*parsed.phrases, check_phrase(text)))))
         kwargs, label = _what(request, parsed, image, similar)
     channels, scope = _channels(request, parsed)
     result = SearchPage.from_json(await ctx.engine.run(QUERY, {
         **kwargs, "space": request.space_id, "channels": None if channels is None else sorted(channels),
         "private": None if request.readable_channels is None else sorted(request.private_scopes),
         "authors": list(parsed.authors) or None, "after": parsed.after, "before": parsed.before,
-        "k": top, "offset": (page - 1) * top}, queue="gpu"))
+        "text": list(parsed.phrases) or None, "k": top, "offset": (page - 1) * top}, queue="gpu"))
     if not more:
         await ctx.run_blocking(ctx.store.set, _SAVED + result.vector_ref, {
             "query": _parsed_to(parsed), "top": top, "vector_ref": result.vector_ref,
@@ -180,9 +192,11 @@ def _what(request: "Request", parsed: ParsedQuery, image: Attachment | None, sim
         channel = channel or request.channel_id
         return {"similar": {"channel_id": channel, "message_id": message}, "exclude": message}, \
             f"pictures like message {message}"
-    if not parsed.terms and image is None:
+    if not parsed.terms and image is None and not parsed.phrases:
         raise UserError("Tell me what to look for: `/search query: whiteboard sketch` or attach an image.")
     label = " + ".join(p for p in (parsed.text and f"“{parsed.text}”", image and f"picture {image.filename}") if p)
+    if parsed.phrases:
+        label = " ".join(p for p in (label, *(f'text:"{phrase}"' for phrase in parsed.phrases)) if p)
     return {"terms": [list(t) for t in parsed.terms], "image": image.key if image else None}, label
 
 
@@ -204,13 +218,14 @@ def _channels(request: "Request", parsed: ParsedQuery) -> tuple[frozenset[str] |
 
 def _parsed_to(parsed: ParsedQuery) -> dict:
     return {"channels": list(parsed.channels), "all": parsed.all_channels, "authors": list(parsed.authors),
-            "after": parsed.after, "before": parsed.before, "terms": [list(t) for t in parsed.terms]}
+            "after": parsed.after, "before": parsed.before, "terms": [list(t) for t in parsed.terms],
+            "phrases": list(parsed.phrases)}
 
 
 def _parsed_from(saved: dict) -> ParsedQuery:
     return ParsedQuery(terms=tuple(tuple(t) for t in saved["terms"]), channels=tuple(saved["channels"]),
                        all_channels=saved["all"], authors=tuple(saved["authors"]), after=saved["after"],
-                       before=saved["before"])
+                       before=saved["before"], phrases=tuple(saved.get("phrases", ())))
 
 
 def _answer(result: SearchPage, *, label: str, scope: str, parsed: ParsedQuery, page: int, top: int,
@@ -246,28 +261,40 @@ def _result_line(r: Hit) -> str:
     who = r.author_name or r.author or "someone"
     text = f"{who} in #{r.channel}" + (f", {when}" if when else "")
     shown = link(text, r.permalink) if r.permalink else escape(text)
-    return f"{shown} · {r.score:.2f}"
+    line = f"{shown} · {r.score:.2f}"
+    if r.message_text:
+        line += f" · “{escape(_start(r.message_text))}”"
+    if r.text and (r.text_match or not r.message_text):
+        line += f" · {italic('on it')}: {escape(r.text)}"  # the words on the picture that matched
+    return line
+
+
+def _start(text: str, chars: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= chars else flat[:chars - 1].rstrip() + "…"
 
 
 # ---- /index ---------------------------------------------------------------------------------------
 @command(name="index", long_running=True)
 async def index_(
     ctx,
-    action: Annotated[Literal["status", "stats", "backfill", "add", "remove"], "what to do"],
-    target: Annotated[str, "backfill: the channel (default: this one)"] = "",
+    action: Annotated[Literal["status", "stats", "backfill", "add", "remove", "ocr"], "what to do"],
+    target: Annotated[str, "backfill: the channel (default: this one); ocr: on or off"] = "",
     images: Annotated[list[Attachment], "add: pictures to index"] = (),
     message_id: Annotated[str, "add/remove: the message the pictures belong to"] = "",
     author: Annotated[str, "add: who posted them"] = "",
     restart: Annotated[bool, "backfill: start again from the newest message"] = False,
 ) -> AsyncIterator[Reply]:
-    """Index status; admins: backfill a channel's history, add or remove pictures by hand."""
+    """Index status; admins: backfill history, add or remove pictures, switch OCR (text in pictures)."""
     request = ctx.request
     if action in ("status", "stats"):
         yield dataclasses.replace(await _stats(ctx), final=True)
         return
     if not request.is_admin:
         raise UserError(f"Only admins can use /index {action}.")
-    if action == "backfill":
+    if action == "ocr":
+        yield await _switch_ocr(ctx, target)
+    elif action == "backfill":
         async for reply in _backfill(ctx, target, restart):
             yield reply
     elif action == "add":
@@ -282,6 +309,24 @@ async def index_(
                     data={"message_id": message_id, "removed": n}, final=True)
 
 
+async def _switch_ocr(ctx: "CommandContext", target: str) -> Reply:
+    """`/index ocr on|off`: whether this space's pictures have their text read from now on."""
+    state = target.strip().lower()
+    if state not in ("on", "off"):
+        raise UserError("Say `/index ocr on` or `/index ocr off`.")
+    key = _OCR_OFF + ctx.request.space_id
+    if state == "on":
+        await ctx.run_blocking(ctx.store.delete, key)
+    else:
+        await ctx.run_blocking(ctx.store.set, key, time.time())
+    everywhere = ctx.settings.ocr
+    text = (f"Text in pictures is {'read' if state == 'on' else 'no longer read'} as they are indexed here"
+            + ("." if everywhere else ", once OCR is on for this bot (CLIPBOT_OCR is false).")
+            + (" Pictures read before keep their words." if state == "off" else ""))
+    return Reply(text=text, data={"space": ctx.request.space_id, "ocr": state == "on", "ocr_global": everywhere},
+                 final=True)
+
+
 async def _stats(ctx: "CommandContext") -> Reply:
     request = ctx.request
     stats = IndexStats.from_json(await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu"))
@@ -290,13 +335,15 @@ async def _stats(ctx: "CommandContext") -> Reply:
     # a private thread's pictures are counted under the thread: shown to who may see that thread
     by_channel = {c: n for c, n in stats.by_channel.items()
                   if readable is None or c in readable or c in request.private_scopes}
+    ocr = ctx.settings.ocr and await ctx.run_blocking(ocr_enabled, ctx.store, request.space_id)
     data: dict[str, object] = {"space": request.space_id, "model": stats.model, "by_channel": by_channel,
-                            "occurrences": sum(by_channel.values()), "channels": len(by_channel)}
+                            "occurrences": sum(by_channel.values()), "channels": len(by_channel), "ocr": ocr}
     if readable is None:  # whole-space totals only for the operator: they count unreadable channels
         data.update(embeddings=stats.embeddings, stale=stats.stale, pending=pending)
     lines = [f"{bold('Index')} of {escape(request.space_id or 'this space')}: {data['occurrences']} pictures "
              f"in {data['channels']} channel{'s' * (data['channels'] != 1)} you can read"]
     lines += [f"- #{escape(c)}: {n}" for c, n in sorted(by_channel.items())]
+    lines.append(f"Text in pictures (OCR): {'read' if ocr else 'not read'} as they are indexed")
     if readable is None:
         lines.append(f"{stats.embeddings} distinct pictures; {pending} waiting to be indexed"
                      + (f"; {stats.stale} being re-embedded for {stats.model}" if stats.stale else ""))

@@ -20,11 +20,16 @@ class Hit(Wire):
     permalink: str = ""
     posted_at: float | None = None
     thread_id: str | None = None
+    text: str = ""  # words read on the picture: the lines that matched the query, else the first ones
+    message_text: str = ""  # the text of the message it was posted with
+    file_name: str = ""
+    text_match: bool = False  # its words (picture, message, file name) matched the query's
 
     def public(self) -> dict[str, object]:
         """The fields `--json` and `Reply.data` show for a result."""
         return {"message_id": self.message_id, "channel": self.channel, "author": self.author,
-                "score": self.score, "permalink": self.permalink}
+                "score": self.score, "permalink": self.permalink, "text": self.text,
+                "message_text": self.message_text}
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Indexed(Wire):
     embedded: int = 0
     skipped: int = 0
     batch: int = 0
+    read: int = 0  # new pictures whose text was read (OCR)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Drained(Wire):
     embedded: int = 0
     skipped: int = 0
     batches: int = 0
+    read: int = 0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from bot.actions import decode_action
 from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
                                     message_shortcut, signed_headers, slash_command)
-from tests.support.pictures import png_bytes
+from tests.support.pictures import png_bytes, text_png
 from tests.support.processes import LoggedProcess
 
 TEAM = "T0FAKE"
@@ -511,6 +511,27 @@ def test_search_shows_only_channels_the_user_is_in_and_forgets_deleted_files(bot
                                                  "event_ts": fake.next_ts()}))
     fake.wait_for(lambda: _link("C2", shared) not in _search(bot, fake, "U1", "C2", "square in:all"),
                   timeout=120, what="the deleted file to leave the index")
+
+
+def test_words_on_a_picture_and_in_its_message_find_it_through_slack(bot, fake):
+    """Real OCR in the indexing batch: the slide is found by a word written on it, the plain picture
+    by its message's words (and an exact `text:` phrase, typed as Slack sends it)."""
+    slide = fake.add_file(text_png(["Quarterly roadmap", "kiwi budget"]), "slide.png", user="U1")
+    slide_message = fake.post_as_user("C3", "U1", "", files=[slide])
+    plain = fake.add_file(_png((0, 0, 250)), "IMG_1.png", user="U1")
+    plain_message = fake.post_as_user("C3", "U1", "design review notes", files=[plain])
+    for message in (slide_message, plain_message):
+        bot.send("events_api", event_callback(TEAM, message_event("C3", message)))
+
+    def first_line(query):
+        lines = _search(bot, fake, "U1", "C3", query).splitlines()
+        return next((line for line in lines if line.startswith("1. ")), "")
+
+    line = fake.wait_for(lambda: (lambda l: l if _link("C3", slide_message) in l else None)(first_line("kiwi")),
+                         timeout=180, what="the slide found by the word on it")
+    assert "kiwi budget" in line  # the words that matched, shown in the result
+    line = first_line('whiteboard text:"design review"')
+    assert _link("C3", plain_message) in line and "design review notes" in line
 
 
 def test_pictures_in_private_channels_group_dms_and_dms_are_found_only_by_their_members(bot, fake):
