@@ -212,12 +212,17 @@ ActionValue = Union[str, int, float, bool]
 @dataclass(frozen=True)
 class Action:
     """A button on a reply: a pre-filled command. A click dispatches `Request(command, options)`
-    from the person who clicked, with the usual permission checks, so it works after a restart."""
+    from the person who clicked, with the usual permission checks, so it works after a restart.
+
+    `ask` names options the clicker fills in first (Discord and Slack open a form, pre-filled with
+    the action's values; the local chat prints the command for the user to edit): a "Remix" that
+    changes the prompt before it runs."""
 
     label: str
     command: str
     options: dict[str, ActionValue] = field(default_factory=dict)
     style: str = "secondary"  # primary | secondary | danger
+    ask: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.style not in ("primary", "secondary", "danger"):
