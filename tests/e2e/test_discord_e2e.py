@@ -549,3 +549,41 @@ def test_imagine_pictures_that_match_a_concept_are_spoilered_except_in_age_restr
     fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Delete"])
     fake.wait_for(lambda f: final["id"] not in f.messages[thread["id"]], 30, "the picture deleted")
     assert fake.find_calls("DELETE", rf"/channels/{thread['id']}/messages/{final['id']}")
+
+
+@pytest.mark.slow
+def test_remix_opens_a_modal_whose_new_prompt_and_mode_build_on_the_picture_and_params_answer_privately(
+        world, start_bot):
+    """Remix answers the click with a modal (prompt, mode pre-filled "vary"); its submission runs the
+    command with what was typed: here an upscale under a new prompt, in the same thread."""
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    fake.slash(world.guild, world.general, world.alice, "imagine",
+               {"prompt": "a red kite", "steps": 2, "size": "32", "every": 2, "seed": 3, "drawer": "pixels"})
+    thread = _thread_of(fake, world.general, "/imagine a red kite")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
+                          180, "the picture")[0]
+    assert {"Upscale x2", "Zoom out 1.5x", "Pan left", "Params", "Delete"} <= set(_buttons(final))
+
+    opened = fake.click(world.guild, thread["id"], world.mod, final["id"], _buttons(final)["Remix"])
+    fake.wait_for(lambda f: opened.modal, 30, "the Remix modal")
+    assert opened.callback_type == 9 and opened.modal["title"] == "Remix"
+    inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in row["components"]}
+    assert set(inputs) == {"prompt", "mode"} and inputs["mode"]["value"] == "vary"
+    assert "value" not in inputs["prompt"] and "empty: as before" in inputs["prompt"]["placeholder"]
+
+    submitted = fake.submit_modal(world.guild, thread["id"], world.mod, opened,
+                                  {"prompt": "a red kite at dawn", "mode": "upscale"})
+    upscaled = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                        if "Remix" in _buttons(m) and "at dawn" in m["content"]], 180,
+                             "the upscaled picture")[0]
+    assert submitted.callback_type == 5 and "upscale of job" in upscaled["content"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(upscaled["attachments"][0]["url"]))) as im:
+        assert im.size == (64, 64)
+
+    params = fake.click(world.guild, thread["id"], world.alice, upscaled["id"], _buttons(upscaled)["Params"])
+    private = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                       if m.get("interaction_metadata", {}).get("id") == params.id
+                                       and "Params of job" in m["content"]], 30, "the Params answer")[0]
+    assert private["flags"] & EPHEMERAL and "a red kite" in private["content"] and "upscale of" in private["content"]
