@@ -39,7 +39,7 @@ Mode = Literal["reroll", "vary", "continue", "init", "upscale", "zoom-out", "zoo
 _VARY_NOISE = 0.3
 
 
-@command(long_running=True)
+@command(long_running=True, menus=False)  # a picture alone is not a prompt: no "/imagine this" menu
 async def imagine(
     ctx,
     prompt: Annotated[str, "what to draw; weigh parts with | and :w, e.g. `a watercolor fox:1 | blurry:-0.5`"] = "",
