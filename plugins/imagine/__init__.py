@@ -23,7 +23,7 @@ from plugins.imagine.buttons import derived_actions, lineage_actions
 from plugins.imagine.lineage import DERIVED, derived_size, extended
 from plugins.imagine.params import finished_result, params
 from plugins.imagine.plan import Asked, ImagineJob, ImagineResult, ImagineSettings, check_request
-from plugins.imagine.preferences import settings_command, with_defaults
+from plugins.imagine.preferences import Preferences, preferences, settings_command, with_defaults
 from plugins.imagine.prompts import parse_prompts, parse_size
 
 if TYPE_CHECKING:
@@ -57,13 +57,15 @@ async def imagine(
     limits: ImagineSettings = ctx.plugin_settings("imagine")
     asked = Asked(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
                   preset=preset, from_job=from_job, mode=mode)
-    run = await ctx.run_blocking(_build_request, ctx, asked, limits)
+    mine = await ctx.run_blocking(preferences, ctx.engine.store, ctx.request)
+    run = await ctx.run_blocking(_build_request, ctx, asked, limits, mine)
     run = await ctx.run_blocking(moderated, ctx, run)  # the blocklist, and the channel's safety policy
     label = f"{_VERBS.get(run.mode or '', 'Imagining')} {_short(run.prompt)}"  # plain text: longjob escapes it
     job_id = await longjob.submit(ctx, TASK, run.to_json(), queue=QUEUE, finish=finish_reply, label=label)
     await ctx.run_blocking(remember_owner, ctx.engine.store, job_id, Moderation.from_json(run.safety or {}))
     async for reply in longjob.follow(ctx.app, job_id):
-        yield reply
+        # /settings private: progress only for the requester (where the platform can); the picture is public
+        yield dataclasses.replace(reply, ephemeral=True) if mine.private and not reply.final else reply
 
 
 _VERBS = {"upscale": "Upscaling", "zoom-out": "Zooming out", "zoom-out-2": "Zooming out", "pan-left": "Panning",
@@ -71,12 +73,12 @@ _VERBS = {"upscale": "Upscaling", "zoom-out": "Zooming out", "zoom-out-2": "Zoom
           "continue": "Continuing"}
 
 
-def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
+def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings, mine: Preferences) -> ImagineJob:
     """The task's arguments for what was asked, checked against the caps (blocking: store reads).
     What the command leaves open comes from the earlier job (from_job), then the user's /settings."""
     if asked.mode and not asked.from_job:
         raise UserError("mode needs from_job: the /imagine job to build on.")
-    asked = with_defaults(asked, ctx.engine.store, ctx.request)
+    asked = with_defaults(asked, mine)
     if asked.from_job:
         return _from_job(ctx, asked, limits)
     if asked.prompt.strip() == SAME_PROMPT:

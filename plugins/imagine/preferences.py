@@ -47,12 +47,11 @@ def preferences(store: "Store", request: "Request") -> Preferences:
     return Preferences.from_json(raw) if raw else Preferences()
 
 
-def with_defaults(asked: Asked, store: "Store", request: "Request") -> Asked:
+def with_defaults(asked: Asked, mine: Preferences) -> Asked:
     """What was asked, with the requester's /settings where it left them out (a fresh job only:
     one built on an earlier job keeps that job's settings)."""
     if asked.from_job:
         return asked
-    mine = preferences(store, request)
     return dataclasses.replace(asked, preset=asked.preset or mine.preset, size=asked.size or mine.size or "",
                                drawer=asked.drawer or mine.drawer,
                                every=asked.every if asked.every is not None else mine.every)
