@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal, get_args
 
 from bot import longjob
 from bot.commands import Action, Attachment, Image, Reply, command
@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 TASK = "imagine.generate"
 QUEUE = "gpu-long"
 SAME_PROMPT = "="  # `prompt: =` (or no prompt) with `from_job`: the earlier job's prompt
-MODES = ("reroll", "vary", "continue", "init", *DERIVED)
 Mode = Literal["reroll", "vary", "continue", "init", "upscale", "zoom-out", "zoom-out-2", "pan-left", "pan-right",
-               "pan-up", "pan-down"]
+               "pan-up", "pan-down"]  # the derived ones are lineage.DERIVED (a test keeps the two in step)
+MODES = get_args(Mode)
 _VARY_NOISE = 0.3
 
 

@@ -145,4 +145,6 @@ def test_lineage_keeps_the_first_prompt_and_the_newest_ancestors():
         chain = extended(tuple(chain), result(n, chain))
     assert len(chain) == 12 and chain[0]["prompt"] == "p0" and chain[0]["mode"] == ""
     assert [a["job"] for a in chain[1:]] == [f"job{n}" for n in range(9, 20)]
-    assert set(DERIVED) == {"upscale", *GROWN}
+    from plugins.imagine import MODES
+
+    assert set(DERIVED) == {"upscale", *GROWN} and set(DERIVED) <= set(MODES)  # every derived mode is offered
