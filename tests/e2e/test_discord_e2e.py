@@ -567,3 +567,67 @@ def test_imagine_pictures_that_match_a_concept_are_spoilered_except_in_age_restr
     fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Delete"])
     fake.wait_for(lambda f: final["id"] not in f.messages[thread["id"]], 30, "the picture deleted")
     assert fake.find_calls("DELETE", rf"/channels/{thread['id']}/messages/{final['id']}")
+
+
+@pytest.mark.slow
+def test_remix_opens_a_modal_whose_new_prompt_and_mode_build_on_the_picture_and_params_answer_privately(
+        world, start_bot):
+    """Remix answers the click with a modal (prompt, mode pre-filled "vary"); its submission runs the
+    command with what was typed: here an upscale under a new prompt, in the same thread."""
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    fake.slash(world.guild, world.general, world.alice, "imagine",
+               {"prompt": "a red kite", "steps": 2, "size": "32", "every": 2, "seed": 3, "drawer": "pixels"})
+    thread = _thread_of(fake, world.general, "/imagine a red kite")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
+                          180, "the picture")[0]
+    assert {"Upscale x2", "Zoom out 1.5x", "Pan left", "Params", "Delete"} <= set(_buttons(final))
+
+    opened = fake.click(world.guild, thread["id"], world.mod, final["id"], _buttons(final)["Remix"])
+    fake.wait_for(lambda f: opened.modal, 30, "the Remix modal")
+    assert opened.callback_type == 9 and opened.modal["title"] == "Remix"
+    inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in row["components"]}
+    assert set(inputs) == {"prompt", "mode"} and inputs["mode"]["value"] == "vary"
+    assert "value" not in inputs["prompt"] and "empty: as before" in inputs["prompt"]["placeholder"]
+
+    submitted = fake.submit_modal(world.guild, thread["id"], world.mod, opened,
+                                  {"prompt": "a red kite at dawn", "mode": "upscale"})
+    upscaled = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                        if "Remix" in _buttons(m) and "at dawn" in m["content"]], 180,
+                             "the upscaled picture")[0]
+    assert submitted.callback_type == 5 and "upscale of job" in upscaled["content"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(upscaled["attachments"][0]["url"]))) as im:
+        assert im.size == (64, 64)
+
+    params = fake.click(world.guild, thread["id"], world.alice, upscaled["id"], _buttons(upscaled)["Params"])
+    private = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                       if m.get("interaction_metadata", {}).get("id") == params.id
+                                       and "Params of job" in m["content"]], 30, "the Params answer")[0]
+    assert private["flags"] & EPHEMERAL and "a red kite" in private["content"] and "upscale of" in private["content"]
+
+
+@pytest.mark.slow
+def test_settings_private_shows_imagine_progress_only_to_the_requester_and_the_picture_to_all(world, start_bot):
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    asked = fake.slash(world.guild, world.general, world.alice, "settings", {"private": True})
+    saved = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                     if m.get("interaction_metadata", {}).get("id") == asked.id
+                                     and m["flags"] & EPHEMERAL], 30, "the settings, privately")[0]
+    assert "private `True`" in saved["content"]
+    record = fake.slash(world.guild, world.general, world.alice, "imagine",
+                        {"prompt": "a quiet harbour", "steps": 4, "size": "32", "every": 2, "drawer": "pixels"})
+    thread = _thread_of(fake, world.general, "/imagine a quiet harbour")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
+                          180, "the public picture in its thread")[0]
+    assert not final["flags"] & EPHEMERAL and final["attachments"]
+    followups = [c for c in fake.find_calls("POST", rf"/webhooks/{fake.app_id}/{record.token}")]
+    assert followups and all(c.json["flags"] & EPHEMERAL for c in followups), "progress went privately"
+    edits = fake.find_calls("PATCH", rf"/webhooks/{fake.app_id}/{record.token}/messages/\d+")
+    assert any("step" in (c.json.get("content") or "") for c in edits), "edited in place"
+    # the private progress went once the picture was there; nothing public showed the progress
+    assert fake.find_calls("DELETE", rf"/webhooks/{fake.app_id}/{record.token}/messages/\d+")
+    assert list(fake.messages[thread["id"]]) == [final["id"]]
+    assert not [m for m in fake.channel_messages(world.general) if "step" in m["content"]]

@@ -24,7 +24,7 @@ import pytest
 from bot.actions import decode_action
 from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
-                                    message_shortcut, signed_headers, slash_command)
+                                    message_shortcut, signed_headers, slash_command, view_submission)
 from tests.support.pictures import png_bytes, text_png
 from tests.support.processes import LoggedProcess
 
@@ -592,6 +592,31 @@ def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_o
     fake.wait_for(lambda: not [m for m in fake.messages["C2"] if ts in (m["ts"], m.get("thread_ts"))],
                   what="the parent and its thread deleted")
     assert any(c.params["ts"] == ts for c in fake.calls_to("chat.delete"))
+
+
+def test_remix_opens_a_modal_and_its_submission_builds_on_the_picture_with_the_new_prompt(bot, fake):
+    word = _token()
+    bot.send("slash_commands", slash_command(TEAM, "C3", "U1", "/imagine",
+                                             f"a {word} kite steps: 2 size: 32 every: 2 drawer: pixels"))
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} kite"))
+    ts = [m["ts"] for m in fake.bot_messages("C3") if m["text"].startswith(f"<@U1> /imagine: a {word} kite")][-1]
+    parent = _answered(fake, "C3", ts, button="Remix")
+    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == "Remix")
+    opened = len(fake.views)
+    bot.send("interactive", block_actions(TEAM, "C3", "U1", parent, button["action_id"], button["value"]))
+    view = fake.wait_for(lambda: fake.views[opened:] and fake.views[-1], what="the Remix modal")
+    assert view["title"]["text"] == "Remix" and [b["block_id"] for b in view["blocks"]] == ["prompt", "mode"]
+    prompt, mode = (b["element"] for b in view["blocks"])
+    assert prompt["type"] == "plain_text_input" and "initial_value" not in prompt
+    assert mode["type"] == "static_select" and mode["initial_option"]["value"] == "vary"
+    assert {"upscale", "zoom-out", "pan-left"} <= {o["value"] for o in mode["options"]}
+
+    bot.send("interactive", view_submission(TEAM, "U1", view, {"prompt": f"a {word} kite at dawn", "mode": "zoom-out"}))
+    zoomed = fake.wait_for(lambda: [m for m in fake.bot_messages("C3") if "zoom-out of job" in m.get("text", "")
+                                    and f"{word} kite at dawn" in m.get("text", "")], timeout=180,
+                           what="the zoomed-out picture")[0]
+    assert "48x48" in zoomed["text"]
 
 
 def test_a_blurred_picture_says_so_on_slack_which_has_no_spoilers():
