@@ -55,6 +55,7 @@ class Occurrence:
     thread_id: str | None = None
     platform: str = ""
     private: bool = False  # posted in a private thread (`thread_id`): only who may see that thread finds it
+    file_name: str = ""  # the posted file's name, as the platform showed it
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class ImageIndex(Protocol):
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         ...
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        """The `model` embeddings of those of `hashes` that have one (float32), by hash."""
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         ...

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS thumbnails (space TEXT, hash TEXT, data BLOB, PRIMARY
 CREATE TABLE IF NOT EXISTS occurrences (id INTEGER PRIMARY KEY AUTOINCREMENT, space TEXT, channel TEXT,
     message_id TEXT, source_id TEXT, hash TEXT, author_id TEXT, author_name TEXT, posted_at REAL,
     permalink TEXT, thread_id TEXT, platform TEXT, private INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (space, channel, message_id, source_id));
+    file_name TEXT NOT NULL DEFAULT '', UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS occurrences_hash ON occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS occurrences_message ON occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS occurrences_channel ON occurrences (space, channel);
@@ -50,8 +50,9 @@ CREATE INDEX IF NOT EXISTS occurrences_thread ON occurrences (space, thread_id);
 # private (seen from inside the thread and by Manage Threads) rather than risk showing one.
 _ADD_PRIVATE = ("ALTER TABLE occurrences ADD COLUMN private INTEGER NOT NULL DEFAULT 0",
                 "UPDATE occurrences SET private = 1 WHERE platform = 'discord' AND thread_id IS NOT NULL")
+_ADD_FILE_NAME = "ALTER TABLE occurrences ADD COLUMN file_name TEXT NOT NULL DEFAULT ''"
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
-                "thread_id, platform, private")
+                "thread_id, platform, private, file_name")
 
 
 @dataclass
@@ -93,6 +94,8 @@ class EmbeddedIndex:
             if "private" not in columns:
                 for sql in _ADD_PRIVATE:
                     self._db.execute(sql)
+            if "file_name" not in columns:
+                self._db.execute(_ADD_FILE_NAME)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -131,7 +134,7 @@ class EmbeddedIndex:
             for occ in occurrences:
                 if occ.space_id != space_id or occ.content_hash not in known:
                     raise ValueError(f"occurrence {occ.message_id} has no embedding in space {space_id}")
-                cur = db.execute(f"INSERT OR IGNORE INTO occurrences ({_OCC_COLUMNS}) VALUES ({_marks(range(12))})",
+                cur = db.execute(f"INSERT OR IGNORE INTO occurrences ({_OCC_COLUMNS}) VALUES ({_marks(range(13))})",
                                  _occ_values(occ))
                 added += cur.rowcount
             self._bump(db, space_id)
@@ -307,15 +310,21 @@ class EmbeddedIndex:
         return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        return self.embeddings(space_id, [content_hash], model).get(content_hash)
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT m.file, m.dim, e.row FROM embeddings e JOIN matrices m ON m.space = e.space AND m.model = e.model "
-                "WHERE e.space = ? AND e.hash = ? AND e.model = ?", (space_id, content_hash, model)).fetchone()
-        if row is None:
-            return None
-        with open(self.root / "matrices" / row[0], "rb") as file:
-            file.seek(row[2] * row[1] * 2)
-            return np.frombuffer(file.read(row[1] * 2), dtype=np.float16).astype(np.float32)
+            info = self._db.execute("SELECT file, dim FROM matrices WHERE space = ? AND model = ?",
+                                    (space_id, model)).fetchone()
+            rows = self._db.execute(f"SELECT hash, row FROM embeddings WHERE space = ? AND model = ? "
+                                    f"AND hash IN ({_marks(wanted)})", (space_id, model, *wanted)).fetchall()
+        if info is None or not rows:
+            return {}
+        matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="r").reshape(-1, info[1])
+        return {h: matrix[row].astype(np.float32) for h, row in rows}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))
@@ -391,10 +400,10 @@ def _marks(items) -> str:
 
 def _occ_values(occ: Occurrence) -> tuple:
     return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
-            occ.author_name, occ.posted_at, occ.permalink, occ.thread_id, occ.platform, int(occ.private))
+            occ.author_name, occ.posted_at, occ.permalink, occ.thread_id, occ.platform, int(occ.private), occ.file_name)
 
 
 def _occ(row) -> Occurrence:
     return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
                       author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
-                      platform=row[10], private=bool(row[11]))
+                      platform=row[10], private=bool(row[11]), file_name=row[12] or "")

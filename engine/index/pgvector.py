@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS clipbot_occurrences (id bigserial PRIMARY KEY, space 
     message_id text NOT NULL, hash text NOT NULL, source_id text NOT NULL DEFAULT '', author_id text NOT NULL DEFAULT '',
     author_name text NOT NULL DEFAULT '', posted_at double precision NOT NULL DEFAULT 0,
     permalink text NOT NULL DEFAULT '', thread_id text, platform text NOT NULL DEFAULT '',
-    private boolean NOT NULL DEFAULT false, UNIQUE (space, channel, message_id, source_id));
+    private boolean NOT NULL DEFAULT false, file_name text NOT NULL DEFAULT '',
+    UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_hash ON clipbot_occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_message ON clipbot_occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_channel ON clipbot_occurrences (space, channel);
@@ -44,9 +45,11 @@ CREATE INDEX IF NOT EXISTS clipbot_occurrences_thread ON clipbot_occurrences (sp
 # private (seen from inside the thread and by Manage Threads) rather than risk showing one.
 _ADD_PRIVATE = ("ALTER TABLE clipbot_occurrences ADD COLUMN private boolean NOT NULL DEFAULT false",
                 "UPDATE clipbot_occurrences SET private = true WHERE platform = 'discord' AND thread_id IS NOT NULL")
+_ADD_FILE_NAME = "ALTER TABLE clipbot_occurrences ADD COLUMN IF NOT EXISTS file_name text NOT NULL DEFAULT ''"
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
-                "thread_id, platform, private")
-_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text", "bool")
+                "thread_id, platform, private, file_name")
+_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text", "bool", "text")
+_OCC_COUNT = len(_OCC_TYPES)
 _MAX_EF_SEARCH = 1000  # pgvector's limit
 # The HNSW graph: pgvector's default m, and twice its default ef_construction. On CLIP-like clustered
 # embeddings at 1M rows the default graph (64) reached recall@10 0.94 at ef_search 400 (bench/search.py).
@@ -71,6 +74,7 @@ class PgVectorIndex:
             if cur.fetchone() is None:
                 for sql in _ADD_PRIVATE:
                     cur.execute(sql)
+            cur.execute(_ADD_FILE_NAME)
             cur.execute(_INDEXES)
         register_vector(self._conn)
         self._dims: set[int] = set()
@@ -221,7 +225,7 @@ class PgVectorIndex:
             cur.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.max_scan_tuples)}")
             cur.execute(sql, args)
             rows = cur.fetchall()
-        return [Hit(_occ(r[:12]), float(r[12])) for r in rows[offset:want]]
+        return [Hit(_occ(r[:_OCC_COUNT]), float(r[_OCC_COUNT])) for r in rows[offset:want]]
 
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
         sql, args = "space = %s AND message_id = %s", [space_id, message_id]
@@ -241,11 +245,15 @@ class PgVectorIndex:
         return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        return self.embeddings(space_id, [content_hash], model).get(content_hash)
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        if not hashes:
+            return {}
         with self._tx() as cur:
-            cur.execute("SELECT embedding FROM clipbot_embeddings WHERE space = %s AND hash = %s AND model = %s",
-                        (space_id, content_hash, model))
-            row = cur.fetchone()
-        return None if row is None else np.asarray(row[0].to_numpy(), dtype=np.float32)
+            cur.execute("SELECT hash, embedding FROM clipbot_embeddings WHERE space = %s AND model = %s "
+                        "AND hash = ANY(%s)", (space_id, model, list(set(hashes))))
+            return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in cur.fetchall()}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         if not hashes:
@@ -282,10 +290,11 @@ class PgVectorIndex:
 
 def _occ_values(occ: Occurrence) -> tuple:
     return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
-            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform, bool(occ.private))
+            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform, bool(occ.private),
+            occ.file_name)
 
 
 def _occ(row) -> Occurrence:
     return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
                       author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
-                      platform=row[10], private=bool(row[11]))
+                      platform=row[10], private=bool(row[11]), file_name=row[12] or "")

@@ -12,6 +12,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -20,7 +21,9 @@ from PIL import Image
 from engine.errors import UserError
 from engine.images import REDUCING_GAP, decode_image
 from engine.index import Filter, ImageIndex, Occurrence, unit
+from engine.index import Hit as IndexHit
 from engine.models.clip import ClipModel
+from plugins.search import relevance
 from plugins.search.results import Hit, Indexed
 from plugins.search.sheet import PREVIEW_SIDE, make_preview
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 _TEXT_CACHE_SLOTS = 512
 _text_cache: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 _text_lock = threading.Lock()
+_background: dict[str, np.ndarray] = {}
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 
@@ -108,6 +112,7 @@ def _occurrence(item: dict, h: str) -> Occurrence:
         author_name=str(item.get("author_name") or ""), posted_at=float(item.get("posted_at") or 0.0),
         permalink=str(item.get("permalink") or ""), thread_id=item.get("thread_id"),
         platform=str(item.get("platform") or ""), private=bool(item.get("private")),
+        file_name=str(item.get("file_name") or "")[:200],
     )
 
 
@@ -134,24 +139,68 @@ def encode_terms(clip: ClipModel, terms: Iterable[tuple[str, float]]) -> np.ndar
     return unit(np.sum(vectors, axis=0))
 
 
+def background_vectors(clip: ClipModel) -> np.ndarray:
+    """The relevance background's query texts embedded with this model (once per process)."""
+    with _text_lock:
+        cached = _background.get(clip.fingerprint)
+    if cached is None:
+        cached = clip.encode_texts(list(relevance.BACKGROUND_QUERIES)).numpy()
+        with _text_lock:
+            _background[clip.fingerprint] = cached
+    return cached
+
+
 def encode_picture(clip: ClipModel, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=clip.image_size)
     return unit(clip.encode_images([picture]).numpy()[0])
 
 
+_MAX_SCAN = 1000  # index hits read at most to fill a page of collapsed results
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of results (each with its picture's content hash, for the thumbnails), and whether
+    there are more after it."""
+
+    results: list[tuple[Hit, str]]
+    more: bool
+
+
 def search(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int, offset: int,
-           exclude_message: str | None = None) -> list[tuple[Hit, str]]:
-    """Results best first, each with its picture's content hash (for the thumbnails)."""
-    hits = index.search(space, model, vector, where, k=k + (1 if exclude_message else 0), offset=offset)
-    results = []
-    for hit in hits:
-        o = hit.occurrence
-        if exclude_message and o.message_id == exclude_message:
-            continue
-        results.append((Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id,
-                            author_name=o.author_name or "", score=round(hit.score, 4), permalink=o.permalink or "",
-                            posted_at=o.posted_at, thread_id=o.thread_id), o.content_hash))
-    return results[:k]
+           exclude_message: str | None = None, duplicate_cosine: float = 1.0,
+           weak_below: float | None = None) -> Found:
+    """Results offset..offset+k-1, best first, near-duplicates collapsed into the first of them
+    (`Hit.similar`), those scoring under `weak_below` marked weak. Reads index hits in growing
+    windows until one result past the page is found (so "More" shows only when there is more)."""
+    want = offset + k + 1
+    window = 2 * want
+    while True:
+        hits = index.search(space, model, vector, where, k=window)
+        exhausted = len(hits) < window or window >= max(_MAX_SCAN, want)
+        kept = [h for h in hits if not exclude_message or h.occurrence.message_id != exclude_message]
+        vectors = index.embeddings(space, [h.occurrence.content_hash for h in kept], model)
+        groups = relevance.collapse(kept, vectors.get, duplicate_cosine)
+        if len(groups) >= want or exhausted:
+            break
+        window = min(max(_MAX_SCAN, want), 2 * window)
+    page = [(_hit(g.hit, similar=len(g.similar), weak_below=weak_below), g.hit.occurrence.content_hash)
+            for g in groups[offset:offset + k]]
+    return Found(page, more=len(groups) > offset + k)
+
+
+def near_duplicates(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int,
+                    offset: int, duplicate_cosine: float) -> Found:
+    """The pictures within the duplicate threshold of `vector` (a collapsed result expanded)."""
+    hits = [h for h in index.search(space, model, vector, where, k=offset + k + 1) if h.score >= duplicate_cosine]
+    return Found([(_hit(h), h.occurrence.content_hash) for h in hits[offset:offset + k]], more=len(hits) > offset + k)
+
+
+def _hit(hit: IndexHit, *, similar: int = 0, weak_below: float | None = None) -> Hit:
+    o = hit.occurrence
+    return Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id, author_name=o.author_name or "",
+               score=round(hit.score, 4), permalink=o.permalink or "", posted_at=o.posted_at, thread_id=o.thread_id,
+               file_name=o.file_name, similar=similar, weak=weak_below is not None and hit.score < weak_below)
 
 
 def reembed(index: ImageIndex, clip: ClipModel, limit: int, *, max_pixels: int) -> int:
