@@ -155,6 +155,7 @@ def encode_picture(clip: ClipModel, data: bytes, *, max_bytes: int, max_pixels: 
     return unit(clip.encode_images([picture]).numpy()[0])
 
 
+_MIN_SCAN = 100  # index hits read at least: "+N similar" counts the near-duplicates among them
 _MAX_SCAN = 1000  # index hits read at most to fill a page of collapsed results
 
 
@@ -171,10 +172,11 @@ def search(index: ImageIndex, model: str, space: str, vector: np.ndarray, where:
            exclude_message: str | None = None, duplicate_cosine: float = 1.0,
            weak_below: float | None = None) -> Found:
     """Results offset..offset+k-1, best first, near-duplicates collapsed into the first of them
-    (`Hit.similar`), those scoring under `weak_below` marked weak. Reads index hits in growing
-    windows until one result past the page is found (so "More" shows only when there is more)."""
+    (`Hit.similar`: how many among the first `_MIN_SCAN` or more hits read), those scoring under
+    `weak_below` marked weak. Reads index hits in growing windows until one result past the page
+    is found (so "More" shows only when there is more)."""
     want = offset + k + 1
-    window = 2 * want
+    window = max(_MIN_SCAN, 2 * want)
     while True:
         hits = index.search(space, model, vector, where, k=window)
         exhausted = len(hits) < window or window >= max(_MAX_SCAN, want)
