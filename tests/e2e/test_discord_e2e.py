@@ -376,6 +376,26 @@ def test_a_deleted_message_leaves_the_index(world, start_bot):
                   "the deleted picture gone")
 
 
+def test_search_collapses_reposts_names_files_marks_weak_matches_and_expands_by_button(world, start_bot):
+    start_bot()
+    fake = world.fake
+    posts = [fake.post_message(world.general, world.alice, "lunch", files=[("lunch.png", _png((10, 250, 10)), "image/png")])
+             for _ in range(2)]  # the same picture posted twice: one result, "+1 similar"
+    other = fake.post_message(world.general, world.alice, "plan", files=[("plan.png", _png((250, 10, 10)), "image/png")])
+    _search_until(fake, world, world.alice, "picture", lambda t: other["id"] in t and "+1 similar" in t,
+                  "the repost collapsed")
+    answer = _search(fake, world, world.alice, "picture")  # everything indexed now
+    text = answer["content"]
+    assert "lunch.png · " in text and "plan.png · " in text and "(+1 similar)" in text  # file names, scores
+    assert sum(p["id"] in text for p in posts) == 1
+    buttons = _buttons(answer)
+    assert "More" not in buttons and len(answer["attachments"]) == 1
+    expand = next(custom_id for label, custom_id in buttons.items() if label.endswith("+1 similar"))
+    click = fake.click(world.guild, world.general, world.alice, answer["id"], expand)
+    copies = _answer(fake, click, "the near-duplicates")["content"]
+    assert all(p["id"] in copies for p in posts) and other["id"] not in copies
+
+
 def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot):
     fake = world.fake
     old = [fake.post_message(world.general, world.alice, f"old {i}",
