@@ -290,8 +290,8 @@ def _actions(results: tuple[Hit, ...], *, first: int, ref: str, page: int, more:
     actions += [Action(f"{first + i}: +{r.similar} similar", "search", {"more": ref, "expand": p})
                 for i, (r, p) in enumerate(zip(results, place)) if r.similar and len(p) <= 60][:3]
     if more:
-        actions.append(Action("More", "search", {"more": ref, "page": page + 1, **({"expand": expand} if expand else {})},
-                              style="primary"))
+        following = {"more": ref, "page": page + 1, **({"expand": expand} if expand else {})}
+        actions.append(Action("More", "search", following, style="primary"))
     return tuple(actions)
 
 

@@ -379,9 +379,11 @@ def test_a_deleted_message_leaves_the_index(world, start_bot):
 def test_search_collapses_reposts_names_files_marks_weak_matches_and_expands_by_button(world, start_bot):
     start_bot()
     fake = world.fake
-    posts = [fake.post_message(world.general, world.alice, "lunch", files=[("lunch.png", _png((10, 250, 10)), "image/png")])
-             for _ in range(2)]  # the same picture posted twice: one result, "+1 similar"
-    other = fake.post_message(world.general, world.alice, "plan", files=[("plan.png", _png((250, 10, 10)), "image/png")])
+    def post(name, color):
+        return fake.post_message(world.general, world.alice, name, files=[(f"{name}.png", _png(color), "image/png")])
+
+    posts = [post("lunch", (10, 250, 10)) for _ in range(2)]  # the same picture twice: one result, "+1 similar"
+    other = post("plan", (250, 10, 10))
     _search_until(fake, world, world.alice, "picture", lambda t: other["id"] in t and "+1 similar" in t,
                   "the repost collapsed")
     answer = _search(fake, world, world.alice, "picture")  # everything indexed now
