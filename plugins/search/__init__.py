@@ -63,7 +63,7 @@ class SearchSettings(PluginSettings):
     relevance_z: float = Field(2.0, ge=0, le=10, description="text results scoring under median + z·1.4826·MAD of "
                                "the space's background of random queries' best scores are weak matches")
     duplicate_cosine: float = Field(0.95, ge=0.5, le=1.0, description="results whose embeddings have at least this "
-                                    "cosine collapse into one (\"+N similar\")")
+                                    "cosine collapse into one (\"+N similar\"); 1 turns collapsing off")
 
 
 # ---- indexing: what adapters tell us ------------------------------------------------------------

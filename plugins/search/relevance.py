@@ -20,7 +20,7 @@ than picture-to-picture ones.
 **Near-duplicates.** Results whose embeddings have a cosine of at least
 CLIPBOT_SEARCH_DUPLICATE_COSINE (0.95 by default: the same picture re-encoded, resized or
 screenshotted again; a repost of the same bytes is 1.0) collapse into the best-ranked of them,
-which shows "+N similar". Grouping is greedy in rank order, so a page's groups do not change when
+which shows "+N similar"; 1 turns collapsing off. Grouping is greedy in rank order, so a page's groups do not change when
 more results are read after it.
 """
 
@@ -125,7 +125,10 @@ class Group:
 
 def collapse(hits: Sequence[Hit], vector_of: Callable[[str], np.ndarray | None], threshold: float) -> list[Group]:
     """Group hits (best first) whose pictures' embeddings have a cosine >= threshold with an
-    earlier group's first picture; a hit without an embedding (removed meanwhile) stays alone."""
+    earlier group's first picture; a hit without an embedding (removed meanwhile) stays alone.
+    A threshold of 1 or more turns collapsing off (float16 copies of one vector need not reach 1)."""
+    if threshold >= 1.0:
+        return [Group(hit) for hit in hits]
     groups: list[tuple[Hit, list[Hit]]] = []
     leaders: list[np.ndarray] = []  # the first pictures' embeddings, and which group each leads
     led: list[int] = []

@@ -107,7 +107,7 @@ def test_near_duplicates_collapse_into_the_first_of_them():
     groups = collapse(hits, vectors.get, 0.95)
     assert [(g.hit.occurrence.content_hash, [m.occurrence.content_hash for m in g.similar]) for g in groups] == [
         ("a", ["a2", "a3", "a"]), ("b", ["b2"]), ("gone", [])]
-    assert len(collapse(hits, vectors.get, 1.01)) == len(hits)  # a threshold above 1 collapses nothing
+    assert len(collapse(hits, vectors.get, 1.0)) == len(hits)  # 1 turns collapsing off
 
 
 def test_collapsed_pages_follow_on_and_say_when_there_is_more(index):
@@ -123,8 +123,8 @@ def test_collapsed_pages_follow_on_and_say_when_there_is_more(index):
     assert all(h.similar == 2 for h in results)
     groups = {int(h.message_id[1:]) // 3 for h in results}
     assert groups == set(range(5))  # each group once, none split across pages
-    flat = pipeline.search(index, MODEL, "s", query, Filter(), k=15, offset=0, duplicate_cosine=1.01)
-    assert len(flat.results) == 15 and not flat.more  # nothing collapses above cosine 1
+    flat = pipeline.search(index, MODEL, "s", query, Filter(), k=15, offset=0, duplicate_cosine=1.0)
+    assert len(flat.results) == 15 and not flat.more  # 1: nothing collapses
     weak = pipeline.search(index, MODEL, "s", query, Filter(), k=5, offset=0, duplicate_cosine=0.95,
                            weak_below=flat.results[7][0].score)
     assert [h.weak for h, _ in weak.results] == [h.score < flat.results[7][0].score for h, _ in weak.results]
