@@ -221,6 +221,7 @@ def test_backfill_resumes_after_an_interruption(tmp_path, pictures):
         bot.app.history_sources["local"] = source
         bot.app.plugin_settings("search").backfill_page = 2
         bot.app.plugin_settings("search").backfill_delay = 0
+        bot.app.plugin_settings("search").duplicate_cosine = 1.0  # close colours: counted one by one here
         failed = bot.send("/index backfill")
         assert failed[-1].error and "resume after 4 messages" in failed[-1].text
         assert any(r.progress is not None for r in failed)
