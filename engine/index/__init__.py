@@ -134,6 +134,9 @@ class ImageIndex(Protocol):
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         ...
 
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        """The `model` embeddings of those of `hashes` that have one (float32), by hash."""
+
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         ...
 

@@ -59,8 +59,8 @@ CREATE INDEX IF NOT EXISTS occurrences_thread ON occurrences (space, thread_id);
 _ADD_PRIVATE = ("ALTER TABLE occurrences ADD COLUMN private INTEGER NOT NULL DEFAULT 0",
                 "UPDATE occurrences SET private = 1 WHERE platform = 'discord' AND thread_id IS NOT NULL")
 # An index made before message texts were kept: its occurrences have none (and no words row).
-_ADD_TEXT = ("ALTER TABLE occurrences ADD COLUMN message_text TEXT NOT NULL DEFAULT ''",
-             "ALTER TABLE occurrences ADD COLUMN file_name TEXT NOT NULL DEFAULT ''")
+_ADD_TEXT = {"message_text": "ALTER TABLE occurrences ADD COLUMN message_text TEXT NOT NULL DEFAULT ''",
+             "file_name": "ALTER TABLE occurrences ADD COLUMN file_name TEXT NOT NULL DEFAULT ''"}
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
                 "thread_id, platform, private, message_text, file_name")
 
@@ -104,8 +104,8 @@ class EmbeddedIndex:
             if "private" not in columns:
                 for sql in _ADD_PRIVATE:
                     self._db.execute(sql)
-            if "message_text" not in columns:
-                for sql in _ADD_TEXT:
+            for column, sql in _ADD_TEXT.items():
+                if column not in columns:
                     self._db.execute(sql)
             self._db.execute("COMMIT")
         except BaseException:
@@ -372,15 +372,21 @@ class EmbeddedIndex:
         return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        return self.embeddings(space_id, [content_hash], model).get(content_hash)
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT m.file, m.dim, e.row FROM embeddings e JOIN matrices m ON m.space = e.space AND m.model = e.model "
-                "WHERE e.space = ? AND e.hash = ? AND e.model = ?", (space_id, content_hash, model)).fetchone()
-        if row is None:
-            return None
-        with open(self.root / "matrices" / row[0], "rb") as file:
-            file.seek(row[2] * row[1] * 2)
-            return np.frombuffer(file.read(row[1] * 2), dtype=np.float16).astype(np.float32)
+            info = self._db.execute("SELECT file, dim FROM matrices WHERE space = ? AND model = ?",
+                                    (space_id, model)).fetchone()
+            rows = self._db.execute(f"SELECT hash, row FROM embeddings WHERE space = ? AND model = ? "
+                                    f"AND hash IN ({_marks(wanted)})", (space_id, model, *wanted)).fetchall()
+        if info is None or not rows:
+            return {}
+        matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="r").reshape(-1, info[1])
+        return {h: matrix[row].astype(np.float32) for h, row in rows}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS clipbot_occurrences (id bigserial PRIMARY KEY, space 
     message_id text NOT NULL, hash text NOT NULL, source_id text NOT NULL DEFAULT '', author_id text NOT NULL DEFAULT '',
     author_name text NOT NULL DEFAULT '', posted_at double precision NOT NULL DEFAULT 0,
     permalink text NOT NULL DEFAULT '', thread_id text, platform text NOT NULL DEFAULT '',
-    private boolean NOT NULL DEFAULT false, UNIQUE (space, channel, message_id, source_id));
+    private boolean NOT NULL DEFAULT false, file_name text NOT NULL DEFAULT '',
+    UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_hash ON clipbot_occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_message ON clipbot_occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_channel ON clipbot_occurrences (space, channel);
@@ -279,11 +280,15 @@ class PgVectorIndex:
         return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        return self.embeddings(space_id, [content_hash], model).get(content_hash)
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        if not hashes:
+            return {}
         with self._tx() as cur:
-            cur.execute("SELECT embedding FROM clipbot_embeddings WHERE space = %s AND hash = %s AND model = %s",
-                        (space_id, content_hash, model))
-            row = cur.fetchone()
-        return None if row is None else np.asarray(row[0].to_numpy(), dtype=np.float32)
+            cur.execute("SELECT hash, embedding FROM clipbot_embeddings WHERE space = %s AND model = %s "
+                        "AND hash = ANY(%s)", (space_id, model, list(set(hashes))))
+            return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in cur.fetchall()}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         if not hashes:

@@ -14,6 +14,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
@@ -22,7 +23,9 @@ from PIL import Image
 from engine.errors import UserError
 from engine.images import REDUCING_GAP, decode_image, reduce_for_side
 from engine.index import Filter, ImageIndex, Occurrence, unit
+from engine.index import Hit as IndexHit
 from engine.models.clip import ClipModel
+from plugins.search import relevance
 from plugins.search.ranking import FUSION_DEPTH, excerpt, fuse
 from plugins.search.results import Hit, Indexed
 from plugins.search.sheet import PREVIEW_SIDE, make_preview
@@ -37,6 +40,7 @@ MAX_MESSAGE_TEXT = 4000  # characters of a message's text kept with its pictures
 MAX_FILE_NAME = 255
 _text_cache: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 _text_lock = threading.Lock()
+_background: dict[str, np.ndarray] = {}
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 
@@ -173,37 +177,97 @@ def encode_terms(clip: ClipModel, terms: Iterable[tuple[str, float]]) -> np.ndar
     return unit(np.sum(vectors, axis=0))
 
 
+def background_vectors(clip: ClipModel) -> np.ndarray:
+    """The relevance background's query texts embedded with this model (once per process)."""
+    with _text_lock:
+        cached = _background.get(clip.fingerprint)
+    if cached is None:
+        cached = clip.encode_texts(list(relevance.BACKGROUND_QUERIES)).numpy()
+        with _text_lock:
+            _background[clip.fingerprint] = cached
+    return cached
+
+
 def encode_picture(clip: ClipModel, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=clip.image_size)
     return unit(clip.encode_images([picture]).numpy()[0])
 
 
+_MIN_SCAN = 100  # index hits read at least: "+N similar" counts the near-duplicates among them
+_MAX_SCAN = 1000  # index hits read at most to fill a page of collapsed results
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of results (each with its picture's content hash, for the thumbnails), and whether
+    there are more after it."""
+
+    results: list[tuple[Hit, str]]
+    more: bool
+
+
 def search(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int, offset: int,
-           exclude_message: str | None = None, words: list[str] | tuple[str, ...] = ()) -> list[tuple[Hit, str]]:
-    """Results best first, each with its picture's content hash (for the thumbnails). With
-    `words`, CLIP's ranking is fused with the full-text one (`plugins.search.ranking`)."""
-    extra = 1 if exclude_message else 0
-    if words:
-        depth = max(FUSION_DEPTH, k + offset + extra)
-        looks = index.search(space, model, vector, where, k=depth)
-        matched = index.text_search(space, model, list(words), where, k=depth)
-        cosine = {hit.occurrence: hit.score for hit in looks}
-        page = fuse([hit.occurrence for hit in looks], matched, depth=depth)[offset:offset + k + extra]
-        for o in page:  # a text match beyond CLIP's candidates: its own cosine, for the result line
-            if o not in cosine:
-                stored = index.embedding(space, o.content_hash, model)
-                cosine[o] = float(unit(stored) @ vector) if stored is not None else 0.0
-        found, text_hits = [(o, cosine[o]) for o in page], set(matched)
-    else:
-        hits = index.search(space, model, vector, where, k=k + extra, offset=offset)
-        found, text_hits = [(hit.occurrence, hit.score) for hit in hits], set()
-    found = [(o, score) for o, score in found if not (exclude_message and o.message_id == exclude_message)][:k]
-    texts = index.texts(space, [o.content_hash for o, _ in found])
-    return [(Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id, author_name=o.author_name or "",
-                 score=round(score, 4), permalink=o.permalink or "", posted_at=o.posted_at, thread_id=o.thread_id,
-                 text=excerpt(texts.get(o.content_hash, ""), words), message_text=o.message_text,
-                 file_name=o.file_name, text_match=o in text_hits), o.content_hash)
-            for o, score in found]
+           exclude_message: str | None = None, words: list[str] | tuple[str, ...] = (),
+           duplicate_cosine: float = 1.0, weak_below: float | None = None) -> Found:
+    """Results offset..offset+k-1, best first, near-duplicates collapsed into the first of them
+    (`Hit.similar`: how many among the first `_MIN_SCAN` or more hits read), those scoring under
+    `weak_below` marked weak (unless their words matched). With `words`, CLIP's ranking is fused
+    with the full-text one (`plugins.search.ranking`). Reads index hits in growing windows until one
+    result past the page is found (so "More" shows only when there is more)."""
+    want = offset + k + 1
+    window = max(_MIN_SCAN, 2 * want)
+    cap = max(_MAX_SCAN, want)
+    while True:
+        hits, matched, exhausted = _ranked(index, model, space, vector, where, window, words)
+        exhausted = exhausted or window >= cap
+        kept = [h for h in hits if not exclude_message or h.occurrence.message_id != exclude_message]
+        vectors = index.embeddings(space, [h.occurrence.content_hash for h in kept], model)
+        groups = relevance.collapse(kept, vectors.get, duplicate_cosine)
+        if len(groups) >= want or exhausted:
+            break
+        window = min(cap, 2 * window)
+    shown = groups[offset:offset + k]
+    texts = index.texts(space, [g.hit.occurrence.content_hash for g in shown])
+    page = [(_hit(g.hit, similar=len(g.similar), weak_below=weak_below,
+                  text=excerpt(texts.get(g.hit.occurrence.content_hash, ""), words),
+                  text_match=g.hit.occurrence in matched), g.hit.occurrence.content_hash)
+            for g in shown]
+    return Found(page, more=len(groups) > offset + k)
+
+
+def _ranked(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, window: int,
+            words: list[str] | tuple[str, ...]) -> tuple[list[IndexHit], set[Occurrence], bool]:
+    """The first `window` or more candidates best first, each with its CLIP cosine; the ones whose
+    words matched; and whether the index has no more."""
+    if not words:
+        hits = index.search(space, model, vector, where, k=window)
+        return hits, set(), len(hits) < window
+    depth = max(FUSION_DEPTH, window)
+    looks = index.search(space, model, vector, where, k=depth)
+    matched = index.text_search(space, model, list(words), where, k=depth)
+    cosine = {hit.occurrence: hit.score for hit in looks}
+    beyond = [o for o in matched if o not in cosine]  # text matches past CLIP's candidates: their own cosine
+    stored = index.embeddings(space, [o.content_hash for o in beyond], model)
+    for o in beyond:
+        cosine[o] = float(unit(stored[o.content_hash]) @ vector) if o.content_hash in stored else 0.0
+    fused = fuse([hit.occurrence for hit in looks], matched, depth=depth)
+    return [IndexHit(o, cosine[o]) for o in fused], set(matched), len(looks) < depth and len(matched) < depth
+
+
+def near_duplicates(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int,
+                    offset: int, duplicate_cosine: float) -> Found:
+    """The pictures within the duplicate threshold of `vector` (a collapsed result expanded)."""
+    hits = [h for h in index.search(space, model, vector, where, k=offset + k + 1) if h.score >= duplicate_cosine]
+    return Found([(_hit(h), h.occurrence.content_hash) for h in hits[offset:offset + k]], more=len(hits) > offset + k)
+
+
+def _hit(hit: IndexHit, *, similar: int = 0, weak_below: float | None = None, text: str = "",
+         text_match: bool = False) -> Hit:
+    o = hit.occurrence
+    return Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id, author_name=o.author_name or "",
+               score=round(hit.score, 4), permalink=o.permalink or "", posted_at=o.posted_at, thread_id=o.thread_id,
+               text=text, message_text=o.message_text, file_name=o.file_name, text_match=text_match, similar=similar,
+               weak=weak_below is not None and hit.score < weak_below and not text_match)
 
 
 def reembed(index: ImageIndex, clip: ClipModel, limit: int, *, max_pixels: int, ocr: "OcrReader | None" = None,

@@ -176,3 +176,20 @@ def _range(kind: str, today: datetime, match: re.Match) -> tuple[datetime, datet
     if kind == "this year":
         return year, tomorrow
     return year.replace(year=year.year - 1), year
+
+
+def describe_filters(parsed: ParsedQuery) -> str:
+    """The author and date filters of a query in words ("from @bo, posted 2024-05-06 to 2024-05-12"),
+    for a reply that found nothing; "" without any."""
+    parts = []
+    if parsed.authors:
+        parts.append("from " + ", ".join("@" + a for a in parsed.authors))
+    day = "%Y-%m-%d"
+    if parsed.after is not None and parsed.before is not None:
+        last = datetime.fromtimestamp(parsed.before, timezone.utc) - timedelta(days=1)
+        parts.append(f"posted {datetime.fromtimestamp(parsed.after, timezone.utc):{day}} to {last:{day}}")
+    elif parsed.after is not None:
+        parts.append(f"posted on or after {datetime.fromtimestamp(parsed.after, timezone.utc):{day}}")
+    elif parsed.before is not None:
+        parts.append(f"posted before {datetime.fromtimestamp(parsed.before, timezone.utc):{day}}")
+    return ", ".join(parts)

@@ -9,6 +9,7 @@ on new pictures (OCR) where the space has it on (`CLIPBOT_OCR`, `/index ocr on|o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -26,9 +27,9 @@ from engine.tasks import JobContext, task
 from plugins.search import (
     DRAIN, INDEX_NOW, MAX_TOP, PENDING, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone,
     ocr_enabled)
-from plugins.search import pipeline
+from plugins.search import pipeline, relevance
 from plugins.search.query import MAX_TERM_CHARS, MAX_TERMS
-from plugins.search.results import Drained, Indexed, IndexStats, Reembedded, Removed, SearchPage
+from plugins.search.results import Drained, Hit, Indexed, IndexStats, Reembedded, Removed, SearchPage
 from plugins.search.sheet import contact_sheet
 
 log = logging.getLogger(__name__)
@@ -198,34 +199,79 @@ def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | No
           image: str | None = None, similar: dict | None = None, vector_ref: str | None = None,
           exclude: str | None = None, channels: list | None = None, authors: list | None = None,
           after: float | None = None, before: float | None = None, private: list | None = None,
-          text: list | None = None) -> SearchPage:
+          text: list | None = None, calibrate: bool = False, expand: dict | None = None) -> SearchPage:
     _check_query(k, offset, terms, channels, authors, private, text)
+    if any(v is not None and not isinstance(v, dict) for v in (similar, expand)):
+        raise UserError("Name the picture as CHANNEL/MESSAGE.")
+    settings = job.plugin_settings("search")
     clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
-    if authors is not None:  # `from:@ana`: an id or mention as typed, or a display name seen in this space
-        authors = sorted(set(authors) | index.author_ids(space, authors))
     # every private thread only for the operator's whole-space search; a channel list without
     # `private` sees none of them
     scopes = None if channels is None and private is None else frozenset(private or ())
-    where = Filter(channels=None if channels is None else frozenset(channels),
-                   authors=None if authors is None else frozenset(authors), after=after, before=before,
-                   private_scopes=scopes, text=tuple(text or ()))
-    if text and not terms and not image and not similar and not vector_ref:
+    place = Filter(channels=None if channels is None else frozenset(channels), private_scopes=scopes)
+    if text and not terms and not image and not similar and not vector_ref and not expand:
         terms = [[phrase, 1.0] for phrase in text]  # only `text:"..."`: it is also what to look for
-    vector = _query_vector(job, clip, index, space, where, terms, image, similar, vector_ref)
+    if expand:  # a collapsed result's near-duplicates: like its picture, within the threshold
+        vector = _similar_vector(clip, index, space, place, expand)
+    else:
+        vector = _query_vector(job, clip, index, space, place, terms, image, similar, vector_ref)
     ref = vector_ref or uuid.uuid4().hex[:16]
     if not vector_ref:
         job.store.set(_VECTOR + ref, encode_vector(vector), ttl=VECTOR_TTL)
-    words = query_words([t for t, w in terms or () if w > 0] + list(text or ()))
-    found = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
-                            exclude_message=exclude, words=words)
-    sheet = None
-    if found:
-        thumbs = index.thumbnails(space, [h for _, h in found])
-        png = contact_sheet([thumbs.get(h) for _, h in found], first_number=offset + 1)
-        sheet = job.blobs.put(png, ttl=SHEET_TTL)
-    return SearchPage(results=tuple(hit for hit, _ in found), sheet=sheet, model=clip.spec, vector_ref=ref,
-                      meaningless=bool(clip.meaningless), reindexing=job.store.get(_REEMBEDDING) is not None)
+    resolved, unknown = _authors(index, clip.fingerprint, space, place, authors, vector)
+    where = dataclasses.replace(place, authors=resolved, after=after, before=before, text=tuple(text or ()))
+    cutoff = _cutoff(job, clip, index, space) if calibrate and not expand else None
+    if expand:
+        found = pipeline.near_duplicates(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
+                                         duplicate_cosine=settings.duplicate_cosine)
+    else:
+        words = query_words([t for t, w in terms or () if w > 0] + list(text or ()))
+        found = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
+                                exclude_message=exclude, words=words, duplicate_cosine=settings.duplicate_cosine,
+                                weak_below=cutoff)
+    sheet = _sheet(job, index, space, found, first_number=offset + 1) if found.results else None
+    return SearchPage(results=tuple(hit for hit, _ in found.results), sheet=sheet, model=clip.spec, vector_ref=ref,
+                      meaningless=bool(clip.meaningless), reindexing=job.store.get(_REEMBEDDING) is not None,
+                      more=found.more, cutoff=None if cutoff is None else round(cutoff, 4),
+                      unknown_authors=unknown)
+
+
+def _cutoff(job: JobContext, clip: ClipModel, index: ImageIndex, space: str) -> float | None:
+    """The space's relevance cut-off for text queries (`plugins.search.relevance`)."""
+    background = relevance.space_background(job.store, index, space, clip.fingerprint,
+                                            lambda: pipeline.background_vectors(clip))
+    return background.cutoff(job.plugin_settings("search").relevance_z)
+
+
+def _authors(index: ImageIndex, model: str, space: str, place: Filter, authors: list | None,
+             vector: np.ndarray) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+    """`from:` as typed (ids, mentions, display names seen in this space) → author ids, and the
+    names that match nobody who posted a picture in the searched channels (asked within them, so
+    the answer says nothing about channels the requester cannot read)."""
+    if authors is None:
+        return None, ()
+    resolved: set[str] = set()
+    unknown = []
+    for typed in authors:
+        ids = {typed} | index.author_ids(space, [typed])
+        seen = index.search(space, model, vector, dataclasses.replace(place, authors=frozenset(ids)), k=1)
+        resolved |= ids
+        if not seen:
+            unknown.append(typed)
+    return frozenset(resolved), tuple(unknown)
+
+
+def _sheet(job: JobContext, index: ImageIndex, space: str, found: "pipeline.Found", *, first_number: int) -> str:
+    thumbs = index.thumbnails(space, [h for _, h in found.results])
+    hits = [hit for hit, _ in found.results]
+    png = contact_sheet([thumbs.get(h) for _, h in found.results], first_number=first_number,
+                        captions=[_caption(hit) for hit in hits], dimmed=[hit.weak for hit in hits])
+    return job.blobs.put(png, ttl=SHEET_TTL)
+
+
+def _caption(hit: Hit) -> str:
+    return f"{hit.score:.2f}" + (f"  +{hit.similar}" if hit.similar else "")
 
 
 def _check_query(k: object, offset: object, terms: object, channels: object, authors: object,

@@ -20,6 +20,9 @@ from tests.support.probe_plugin import PREFIX, noise_png
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
 
+HUES = ((250, 10, 10), (10, 250, 10), (10, 10, 250), (250, 250, 10))
+
+
 def _png(color=(200, 30, 30), size=(96, 64)) -> bytes:
     return png_bytes(color, size)
 
@@ -394,6 +397,28 @@ def test_a_deleted_message_leaves_the_index(world, start_bot):
                   "the deleted picture gone")
 
 
+def test_search_collapses_reposts_names_files_marks_weak_matches_and_expands_by_button(world, start_bot):
+    start_bot()
+    fake = world.fake
+    def post(name, color):
+        return fake.post_message(world.general, world.alice, name, files=[(f"{name}.png", _png(color), "image/png")])
+
+    posts = [post("lunch", (10, 250, 10)) for _ in range(2)]  # the same picture twice: one result, "+1 similar"
+    other = post("plan", (250, 10, 10))
+    _search_until(fake, world, world.alice, "picture", lambda t: other["id"] in t and "+1 similar" in t,
+                  "the repost collapsed")
+    answer = _search(fake, world, world.alice, "picture")  # everything indexed now
+    text = answer["content"]
+    assert "lunch.png · " in text and "plan.png · " in text and "(+1 similar)" in text  # file names, scores
+    assert sum(p["id"] in text for p in posts) == 1
+    buttons = _buttons(answer)
+    assert "More" not in buttons and len(answer["attachments"]) == 1
+    expand = next(custom_id for label, custom_id in buttons.items() if label.endswith("+1 similar"))
+    click = fake.click(world.guild, world.general, world.alice, answer["id"], expand)
+    copies = _answer(fake, click, "the near-duplicates")["content"]
+    assert all(p["id"] in copies for p in posts) and other["id"] not in copies
+
+
 def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot):
     fake = world.fake
     old = [fake.post_message(world.general, world.alice, f"old {i}",
@@ -420,8 +445,8 @@ def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_
 
     fake = world.fake
     old = [fake.post_message(world.general, world.alice, f"old {i}",
-                             files=[(f"old{i}.png", _png((i * 40, 200 - i * 30, 90)), "image/png")] if i % 2 == 0 else [])
-           for i in range(7)]
+                             files=[(f"old{i}.png", _png(HUES[i // 2]), "image/png")] if i % 2 == 0 else [])
+           for i in range(7)]  # hues the tiny model tells apart (greys and near colours are near-duplicates)
     data = tmp_path / "data"
     env = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
            "CLIPBOT_TEST_FILE_HOSTS": f"127.0.0.1:{fake.port}",

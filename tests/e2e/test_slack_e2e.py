@@ -677,7 +677,7 @@ def test_index_backfill_reads_history_patiently(bot, fake):
     channel = f"C3{bot.mode.upper()}"  # a channel of its own per mode: history from before the bot
     fake.add_user("UOWNER", ["C1", "C3", channel], admin=True)
     old = []
-    for color in ((10, 10, 10), (60, 60, 60), (120, 120, 120)):
+    for color in ((10, 10, 10), (250, 10, 10), (10, 250, 10)):  # not two greys: near-duplicates collapse
         photo = fake.add_file(_png(color), f"{_token()}.png", user="UOWNER")
         old.append(fake.post_as_user(channel, "UOWNER", "from before", files=[photo]))
         fake.post_as_user(channel, "UOWNER", "chatter")

@@ -33,7 +33,9 @@ def test_index_add_search_remove_stats(tmp_path, env):
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)["results"]
     assert [set(r) for r in results] == [{"message_id", "channel", "author", "score", "permalink", "text",
-                                         "message_text"}] * 2
+                                         "message_text", "file_name", "similar", "weak"}] * 2
+    assert {r["file_name"] for r in results} == {"red.png", "blue.png"} and [r["similar"] for r in results] == [0, 0]
+    assert not any(r["weak"] for r in results)  # a search by picture is not calibrated
     assert results[0]["message_id"] == "M1" and results[0]["author"] == "ana" and results[0]["score"] > 0.99
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)  # never T2's
 
@@ -48,6 +50,10 @@ def test_index_add_search_remove_stats(tmp_path, env):
     assert [r["message_id"] for r in json.loads(out.stdout)["results"]] == ["M2"]
     out = clipbot(data, "search", "--space", "T2", "--channel", "C1", "a square", "--json")
     assert json.loads(out.stdout)["results"] == []
+    out = clipbot(data, "search", "--space", "T2", "a square", "--json")  # text: calibrated on the space
+    page = json.loads(out.stdout)
+    assert isinstance(page["cutoff"], float) and [r["weak"] for r in page["results"]] == [
+        r["score"] < page["cutoff"] for r in page["results"]]
 
 
 def test_cli_mistakes_are_one_line_exit_2(tmp_path):
