@@ -128,3 +128,23 @@ def test_collapsed_pages_follow_on_and_say_when_there_is_more(index):
     weak = pipeline.search(index, MODEL, "s", query, Filter(), k=5, offset=0, duplicate_cosine=0.95,
                            weak_below=flat.results[7][0].score)
     assert [h.weak for h, _ in weak.results] == [h.score < flat.results[7][0].score for h, _ in weak.results]
+
+
+def test_a_fused_text_match_is_ranked_in_shown_with_its_words_and_never_weak(index):
+    # the words on a picture (OCR) found it: fused with CLIP's ranking, it comes first though its
+    # looks score low, carries the matched line, and is not called weak under a cut-off its cosine misses
+    vectors = random_units(30, seed=21)
+    query = vectors[0]
+    far = int(np.argmin(vectors @ query))
+    put(index, vectors)
+    index.add("s", MODEL, {}, [], texts={f"h{far}": "kiwi budget 2025"})
+    found = pipeline.search(index, MODEL, "s", query, Filter(), k=5, offset=0, words=["kiwi"],
+                            duplicate_cosine=0.95, weak_below=0.9)
+    first, _ = found.results[0]
+    assert first.message_id == f"m{far}" and first.text_match and first.text == "kiwi budget 2025"
+    assert first.score == pytest.approx(float(vectors[far] @ query), abs=1e-3) and first.score < 0.9
+    assert not first.weak
+    rest = [h for h, _ in found.results[1:]]
+    assert rest[0].message_id == "m0" and not rest[0].weak  # the picture itself: cosine 1
+    assert all(h.weak == (h.score < 0.9) and not h.text_match for h in rest)
+    assert found.more
