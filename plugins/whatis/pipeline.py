@@ -4,6 +4,13 @@ Each label becomes one prompt per template; the prompts' normalised text embeddi
 averaged and renormalised into one column per label (prompt ensembling). Probabilities are
 softmax(logit_scale · cosine(image, label)). Label matrices are cached in memory and on disk
 per (model, labels, templates): for ImageNet-1k that is 80,000 prompts, minutes on a CPU.
+
+Taught labels (`/labels teach`) replace their column by a prototype: normalise(α·t + (1−α)·m),
+t the label's ensembled text embedding, m the normalised mean of its examples' image embeddings,
+α the text weight (CLIPBOT_WHATIS_TEACH_TEXT_WEIGHT). Honest unknowns: each label's cosines on a
+fixed seeded set of random pictures (the background) give its mean and spread; an answer whose
+best label is not `margin` spreads above its background mean, or whose probability is under the
+threshold, is unsure.
 """
 
 from __future__ import annotations
@@ -18,10 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import base64
+
+import numpy as np
 import torch
 from PIL import Image
 
 from engine.datadir import create_file, make_dir
+from engine.models import saliency
 from engine.models.clip import PROMPT_TEMPLATES, ClipModel
 from plugins.whatis.results import Classification, Scored
 
@@ -37,6 +48,9 @@ _MEMORY_SLOTS = 8
 _WAIT_POLL_S = 0.5
 _memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 _lock = threading.Lock()
+BACKGROUND_SEED = 19
+BACKGROUND_PICTURES = 24
+_backgrounds: dict[str, torch.Tensor] = {}
 
 
 def _cache_key(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template]) -> str:
@@ -168,13 +182,112 @@ def probabilities(clip: ClipModel, image_features: torch.Tensor, matrix: torch.T
 
 def classify(clip: ClipModel, image: Image.Image, labels: Sequence[str], *, top: int,
              templates: Sequence[Template] = PROMPT_TEMPLATES, cache_dir: Path | None = None,
-             cache_bytes: int | None = None, progress: Progress | None = None) -> Classification:
-    """Classify one RGB PIL image; returns the `top` labels, best first."""
-    matrix = label_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress)
-    probs = probabilities(clip, clip.encode_images([image]), matrix)[0].cpu()
+             cache_bytes: int | None = None, progress: Progress | None = None,
+             examples: dict[str, torch.Tensor] | None = None, text_weight: float = 0.5,
+             threshold: float = 0.0, margin: float | None = None) -> Classification:
+    """Classify one RGB PIL image; returns the `top` labels, best first. `examples`: image
+    embeddings [k, D] of taught labels (see the module docstring); `threshold` and `margin`:
+    when the answer is unsure (`is_unsure`; margin None: the probability alone decides)."""
+    matrix = scoring_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress,
+                            examples=examples, text_weight=text_weight)
+    features = clip.encode_images([image])
+    probs = probabilities(clip, features, matrix)[0].cpu()
     scores, indices = probs.topk(min(top, len(labels)))
+    best = int(indices[0])
+    unsure = is_unsure(clip, features[0], matrix, best, float(scores[0]), threshold=threshold, margin=margin)
     return Classification(
         model=clip.spec,
         labels=tuple(Scored(labels[i], round(float(s), 6)) for s, i in zip(scores, indices.tolist())),
-        meaningless=bool(clip.meaningless),
+        meaningless=bool(clip.meaningless), unsure=unsure,
+        taught=tuple(label for label in labels if examples and label in examples),
     )
+
+
+def scoring_matrix(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template] = PROMPT_TEMPLATES,
+                   cache_dir: Path | None = None, *, cache_bytes: int | None = None, progress: Progress | None = None,
+                   examples: dict[str, torch.Tensor] | None = None, text_weight: float = 0.5) -> torch.Tensor:
+    """The cached text label matrix with taught labels' columns replaced by their prototypes."""
+    matrix = label_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress)
+    return with_prototypes(matrix, labels, examples or {}, text_weight)
+
+
+def with_prototypes(matrix: torch.Tensor, labels: Sequence[str], examples: dict[str, torch.Tensor],
+                    text_weight: float) -> torch.Tensor:
+    """A copy of the [D, L] text matrix where each label with image examples ([k, D]) has the
+    column normalise(α·t + (1−α)·normalise(mean of the normalised examples))."""
+    if not examples:
+        return matrix
+    mixed = matrix.clone()
+    for column, label in enumerate(labels):
+        shots = examples.get(label)
+        if shots is None or not len(shots):
+            continue
+        mean = torch.nn.functional.normalize(shots.float(), dim=-1).mean(dim=0)
+        prototype = text_weight * matrix[:, column] + (1 - text_weight) * mean / mean.norm()
+        mixed[:, column] = prototype / prototype.norm()
+    return mixed
+
+
+def is_unsure(clip: ClipModel, feature: torch.Tensor, matrix: torch.Tensor, best: int, probability: float, *,
+              threshold: float, margin: float | None) -> bool:
+    """Whether the best label fits badly: its probability is under `threshold`, or its cosine
+    with the picture is under its background mean + `margin` × its background spread."""
+    if probability < threshold:
+        return True
+    if margin is None:
+        return False
+    column = matrix[:, best].to(feature.device).float()
+    background = background_features(clip).to(column.device) @ column
+    cosine = float(feature.float() @ column)
+    return cosine < float(background.mean() + margin * background.std())
+
+
+def background_pictures(side: int, count: int = BACKGROUND_PICTURES, seed: int = BACKGROUND_SEED) -> list[Image.Image]:
+    """A fixed, seeded set of pictures of nothing: noise, blotches and colour washes at `side` pixels."""
+    rng = np.random.default_rng(seed)
+    pictures = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:  # pixel noise
+            pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        elif kind == 1:  # blotches: coarse noise scaled up
+            coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+            pixels = np.asarray(Image.fromarray(coarse).resize((side, side), Image.Resampling.BICUBIC))
+        else:  # a wash between two colours
+            a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            t = np.linspace(0, 1, side)[None, :, None]
+            pixels = np.broadcast_to(a * (1 - t) + b * t, (side, side, 3)).astype(np.uint8)
+        pictures.append(Image.fromarray(np.ascontiguousarray(pixels), "RGB"))
+    return pictures
+
+
+def background_features(clip: ClipModel) -> torch.Tensor:
+    """The background pictures' image embeddings [B, D], computed once per model and process."""
+    with _lock:
+        found = _backgrounds.get(clip.fingerprint)
+    if found is None:
+        found = clip.encode_images(background_pictures(clip.image_size))
+        with _lock:
+            _backgrounds[clip.fingerprint] = found
+    return found
+
+
+def explain(clip: ClipModel, image: Image.Image, matrix: torch.Tensor, labels: Sequence[str],
+            shown: Sequence[str]) -> tuple[str, list[tuple[str, Image.Image]]]:
+    """(method, [(label, overlay picture)]) for the labels `shown`, each map scored against all
+    of `labels` (the columns of `matrix`) and scaled to its own peak for display."""
+    found = saliency.explain(clip, image, matrix)
+    out = []
+    for label in shown:
+        heat = found.maps[list(labels).index(label)]
+        out.append((label, saliency.overlay(image, heat / heat.max().clamp_min(1e-12))))
+    return found.method, out
+
+
+def encode_vector(vector: torch.Tensor) -> str:
+    """A unit vector as base64 float16 (what a label set stores for a taught example)."""
+    return base64.b64encode(vector.float().numpy().astype("<f2").tobytes()).decode("ascii")
+
+
+def decode_vector(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32))
