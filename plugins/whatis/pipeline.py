@@ -5,12 +5,12 @@ averaged and renormalised into one column per label (prompt ensembling). Probabi
 softmax(logit_scale · cosine(image, label)). Label matrices are cached in memory and on disk
 per (model, labels, templates): for ImageNet-1k that is 80,000 prompts, minutes on a CPU.
 
-Taught labels (`/labels teach`) replace their column by a prototype: normalise(α·t + (1−α)·m),
-t the label's ensembled text embedding, m the normalised mean of its examples' image embeddings,
-α the text weight (CLIPBOT_WHATIS_TEACH_TEXT_WEIGHT). Honest unknowns: each label's cosines on a
-fixed seeded set of random pictures (the background) give its mean and spread; an answer whose
-best label is not `margin` spreads above its background mean, or whose probability is under the
-threshold, is unsure.
+Taught labels (`/labels teach`) score α·(text cosine) + (1−α)·(their examples' score on the
+text scale), α the text weight (CLIPBOT_WHATIS_TEACH_TEXT_WEIGHT): see `scores`. Their heat maps
+use the prototype column normalise(α·t + (1−α)·m), m the normalised mean of the examples. Honest unknowns: each label's cosines on a fixed seeded
+set of random pictures (the background) give its mean and spread; an answer whose best label is
+not `margin` spreads above its background mean, or whose probability is under the threshold, is
+unsure.
 """
 
 from __future__ import annotations
@@ -188,25 +188,66 @@ def classify(clip: ClipModel, image: Image.Image, labels: Sequence[str], *, top:
     """Classify one RGB PIL image; returns the `top` labels, best first. `examples`: image
     embeddings [k, D] of taught labels (see the module docstring); `threshold` and `margin`:
     when the answer is unsure (`is_unsure`; margin None: the probability alone decides)."""
-    matrix = scoring_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress,
-                            examples=examples, text_weight=text_weight)
+    text = label_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress)
+    shots = {i: examples[label] for i, label in enumerate(labels) if examples and label in examples}
     features = clip.encode_images([image])
-    probs = probabilities(clip, features, matrix)[0].cpu()
-    scores, indices = probs.topk(min(top, len(labels)))
+    background = background_features(clip) if shots or margin is not None else None
+    cosines, background_cosines = scores(features, text, shots, background, text_weight)
+    probs = (clip.logit_scale * cosines).softmax(dim=-1)[0].cpu()
+    top_scores, indices = probs.topk(min(top, len(labels)))
     best = int(indices[0])
-    unsure = is_unsure(clip, features[0], matrix, best, float(scores[0]), threshold=threshold, margin=margin)
+    unsure = float(top_scores[0]) < threshold or (
+        margin is not None and is_unsure(float(cosines[0, best]), background_cosines[:, best], margin))
     return Classification(
         model=clip.spec,
-        labels=tuple(Scored(labels[i], round(float(s), 6)) for s, i in zip(scores, indices.tolist())),
-        meaningless=bool(clip.meaningless), unsure=unsure,
-        taught=tuple(label for label in labels if examples and label in examples),
+        labels=tuple(Scored(labels[i], round(float(s), 6)) for s, i in zip(top_scores, indices.tolist())),
+        meaningless=bool(clip.meaningless), unsure=unsure, taught=tuple(labels[i] for i in sorted(shots)),
     )
+
+
+def scores(features: torch.Tensor, text: torch.Tensor, shots: dict[int, torch.Tensor],
+           background: torch.Tensor | None, text_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each label's score (a cosine, or for a taught label a mix on the cosine scale) for [N, D]
+    features, and the same for the background pictures (None without them).
+
+    Text labels score their plain cosine, so a zero-shot answer is exactly CLIP's. A taught
+    label (`shots`: column → example embeddings [k, D]) scores α·(its text cosine) + (1−α)·(its
+    examples' score). Pictures sit much closer to other pictures than to any text (CLIP's
+    modality gap), so the examples' score is put on the text scale: the cosine between the
+    picture and the examples' mean, both less the background's mean embedding, counted in
+    background spreads above the background's own, then applied to the mean and spread of the
+    text labels' background cosines."""
+    device = features.device
+    text = text.to(device).float()
+    cosines = features.float() @ text
+    if background is None:
+        return cosines, None
+    background = background.to(device).float()
+    plain = background @ text
+    if not shots:
+        return cosines, plain
+    centre = background.mean(dim=0)
+    scale_mean, scale_spread = plain.mean(), plain.std()
+    picture = torch.nn.functional.normalize(features.float() - centre, dim=-1)
+    nothing = torch.nn.functional.normalize(background - centre, dim=-1)
+    mixed, mixed_bg = cosines.clone(), plain.clone()
+    for column, examples in shots.items():
+        prototype = torch.nn.functional.normalize(examples.to(device).float(), dim=-1).mean(dim=0) - centre
+        prototype = prototype / prototype.norm().clamp_min(1e-12)
+        near, far = picture @ prototype, nothing @ prototype
+        spread = far.std().clamp_min(1e-6)
+        image_score = scale_mean + (near - far.mean()) / spread * scale_spread
+        image_bg = scale_mean + (far - far.mean()) / spread * scale_spread
+        mixed[:, column] = text_weight * cosines[:, column] + (1 - text_weight) * image_score
+        mixed_bg[:, column] = text_weight * plain[:, column] + (1 - text_weight) * image_bg
+    return mixed, mixed_bg
 
 
 def scoring_matrix(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template] = PROMPT_TEMPLATES,
                    cache_dir: Path | None = None, *, cache_bytes: int | None = None, progress: Progress | None = None,
                    examples: dict[str, torch.Tensor] | None = None, text_weight: float = 0.5) -> torch.Tensor:
-    """The cached text label matrix with taught labels' columns replaced by their prototypes."""
+    """The cached text label matrix with taught labels' columns replaced by their prototypes
+    (what Where? heat maps compare patches with)."""
     matrix = label_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress)
     return with_prototypes(matrix, labels, examples or {}, text_weight)
 
@@ -228,17 +269,9 @@ def with_prototypes(matrix: torch.Tensor, labels: Sequence[str], examples: dict[
     return mixed
 
 
-def is_unsure(clip: ClipModel, feature: torch.Tensor, matrix: torch.Tensor, best: int, probability: float, *,
-              threshold: float, margin: float | None) -> bool:
-    """Whether the best label fits badly: its probability is under `threshold`, or its cosine
-    with the picture is under its background mean + `margin` × its background spread."""
-    if probability < threshold:
-        return True
-    if margin is None:
-        return False
-    column = matrix[:, best].to(feature.device).float()
-    background = background_features(clip).to(column.device) @ column
-    cosine = float(feature.float() @ column)
+def is_unsure(cosine: float, background: torch.Tensor, margin: float) -> bool:
+    """Whether a label's cosine with the picture is under its background mean + `margin` × its
+    background spread (the label fits this picture no better than pictures of nothing)."""
     return cosine < float(background.mean() + margin * background.std())
 
 
@@ -266,7 +299,7 @@ def background_features(clip: ClipModel) -> torch.Tensor:
     with _lock:
         found = _backgrounds.get(clip.fingerprint)
     if found is None:
-        found = clip.encode_images(background_pictures(clip.image_size))
+        found = clip.encode_images(background_pictures(2 * clip.image_size))  # resized as photos are
         with _lock:
             _backgrounds[clip.fingerprint] = found
     return found
