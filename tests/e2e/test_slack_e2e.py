@@ -226,6 +226,21 @@ def test_whatis_slash_command_in_a_channel_uses_its_latest_picture(bot, fake):
     assert (photo["id"], True) in fake.downloads
 
 
+def test_where_button_uploads_heat_maps_under_the_answer(bot, fake):
+    photo = fake.add_file(_png((200, 90, 20)), "fox.png", user="U2")
+    fake.post_as_user("C2", "U2", "a fox", files=[photo])
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whatis", "fox, dog, cat"))
+    posted = _posted(fake, "C2", "your labels")
+    button = next(e for b in posted.params["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == "Where?")
+    message = [m for m in fake.bot_messages("C2") if "your labels" in m["text"]][-1]
+    bot.send("interactive", block_actions(TEAM, "C2", "U2", message, button["action_id"], button["value"]))
+    fake.wait_call("files.completeUploadExternal", lambda c: c.params.get("thread_ts") == message["ts"],
+                   timeout=120)  # under the clicked answer
+    names = [f["name"] for m in fake.thread("C2", message["ts"])[1:] for f in m.get("files", ())]
+    assert names == ["whatis.png", "whatis-where-1.png", "whatis-where-2.png", "whatis-where-3.png"]
+
+
 def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
     parent = fake.post_as_user("C1", "U1", "thread start")
     photo = fake.add_file(_png((10, 200, 10)), "leaf.png", user="U1")
