@@ -136,8 +136,17 @@ def _neutral(char: str) -> bool:
     return unicodedata.bidirectional(char) in ("WS", "ON", "CS", "ES", "ET", "EN", "BN", "S")
 
 
+def _shaped(run: Run) -> bool:
+    return getattr(run.font, "layout_engine", None) == ImageFont.Layout.RAQM
+
+
 def _direction(run: Run) -> dict:
-    return {"direction": "rtl" if run.rtl else "ltr"} if _LAYOUT == ImageFont.Layout.RAQM else {}
+    return {"direction": "rtl" if run.rtl else "ltr"} if _shaped(run) else {}
+
+
+def _page_text(run: Run) -> str:
+    """What to hand Pillow: raqm orders a run itself; the basic layout gets RTL text reversed."""
+    return run.text[::-1] if run.rtl and not _shaped(run) else run.text
 
 
 def width(text: str, size: int) -> float:
@@ -163,7 +172,7 @@ def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, *, 
     if rtl and box_width is not None:
         x += max(0.0, box_width - sum(widths))
     for run, w in _visual(parts, widths, rtl):
-        draw.text((x, y), run.text, font=run.font, fill=fill, **_direction(run))
+        draw.text((x, y), _page_text(run), font=run.font, fill=fill, **_direction(run))
         x += w
 
 
