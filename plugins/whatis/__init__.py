@@ -16,6 +16,7 @@ from bot.commands import Action, Attachment, Image, Reply, command
 from bot.config import PluginSettings
 from bot.hookspecs import hookimpl
 from bot.markup import bold, code, escape, italic
+from engine.blobs import discard
 from engine.errors import UserError
 from engine.jobs import PROGRESS, SUCCEEDED
 from plugins.whatis.chart import percent, render_chart
@@ -193,8 +194,6 @@ def _examples(ctx: "CommandContext", label_list: list[str] | None) -> dict | Non
 
 def _heatmaps(blobs, result: Classification) -> list[Image]:
     """The heat-map PNGs the job stored, as reply images (their blobs go: the reply has them)."""
-    from engine.blobs import discard
-
     maps = [Image(blobs.get(e.heatmap), f"whatis-where-{i}.png", f"where: {e.label}")
             for i, e in enumerate(result.explain, 1)]
     discard(blobs, [e.heatmap for e in result.explain], "heat maps delivered")

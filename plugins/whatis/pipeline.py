@@ -308,12 +308,14 @@ def background_features(clip: ClipModel) -> torch.Tensor:
 def explain(clip: ClipModel, image: Image.Image, matrix: torch.Tensor, labels: Sequence[str],
             shown: Sequence[str]) -> tuple[str, list[tuple[str, Image.Image]]]:
     """(method, [(label, overlay picture)]) for the labels `shown`, each map scored against all
-    of `labels` (the columns of `matrix`) and scaled to its own peak for display."""
+    of `labels` (the columns of `matrix`) and stretched to 0..1 for display (its coldest patch
+    clear, its hottest full)."""
     found = saliency.explain(clip, image, matrix)
     out = []
     for label in shown:
         heat = found.maps[list(labels).index(label)]
-        out.append((label, saliency.overlay(image, heat / heat.max().clamp_min(1e-12))))
+        low, high = heat.min(), heat.max()
+        out.append((label, saliency.overlay(image, (heat - low) / (high - low).clamp_min(1e-12))))
     return found.method, out
 
 
