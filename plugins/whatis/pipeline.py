@@ -185,13 +185,14 @@ def classify(clip: ClipModel, image: Image.Image, labels: Sequence[str], *, top:
              cache_bytes: int | None = None, progress: Progress | None = None,
              examples: dict[str, torch.Tensor] | None = None, text_weight: float = 0.5,
              threshold: float = 0.0, margin: float | None = None) -> Classification:
-    """Classify one RGB PIL image; returns the `top` labels, best first. `examples`: image
+    """Classify one RGB PIL image; returns the `top` labels, best first (`cache_dir` also keeps
+    the background's embeddings). `examples`: image
     embeddings [k, D] of taught labels (see the module docstring); `threshold` and `margin`:
     when the answer is unsure (`is_unsure`; margin None: the probability alone decides)."""
     text = label_matrix(clip, labels, templates, cache_dir, cache_bytes=cache_bytes, progress=progress)
     shots = {i: examples[label] for i, label in enumerate(labels) if examples and label in examples}
     features = clip.encode_images([image])
-    background = background_features(clip) if shots or margin is not None else None
+    background = background_features(clip, cache_dir) if shots or margin is not None else None
     cosines, background_cosines = scores(features, text, shots, background, text_weight)
     probs = (clip.logit_scale * cosines).softmax(dim=-1)[0].cpu()
     top_scores, indices = probs.topk(min(top, len(labels)))
@@ -294,14 +295,25 @@ def background_pictures(side: int, count: int = BACKGROUND_PICTURES, seed: int =
     return pictures
 
 
-def background_features(clip: ClipModel) -> torch.Tensor:
-    """The background pictures' image embeddings [B, D], computed once per model and process."""
+def background_features(clip: ClipModel, cache_dir: Path | None = None) -> torch.Tensor:
+    """The background pictures' image embeddings [B, D], computed once per model: kept in this
+    process and, given `cache_dir`, on disk beside the label matrices (seconds on a CPU)."""
     with _lock:
         found = _backgrounds.get(clip.fingerprint)
-    if found is None:
-        found = clip.encode_images(background_pictures(2 * clip.image_size))  # resized as photos are
-        with _lock:
-            _backgrounds[clip.fingerprint] = found
+    if found is not None:
+        return found
+
+    def compute() -> torch.Tensor:
+        return clip.encode_images(background_pictures(2 * clip.image_size))  # resized as photos are
+
+    if cache_dir:
+        key = hashlib.sha256(json.dumps(["background", clip.fingerprint, BACKGROUND_SEED,
+                                         BACKGROUND_PICTURES]).encode()).hexdigest()
+        found = _disk_cached(Path(cache_dir), key, None, compute, lambda: None)
+    else:
+        found = compute()
+    with _lock:
+        _backgrounds[clip.fingerprint] = found
     return found
 
 

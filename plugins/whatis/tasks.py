@@ -146,10 +146,12 @@ def _indexed(index: Any, clip: Any, space: str, messages: list[dict], where: Fil
 
 
 def prepare_imagenet_labels(settings: "EngineSettings", config: "WhatisSettings", report: Callable[[str], object] | None = None) -> None:
-    """Compute the configured model's ImageNet-1k label matrix into the disk cache, unless it is
-    there already, so the first /whatis answers at once. `config`: the whatis plugin settings;
+    """Compute the configured model's ImageNet-1k label matrix (and the background's embeddings,
+    for "not sure" answers) into the disk cache, unless they are there already, so the first
+    /whatis answers at once. `config`: the whatis plugin settings;
     `report(message)` gets progress lines."""
     sink = (lambda done, total, message: report(message)) if report else None
+    pipeline.background_features(clip_for(settings), label_cache_dir(settings))
     pipeline.label_matrix(clip_for(settings), IMAGENET_CLASSNAMES, cache_dir=label_cache_dir(settings),
                           cache_bytes=label_cache_bytes(config),
                           progress=BuildProgress(f"{IMAGENET} labels", sink) if sink else None)

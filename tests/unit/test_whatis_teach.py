@@ -68,3 +68,12 @@ def test_background_is_fixed_and_vectors_round_trip(clip):
     assert [p.tobytes() for p in first] == [p.tobytes() for p in again] and len(first) == pipeline.BACKGROUND_PICTURES
     vector = clip.encode_images([mascot(1)])[0]
     torch.testing.assert_close(pipeline.decode_vector(pipeline.encode_vector(vector)), vector, atol=1e-3, rtol=1e-3)
+
+
+def test_background_embeddings_are_cached_on_disk(clip, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "_backgrounds", {})
+    first = pipeline.background_features(clip, tmp_path)
+    assert first.shape == (pipeline.BACKGROUND_PICTURES, clip.embed_dim) and len(list(tmp_path.glob("*.pt"))) == 1
+    monkeypatch.setattr(pipeline, "_backgrounds", {})  # a fresh worker process: read from disk, not encoded
+    monkeypatch.setattr(clip, "encode_images", lambda images: pytest.fail("encoded again"))
+    torch.testing.assert_close(pipeline.background_features(clip, tmp_path), first)
