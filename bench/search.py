@@ -11,11 +11,18 @@ Part 2, indexing: N generated pictures go through the whole path (ImagePosted ho
 queue -> drain job on the embedded engine -> decode, hash, preview, one CLIP call per batch ->
 index) and, in the same run, straight through `ClipModel.encode_images` in the same batches
 (model only, pictures already decoded). Reported as pictures/s and their ratio, once per CLIP
-backend (--clip-backend torch,onnx: each against its own model-only rate).
+backend (--clip-backend torch,onnx: each against its own model-only rate). This part indexes
+with OCR off, so it measures the CLIP path alone.
+
+Part 3, OCR: generated slides (800x600, four lines of words in Pillow's built-in font, JPEG)
+read by `engine.models.ocr` alone, on one thread and on the indexing pool's threads, with the
+share of their words read back exactly; then the whole indexing path over the same slides
+with OCR on versus off (the cost OCR adds to indexing).
 
     python3 bench/search.py                                   # 10k + 100k, both backends, indexing
     python3 bench/search.py --sizes 1000000 --backends embedded
     python3 bench/search.py --skip-queries --index-images 256 --model ViT-B-32:random
+    python3 bench/search.py --skip-queries --skip-indexing --ocr-images 64
 
 Goals (issue 7): p99 <= 20 ms at 100k embedded; <= 30 ms at 1M with recall@10 >= 0.95 on
 pgvector; indexing >= 0.9x the model-only rate.
@@ -228,20 +235,21 @@ def indexing_part(args: argparse.Namespace) -> None:
 
 
 def indexing_rates(model: str, device: str, images: int, batch: int, *, backend: str = "torch",
-                   with_backend: bool = False) -> tuple:
+                   with_backend: bool = False, ocr: bool = False, slides: bool = False) -> tuple:
     """(model-only pictures/s, whole-path pictures/s, pictures[, the backend that ran]) for
-    `images` generated pictures: `encode_images` on decoded pictures, then the backfill path
-    (hook -> queue -> drain -> index), on a fresh index."""
+    `images` generated pictures (noise, or `slides` with words on them): `encode_images` on
+    decoded pictures, then the backfill path (hook -> queue -> drain -> index, reading text
+    when `ocr`), on a fresh index."""
     from bot.app import open_app
     from bot.config import Settings
     from engine.models import clip_for
 
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-idx-"))
     try:
-        paths = make_pictures(images, work)
+        paths = make_slides(images, work)[0] if slides else make_pictures(images, work)
         os.environ["CLIPBOT_SEARCH_BATCH_SIZE"] = str(batch)
         settings = Settings(_env_file=None, data_dir=work / "data", model_cache=work / "models", clip_model=model,
-                            device=device, log_level="WARNING", clip_backend=backend)
+                            device=device, log_level="WARNING", clip_backend=backend, ocr=ocr)
         with open_app(settings) as app:
             clip = clip_for(settings)
             model_rate, path_rate = _indexing_rates(app, clip, paths, batch)
@@ -280,6 +288,62 @@ def _indexing_rates(app: object, clip: object, paths: list[Path], batch: int) ->
     return model_rate, path_rate
 
 
+# ---- OCR ----------------------------------------------------------------------------------------------
+_WORDS = ("roadmap budget review sprint design quarterly launch metrics customer onboarding kiwi mango "
+          "release backlog hiring offsite revenue pipeline survey feedback latency storage").split()
+
+
+def make_slides(n: int, folder: Path) -> tuple[list[Path], list[list[str]]]:
+    """n slides with four lines of two or three words each, and the words on each."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(5)
+    font = ImageFont.load_default(size=44)
+    paths, words = [], []
+    for i in range(n):
+        picture = Image.new("RGB", (800, 600), tuple(int(c) for c in rng.integers(215, 255, 3)))
+        draw = ImageDraw.Draw(picture)
+        lines = [" ".join(rng.choice(_WORDS, int(rng.integers(2, 4)))) for _ in range(4)]
+        for j, line in enumerate(lines):
+            draw.text((50, 60 + j * 120), line.capitalize(), fill=(25, 25, 60), font=font)
+        paths.append(folder / f"slide{i}.jpg")
+        picture.save(paths[-1], quality=88)
+        words.append(" ".join(lines).split())
+    return paths, words
+
+
+def ocr_part(args: argparse.Namespace) -> None:
+    from engine.images import decode_image
+    from engine.index.text import tokens
+    from engine.models.ocr import get_ocr
+    from plugins.search.pipeline import _pool
+
+    work = Path(tempfile.mkdtemp(prefix="clipbot-bench-ocr-"))
+    try:
+        paths, words = make_slides(args.ocr_images, work)
+        pictures = [decode_image(p.read_bytes()) for p in paths]
+        reader = get_ocr(["en"])
+        reader.read(pictures[0])  # load and warm once
+        started = time.perf_counter()
+        texts = [" ".join(line.text for line in reader.read(p)) for p in pictures]
+        one = len(pictures) / (time.perf_counter() - started)
+        pool = _pool()
+        started = time.perf_counter()
+        list(pool.map(reader.read, pictures))
+        many = len(pictures) / (time.perf_counter() - started)
+        read = sum(len(set(tokens(" ".join(w))) & set(tokens(t))) for w, t in zip(words, texts))
+        total = sum(len(set(tokens(" ".join(w)))) for w in words)
+        print(f"ocr {len(pictures)} slides 800x600: one thread {one:.1f}/s, {pool._max_workers} threads {many:.1f}/s, "
+              f"words read back {read / total:.1%}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rates = {}
+    for ocr in (True, False):
+        rates[ocr] = indexing_rates(args.model, args.device, args.ocr_images, args.batch, ocr=ocr, slides=True)[1]
+    print(f"indexing {args.ocr_images} slides, {args.model} on {args.device}: OCR on {rates[True]:.1f}/s vs off "
+          f"{rates[False]:.1f}/s, ratio {rates[True] / rates[False]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", type=lambda s: [int(x) for x in s.split(",")])
@@ -289,6 +353,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel HNSW build workers")
     parser.add_argument("--skip-queries", action="store_true")
     parser.add_argument("--skip-indexing", action="store_true")
+    parser.add_argument("--skip-ocr", action="store_true")
+    parser.add_argument("--ocr-images", type=int, default=64, help="slides for the OCR part")
     parser.add_argument("--index-images", type=int, default=256)
     parser.add_argument("--model", default="ViT-B-32:random")
     parser.add_argument("--device", default="cpu")
@@ -305,7 +371,8 @@ def main() -> None:
                         help="tiny presets, a few iterations: proves the bench still runs (the tests run it)")
     args = parser.parse_args()
     if args.smoke:
-        vars(args).update({"sizes": [1000], "backends": ["embedded"], "queries": 20, "index_images": 8, "model": "tiny-test"})
+        vars(args).update({"sizes": [1000], "backends": ["embedded"], "queries": 20, "index_images": 8, "model": "tiny-test",
+                           "ocr_images": 4})
     import torch
 
     if args.threads is None:
@@ -319,6 +386,8 @@ def main() -> None:
         query_part(args)
     if not args.skip_indexing:
         indexing_part(args)
+    if not args.skip_ocr:
+        ocr_part(args)
 
 
 if __name__ == "__main__":

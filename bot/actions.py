@@ -17,8 +17,10 @@ SLACK_LIMIT = 2000  # button value
 
 
 def encode_action(action: Action, *, limit: int = DISCORD_LIMIT) -> str:
-    """`cb1:["command",{options}]`; ValueError if it does not fit in `limit` characters."""
-    body = json.dumps([action.command, action.options], separators=(",", ":"), ensure_ascii=False)
+    """`cb1:["command",{options}]`, or `cb1:["command",{options},["asked",...]]` for an action that
+    asks first; ValueError if it does not fit in `limit` characters."""
+    parts: list = [action.command, action.options] + ([list(action.ask)] if action.ask else [])
+    body = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
     text = PREFIX + body
     if len(text) > limit:
         raise ValueError(f"action /{action.command} encodes to {len(text)} characters; the limit is {limit}")
@@ -30,9 +32,11 @@ def decode_action(text: str, *, label: str = "") -> Action:
     if not text.startswith(PREFIX):
         raise ValueError("not a clipbot action")
     try:
-        command, options = json.loads(text[len(PREFIX):])
+        command, options, *rest = json.loads(text[len(PREFIX):])
     except (ValueError, TypeError):
         raise ValueError("malformed clipbot action") from None
-    if not isinstance(command, str) or not isinstance(options, dict):
+    ask = rest[0] if rest else []
+    if (not isinstance(command, str) or not isinstance(options, dict) or len(rest) > 1
+            or not isinstance(ask, list) or not all(isinstance(a, str) for a in ask)):
         raise ValueError("malformed clipbot action")
-    return Action(label=label or command, command=command, options=options)
+    return Action(label=label or command, command=command, options=options, ask=tuple(ask))

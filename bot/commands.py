@@ -109,7 +109,7 @@ def _parse_bool(text: str) -> bool:
 
 # Friendly names for the message menus (Discord) and shortcuts (Slack) of the built-in commands;
 # any other command a picture alone can run is offered as "/NAME this".
-MESSAGE_ACTION_NAMES = {"whatis": "What is this?", "search": "Find similar pictures"}
+MESSAGE_ACTION_NAMES = {"whatis": "What is this?", "search": "Find similar pictures", "describe": "Describe"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class CommandSpec:
     admin_only: bool = False
     long_running: bool = False  # minutes, not seconds: adapters open a thread and leave the interaction token
     platforms: frozenset[str] | None = None  # the platforms that offer it (None: all); others never register it
+    menus: bool = True  # False: never a message menu / shortcut, even where a picture alone could run it
 
     def offered_on(self, platform: str) -> bool:
         return self.platforms is None or platform in self.platforms
@@ -143,6 +144,8 @@ class CommandSpec:
     def picture_option(self) -> str | None:
         """The option a message's picture fills when that picture alone can run the command (an image
         option, nothing else required): Discord's message menus and Slack's message shortcuts."""
+        if not self.menus:
+            return None
         pictures = [o for o in self.options if o.type is Attachment and not o.multiple]
         if pictures and all(o.type is Attachment for o in self.options if o.required):
             return pictures[0].name
@@ -212,12 +215,17 @@ ActionValue = Union[str, int, float, bool]
 @dataclass(frozen=True)
 class Action:
     """A button on a reply: a pre-filled command. A click dispatches `Request(command, options)`
-    from the person who clicked, with the usual permission checks, so it works after a restart."""
+    from the person who clicked, with the usual permission checks, so it works after a restart.
+
+    `ask` names options the clicker fills in first (Discord and Slack open a form, pre-filled with
+    the action's values; the local chat prints the command for the user to edit): a "Remix" that
+    changes the prompt before it runs."""
 
     label: str
     command: str
     options: dict[str, ActionValue] = field(default_factory=dict)
     style: str = "secondary"  # primary | secondary | danger
+    ask: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.style not in ("primary", "secondary", "danger"):
@@ -257,7 +265,7 @@ class Reply:
 
 def command(
     func: Callable | None = None, *, name: str | None = None, admin_only: bool = False,
-    long_running: bool = False, platforms: Iterable[str] | None = None,
+    long_running: bool = False, platforms: Iterable[str] | None = None, menus: bool = True,
 ) -> Any:
     """Build a `CommandSpec` from an async handler `async def name(ctx, opt: T = default, ...)`."""
 
@@ -304,6 +312,7 @@ def command(
             admin_only=admin_only,
             long_running=long_running,
             platforms=frozenset(platforms) if platforms is not None else None,
+            menus=menus,
         )
 
     return build(func) if func is not None else build

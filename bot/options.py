@@ -3,7 +3,9 @@
 `/whatis photo.jpg labels: cat, dog top: 3` in the local chat and `/whatis labels: cat, dog` in a
 Slack slash command (which carries only text) both go through `parse_command_text`. Words before
 the first `name:` fill the options not named, in order (quotes group words); the first free-text
-option takes all the words left, so `/whatis a.png cat, dog` works.
+option takes all the words left, so `/whatis a.png cat, dog` works. When it is the first option
+filled it takes the text as typed, quotes included, for commands that read quotes themselves
+(`/search -"red car" text:"exact words"`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _fill_positional(spec: CommandSpec, text: str, named: list[tuple[str, str]])
         if not words:
             break
         if option.type is str and not option.choices:
-            values[option.name], words = " ".join(words), []
+            values[option.name], words = (" ".join(words) if values else text.strip()), []
         else:
             values[option.name] = words.pop(0)
     if words:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "clipbot.plugins"
 BUILTIN_PLUGINS = {"help": "bot.builtin", "whatis": "plugins.whatis", "imagine": "plugins.imagine",
-                   "search": "plugins.search", "safety": "plugins.safety", "localchat": "bot.adapters.local.channel"}
+                   "search": "plugins.search", "safety": "plugins.safety", "describe": "plugins.describe",
+                   "localchat": "bot.adapters.local.channel"}
 
 
 def _enabled(name: str, settings: "Settings") -> bool:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
 from celery import Celery
 
+from engine.archive import ArchivedBlobs, JobArchive
 from engine.blobs import BlobStore, MemoryBlobStore, RedisBlobStore
 from engine.checkpoints import Checkpoints
 from engine.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerUnavailable
@@ -364,9 +365,11 @@ def create_engine(settings: EngineSettings, *, queues: Iterable[Queue] = CORE_QU
         book = JobBook(store, RedisEventLog(client), finished_ttl=settings.job_ttl, blobs=blobs,
                        checkpoints=Checkpoints(blobs, store, int(settings.blob_ttl)))
         return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, redis=client, **extra)
-    # Settings such as label sets persist in a file; job records live in memory with the jobs.
+    # Settings such as label sets persist in a file; job records live in memory with the jobs, and
+    # finished ones (with their results' blobs) also under the data dir for job_ttl (engine.archive).
     store = SqliteStore(settings.data_dir / "state.sqlite3")
-    blobs = MemoryBlobStore(settings.blob_ttl)
+    archive = JobArchive(store, settings.data_dir / "results", settings.job_ttl)
+    blobs = ArchivedBlobs(MemoryBlobStore(settings.blob_ttl), archive)
     book = JobBook(SqliteStore(":memory:"), MemoryEventLog(), finished_ttl=settings.job_ttl, blobs=blobs,
-                   checkpoints=Checkpoints(blobs, store, int(settings.blob_ttl)))
+                   checkpoints=Checkpoints(blobs, store, int(settings.blob_ttl)), archive=archive)
     return Engine(settings, celery=celery, blobs=blobs, store=store, book=book, **extra)

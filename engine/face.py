@@ -82,6 +82,10 @@ class EngineFace:
         """A job's record (state, kwargs, result), or None once it expired."""
         return self._engine.book.get(job_id)
 
+    def forget_job(self, job_id: str) -> None:
+        """Delete a finished job's record and the files (blobs) its result names, now."""
+        self._engine.book.forget(job_id)
+
     # ---- shared mechanisms -----------------------------------------------------------------
     def pending(self, name: str) -> "PendingQueue":
         """The pending queue `name` (`engine.pending`): items waiting for one batch task at a time."""

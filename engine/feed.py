@@ -66,6 +66,11 @@ class MemoryFeed:
         past, unsubscribe = self._log.subscribe(job_id, deliver)
         for event in past:
             follower.put(event)
+        if not past:  # a job finished before this process started (engine.archive): its end at once
+            record = self._get_record(job_id)
+            if record is not None and record.finished:
+                follower.put(ProgressEvent(record.state, job_id, record.finished_at or 0.0,
+                                           {"result": record.result, "error": record.error}))
         try:
             yield follower
         finally:

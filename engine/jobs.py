@@ -21,6 +21,7 @@ from engine.blobs import discard
 from engine.store import Store, reachable
 
 if TYPE_CHECKING:
+    from engine.archive import JobArchive
     from engine.blobs import BlobStore
     from engine.checkpoints import Checkpoints
 
@@ -179,15 +180,17 @@ class RedisEventLog:
 class JobBook:
     """Reads and writes job records and events; shared by the submitting side and workers.
     `blobs`, when given, is where a job's input blobs are deleted as it ends; `checkpoints`
-    (`engine.checkpoints.Checkpoints`), where its checkpoint is."""
+    (`engine.checkpoints.Checkpoints`), where its checkpoint is; `archive` (`engine.archive`, the
+    embedded engine's), where finished records and their results' blobs outlive the process."""
 
     def __init__(self, store: Store, events: EventLog, *, finished_ttl: float = 3600, blobs: "BlobStore | None" = None,
-                 checkpoints: "Checkpoints | None" = None) -> None:
+                 checkpoints: "Checkpoints | None" = None, archive: "JobArchive | None" = None) -> None:
         self.store = store
         self.events = events
         self.finished_ttl = finished_ttl
         self.blobs = blobs
         self.checkpoints = checkpoints
+        self.archive = archive
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -199,6 +202,8 @@ class JobBook:
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.store.get(_RECORD + job_id)
+        if not raw and self.archive is not None:
+            raw = self.archive.record(job_id)
         return JobRecord.from_dict(raw) if raw else None
 
     def update(self, job_id: str, *, ttl: float = RECORD_TTL, **changes: Any) -> JobRecord:
@@ -225,10 +230,23 @@ class JobBook:
             except Exception:
                 log.warning("could not delete the checkpoint of job %s; it expires with its TTL", job_id,
                             exc_info=True)
+        if self.archive is not None and self.blobs is not None:
+            self.archive.keep(asdict(record), self.blobs)
         self.emit(job_id, state, result=result, error=error)
         self.events.expire(job_id, self.finished_ttl)
         self.store.delete(_CANCEL + job_id)
         return record
+
+    def forget(self, job_id: str) -> None:
+        """Delete a finished job's record and the blobs its result names (its Delete button)."""
+        from engine.archive import named_blobs
+
+        record = self.get(job_id)
+        if record is not None and self.blobs is not None:
+            discard(self.blobs, named_blobs(record.result), f"a result of job {job_id}")
+        self.store.delete(_RECORD + job_id)
+        if self.archive is not None:
+            self.archive.forget(job_id)
 
     def request_cancel(self, job_id: str) -> None:
         self.store.set(_CANCEL + job_id, True, ttl=RECORD_TTL)

@@ -9,12 +9,16 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine.blobs import BlobStore
 
+if TYPE_CHECKING:
+    from engine.tasks import JobContext
+
 log = logging.getLogger(__name__)
 MIN_GAP_S = 0.5
+_REPORT_EVERY_S = 1.0  # a matrix build's progress reports
 
 
 class ThrottledProgress:
@@ -112,3 +116,44 @@ class ThrottledProgress:
             self._emit(message="", **item)
         except Exception:  # progress is best effort: a hiccup must not kill a long run
             log.warning("could not send progress for %s", self._what, exc_info=True)
+
+
+class BuildProgress:
+    """Turns a label-matrix build's prompt counts into 'preparing ImageNet labels: 35%' reports:
+    none for a build that ends within a second, then at most one a second, and 100% at the end
+    of a build that reported. Waiting for another process that computes the same matrix is
+    reported at once (as 0%)."""
+
+    def __init__(self, what: str, sink: Callable[[int, int, str], object], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._what = what
+        self._sink = sink
+        self._clock = clock
+        self._last = clock()
+        self._percent = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        percent = 100 * done // max(1, total)
+        if done == 0:
+            due = True  # waiting for another process that builds it
+        elif done >= total:
+            due = self._percent >= 0  # the end of a build that said something
+        else:
+            due = now - self._last >= _REPORT_EVERY_S
+        if not due or percent == self._percent:
+            return
+        self._last, self._percent = now, percent
+        self._sink(done, total, f"preparing {self._what}: {percent}%")
+
+
+def matrix_build_progress(job: "JobContext", what: str) -> Callable[[int, int], None]:
+    """Progress of a matrix build (`engine.models.matrix_cache`) as job events; a cancelled job stops at the next batch
+    (or while it waits for another process's build)."""
+    report = BuildProgress(what, lambda done, total, message: job.progress(done, total, message=message))
+
+    def progress(done: int, total: int) -> None:
+        job.check_cancelled()
+        report(done, total)
+
+    return progress

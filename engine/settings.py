@@ -67,6 +67,15 @@ class EngineSettings(BaseSettings):
         None, description="image index: empty = embedded (SQLite + float16 matrices under data_dir/index), "
         "sqlite:///DIR, or postgresql://... (pgvector >= 0.8)")
 
+    # OCR: the words on pictures, read as they are indexed (engine/models/ocr.py)
+    ocr: bool = Field(True, description="read the text in pictures as they are indexed; off: nowhere (admins also "
+                      "switch it per space with /index ocr on|off)")
+    ocr_langs: Annotated[list[str], NoDecode] = Field(
+        ["en", "zh"], description="languages OCR reads: the bundled model reads en and zh (Simplified Chinese); "
+        "others need ocr_rec_model")
+    ocr_rec_model: Path | None = Field(None, description="a PP-OCR recognition model (ONNX) for other languages")
+    ocr_rec_keys: Path | None = Field(None, description="its character list, when the model does not carry one")
+
     # images
     max_image_bytes: int = Field(25 * 1024 * 1024, description="largest upload accepted, in bytes")
     max_image_pixels: int = Field(40_000_000, description="largest image accepted, in pixels")
@@ -93,10 +102,11 @@ class EngineSettings(BaseSettings):
     observe_host: str = Field("127.0.0.1", description="address the metrics and health endpoints listen on "
                               "(0.0.0.0 in containers)")
 
-    _split_queues = field_validator("worker_queues", "long_queues", "fair_queues", mode="before")(split_list)
+    _split_queues = field_validator("worker_queues", "long_queues", "fair_queues", "ocr_langs",
+                                    mode="before")(split_list)
     _unset_port = field_validator("observe_port", mode="before")(lambda v: None if v == "" else v)
     # `CLIPBOT_DATA_DIR=~/...` (as .env.example writes it): no shell expands ~ in a .env file.
-    _home = field_validator("data_dir", "model_cache", mode="after")(_expand_user)
+    _home = field_validator("data_dir", "model_cache", "ocr_rec_model", "ocr_rec_keys", mode="after")(_expand_user)
 
     @property
     def state_redis_url(self) -> str | None:

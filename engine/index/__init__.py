@@ -18,6 +18,11 @@ Two backends share the `ImageIndex` protocol (and one test suite):
 
 Embeddings carry the model fingerprint that made them: a search with another model does
 not see them, and `stale()` lists what needs re-embedding.
+
+Full text (`engine.index.text`): a picture's OCR text is stored with it (once per picture), an
+occurrence's message text and file name with the occurrence; `text_search` ranks occurrences
+by those words (SQLite FTS5 bm25, PostgreSQL `ts_rank_cd` over a GIN-indexed tsvector), and a
+`Filter.text` phrase keeps only occurrences whose words contain it, inside the query as ever.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Occurrence:
     thread_id: str | None = None
     platform: str = ""
     private: bool = False  # posted in a private thread (`thread_id`): only who may see that thread finds it
+    message_text: str = ""  # the message's own text (searchable, shown with results)
+    file_name: str = ""  # the picture's file name as posted (searchable)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Filter:
     after: float | None = None  # posted_at >= after
     before: float | None = None  # posted_at < before
     private_scopes: frozenset[str] | None = None
+    text: tuple[str, ...] = ()  # phrases its words must all contain (OCR text, message text, file name)
 
     def shows_place(self, occ: Occurrence) -> bool:
         """Whether the channel and thread filters allow `occ` (what the index applies in its queries)."""
@@ -98,14 +106,24 @@ class ImageIndex(Protocol):
         """The hashes among `hashes` with no embedding of `model` in this space."""
 
     def add(self, space_id: str, model: str, embeddings: dict[str, tuple[np.ndarray, bytes | None]],
-            occurrences: list[Occurrence]) -> int:
+            occurrences: list[Occurrence], *, texts: dict[str, str] | None = None) -> int:
         """Store new embeddings ({hash: (unit vector, thumbnail or None to keep the old one)}),
         replacing other models' embeddings of those hashes, and occurrences (each hash must
-        have an embedding). Returns how many occurrences were new (duplicates are ignored)."""
+        have an embedding). `texts`: the words read on pictures ({hash: text}, "" when OCR found
+        none), stored with the picture and searchable from all its occurrences. Returns how many
+        occurrences were new (duplicates are ignored)."""
 
     def search(self, space_id: str, model: str, vector: np.ndarray, where: Filter, *, k: int,
                offset: int = 0) -> list[Hit]:
         """Occurrences allowed by `where`, most similar first: ranks offset..offset+k-1."""
+
+    def text_search(self, space_id: str, model: str, words: list[str], where: Filter, *, k: int) -> list[Occurrence]:
+        """Up to k occurrences allowed by `where` (and embedded with `model`, as `search` sees them)
+        whose OCR text, message text or file name has any of `words` (`engine.index.text.tokens`),
+        best text match first."""
+
+    def texts(self, space_id: str, hashes: list[str]) -> dict[str, str]:
+        """The OCR text of those pictures that were read ("" when none was found on it)."""
 
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
         """The indexed pictures of one message."""
@@ -115,6 +133,9 @@ class ImageIndex(Protocol):
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
         ...
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        """The `model` embeddings of those of `hashes` that have one (float32), by hash."""
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         ...

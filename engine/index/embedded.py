@@ -6,6 +6,10 @@ search scans every row of its space (one matrix-vector product: ~10 ms per 100k 
 on one core) and applies the filter to the occurrence arrays before taking the top k, so
 the answer is exact and never crosses a permission boundary.
 
+Full text: `picture_texts` keeps each picture's OCR text; an FTS5 table (`occurrence_words`,
+rowid = occurrence id) holds the searchable words of each occurrence (its picture's OCR text,
+message text and file name, `engine.index.text.searchable`) and ranks them with bm25.
+
 Several processes may share a directory (the worker children of one host): SQLite
 serialises writers, rows are allocated inside the write transaction, and every write bumps
 the space's generation so readers reload their cached view.
@@ -25,6 +29,7 @@ import numpy as np
 
 from engine.datadir import create_file, make_dir
 from engine.index import Filter, Hit, Occurrence, SpaceStats, authors_named, unit
+from engine.index.text import fts_any, fts_phrases, searchable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS matrices (space TEXT, model TEXT, file TEXT, dim INTEGER, rows INTEGER,
@@ -36,12 +41,15 @@ CREATE TABLE IF NOT EXISTS thumbnails (space TEXT, hash TEXT, data BLOB, PRIMARY
 CREATE TABLE IF NOT EXISTS occurrences (id INTEGER PRIMARY KEY AUTOINCREMENT, space TEXT, channel TEXT,
     message_id TEXT, source_id TEXT, hash TEXT, author_id TEXT, author_name TEXT, posted_at REAL,
     permalink TEXT, thread_id TEXT, platform TEXT, private INTEGER NOT NULL DEFAULT 0,
+    message_text TEXT NOT NULL DEFAULT '', file_name TEXT NOT NULL DEFAULT '',
     UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS occurrences_hash ON occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS occurrences_message ON occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS occurrences_channel ON occurrences (space, channel);
 CREATE INDEX IF NOT EXISTS occurrences_time ON occurrences (posted_at);
 CREATE TABLE IF NOT EXISTS generations (space TEXT PRIMARY KEY, gen INTEGER);
+CREATE TABLE IF NOT EXISTS picture_texts (space TEXT, hash TEXT, text TEXT NOT NULL, PRIMARY KEY (space, hash));
+CREATE VIRTUAL TABLE IF NOT EXISTS occurrence_words USING fts5 (words, tokenize = 'unicode61 remove_diacritics 0');
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS occurrences_thread ON occurrences (space, thread_id);
@@ -50,8 +58,11 @@ CREATE INDEX IF NOT EXISTS occurrences_thread ON occurrences (space, thread_id);
 # private (seen from inside the thread and by Manage Threads) rather than risk showing one.
 _ADD_PRIVATE = ("ALTER TABLE occurrences ADD COLUMN private INTEGER NOT NULL DEFAULT 0",
                 "UPDATE occurrences SET private = 1 WHERE platform = 'discord' AND thread_id IS NOT NULL")
+# An index made before message texts were kept: its occurrences have none (and no words row).
+_ADD_TEXT = {"message_text": "ALTER TABLE occurrences ADD COLUMN message_text TEXT NOT NULL DEFAULT ''",
+             "file_name": "ALTER TABLE occurrences ADD COLUMN file_name TEXT NOT NULL DEFAULT ''"}
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
-                "thread_id, platform, private")
+                "thread_id, platform, private, message_text, file_name")
 
 
 @dataclass
@@ -60,7 +71,7 @@ class _View:
 
     gen: int
     matrix: np.ndarray  # [rows, dim] float16, memory-mapped
-    occ_ids: np.ndarray  # occurrence ids
+    occ_ids: np.ndarray  # occurrence ids, ascending
     occ_rows: np.ndarray  # matrix row of each occurrence's picture
     channels: np.ndarray  # channel code of each occurrence
     authors: np.ndarray
@@ -93,6 +104,9 @@ class EmbeddedIndex:
             if "private" not in columns:
                 for sql in _ADD_PRIVATE:
                     self._db.execute(sql)
+            for column, sql in _ADD_TEXT.items():
+                if column not in columns:
+                    self._db.execute(sql)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -120,10 +134,12 @@ class EmbeddedIndex:
         return wanted - found
 
     def add(self, space_id: str, model: str, embeddings: dict[str, tuple[np.ndarray, bytes | None]],
-            occurrences: list[Occurrence]) -> int:
+            occurrences: list[Occurrence], *, texts: dict[str, str] | None = None) -> int:
         with self._write() as db:
             if embeddings:
                 self._store_vectors(db, space_id, model, embeddings)
+            db.executemany("INSERT OR REPLACE INTO picture_texts (space, hash, text) VALUES (?, ?, ?)",
+                           [(space_id, h, t) for h, t in (texts or {}).items()])
             known = {h for (h,) in db.execute(
                 f"SELECT DISTINCT hash FROM embeddings WHERE space = ? AND hash IN ({_marks(occurrences)})",
                 (space_id, *(o.content_hash for o in occurrences)))} if occurrences else set()
@@ -131,11 +147,23 @@ class EmbeddedIndex:
             for occ in occurrences:
                 if occ.space_id != space_id or occ.content_hash not in known:
                     raise ValueError(f"occurrence {occ.message_id} has no embedding in space {space_id}")
-                cur = db.execute(f"INSERT OR IGNORE INTO occurrences ({_OCC_COLUMNS}) VALUES ({_marks(range(12))})",
+                cur = db.execute(f"INSERT OR IGNORE INTO occurrences ({_OCC_COLUMNS}) VALUES ({_marks(range(14))})",
                                  _occ_values(occ))
                 added += cur.rowcount
+            self._store_words(db, space_id, {o.content_hash for o in occurrences} | set(texts or ()))
             self._bump(db, space_id)
         return added
+
+    def _store_words(self, db: sqlite3.Connection, space_id: str, hashes: set[str]) -> None:
+        """(Re)write the searchable words of every occurrence of these pictures."""
+        if not hashes:
+            return
+        rows = db.execute(
+            "SELECT o.id, coalesce(t.text, ''), o.message_text, o.file_name FROM occurrences o LEFT JOIN picture_texts t "
+            f"ON t.space = o.space AND t.hash = o.hash WHERE o.space = ? AND o.hash IN ({_marks(hashes)})",
+            (space_id, *hashes)).fetchall()
+        db.executemany("INSERT OR REPLACE INTO occurrence_words (rowid, words) VALUES (?, ?)",
+                       [(i, searchable(*parts)) for i, *parts in rows])
 
     def _store_vectors(self, db: sqlite3.Connection, space_id: str, model: str,
                        embeddings: dict[str, tuple[np.ndarray, bytes | None]]) -> None:
@@ -214,12 +242,14 @@ class EmbeddedIndex:
     def _remove_where(self, where: str, args: list) -> int:
         with self._write() as db:
             gone = db.execute(f"SELECT DISTINCT space, hash FROM occurrences WHERE {where}", args).fetchall()
+            db.execute(f"DELETE FROM occurrence_words WHERE rowid IN (SELECT id FROM occurrences WHERE {where})", args)
             removed = db.execute(f"DELETE FROM occurrences WHERE {where}", args).rowcount
             for space_id, content_hash in gone:
                 if not db.execute("SELECT 1 FROM occurrences WHERE space = ? AND hash = ? LIMIT 1",
                                   (space_id, content_hash)).fetchone():
                     self._drop_embeddings(db, space_id, content_hash)
                     db.execute("DELETE FROM thumbnails WHERE space = ? AND hash = ?", (space_id, content_hash))
+                    db.execute("DELETE FROM picture_texts WHERE space = ? AND hash = ?", (space_id, content_hash))
             for space_id in {s for s, _ in gone}:
                 self._bump(db, space_id)
         return removed
@@ -230,7 +260,7 @@ class EmbeddedIndex:
         view = self._view(space_id, model)
         if view is None or k <= 0:
             return []
-        candidates = np.nonzero(_mask(view, where))[0]
+        candidates = np.nonzero(self._allowed(view, space_id, where))[0]
         want = min(k + offset, len(candidates))
         if want <= offset:
             return []
@@ -241,6 +271,40 @@ class EmbeddedIndex:
         ids = [int(view.occ_ids[candidates[i]]) for i in order]
         found = self._occurrences_by_id(ids)
         return [Hit(found[i], float(scores[j])) for i, j in zip(ids, order) if i in found]
+
+    def text_search(self, space_id: str, model: str, words: list[str], where: Filter, *, k: int) -> list[Occurrence]:
+        view = self._view(space_id, model)
+        if view is None or k <= 0 or not words:
+            return []
+        ids = self._matching(space_id, fts_any(words), ranked=True)
+        allowed = self._allowed(view, space_id, where)
+        at = np.minimum(np.searchsorted(view.occ_ids, ids), max(len(view.occ_ids) - 1, 0))
+        found = ids[(view.occ_ids[at] == ids) & allowed[at]][:k] if len(view.occ_ids) else ids[:0]
+        by_id = self._occurrences_by_id([int(i) for i in found])
+        return [by_id[int(i)] for i in found if int(i) in by_id]
+
+    def _matching(self, space_id: str, query: str, *, ranked: bool = False) -> np.ndarray:
+        """Ids of the space's occurrences whose words match an FTS5 query (best bm25 first)."""
+        order = " ORDER BY bm25(occurrence_words), o.posted_at DESC" if ranked else ""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.id FROM occurrence_words JOIN occurrences o ON o.id = occurrence_words.rowid "
+                f"WHERE occurrence_words MATCH ? AND o.space = ?{order}", (query, space_id)).fetchall()
+        return np.array([r[0] for r in rows], np.int64)
+
+    def _allowed(self, view: _View, space_id: str, where: Filter) -> np.ndarray:
+        mask = _mask(view, where)
+        if where.text:
+            mask &= np.isin(view.occ_ids, self._matching(space_id, fts_phrases(where.text)))
+        return mask
+
+    def texts(self, space_id: str, hashes: list[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
+        with self._lock:
+            return dict(self._db.execute(f"SELECT hash, text FROM picture_texts WHERE space = ? AND hash IN "
+                                         f"({_marks(wanted)})", (space_id, *wanted)).fetchall())
 
     def _view(self, space_id: str, model: str) -> _View | None:
         with self._lock:
@@ -267,7 +331,8 @@ class EmbeddedIndex:
                          np.zeros(0, bool), np.zeros(0, np.int32), {})
         rows = self._db.execute(
             "SELECT o.id, e.row, o.channel, o.author_id, o.posted_at, o.private, o.thread_id FROM occurrences o "
-            "JOIN embeddings e ON e.space = o.space AND e.hash = o.hash AND e.model = ? WHERE o.space = ?",
+            "JOIN embeddings e ON e.space = o.space AND e.hash = o.hash AND e.model = ? WHERE o.space = ? "
+            "ORDER BY o.id",  # sorted: text matches find their rows by binary search
             (model, space_id)).fetchall()
         matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="c", shape=(info[2], info[1]))
         ids, occ_rows, channels, authors, posted, private, threads = zip(*rows) if rows else ((),) * 7
@@ -307,15 +372,21 @@ class EmbeddedIndex:
         return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        return self.embeddings(space_id, [content_hash], model).get(content_hash)
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT m.file, m.dim, e.row FROM embeddings e JOIN matrices m ON m.space = e.space AND m.model = e.model "
-                "WHERE e.space = ? AND e.hash = ? AND e.model = ?", (space_id, content_hash, model)).fetchone()
-        if row is None:
-            return None
-        with open(self.root / "matrices" / row[0], "rb") as file:
-            file.seek(row[2] * row[1] * 2)
-            return np.frombuffer(file.read(row[1] * 2), dtype=np.float16).astype(np.float32)
+            info = self._db.execute("SELECT file, dim FROM matrices WHERE space = ? AND model = ?",
+                                    (space_id, model)).fetchone()
+            rows = self._db.execute(f"SELECT hash, row FROM embeddings WHERE space = ? AND model = ? "
+                                    f"AND hash IN ({_marks(wanted)})", (space_id, model, *wanted)).fetchall()
+        if info is None or not rows:
+            return {}
+        matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="r").reshape(-1, info[1])
+        return {h: matrix[row].astype(np.float32) for h, row in rows}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))
@@ -391,10 +462,11 @@ def _marks(items) -> str:
 
 def _occ_values(occ: Occurrence) -> tuple:
     return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
-            occ.author_name, occ.posted_at, occ.permalink, occ.thread_id, occ.platform, int(occ.private))
+            occ.author_name, occ.posted_at, occ.permalink, occ.thread_id, occ.platform, int(occ.private),
+            occ.message_text, occ.file_name)
 
 
 def _occ(row) -> Occurrence:
     return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
                       author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
-                      platform=row[10], private=bool(row[11]))
+                      platform=row[10], private=bool(row[11]), message_text=row[12] or "", file_name=row[13] or "")

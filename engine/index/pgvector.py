@@ -6,6 +6,10 @@ permission filter (space, channels, authors, dates) is part of the query; pgvect
 iterative index scans (`hnsw.iterative_scan`) keep reading the graph until k allowed rows
 are found, so a filtered search still returns k results. The planner may also answer a
 very selective filter exactly from the btree indexes, which is both faster and exact.
+
+Full text: `clipbot_picture_texts` keeps each picture's OCR text; every occurrence has a
+`words` tsvector (the `simple` configuration over `engine.index.text.searchable` of its
+picture's OCR text, message text and file name) with a GIN index, ranked by `ts_rank_cd`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
 from engine.index import Filter, Hit, Occurrence, SpaceStats, authors_named, unit
+from engine.index.text import searchable, ts_any, ts_phrases
 
 _SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -31,7 +36,8 @@ CREATE TABLE IF NOT EXISTS clipbot_occurrences (id bigserial PRIMARY KEY, space 
     message_id text NOT NULL, hash text NOT NULL, source_id text NOT NULL DEFAULT '', author_id text NOT NULL DEFAULT '',
     author_name text NOT NULL DEFAULT '', posted_at double precision NOT NULL DEFAULT 0,
     permalink text NOT NULL DEFAULT '', thread_id text, platform text NOT NULL DEFAULT '',
-    private boolean NOT NULL DEFAULT false, UNIQUE (space, channel, message_id, source_id));
+    private boolean NOT NULL DEFAULT false, file_name text NOT NULL DEFAULT '',
+    UNIQUE (space, channel, message_id, source_id));
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_hash ON clipbot_occurrences (space, hash);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_message ON clipbot_occurrences (space, message_id);
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_channel ON clipbot_occurrences (space, channel);
@@ -39,14 +45,22 @@ CREATE INDEX IF NOT EXISTS clipbot_occurrences_time ON clipbot_occurrences (post
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS clipbot_occurrences_thread ON clipbot_occurrences (space, thread_id);
+ALTER TABLE clipbot_occurrences ADD COLUMN IF NOT EXISTS message_text text NOT NULL DEFAULT '';
+ALTER TABLE clipbot_occurrences ADD COLUMN IF NOT EXISTS file_name text NOT NULL DEFAULT '';
+ALTER TABLE clipbot_occurrences ADD COLUMN IF NOT EXISTS words tsvector;
+CREATE INDEX IF NOT EXISTS clipbot_occurrences_words ON clipbot_occurrences USING gin (words);
+CREATE TABLE IF NOT EXISTS clipbot_picture_texts (space text NOT NULL, hash text NOT NULL, text text NOT NULL,
+    PRIMARY KEY (space, hash));
 """
 # A table made before private threads had a scope: its Discord thread pictures are treated as
 # private (seen from inside the thread and by Manage Threads) rather than risk showing one.
 _ADD_PRIVATE = ("ALTER TABLE clipbot_occurrences ADD COLUMN private boolean NOT NULL DEFAULT false",
                 "UPDATE clipbot_occurrences SET private = true WHERE platform = 'discord' AND thread_id IS NOT NULL")
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
-                "thread_id, platform, private")
-_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text", "bool")
+                "thread_id, platform, private, message_text, file_name")
+_OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text", "bool",
+              "text", "text")
+_N_OCC = len(_OCC_TYPES)
 _MAX_EF_SEARCH = 1000  # pgvector's limit
 # The HNSW graph: pgvector's default m, and twice its default ef_construction. On CLIP-like clustered
 # embeddings at 1M rows the default graph (64) reached recall@10 0.94 at ef_search 400 (bench/search.py).
@@ -100,23 +114,41 @@ class PgVectorIndex:
             return wanted - {h for (h,) in cur.fetchall()}
 
     def add(self, space_id: str, model: str, embeddings: dict[str, tuple[np.ndarray, bytes | None]],
-            occurrences: list[Occurrence]) -> int:
+            occurrences: list[Occurrence], *, texts: dict[str, str] | None = None) -> int:
         with self._tx() as cur:
             if embeddings:
                 self._store_vectors(cur, space_id, model, embeddings)
-            if not occurrences:
-                return 0
-            cur.execute("SELECT DISTINCT hash FROM clipbot_embeddings WHERE space = %s AND hash = ANY(%s)",
-                        (space_id, [o.content_hash for o in occurrences]))
-            known = {h for (h,) in cur.fetchall()}
-            for occ in occurrences:
-                if occ.space_id != space_id or occ.content_hash not in known:
-                    raise ValueError(f"occurrence {occ.message_id} has no embedding in space {space_id}")
-            columns = list(zip(*(_occ_values(o) for o in occurrences)))
-            unnest = ", ".join(f"%s::{t}[]" for t in _OCC_TYPES)
-            cur.execute(f"INSERT INTO clipbot_occurrences ({_OCC_COLUMNS}) SELECT * FROM unnest({unnest}) "
-                        "ON CONFLICT DO NOTHING", [list(c) for c in columns])
-            return cur.rowcount
+            if texts:
+                cur.executemany("INSERT INTO clipbot_picture_texts (space, hash, text) VALUES (%s, %s, %s) "
+                                "ON CONFLICT (space, hash) DO UPDATE SET text = EXCLUDED.text",
+                                [(space_id, h, t) for h, t in texts.items()])
+            added = self._add_occurrences(cur, space_id, occurrences) if occurrences else 0
+            self._store_words(cur, space_id, {o.content_hash for o in occurrences} | set(texts or ()))
+            return added
+
+    def _store_words(self, cur: psycopg.Cursor, space_id: str, hashes: set[str]) -> None:
+        """(Re)write the searchable words of every occurrence of these pictures."""
+        if not hashes:
+            return
+        cur.execute("SELECT o.id, coalesce(t.text, ''), o.message_text, o.file_name FROM clipbot_occurrences o "
+                    "LEFT JOIN clipbot_picture_texts t ON t.space = o.space AND t.hash = o.hash "
+                    "WHERE o.space = %s AND o.hash = ANY(%s)", (space_id, sorted(hashes)))
+        rows = [(searchable(*parts), i) for i, *parts in cur.fetchall()]
+        if rows:
+            cur.executemany("UPDATE clipbot_occurrences SET words = to_tsvector('simple', %s) WHERE id = %s", rows)
+
+    def _add_occurrences(self, cur: psycopg.Cursor, space_id: str, occurrences: list[Occurrence]) -> int:
+        cur.execute("SELECT DISTINCT hash FROM clipbot_embeddings WHERE space = %s AND hash = ANY(%s)",
+                    (space_id, [o.content_hash for o in occurrences]))
+        known = {h for (h,) in cur.fetchall()}
+        for occ in occurrences:
+            if occ.space_id != space_id or occ.content_hash not in known:
+                raise ValueError(f"occurrence {occ.message_id} has no embedding in space {space_id}")
+        columns = list(zip(*(_occ_values(o) for o in occurrences)))
+        unnest = ", ".join(f"%s::{t}[]" for t in _OCC_TYPES)
+        cur.execute(f"INSERT INTO clipbot_occurrences ({_OCC_COLUMNS}) SELECT * FROM unnest({unnest}) "
+                    "ON CONFLICT DO NOTHING", [list(c) for c in columns])
+        return cur.rowcount
 
     def _store_vectors(self, cur: psycopg.Cursor, space_id: str, model: str,
                        embeddings: dict[str, tuple[np.ndarray, bytes | None]]) -> None:
@@ -161,6 +193,7 @@ class PgVectorIndex:
                            "WHERE NOT EXISTS (SELECT 1 FROM clipbot_occurrences o WHERE o.space = g.s AND o.hash = g.h))")
                 cur.execute(f"DELETE FROM clipbot_embeddings WHERE {orphans}", (spaces, hashes))
                 cur.execute(f"DELETE FROM clipbot_thumbnails WHERE {orphans}", (spaces, hashes))
+                cur.execute(f"DELETE FROM clipbot_picture_texts WHERE {orphans}", (spaces, hashes))
         return len(deleted)
 
     # ---- reading -------------------------------------------------------------------------
@@ -180,24 +213,8 @@ class PgVectorIndex:
         filtered = where != Filter()
         ef_search = min(_MAX_EF_SEARCH, max(2 * want, self.ef_search))
         candidates = min(ef_search, max(2 * want, self.filtered_limit)) if filtered else ef_search
-        conditions, args = ["o.space = %(space)s"], {
-            "space": space_id, "model": model, "q": HalfVector(query), "n": candidates, "want": want}
-        if where.channels is not None:
-            conditions.append("o.channel = ANY(%(channels)s)")
-            args["channels"] = sorted(where.channels)
-        if where.authors is not None:
-            conditions.append("o.author_id = ANY(%(authors)s)")
-            args["authors"] = sorted(where.authors)
-        if where.private_scopes is not None:  # a private thread's pictures: for who may see the thread
-            conditions.append("(NOT o.private OR o.thread_id = ANY(%(scopes)s) OR o.channel = ANY(%(scopes)s))")
-            args["scopes"] = sorted(where.private_scopes)
-        if where.after is not None:
-            conditions.append("o.posted_at >= %(after)s")
-            args["after"] = where.after
-        if where.before is not None:
-            conditions.append("o.posted_at < %(before)s")
-            args["before"] = where.before
-        allowed = " AND ".join(conditions)
+        allowed, args = _allowed(where)
+        args.update(space=space_id, model=model, q=HalfVector(query), n=candidates, want=want)
         distance = f"e.embedding::halfvec({dim}) <=> %(q)s::halfvec({dim})"
         with self._tx() as cur:
             # Few allowed rows (a small space, a selective filter): rank them all exactly; the sort
@@ -221,7 +238,29 @@ class PgVectorIndex:
             cur.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.max_scan_tuples)}")
             cur.execute(sql, args)
             rows = cur.fetchall()
-        return [Hit(_occ(r[:12]), float(r[12])) for r in rows[offset:want]]
+        return [Hit(_occ(r[:_N_OCC]), float(r[_N_OCC])) for r in rows[offset:want]]
+
+    def text_search(self, space_id: str, model: str, words: list[str], where: Filter, *, k: int) -> list[Occurrence]:
+        if k <= 0 or not words or (where.channels is not None and not where.channels) or (
+                where.authors is not None and not where.authors):
+            return []
+        allowed, args = _allowed(where)
+        args.update(space=space_id, model=model, words=ts_any(words), k=k)
+        with self._tx() as cur:
+            cur.execute(f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))} "
+                        "FROM clipbot_occurrences o, to_tsquery('simple', %(words)s) query "
+                        f"WHERE {allowed} AND o.words @@ query AND EXISTS (SELECT 1 FROM clipbot_embeddings e "
+                        "WHERE e.space = o.space AND e.hash = o.hash AND e.model = %(model)s) "
+                        "ORDER BY ts_rank_cd(o.words, query) DESC, o.posted_at DESC LIMIT %(k)s", args)
+            return [_occ(r) for r in cur.fetchall()]
+
+    def texts(self, space_id: str, hashes: list[str]) -> dict[str, str]:
+        if not hashes:
+            return {}
+        with self._tx() as cur:
+            cur.execute("SELECT hash, text FROM clipbot_picture_texts WHERE space = %s AND hash = ANY(%s)",
+                        (space_id, list(set(hashes))))
+            return dict(cur.fetchall())
 
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
         sql, args = "space = %s AND message_id = %s", [space_id, message_id]
@@ -241,11 +280,15 @@ class PgVectorIndex:
         return authors_named(rows, names)
 
     def embedding(self, space_id: str, content_hash: str, model: str) -> np.ndarray | None:
+        return self.embeddings(space_id, [content_hash], model).get(content_hash)
+
+    def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
+        if not hashes:
+            return {}
         with self._tx() as cur:
-            cur.execute("SELECT embedding FROM clipbot_embeddings WHERE space = %s AND hash = %s AND model = %s",
-                        (space_id, content_hash, model))
-            row = cur.fetchone()
-        return None if row is None else np.asarray(row[0].to_numpy(), dtype=np.float32)
+            cur.execute("SELECT hash, embedding FROM clipbot_embeddings WHERE space = %s AND model = %s "
+                        "AND hash = ANY(%s)", (space_id, model, list(set(hashes))))
+            return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in cur.fetchall()}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         if not hashes:
@@ -280,12 +323,37 @@ class PgVectorIndex:
             self._conn.close()
 
 
+def _allowed(where: Filter) -> tuple[str, dict]:
+    """The SQL condition (on occurrences `o`, in space %(space)s) for what `where` allows, and its arguments."""
+    conditions, args = ["o.space = %(space)s"], {}
+    if where.channels is not None:
+        conditions.append("o.channel = ANY(%(channels)s)")
+        args["channels"] = sorted(where.channels)
+    if where.authors is not None:
+        conditions.append("o.author_id = ANY(%(authors)s)")
+        args["authors"] = sorted(where.authors)
+    if where.private_scopes is not None:  # a private thread's pictures: for who may see the thread
+        conditions.append("(NOT o.private OR o.thread_id = ANY(%(scopes)s) OR o.channel = ANY(%(scopes)s))")
+        args["scopes"] = sorted(where.private_scopes)
+    if where.after is not None:
+        conditions.append("o.posted_at >= %(after)s")
+        args["after"] = where.after
+    if where.before is not None:
+        conditions.append("o.posted_at < %(before)s")
+        args["before"] = where.before
+    if where.text:
+        conditions.append("o.words @@ to_tsquery('simple', %(phrases)s)")
+        args["phrases"] = ts_phrases(where.text)
+    return " AND ".join(conditions), args
+
+
 def _occ_values(occ: Occurrence) -> tuple:
     return (occ.space_id, occ.channel_id, occ.message_id, occ.content_hash, occ.source_id, occ.author_id,
-            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform, bool(occ.private))
+            occ.author_name, float(occ.posted_at), occ.permalink, occ.thread_id, occ.platform, bool(occ.private),
+            occ.message_text, occ.file_name)
 
 
 def _occ(row) -> Occurrence:
     return Occurrence(space_id=row[0], channel_id=row[1], message_id=row[2], content_hash=row[3], source_id=row[4],
                       author_id=row[5], author_name=row[6], posted_at=row[7], permalink=row[8], thread_id=row[9],
-                      platform=row[10], private=bool(row[11]))
+                      platform=row[10], private=bool(row[11]), message_text=row[12] or "", file_name=row[13] or "")

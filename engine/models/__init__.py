@@ -6,7 +6,7 @@ seeded random models for tests and offline demos. Importing this package does no
 
 from engine.models.registry import ModelRegistry, registry, resolve_device
 
-__all__ = ["ModelRegistry", "clip_for", "registry", "resolve_device", "vqgan_for"]
+__all__ = ["ModelRegistry", "clip_for", "ocr_for", "registry", "resolve_device", "vqgan_for"]
 
 
 def clip_for(settings):
@@ -15,6 +15,16 @@ def clip_for(settings):
 
     return get_clip(settings.clip_model, device=settings.device, cache_dir=settings.models_dir,
                     backend=settings.clip_backend)
+
+
+def ocr_for(settings):
+    """The OCR reader the settings configure, loaded once per worker process (lazily); None when
+    OCR is off (`CLIPBOT_OCR=false`). Raises ModelUnavailable when it cannot be loaded."""
+    if not settings.ocr:
+        return None
+    from engine.models.ocr import get_ocr
+
+    return get_ocr(settings.ocr_langs, settings.ocr_rec_model, settings.ocr_rec_keys)
 
 
 def vqgan_for(settings, spec: str | None = None):

@@ -6,6 +6,9 @@ This is the only module in clipbot that imports open_clip. A spec is one of:
   - `ARCH:/path/to/weights.pt` (or .pth/.bin/.safetensors, or any path with a separator);
   - `ARCH:random`: seeded random weights for a real architecture, meaningless.
 ARCH is an open_clip name, a preset name, or the path of an open_clip model-config JSON.
+Architectures whose text tower is a Hugging Face model (the multilingual `xlm-roberta-base-ViT-B-32`
+family) also need that model's config and tokenizer files, which `engine.models.hf_text` finds
+locally; the `tiny-multilingual` preset builds its own, offline.
 
 Loading never touches the network: weights named by a tag must already be in the cache
 (`pull_clip`, i.e. `clipbot models pull`, downloads them). Failures become `ModelUnavailable`
@@ -29,19 +32,19 @@ from typing import Any, Callable, Iterator, Literal
 import huggingface_hub
 import open_clip
 import torch
-from huggingface_hub import constants as _hf_constants
 from huggingface_hub import errors as _hf_errors
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MeanPooler
+from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 from open_clip.transformer import TextTransformer
 from PIL import Image
-from tqdm import tqdm
 
 from engine.errors import ModelUnavailable
 from engine.images import reduce_for_side
-from engine.models import cpu_backend, downloads, presets
+from engine.models import cpu_backend, downloads, hf_text, presets
 from engine.models.cpu_backend import BACKENDS, OnnxClip
 from engine.models.downloads import sha256_file  # noqa: F401 - re-exported
-from engine.models.registry import registry, resolve_device
+from engine.models.registry import SEEDED_BUILD_LOCK, registry, resolve_device
 
 DEFAULT_CLIP_SPEC = "ViT-B-32:laion2b_s34b_b79k"
 # Zero-shot vocabulary: the ImageNet-1k class names and the CLIP paper's 80 prompt templates.
@@ -79,8 +82,9 @@ class ClipModel:
     embed_dim: int
     logit_scale: float
     fingerprint: str = ""  # names these exact weights, for caches keyed by model (file specs add size+mtime)
-    text_tower: "_TextTower | None" = None  # set when texts may be encoded on a token prefix
+    text_tower: "_TextTower | _PaddedTextTower | None" = None  # set when texts may be encoded on a token prefix
     image_size: int = 224  # the side of the image tower's input, in pixels
+    pad_id: int = 0  # the token id the tokenizer fills short texts with
     backend: str = "torch"  # what computes embeddings: "torch" (eager, the reference) or "onnx" (CPU only)
     backend_reason: str = ""  # why that backend, in a sentence (`clipbot models list`, the log)
     fast: "OnnxClip | None" = field(default=None, repr=False)  # the ONNX sessions when backend is "onnx"
@@ -120,6 +124,16 @@ class ClipModel:
                 if progress is not None:
                     progress(done, len(texts))
         return out
+
+    def too_long(self, text: str) -> bool:
+        """Whether `text` fills the tokenizer's whole context (or more: the rest is cut off), so
+        CLIP may not read all of it. `context_length` says how many tokens it reads."""
+        return int(self.tokenizer([text])[0, -1]) != self.pad_id
+
+    @property
+    def context_length(self) -> int:
+        """How many tokens (the start and end markers included) the text tower reads."""
+        return int(self.tokenizer(["x"]).shape[1])
 
     def image_encoder_for_grad(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """`model.encode_image` (unnormalised features) for loops that backpropagate into the image
@@ -264,10 +278,49 @@ def _pool_index(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> tor
     return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)  # 'first'
 
 
-def _text_tower(model: Any) -> _TextTower | None:
+@dataclass(frozen=True, eq=False)
+class _PaddedTextTower:
+    """An open_clip Hugging Face text tower (HFTextEncoder), to run it on the first L tokens only.
+
+    Its transformer attends both ways, but under a padding mask, and pools over the unpadded tokens
+    (mean) or at the first one (CLS); RoBERTa-style position ids count unpadded tokens only. Padding
+    comes last, so cutting it off changes no output: L is the last unpadded position + 1.
+    """
+
+    text: Any  # the HFTextEncoder: transformers model, pooler, projection
+    pad_id: int
+
+    def used_lengths(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per row, how many leading tokens are not padding (at least 1)."""
+        positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+        return ((tokens != self.pad_id) * positions).amax(dim=-1).clamp(min=1)
+
+    def encode(self, tokens: torch.Tensor, parts: Any = None) -> torch.Tensor:
+        """Normalised features of token rows cut to their batch's longest used length; `parts`
+        (default: this tower) supplies the module, as the ONNX export's module does."""
+        text = (parts if parts is not None else self).text
+        return torch.nn.functional.normalize(text(tokens), dim=-1)
+
+
+_PADDING_SAFE_POOLERS = (MeanPooler, ClsPooler, ClsLastHiddenStatePooler)  # not MaxPooler: it reads the padding
+
+
+def _padded_text_tower(model: Any) -> _PaddedTextTower | None:
+    text = getattr(model, "text", None)
+    if not (type(model).encode_text is open_clip.CustomTextCLIP.encode_text and isinstance(text, HFTextEncoder)
+            and type(text).forward is HFTextEncoder.forward and type(text.pooler) in _PADDING_SAFE_POOLERS):
+        return None
+    pad_id = getattr(text.config, "pad_token_id", None)
+    return None if pad_id is None or text.output_tokens else _PaddedTextTower(text, int(pad_id))
+
+
+def _text_tower(model: Any) -> _TextTower | _PaddedTextTower | None:
     """The trimmable text tower of `model`, or None when it must run at full length: a
-    bidirectional mask, a padding mask, a CLS token, pooling at the last position, or a model
-    class that replaces open_clip's own encode_text (HF text towers, CoCa...)."""
+    bidirectional mask without padding mask, a CLS token, pooling at the last position, or a model
+    class that replaces open_clip's own encode_text (CoCa...). Hugging Face towers trim their padding."""
+    padded = _padded_text_tower(model)
+    if padded is not None:
+        return padded
     if type(model).encode_text is open_clip.CLIP.encode_text:
         parts, pool_type, eos_id = model, model.text_pool_type, getattr(model, "text_eos_id", None)
     elif (type(model).encode_text is open_clip.CustomTextCLIP.encode_text
@@ -286,7 +339,7 @@ def _text_tower(model: Any) -> _TextTower | None:
 
 
 @torch.no_grad()
-def _checked_text_tower(model: Any, tokenizer: Callable, device: torch.device) -> _TextTower | None:
+def _checked_text_tower(model: Any, tokenizer: Callable, device: torch.device) -> _TextTower | _PaddedTextTower | None:
     """`_text_tower`, kept only if it reproduces open_clip's own encode_text on sample prompts:
     a guard against open_clip versions whose text tower works differently."""
     tower = _text_tower(model)
@@ -387,8 +440,11 @@ def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None =
     backend = _checked_backend(backend)
     parsed = parse_clip_spec(spec)
     target = resolve_device(device)
-    arch, model, preprocess, tokenizer = _build(parsed, cache_dir)
+    arch, model, preprocess, tokenizer, text_source = _build(parsed, cache_dir)
     model = model.to(target).eval()
+    fingerprint = _fingerprint(spec.strip(), parsed)
+    if text_source is not None:  # the tokenizer is part of the model for caches keyed by it
+        fingerprint += f"|text {hf_text.source_digest(text_source)[:16]}"
     clip = ClipModel(
         spec=spec.strip(),
         model=model,
@@ -398,11 +454,12 @@ def load_clip(spec: str, *, device: str = "auto", cache_dir: str | Path | None =
         meaningless=parsed.kind in ("preset", "random"),
         embed_dim=int(open_clip.get_model_config(arch)["embed_dim"]),
         logit_scale=float(model.logit_scale.exp().item()),
-        fingerprint=_fingerprint(spec.strip(), parsed),
+        fingerprint=fingerprint,
         text_tower=_checked_text_tower(model, tokenizer, target),
         image_size=_image_size(model),
+        pad_id=_pad_id(tokenizer),
     )
-    _attach_backend(clip, arch, backend, cache_dir)
+    _attach_backend(clip, arch, backend, cache_dir, _fingerprint(spec.strip(), parsed))
     return clip
 
 
@@ -413,10 +470,11 @@ def _checked_backend(backend: str) -> str:
     return name
 
 
-def _attach_backend(clip: ClipModel, arch: str, backend: str, cache_dir: str | Path | None) -> None:
+def _attach_backend(clip: ClipModel, arch: str, backend: str, cache_dir: str | Path | None, note_key: str) -> None:
     """Give `clip` the ONNX backend where `backend` asks for it (onnx) or allows it (auto: on a
     CPU with onnxruntime installed) and its export passes the equivalence check; torch otherwise,
-    with the reason in `clip.backend_reason` (a log line where onnx was asked for)."""
+    with the reason in `clip.backend_reason` (a log line where onnx was asked for). The outcome is
+    noted under `note_key` for `backend_status` (`clipbot models list`)."""
     if backend == "torch":
         clip.backend_reason = "CLIPBOT_CLIP_BACKEND=torch"
         return
@@ -429,14 +487,17 @@ def _attach_backend(clip: ClipModel, arch: str, backend: str, cache_dir: str | P
         clip.fast = cpu_backend.load_or_export(towers, cache_dir)
     except cpu_backend.BackendUnavailable as exc:
         clip.backend_reason = f"{backend}: {exc}; torch instead"
-        quiet = backend == "auto" and cpu_backend.onnxruntime_version() is None
-        (log.info if quiet else log.warning)("CLIP %s runs on torch: %s", clip.spec, clip.backend_reason)
+        installed = cpu_backend.onnxruntime_version() is not None
+        (log.warning if installed or backend == "onnx" else log.info)(
+            "CLIP %s runs on torch: %s", clip.spec, clip.backend_reason)
+        if installed:
+            cpu_backend.remember(cache_dir, note_key, None, str(exc))
         return
     clip.backend = "onnx"
     assert clip.fast.verdict is not None
     clip.backend_reason = (f"{backend}: a CPU, export {clip.fast.folder.name}, {clip.fast.verdict.describe()}"
                            + ("" if clip.fast.has_text else "; texts on torch (a text tower it cannot trim)"))
-    cpu_backend.remember(cache_dir, clip.fingerprint, clip.fast)
+    cpu_backend.remember(cache_dir, note_key, clip.fast)
 
 
 def _image_size(model: Any) -> int:
@@ -478,18 +539,30 @@ def backend_status(spec: str, *, device: str = "auto", cache_dir: str | Path | N
     if known is None:
         return "onnx", (f"{backend}: a CPU with onnxruntime {version}; the first load exports this model "
                         "and checks it against torch (torch if the check fails)")
-    return "onnx", f"{backend}: a CPU, export {known}"
+    name, about = known
+    if name == "torch":
+        return "torch", f"{backend}: at its last load {about}; torch instead"
+    return "onnx", f"{backend}: a CPU, export {about}"
 
 
-def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, Any, Any]:
-    """(open_clip arch name, model, preprocess, tokenizer) for a parsed spec, on the CPU."""
+def _pad_id(tokenizer: Any) -> int:
+    # open_clip's own tokenizer pads with 0; Hugging Face ones (HFTokenizer, SigLIP's) say which id
+    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    return 0 if pad_id is None else int(pad_id)
+
+
+def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, Any, Any, Path | None]:
+    """(open_clip arch name, model, preprocess, tokenizer, text tower folder) for a parsed spec,
+    on the CPU. The folder (config and tokenizer of a Hugging Face text tower) is None for the
+    others."""
     arch = _arch_name(parsed.arch)
+    text = _text_source(arch, cache_dir)
     if parsed.kind == "preset":
-        return (arch, *create_seeded_clip(arch, presets.preset_seed(parsed.arch)))
+        return (arch, *create_seeded_clip(arch, presets.preset_seed(parsed.arch), text_source=text), text)
     if parsed.kind == "random":
-        return (arch, *create_seeded_clip(arch))
+        return (arch, *create_seeded_clip(arch, text_source=text), text)
     if parsed.kind == "file":
-        return (arch, *_build_from_checkpoint(arch, _checked_file(parsed.weights)))
+        return (arch, *_build_from_checkpoint(arch, _checked_file(parsed.weights), text_source=text), text)
     checkpoint = _cached_weights(arch, parsed.weights, cache_dir)
     if checkpoint is None:
         raise ModelUnavailable(
@@ -498,7 +571,14 @@ def _build(parsed: ClipSpec, cache_dir: str | Path | None) -> tuple[str, Any, An
             f"({presets.OFFLINE_HINT})."
         )
     pretrained_cfg = open_clip.get_pretrained_cfg(arch, parsed.weights)
-    return (arch, *_build_from_checkpoint(arch, _checked_file(checkpoint), pretrained_cfg))
+    return (arch, *_build_from_checkpoint(arch, _checked_file(checkpoint), pretrained_cfg, text_source=text), text)
+
+
+def _text_source(arch: str, cache_dir: str | Path | None) -> Path | None:
+    """The local folder of `arch`'s Hugging Face text tower (engine.models.hf_text), or None
+    when its text tower is open_clip's own. ModelUnavailable when the files are not here."""
+    name = hf_text.hf_text_name(open_clip.get_model_config(arch) or {})
+    return hf_text.local_source(name, cache_dir) if name else None
 
 
 def _arch_name(arch: str) -> str:
@@ -509,9 +589,12 @@ def _arch_name(arch: str) -> str:
     return arch
 
 
-def _build_from_checkpoint(arch: str, checkpoint: Path, pretrained_cfg: dict | None = None):
+def _build_from_checkpoint(arch: str, checkpoint: Path, pretrained_cfg: dict | None = None, *,
+                           text_source: Path | None = None):
     try:
-        return build_clip(arch, checkpoint, pretrained_cfg=pretrained_cfg)
+        return build_clip(arch, checkpoint, pretrained_cfg=pretrained_cfg, text_source=text_source)
+    except ModelUnavailable:
+        raise
     except Exception as exc:  # torch, safetensors and open_clip raise many types for a bad file
         raise ModelUnavailable(
             f"Could not load CLIP weights {checkpoint} as {arch} ({_brief(exc)}); "
@@ -520,14 +603,18 @@ def _build_from_checkpoint(arch: str, checkpoint: Path, pretrained_cfg: dict | N
 
 
 def build_clip(
-    arch: str, checkpoint: Path | None = None, *, pretrained_cfg: dict | None = None
+    arch: str, checkpoint: Path | None = None, *, pretrained_cfg: dict | None = None,
+    text_source: Path | None = None,
 ) -> tuple[Any, Any, Any]:
     """(model, preprocess, tokenizer) for open_clip `arch` on the CPU, with weights from
     `checkpoint`, or random ones drawn from torch's global RNG when there is none.
 
     `pretrained_cfg` (open_clip's entry for a tag) sets the preprocessing those weights expect.
+    `text_source` is the local folder of a Hugging Face text tower's config and tokenizer: open_clip
+    gets it instead of the Hub name, and never loads the Hub's text weights (the checkpoint has them).
     """
     cfg = pretrained_cfg or {}
+    local_text = _local_text_cfg(arch, text_source) if text_source is not None else {}
     model, _, preprocess = open_clip.create_model_and_transforms(
         arch,
         pretrained=str(checkpoint) if checkpoint else None,
@@ -537,18 +624,41 @@ def build_clip(
         image_std=cfg.get("std"),
         image_interpolation=cfg.get("interpolation"),
         image_resize_mode=cfg.get("resize_mode"),
+        **local_text,
     )
-    return model, preprocess, open_clip.get_tokenizer(arch)
+    tokenizer = _hf_tokenizer(arch, text_source) if text_source is not None else open_clip.get_tokenizer(arch)
+    return model, preprocess, tokenizer
 
 
-def create_seeded_clip(arch: str, seed: int = 0) -> tuple[Any, Any, Any]:
+def _local_text_cfg(arch: str, folder: Path) -> dict:
+    """create_model overrides that build `arch`'s Hugging Face text tower from `folder`, randomly
+    initialised (the CLIP checkpoint's weights go in after)."""
+    text_cfg = dict(open_clip.get_model_config(arch)["text_cfg"])
+    text_cfg.update(hf_model_name=str(folder), hf_tokenizer_name=str(folder), hf_model_pretrained=False)
+    return {"text_cfg": text_cfg, "pretrained_text": False}
+
+
+def _hf_tokenizer(arch: str, folder: Path) -> HFTokenizer:
+    """open_clip.get_tokenizer's Hugging Face branch, reading the tokenizer from `folder`."""
+    text_cfg = open_clip.get_model_config(arch)["text_cfg"]
+    try:
+        return HFTokenizer(str(folder), context_length=text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH),
+                           tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))
+    except Exception as exc:  # transformers raises OSError, ValueError, its own types for a bad folder
+        raise ModelUnavailable(f"Could not load the tokenizer of {arch} from {folder} ({_brief(exc)}); "
+                               "pull its text tower files again (`clipbot models pull`).") from exc
+
+
+def create_seeded_clip(arch: str, seed: int = 0, *, text_source: Path | None = None) -> tuple[Any, Any, Any]:
     """Build open_clip architecture `arch` with weights drawn from `seed` (meaningless outputs).
 
     The CPU generator is seeded inside `fork_rng`, so the caller's RNG state is restored after.
+    Builds take turns: two threads drawing from the one generator would get each other's numbers
+    (a worker thread loading the model while a test loads its own copy).
     """
-    with torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
+    with SEEDED_BUILD_LOCK, torch.random.fork_rng(devices=[]):  # devices=[]: don't touch (or initialise) CUDA
         torch.manual_seed(seed)
-        return build_clip(arch)
+        return build_clip(arch, text_source=text_source)
 
 
 def register_model_config(path: str | Path) -> str:
@@ -610,10 +720,14 @@ def pull_clip(spec: str, *, cache_dir: str | Path | None = None, progress: bool 
     """Download the weights `spec` names unless they are cached, and return their local path.
 
     Presets and `ARCH:random` have no weights: returns None. A local file is checked, not copied.
+    A Hugging Face text tower's config and tokenizer are pulled first (any kind of spec but a preset).
     `cache_dir` None means open_clip's defaults (the Hugging Face cache, or ~/.cache/clip for urls).
     Network failures raise ModelUnavailable within seconds.
     """
     parsed = parse_clip_spec(spec)
+    text_name = _hf_text_name_of(parsed)
+    if text_name:
+        hf_text.pull_source(text_name, cache_dir, progress=progress)
     if parsed.kind in ("preset", "random"):
         return None
     if parsed.kind == "file":
@@ -632,14 +746,21 @@ def pull_clip(spec: str, *, cache_dir: str | Path | None = None, progress: bool 
 
 def weights_here(spec: str, *, cache_dir: str | Path | None = None) -> bool:
     """Whether the weights `spec` names are on this machine (nothing to download): a file and
-    cache check that builds no model. Presets and `ARCH:random` need none; ModelUnavailable if
-    the spec is invalid."""
+    cache check that builds no model. Presets and `ARCH:random` need none, but a Hugging Face text
+    tower's config and tokenizer must be here too; ModelUnavailable if the spec is invalid."""
     parsed = parse_clip_spec(spec)
+    text_name = _hf_text_name_of(parsed)
+    if text_name and not hf_text.source_here(text_name, cache_dir):
+        return False
     if parsed.kind in ("preset", "random"):
         return True
     if parsed.kind == "file":
         return Path(parsed.weights).expanduser().is_file()
     return _cached_weights(parsed.arch, parsed.weights, cache_dir) is not None
+
+
+def _hf_text_name_of(parsed: ClipSpec) -> str:
+    return hf_text.hf_text_name(open_clip.get_model_config(_arch_name(parsed.arch)) or {})
 
 
 def _cached_weights(arch: str, tag: str, cache_dir: str | Path | None) -> Path | None:
@@ -670,10 +791,9 @@ def _hf_files(hf_hub: str) -> tuple[str, list[str]]:
 
 
 def _pull_hf(label: str, hf_hub: str, cache_dir: str | Path | None, progress: bool) -> Path:
-    if _hf_offline():
+    if downloads.hf_offline():
         raise _download_failed(label, "Hugging Face offline mode is on (HF_HUB_OFFLINE)")
-    # Read at call time: huggingface_hub reads HF_ENDPOINT only when it is first imported.
-    endpoint = os.environ.get("HF_ENDPOINT") or _hf_constants.ENDPOINT
+    endpoint = downloads.hf_endpoint()
     _check_reachable(label, endpoint)
     repo_id, filenames = _hf_files(hf_hub)
     for filename in filenames:
@@ -684,7 +804,7 @@ def _pull_hf(label: str, hf_hub: str, cache_dir: str | Path | None, progress: bo
                 cache_dir=cache_dir,
                 endpoint=endpoint,
                 etag_timeout=_NETWORK_TIMEOUT_S,
-                tqdm_class=None if progress else _QuietTqdm,
+                tqdm_class=None if progress else downloads.QuietTqdm,
             )
             return Path(path)
         except _hf_errors.LocalEntryNotFoundError as exc:  # network, not a missing file
@@ -694,11 +814,6 @@ def _pull_hf(label: str, hf_hub: str, cache_dir: str | Path | None, progress: bo
         except Exception as exc:  # HTTP errors, gated repos, disk full: one sentence, not a traceback
             raise _download_failed(label, _brief(exc)) from exc
     raise _download_failed(label, f"{repo_id} has none of {', '.join(filenames)}")
-
-
-def _hf_offline() -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return flag in {"1", "ON", "YES", "TRUE"} or _hf_constants.HF_HUB_OFFLINE
 
 
 def _check_reachable(label: str, url: str) -> None:
@@ -748,10 +863,3 @@ def _download_failed(label: str, reason: str) -> ModelUnavailable:
         f"copy the weights file here and set CLIPBOT_CLIP_MODEL={arch}:/path/to/file ({presets.OFFLINE_HINT})."
     )
 
-
-class _QuietTqdm(tqdm):
-    """A progress bar that never draws (for `progress=False`)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)

@@ -180,25 +180,32 @@ def load_or_export(towers: Towers, cache_dir: str | Path | None) -> OnnxClip:
     return fast
 
 
-def remember(cache_dir: str | Path | None, fingerprint: str, fast: OnnxClip) -> None:
-    """Note which export served the model `fingerprint` names (engine.models.clip.ClipModel), so
-    `recalled` can say so without loading the model."""
+def remember(cache_dir: str | Path | None, fingerprint: str, fast: OnnxClip | None, reason: str = "") -> None:
+    """Note which export served the model `fingerprint` names (engine.models.clip.ClipModel), or
+    with `fast` None why torch serves it (`reason`), so `recalled` can say so without loading it."""
     notes = export_root(cache_dir) / "served"
+    if fast is not None:
+        note = {"backend": "onnx", "about": f"{fast.folder.name}, "
+                                            f"{fast.verdict.describe() if fast.verdict else 'unchecked'}"}
+    else:
+        note = {"backend": "torch", "about": reason}
     try:
         notes.mkdir(parents=True, exist_ok=True)
-        about = f"{fast.folder.name}, {fast.verdict.describe() if fast.verdict else 'unchecked'}"
-        (notes / f"{_key(fingerprint)}.json").write_text(json.dumps({"fingerprint": fingerprint, "export": about}))
+        (notes / f"{_key(fingerprint)}.json").write_text(json.dumps({"fingerprint": fingerprint, **note}))
     except OSError as exc:  # a read-only cache still serves: only `clipbot models list` knows less
         log.info("cannot note the ONNX export in %s (%s)", notes, exc)
 
 
-def recalled(cache_dir: str | Path | None, fingerprint: str) -> str | None:
-    """What `remember` noted for `fingerprint` (export folder and verdict), or None."""
+def recalled(cache_dir: str | Path | None, fingerprint: str) -> tuple[str, str] | None:
+    """What `remember` noted for `fingerprint`: ("onnx", export folder and verdict) or ("torch",
+    why not onnx); None when nothing was noted."""
     try:
         note = json.loads((export_root(cache_dir) / "served" / f"{_key(fingerprint)}.json").read_text())
     except (OSError, ValueError):
         return None
-    return str(note["export"]) if note.get("fingerprint") == fingerprint else None
+    if note.get("fingerprint") != fingerprint or note.get("backend") not in ("onnx", "torch"):
+        return None  # another model's note (a hash collision), or one in an older format
+    return str(note["backend"]), str(note.get("about", ""))
 
 
 def _key(fingerprint: str) -> str:
@@ -291,6 +298,23 @@ class _TextGraph(nn.Module):
         return self._tower.encode(tokens, parts=self)
 
 
+class _ModuleTextGraph(nn.Module):
+    """A text tower that is one module already (engine.models.clip._PaddedTextTower: a Hugging Face
+    transformer with its pooler and projection), run on rows cut to their longest unpadded text."""
+
+    def __init__(self, tower: Any) -> None:
+        super().__init__()
+        self.text = tower.text
+        self._tower = tower
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._tower.encode(tokens, parts=self)
+
+
+def _text_graph(tower: Any) -> nn.Module:
+    return _ModuleTextGraph(tower) if isinstance(getattr(tower, "text", None), nn.Module) else _TextGraph(tower)
+
+
 def _export_image(towers: Towers, path: Path) -> None:
     visual = copy.copy(towers.model.visual)
     visual._modules = {**visual._modules}
@@ -303,7 +327,7 @@ def _export_image(towers: Towers, path: Path) -> None:
 def _export_text(towers: Towers, path: Path) -> None:
     tokens = towers.tokenizer(["a photo of a dog.", "a cat."])
     tokens = tokens[:, : int(towers.text_tower.used_lengths(tokens).max())]
-    _trace(_TextGraph(towers.text_tower), tokens, path, "tokens", {0: "batch", 1: "length"})
+    _trace(_text_graph(towers.text_tower), tokens, path, "tokens", {0: "batch", 1: "length"})
 
 
 def _trace(module: nn.Module, example: torch.Tensor, path: Path, name: str, axes: dict[int, str]) -> None:

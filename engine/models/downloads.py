@@ -38,6 +38,29 @@ def brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
 
 
+def hf_offline() -> bool:
+    """Whether Hugging Face offline mode is on (HF_HUB_OFFLINE, read now or when the hub was imported)."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return flag in {"1", "ON", "YES", "TRUE"} or constants.HF_HUB_OFFLINE
+
+
+def hf_endpoint() -> str:
+    """The Hub's address. Read at call time: huggingface_hub reads HF_ENDPOINT only when first imported."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+class QuietTqdm(tqdm):
+    """A progress bar that never draws (for `progress=False`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
 def check_reachable(url: str) -> str | None:
     """None when `url`'s server (or the proxy for it) accepts a connection; else why not.
 

@@ -27,6 +27,14 @@ _PRESETS = {
         seed=0,
         description="tiny random ViT CLIP (64-d, 64 px): meaningless outputs, for tests and offline demos",
     ),
+    # The multilingual family's shape (a Hugging Face XLM-RoBERTa text tower, its kind of tokenizer),
+    # tiny: text config and tokenizer are built offline (engine.models.hf_text) on first use.
+    "tiny-multilingual": _Preset(
+        config="tiny-multilingual.json",
+        seed=0,
+        description="tiny random ViT + XLM-RoBERTa CLIP (64-d, 64 px, a tokenizer trained offline on a few "
+                    "languages): meaningless outputs, for tests and offline demos of multilingual models",
+    ),
 }
 
 PRESETS: dict[str, str] = {name: preset.description for name, preset in _PRESETS.items()}

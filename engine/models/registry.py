@@ -106,6 +106,10 @@ def _reset_after_fork(ref: weakref.ref) -> None:
 
 registry = ModelRegistry()
 
+# torch's CPU generator is process-wide: seeded builds (CLIP and VQGAN presets) take turns, or a worker
+# thread's load and another thread's draw each other's numbers and their weights differ.
+SEEDED_BUILD_LOCK = threading.Lock()
+
 
 def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":
     """Turn a device setting into a `torch.device`: "auto" (cuda if available, else cpu), "cpu",

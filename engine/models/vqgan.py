@@ -36,7 +36,7 @@ from engine.datadir import write_file
 from engine.errors import ModelUnavailable
 from engine.models import downloads
 from engine.models.upsampling import PhaseUpsample
-from engine.models.registry import registry, resolve_device
+from engine.models.registry import SEEDED_BUILD_LOCK, registry, resolve_device
 
 # taming's activation is `x * torch.sigmoid(x)`: two kernels forward, three backward, and two
 # intermediates the size of each activation map. F.silu is the same function in one fused kernel
@@ -222,7 +222,7 @@ def load_vqgan(spec: str, *, device: str = "auto", cache_dir: str | Path | None 
         config = _read_config(CONFIG_DIR / PRESETS[parsed.name][0]) if parsed.kind == "preset" \
             else copy.deepcopy(_ARCHITECTURES[parsed.name])
         seed = PRESETS[parsed.name][1] if parsed.kind == "preset" else 0
-        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG is left alone
+        with SEEDED_BUILD_LOCK, torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG is left alone
             torch.manual_seed(seed)
             model, gumbel = build_vqgan(config)
             # taming initialises VQ codebooks in ±1/n_codes; trained ones spread far wider. N(0, 1)

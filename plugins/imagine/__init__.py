@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Annotated, AsyncIterator, Literal, get_args
 
 from bot import longjob
 from bot.commands import Action, Attachment, Image, Reply, command
@@ -19,7 +19,11 @@ from engine.errors import UserError
 from engine.safety import Moderation, remember_owner
 from engine.tasks import Queue
 from plugins.imagine.moderation import moderated
+from plugins.imagine.buttons import derived_actions, lineage_actions
+from plugins.imagine.lineage import DERIVED, derived_size, extended
+from plugins.imagine.params import finished_result, params
 from plugins.imagine.plan import Asked, ImagineJob, ImagineResult, ImagineSettings, check_request
+from plugins.imagine.preferences import Preferences, preferences, settings_command, with_defaults
 from plugins.imagine.prompts import parse_prompts, parse_size
 
 if TYPE_CHECKING:
@@ -28,15 +32,17 @@ if TYPE_CHECKING:
 
 TASK = "imagine.generate"
 QUEUE = "gpu-long"
-SAME_PROMPT = "="  # `prompt: =` with `from_job`: the earlier job's prompt (what buttons send)
-MODES = ("reroll", "vary", "continue", "init")
+SAME_PROMPT = "="  # `prompt: =` (or no prompt) with `from_job`: the earlier job's prompt
+Mode = Literal["reroll", "vary", "continue", "init", "upscale", "zoom-out", "zoom-out-2", "pan-left", "pan-right",
+               "pan-up", "pan-down"]  # the derived ones are lineage.DERIVED (a test keeps the two in step)
+MODES = get_args(Mode)
 _VARY_NOISE = 0.3
 
 
-@command(long_running=True)
+@command(long_running=True, menus=False)  # a picture alone is not a prompt: no "/imagine this" menu
 async def imagine(
     ctx,
-    prompt: Annotated[str, "what to draw; weigh parts with | and :w, e.g. `a watercolor fox:1 | blurry:-0.5`"],
+    prompt: Annotated[str, "what to draw; weigh parts with | and :w, e.g. `a watercolor fox:1 | blurry:-0.5`"] = "",
     steps: Annotated[int, "optimisation steps (default: from the quality preset)"] = None,
     size: Annotated[str, "picture size, e.g. 256 or 256x192 (default: from the quality preset)"] = "",
     seed: Annotated[int, "random seed: the same seed and settings draw the same picture"] = None,
@@ -45,25 +51,34 @@ async def imagine(
     drawer: Annotated[Literal["auto", "vqgan", "pixels"], "vqgan, or pixels (CLIP only)"] = None,
     preset: Annotated[Literal["draft", "normal", "best"], "quality preset"] = None,
     from_job: Annotated[str, "an earlier /imagine job to build on (see mode)"] = "",
-    mode: Annotated[Literal["reroll", "vary", "continue", "init"], "with from_job: what to do with it"] = None,
+    mode: Annotated[Mode, "with from_job: what to do with it (upscale, zoom-out, pan-left, vary...)"] = None,
 ) -> AsyncIterator[Reply]:
     """Draw a picture from a text prompt (VQGAN+CLIP), showing it take shape."""
     limits: ImagineSettings = ctx.plugin_settings("imagine")
     asked = Asked(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
                   preset=preset, from_job=from_job, mode=mode)
-    run = await ctx.run_blocking(_build_request, ctx, asked, limits)
+    mine = await ctx.run_blocking(preferences, ctx.engine.store, ctx.request)
+    run = await ctx.run_blocking(_build_request, ctx, asked, limits, mine)
     run = await ctx.run_blocking(moderated, ctx, run)  # the blocklist, and the channel's safety policy
-    label = f"Imagining {_short(run.prompt)}"  # plain text: longjob formats (and escapes) it
+    label = f"{_VERBS.get(run.mode or '', 'Imagining')} {_short(run.prompt)}"  # plain text: longjob escapes it
     job_id = await longjob.submit(ctx, TASK, run.to_json(), queue=QUEUE, finish=finish_reply, label=label)
     await ctx.run_blocking(remember_owner, ctx.engine.store, job_id, Moderation.from_json(run.safety or {}))
     async for reply in longjob.follow(ctx.app, job_id):
-        yield reply
+        # /settings private: progress only for the requester (where the platform can); the picture is public
+        yield dataclasses.replace(reply, ephemeral=True) if mine.private and not reply.final else reply
 
 
-def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
-    """The task's arguments for what was asked, checked against the caps (blocking: store reads)."""
+_VERBS = {"upscale": "Upscaling", "zoom-out": "Zooming out", "zoom-out-2": "Zooming out", "pan-left": "Panning",
+          "pan-right": "Panning", "pan-up": "Panning", "pan-down": "Panning", "vary": "Varying",
+          "continue": "Continuing"}
+
+
+def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings, mine: Preferences) -> ImagineJob:
+    """The task's arguments for what was asked, checked against the caps (blocking: store reads).
+    What the command leaves open comes from the earlier job (from_job), then the user's /settings."""
     if asked.mode and not asked.from_job:
         raise UserError("mode needs from_job: the /imagine job to build on.")
+    asked = with_defaults(asked, mine)
     if asked.from_job:
         return _from_job(ctx, asked, limits)
     if asked.prompt.strip() == SAME_PROMPT:
@@ -84,20 +99,33 @@ def _fresh(asked: Asked, limits: ImagineSettings) -> ImagineJob:
 
 def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
     """reroll (new seed), vary (final latent + noise), continue (+steps from the final state),
-    init (the final picture as the init image): the earlier job's settings unless overridden."""
+    init (the final picture as the init image), upscale / zoom-out / pan (a bigger canvas from the
+    final latent, `plugins.imagine.lineage`): the earlier job's settings unless overridden."""
     earlier = _finished(ctx, asked.from_job)
     mode = asked.mode or "reroll"
-    prompt = earlier.prompt if asked.prompt.strip() == SAME_PROMPT else asked.prompt
+    prompt = earlier.prompt if asked.prompt.strip() in ("", SAME_PROMPT) else asked.prompt
+    derived = mode in DERIVED
+    if derived and asked.drawer and asked.drawer not in ("auto", earlier.drawer):
+        raise UserError(f"{mode} keeps the drawer of the picture it starts from ({earlier.drawer}).")
+    size = asked.size or earlier.size
+    if derived:
+        width, height = derived_size(mode, earlier.width, earlier.height)
+        if max(width, height) > limits.max_size:
+            raise UserError(f"{mode} would make {earlier.size} into {width}x{height}; the largest side allowed here "
+                            f"is {limits.max_size} px.")
+        size = f"{width}x{height}"
     merged = dataclasses.replace(
-        asked, prompt=prompt, mode=None, from_job="", size=asked.size or earlier.size,
-        drawer=asked.drawer or earlier.drawer, steps=asked.steps or earlier.steps,  # continue: this many more
+        asked, prompt=prompt, mode=None, from_job="", size=size,
+        drawer=earlier.drawer if derived else asked.drawer or earlier.drawer,
+        steps=asked.steps or (max(1, earlier.steps // 2) if derived else earlier.steps),  # continue: this many more
         every=asked.every or earlier.every, preset=asked.preset or earlier.quality,
-        seed=earlier.seed if mode == "continue" else asked.seed)
-    job = _fresh(merged, limits)
+        seed=earlier.seed if mode == "continue" or (derived and asked.seed is None) else asked.seed)
+    job = dataclasses.replace(_fresh(merged, limits), parent=earlier.job_id or asked.from_job, mode=mode,
+                              lineage=extended(earlier.lineage, earlier))
     if mode == "continue" and earlier.steps + (job.steps or 0) > limits.max_steps:
         raise UserError(f"That would make {earlier.steps + (job.steps or 0)} steps; the most is {limits.max_steps}.")
-    if mode == "continue":
-        return dataclasses.replace(job, start={"mode": "continue", "state": earlier.state})
+    if mode == "continue" or derived:
+        return dataclasses.replace(job, start={"mode": mode, "state": earlier.state})
     if mode == "vary":
         return dataclasses.replace(job, start={"mode": "vary", "state": earlier.state, "noise": _VARY_NOISE})
     if mode == "init":
@@ -107,11 +135,10 @@ def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> I
 
 def _finished(ctx: "CommandContext", job_id: str) -> ImagineResult:
     """The result of an earlier, finished /imagine job, or one clear error."""
-    record = ctx.engine.job(job_id)
-    earlier = record.result if record and record.task == TASK else None
-    if not isinstance(earlier, dict) or not earlier.get("state"):
+    earlier = finished_result(ctx.engine.job(job_id.strip()))
+    if earlier is None:
         raise UserError("I can't find that finished /imagine job (it may have expired); start a new one.")
-    return ImagineResult.from_json(earlier)
+    return earlier
 
 
 def finish_reply(app: "App", raw: dict) -> Reply:
@@ -126,6 +153,8 @@ def finish_reply(app: "App", raw: dict) -> Reply:
         f"seed {code(str(result.seed))} · {result.steps} steps · {result.size} · {result.drawer} · "
         f"{result.cutouts} cutouts",
     ]
+    if result.parent:
+        lines.append(f"{escape(result.mode or 'from')} of job {code(result.parent)}")
     if losses:
         lines.append(f"loss {losses[0]:.4f} → {losses[-1]:.4f}")
     if result.meaningless:
@@ -136,20 +165,22 @@ def finish_reply(app: "App", raw: dict) -> Reply:
     data = {
         "seed": result.seed, "steps": result.steps, "size": result.size, "final": "final.png",
         "snapshots": [s.filename for s in result.snapshots], "loss": losses,
+        "job": result.job_id, "parent": result.parent or None,
     }
     if result.flagged:
         data["flagged"] = result.flagged
     image = Image(final, "final.png", result.prompt, spoiler=bool(result.flagged))
-    return Reply(text="\n".join(lines), images=(image,), final=True,
-                 data=data, actions=_actions(result.job_id) if result.job_id else ())
+    actions = _actions(result, app.plugin_settings("imagine")) if result.job_id else ()
+    return Reply(text="\n".join(lines), images=(image,), final=True, data=data, actions=actions)
 
 
-def _actions(job_id: str) -> tuple[Action, ...]:
+def _actions(result: ImagineResult, limits: ImagineSettings) -> tuple[Action, ...]:
+    """Every button of a final reply, in the order they show (Params and Delete last)."""
     def act(label: str, mode: str, style: str = "secondary") -> Action:
-        return Action(label, "imagine", {"prompt": SAME_PROMPT, "from_job": job_id, "mode": mode}, style=style)
+        return Action(label, "imagine", {"from_job": result.job_id, "mode": mode}, style=style)
 
     return (act("Reroll", "reroll", "primary"), act("Variations", "vary"), act("Continue", "continue"),
-            act("Use as init", "init"), Action("Delete", "delete", {"job": job_id}, style="danger"))
+            act("Use as init", "init"), *derived_actions(result, limits), *lineage_actions(result.job_id))
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -158,7 +189,7 @@ def _short(text: str, limit: int = 60) -> str:
 
 @hookimpl
 def clipbot_commands():
-    return [imagine]
+    return [imagine, params, settings_command]
 
 
 @hookimpl

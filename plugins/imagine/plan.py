@@ -16,6 +16,7 @@ from pydantic import Field
 from bot.config import PluginSettings
 from engine.errors import UserError
 from engine.wire import Wire
+from plugins.imagine.lineage import Ancestor
 
 Quality = Literal["draft", "normal", "best"]
 Drawer = Literal["auto", "vqgan", "pixels"]
@@ -99,6 +100,10 @@ class ImagineJob:
     start: dict | None = None  # {"mode": "continue"|"vary", "state": blob key, "noise"?}: an earlier job's end
     augment: bool = True
     safety: dict | None = None  # engine.safety.Moderation's JSON: the channel's policy, who asked where
+    # lineage (plugins.imagine.lineage): the job this one builds on, and that job's own chain
+    parent: str | None = None
+    mode: str | None = None  # how it builds on the parent: reroll, vary, continue, init, upscale, zoom-out...
+    lineage: list | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,7 +135,7 @@ class Asked:
     drawer: Drawer | None = None
     preset: Quality | None = None
     from_job: str = ""
-    mode: Literal["reroll", "vary", "continue", "init"] | None = None
+    mode: str | None = None  # reroll, vary, continue, init, or a derived mode (lineage.DERIVED)
 
 
 @dataclass(frozen=True)
@@ -177,3 +182,7 @@ class ImagineResult(Wire):
     runs: tuple[Attempt, ...] = ()
     seconds_per_step: float | None = None
     flagged: str = ""  # the safety concept the pictures matched (they were blurred), or ""
+    # lineage: the job it was built from, how (reroll, vary, upscale, zoom-out...), and the chain back
+    parent: str = ""
+    mode: str = ""
+    lineage: tuple[Ancestor, ...] = ()

@@ -27,7 +27,8 @@ from engine.safety.check import Match, PictureGuard
 from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
 from plugins.imagine import TASK, QUEUE, plan
-from plugins.imagine import pipeline
+from plugins.imagine import derive, pipeline
+from plugins.imagine.lineage import DERIVED, Ancestor
 from plugins.imagine.moderation import positive_texts
 from plugins.imagine.prompts import parse_prompts
 
@@ -88,6 +89,7 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
         loss=tuple(round(v, 6) for v in generation.losses),
         runs=tuple(plan.Attempt(**r) for r in extra["runs"]), seconds_per_step=reporter.seconds_per_step,
         flagged=guard.flagged.name if guard is not None and guard.flagged is not None else "",
+        parent=ask.parent or "", mode=ask.mode or "", lineage=tuple(map(Ancestor.from_json, ask.lineage or ())),
     )
 
 
@@ -147,7 +149,10 @@ def _guard(job: JobContext, ask: plan.ImagineJob, clip: Any) -> PictureGuard | N
 
 def _restore(job: JobContext, generation: pipeline.Generation, start: dict | None) -> dict:
     """Resume from this job's checkpoint, or start from an earlier job's final state; returns the
-    run's bookkeeping (`runs`: where each attempt started, for the record)."""
+    run's bookkeeping (`runs`: where each attempt started, for the record). A derived run (upscale,
+    zoom, pan) lays the earlier latent out first, resumed or not: its frozen region is set up here."""
+    if start and start.get("mode") in DERIVED:
+        derive.start_from(generation, start["mode"], job.blobs.get(start["state"]))
     saved = job.load_checkpoint()
     if saved is not None:
         extra = generation.load_state_bytes(saved)
@@ -164,7 +169,7 @@ def _restore(job: JobContext, generation: pipeline.Generation, start: dict | Non
         elif mode == "vary":
             generation.load_state_bytes(data, with_optimizer=False)
             pipeline.add_noise(generation, float(start.get("noise", 0.3)))
-        else:
+        elif mode not in DERIVED:
             raise UserError(f"Unknown start mode {mode!r}.")
     return {"runs": [{"attempt": job.attempt, "from_step": base}], "base": base}
 
@@ -177,10 +182,9 @@ def _pick_drawer(drawer: str, settings: EngineSettings) -> str:
 
 def _check_token_length(clip: Any, prompts: list) -> None:
     for prompt in prompts:
-        tokens = clip.tokenizer([prompt.text])
-        if int(tokens[0, -1]) != 0:  # the end marker was forced into the last slot: truncated
+        if clip.too_long(prompt.text):  # the tokenizer cut it (any tokenizer: its own padding id)
             raise UserError(f"The prompt '{prompt.text[:40]}…' is too long: CLIP reads at most "
-                            f"{tokens.shape[1]} tokens. Shorten it.")
+                            f"{clip.context_length} tokens. Shorten it.")
 
 
 def _image(job: JobContext, key: str, side: int) -> Any:

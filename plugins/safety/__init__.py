@@ -86,7 +86,7 @@ def _line(entry: AuditEntry) -> str:
 
 @command
 async def delete(ctx, job: Annotated[str, "the job whose posted result to delete (its Delete button fills this in)"]) -> Reply:
-    """Delete a picture the bot posted (its Delete button; the requester or an admin)."""
+    """Delete a picture the bot posted, with the job's files (its Delete button; the requester or an admin)."""
     request = ctx.request
     if request.delete_source is None:
         raise UserError("Use the Delete button on the message to delete it.")
@@ -96,6 +96,7 @@ async def delete(ctx, job: Annotated[str, "the job whose posted result to delete
     if not (mine or admin_here):
         raise UserError("Only the person who asked for this picture, or an admin, can delete it.")
     await request.delete_source()
+    await ctx.run_blocking(ctx.engine.forget_job, job)  # its files (picture, end state) go too
     await ctx.run_blocking(_log(ctx).record, request.platform, request.space_id, AuditEntry(
         action="deleted", rule="request" if mine else "admin", user=owner.user if owner else "",
         channel=request.channel_id, job_id=job, by=request.user_id))

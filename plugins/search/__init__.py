@@ -24,7 +24,7 @@ from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
 from bot.hookspecs import hookimpl
 from bot.markup import bold, escape, italic, link
 from engine.errors import UserError
-from plugins.search.query import ParsedQuery, parse_query
+from plugins.search.query import ParsedQuery, check_phrase, describe_filters, parse_query
 from plugins.search.results import Hit, Indexed, IndexStats, Removed, SearchPage
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ _SAVED = "clipbot:search:saved:"
 _GONE_MESSAGE = "clipbot:search:gone:"
 _GONE_CHANNEL = "clipbot:search:gone-channel:"
 _BACKFILL = "clipbot:search:backfill:"
+_OCR_OFF = "clipbot:search:ocr-off:"
 UNAPPLIED = "clipbot:search:unapplied-removals"
 PENDING = "search"  # the engine pending queue of pictures waiting to be indexed
 TOMBSTONE_TTL = 2 * 86400
@@ -60,6 +61,10 @@ class SearchSettings(PluginSettings):
     retention_days: float = Field(0, ge=0, description="forget pictures posted longer ago than this; 0 keeps all")
     backfill_page: int = Field(100, ge=1, le=1000, description="messages asked for per history page in a backfill")
     backfill_delay: float = Field(1.0, ge=0, description="seconds between history pages (platform rate limits)")
+    relevance_z: float = Field(2.0, ge=0, le=10, description="text results scoring under median + z·1.4826·MAD of "
+                               "the space's background of random queries' best scores are weak matches")
+    duplicate_cosine: float = Field(0.95, ge=0.5, le=1.0, description="results whose embeddings have at least this "
+                                    "cosine collapse into one (\"+N similar\"); 1 turns collapsing off")
 
 
 # ---- indexing: what adapters tell us ------------------------------------------------------------
@@ -71,7 +76,14 @@ def event_items(event: ImagePosted) -> list[dict]:
         "key": attachment.key, "author_id": event.author_id, "author_name": event.author_name,
         "posted_at": event.posted_at, "permalink": event.permalink, "thread_id": event.thread_id,
         "platform": event.platform, "private": event.private,
+        "message_text": event.text, "file_name": attachment.filename,
     } for i, attachment in enumerate(event.attachments)]
+
+
+def ocr_enabled(store: "Store", space_id: str) -> bool:
+    """Whether pictures indexed in this space have their text read (`/index ocr on|off`; the
+    global switch is CLIPBOT_OCR)."""
+    return store.get(_OCR_OFF + space_id) is None
 
 
 def enqueue(engine: "EngineFace", items: list[dict]) -> None:
@@ -132,12 +144,15 @@ def is_gone(store: "Store", item: dict) -> bool:
 async def search(
     ctx,
     query: Annotated[str, "what to find: words, +more -less, in:#channel or in:all, from:@user, "
-                          "before:/after:YYYY-MM-DD, last week"] = "",
+                          "before:/after:YYYY-MM-DD, last week, text:\"words\""] = "",
     image: Annotated[Attachment, "find pictures like this one"] = None,
     top: Annotated[int, f"results per page (1-{MAX_TOP})"] = 0,
     similar: Annotated[str, "find pictures like the one in this message (CHANNEL/MESSAGE or MESSAGE)"] = "",
+    text: Annotated[str, "only pictures with these exact words on them, in their message or file name"] = "",
     page: Annotated[int, "which page of results"] = 1,
     more: Annotated[str, "a saved search to continue (the More button)"] = "",
+    expand: Annotated[str, "show the near-duplicates collapsed into this result (CHANNEL/MESSAGE; "
+                           "the +N similar button)"] = "",
 ) -> AsyncIterator[Reply]:
     """Find pictures posted in your channels, by text, by example, or like a message's picture."""
     request = ctx.request
@@ -153,37 +168,58 @@ async def search(
             raise UserError("That search has expired; run /search again.")
         parsed = _parsed_from(saved["query"])
         top = saved["top"]
-        kwargs = {"vector_ref": saved["vector_ref"], "exclude": saved.get("exclude")}
+        kwargs = {"vector_ref": saved["vector_ref"], "exclude": saved.get("exclude"),
+                  "terms": [list(t) for t in parsed.terms] or None,  # the words the next page ranks by too
+                  "calibrate": bool(saved.get("calibrate"))}
         label = saved["label"]
     else:
         parsed = parse_query(query, user_id=request.user_id)
-        kwargs, label = _what(request, parsed, image, similar)
+        if text.strip():
+            parsed = dataclasses.replace(parsed, phrases=tuple(dict.fromkeys((*parsed.phrases, check_phrase(text)))))
+        kwargs, label = ({}, "") if expand else _what(request, parsed, image, similar)
+    if expand:  # the "+N similar" button: one result's near-duplicates, under the saved search's filters
+        kwargs, label = _expanded(request, expand)
     channels, scope = _channels(request, parsed)
     result = SearchPage.from_json(await ctx.engine.run(QUERY, {
         **kwargs, "space": request.space_id, "channels": None if channels is None else sorted(channels),
         "private": None if request.readable_channels is None else sorted(request.private_scopes),
         "authors": list(parsed.authors) or None, "after": parsed.after, "before": parsed.before,
-        "k": top, "offset": (page - 1) * top}, queue="gpu"))
+        "text": list(parsed.phrases) or None, "k": top, "offset": (page - 1) * top}, queue="gpu"))
     if not more:
         await ctx.run_blocking(ctx.store.set, _SAVED + result.vector_ref, {
             "query": _parsed_to(parsed), "top": top, "vector_ref": result.vector_ref,
-            "exclude": kwargs.get("exclude"), "label": label}, ttl=SAVED_SEARCH_TTL)
+            "exclude": kwargs.get("exclude"), "label": label, "calibrate": kwargs.get("calibrate", False)},
+            ttl=SAVED_SEARCH_TTL)
     sheet = await ctx.run_blocking(ctx.engine.blobs.get, result.sheet) if result.sheet else None
     yield _answer(result, label=label, scope=scope, parsed=parsed, page=page, top=top, sheet=sheet,
-                  ref=more or result.vector_ref)
+                  ref=more or result.vector_ref, expand=expand)
 
 
 def _what(request: "Request", parsed: ParsedQuery, image: Attachment | None, similar: str) -> tuple[dict, str]:
     """The query task's arguments for what to look for, and a label for the reply."""
     if similar:
-        channel, _, message = similar.strip().rpartition("/")
-        channel = channel or request.channel_id
+        channel, message = _message_ref(request, similar)
         return {"similar": {"channel_id": channel, "message_id": message}, "exclude": message}, \
             f"pictures like message {message}"
-    if not parsed.terms and image is None:
+    if not parsed.terms and image is None and not parsed.phrases:
         raise UserError("Tell me what to look for: `/search query: whiteboard sketch` or attach an image.")
     label = " + ".join(p for p in (parsed.text and f"“{parsed.text}”", image and f"picture {image.filename}") if p)
-    return {"terms": [list(t) for t in parsed.terms], "image": image.key if image else None}, label
+    if parsed.phrases:
+        label = " ".join(p for p in (label, *(f'text:"{phrase}"' for phrase in parsed.phrases)) if p)
+    # only a text query is calibrated: the relevance background is made of texts
+    return {"terms": [list(t) for t in parsed.terms], "image": image.key if image else None,
+            "calibrate": image is None}, label
+
+
+def _expanded(request: "Request", expand: str) -> tuple[dict, str]:
+    channel, message = _message_ref(request, expand)
+    return {"expand": {"channel_id": channel, "message_id": message}}, f"near-duplicates of message {message}"
+
+
+def _message_ref(request: "Request", text: str) -> tuple[str, str]:
+    """CHANNEL/MESSAGE, or MESSAGE in this channel."""
+    channel, _, message = text.strip().rpartition("/")
+    return channel or request.channel_id, message
 
 
 def _channels(request: "Request", parsed: ParsedQuery) -> tuple[frozenset[str] | None, str]:
@@ -204,28 +240,37 @@ def _channels(request: "Request", parsed: ParsedQuery) -> tuple[frozenset[str] |
 
 def _parsed_to(parsed: ParsedQuery) -> dict:
     return {"channels": list(parsed.channels), "all": parsed.all_channels, "authors": list(parsed.authors),
-            "after": parsed.after, "before": parsed.before, "terms": [list(t) for t in parsed.terms]}
+            "after": parsed.after, "before": parsed.before, "terms": [list(t) for t in parsed.terms],
+            "phrases": list(parsed.phrases)}
 
 
 def _parsed_from(saved: dict) -> ParsedQuery:
     return ParsedQuery(terms=tuple(tuple(t) for t in saved["terms"]), channels=tuple(saved["channels"]),
                        all_channels=saved["all"], authors=tuple(saved["authors"]), after=saved["after"],
-                       before=saved["before"])
+                       before=saved["before"], phrases=tuple(saved.get("phrases", ())))
 
 
 def _answer(result: SearchPage, *, label: str, scope: str, parsed: ParsedQuery, page: int, top: int,
-            sheet: bytes | None, ref: str) -> Reply:
+            sheet: bytes | None, ref: str, expand: str = "") -> Reply:
     results = result.results
     first = (page - 1) * top + 1
-    data = {"results": [r.public() for r in results], "page": page, "model": result.model}
+    data = {"results": [r.public() for r in results], "page": page, "model": result.model,
+            "cutoff": result.cutoff, "unknown_authors": list(result.unknown_authors)}
+    unknown = _unknown_authors(result, scope)
     if not results:
         where = "there" if page == 1 else "after those"
-        text = f"No pictures match {escape(label)} in {escape(scope)} {where}."
+        filters = describe_filters(parsed)
+        text = f"No pictures match {escape(label)} in {escape(scope)}" + (f", {escape(filters)}" if filters else "") \
+            + f" {where}."
         if result.reindexing:
             text += " Pictures are being re-indexed for a new model; try again in a while."
-        return Reply(text=text, data=data, final=True)
-    lines = [f"{bold('Search')}: {escape(label)} in {escape(scope)}" + (f" (page {page})" if page > 1 else "")]
-    lines += [f"{first + i}. {_result_line(r)}" for i, r in enumerate(results)]
+        return Reply(text="\n".join(unknown + [text]), data=data, final=True)
+    heading = _heading(result, label=label, scope=scope, page=page)
+    lines = unknown + [heading]
+    for i, r in enumerate(results):
+        if r.weak and (i == 0 or not results[i - 1].weak) and "nothing matches well" not in heading:
+            lines.append(italic(f"Weak matches (under this space's cut-off {result.cutoff:.2f}):"))
+        lines.append(f"{first + i}. {_result_line(r)}")
     notes = list(parsed.notes)
     if result.meaningless:
         notes.append(f"{result.model} is a random test model: these results mean nothing")
@@ -233,12 +278,36 @@ def _answer(result: SearchPage, *, label: str, scope: str, parsed: ParsedQuery, 
         notes.append("pictures are being re-indexed for a new model; some may be missing")
     if notes:
         lines.append(italic("; ".join(notes)))
-    actions = [Action(f"Like {first + i}", "search", {"similar": f"{r.channel}/{r.message_id}"})
-               for i, r in enumerate(results[:4]) if len(f"{r.channel}/{r.message_id}") <= 60]
-    if len(results) == top:
-        actions.append(Action("More", "search", {"more": ref, "page": page + 1}, style="primary"))
     images = (Image(sheet, "search.png", f"results {first}-{first + len(results) - 1}"),) if sheet else ()
-    return Reply(text="\n".join(lines), images=images, data=data, actions=tuple(actions), final=True)
+    return Reply(text="\n".join(lines), images=images, data=data, final=True,
+                 actions=_actions(results, first=first, ref=ref, page=page, more=result.more, expand=expand))
+
+
+def _heading(result: SearchPage, *, label: str, scope: str, page: int) -> str:
+    heading = f"{bold('Search')}: {escape(label)} in {escape(scope)}" + (f" (page {page})" if page > 1 else "")
+    weak = sum(r.weak for r in result.results)
+    if page == 1 and weak == len(result.results):  # not there: say so, rather than offer the least bad
+        heading += f" — nothing matches well; {weak} weak match{'es' * (weak != 1)}" \
+            + (f" (under this space's cut-off {result.cutoff:.2f})" if result.cutoff is not None else "") + ":"
+    return heading
+
+
+def _unknown_authors(result: SearchPage, scope: str) -> list[str]:
+    return [f"I know nobody called @{escape(a)} who posted pictures in {escape(scope)}."
+            for a in result.unknown_authors]
+
+
+def _actions(results: tuple[Hit, ...], *, first: int, ref: str, page: int, more: bool, expand: str) -> tuple:
+    """Like N for the first results, "N: +M similar" for collapsed ones, More when there is more.
+    (A button's options must stay short: Discord custom ids hold 100 characters.)"""
+    place = [f"{r.channel}/{r.message_id}" for r in results]
+    actions = [Action(f"Like {first + i}", "search", {"similar": p}) for i, p in enumerate(place[:4]) if len(p) <= 60]
+    actions += [Action(f"{first + i}: +{r.similar} similar", "search", {"more": ref, "expand": p})
+                for i, (r, p) in enumerate(zip(results, place)) if r.similar and len(p) <= 60][:3]
+    if more:
+        following = {"more": ref, "page": page + 1, **({"expand": expand} if expand else {})}
+        actions.append(Action("More", "search", following, style="primary"))
+    return tuple(actions)
 
 
 def _result_line(r: Hit) -> str:
@@ -246,28 +315,42 @@ def _result_line(r: Hit) -> str:
     who = r.author_name or r.author or "someone"
     text = f"{who} in #{r.channel}" + (f", {when}" if when else "")
     shown = link(text, r.permalink) if r.permalink else escape(text)
-    return f"{shown} · {r.score:.2f}"
+    named = f" · {escape(_clip(r.file_name, 40))}" if r.file_name else ""
+    similar = f" (+{r.similar} similar)" if r.similar else ""
+    line = f"{shown}{named} · {r.score:.2f}{similar}"
+    if r.message_text:
+        line += f" · “{escape(_clip(r.message_text, 60))}”"
+    if r.text and (r.text_match or not r.message_text):
+        line += f" · {italic('on it')}: {escape(r.text)}"  # the words on the picture that matched
+    return line
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
 # ---- /index ---------------------------------------------------------------------------------------
 @command(name="index", long_running=True)
 async def index_(
     ctx,
-    action: Annotated[Literal["status", "stats", "backfill", "add", "remove"], "what to do"],
-    target: Annotated[str, "backfill: the channel (default: this one)"] = "",
+    action: Annotated[Literal["status", "stats", "backfill", "add", "remove", "ocr"], "what to do"],
+    target: Annotated[str, "backfill: the channel (default: this one); ocr: on or off"] = "",
     images: Annotated[list[Attachment], "add: pictures to index"] = (),
     message_id: Annotated[str, "add/remove: the message the pictures belong to"] = "",
     author: Annotated[str, "add: who posted them"] = "",
     restart: Annotated[bool, "backfill: start again from the newest message"] = False,
 ) -> AsyncIterator[Reply]:
-    """Index status; admins: backfill a channel's history, add or remove pictures by hand."""
+    """Index status; admins: backfill history, add or remove pictures, switch OCR (text in pictures)."""
     request = ctx.request
     if action in ("status", "stats"):
         yield dataclasses.replace(await _stats(ctx), final=True)
         return
     if not request.is_admin:
         raise UserError(f"Only admins can use /index {action}.")
-    if action == "backfill":
+    if action == "ocr":
+        yield await _switch_ocr(ctx, target)
+    elif action == "backfill":
         async for reply in _backfill(ctx, target, restart):
             yield reply
     elif action == "add":
@@ -282,6 +365,24 @@ async def index_(
                     data={"message_id": message_id, "removed": n}, final=True)
 
 
+async def _switch_ocr(ctx: "CommandContext", target: str) -> Reply:
+    """`/index ocr on|off`: whether this space's pictures have their text read from now on."""
+    state = target.strip().lower()
+    if state not in ("on", "off"):
+        raise UserError("Say `/index ocr on` or `/index ocr off`.")
+    key = _OCR_OFF + ctx.request.space_id
+    if state == "on":
+        await ctx.run_blocking(ctx.store.delete, key)
+    else:
+        await ctx.run_blocking(ctx.store.set, key, time.time())
+    everywhere = ctx.settings.ocr
+    text = (f"Text in pictures is {'read' if state == 'on' else 'no longer read'} as they are indexed here"
+            + ("." if everywhere else ", once OCR is on for this bot (CLIPBOT_OCR is false).")
+            + (" Pictures read before keep their words." if state == "off" else ""))
+    return Reply(text=text, data={"space": ctx.request.space_id, "ocr": state == "on", "ocr_global": everywhere},
+                 final=True)
+
+
 async def _stats(ctx: "CommandContext") -> Reply:
     request = ctx.request
     stats = IndexStats.from_json(await ctx.engine.run(STATS, {"space": request.space_id}, queue="gpu"))
@@ -290,13 +391,15 @@ async def _stats(ctx: "CommandContext") -> Reply:
     # a private thread's pictures are counted under the thread: shown to who may see that thread
     by_channel = {c: n for c, n in stats.by_channel.items()
                   if readable is None or c in readable or c in request.private_scopes}
+    ocr = ctx.settings.ocr and await ctx.run_blocking(ocr_enabled, ctx.store, request.space_id)
     data: dict[str, object] = {"space": request.space_id, "model": stats.model, "by_channel": by_channel,
-                            "occurrences": sum(by_channel.values()), "channels": len(by_channel)}
+                            "occurrences": sum(by_channel.values()), "channels": len(by_channel), "ocr": ocr}
     if readable is None:  # whole-space totals only for the operator: they count unreadable channels
         data.update(embeddings=stats.embeddings, stale=stats.stale, pending=pending)
     lines = [f"{bold('Index')} of {escape(request.space_id or 'this space')}: {data['occurrences']} pictures "
              f"in {data['channels']} channel{'s' * (data['channels'] != 1)} you can read"]
     lines += [f"- #{escape(c)}: {n}" for c, n in sorted(by_channel.items())]
+    lines.append(f"Text in pictures (OCR): {'read' if ocr else 'not read'} as they are indexed")
     if readable is None:
         lines.append(f"{stats.embeddings} distinct pictures; {pending} waiting to be indexed"
                      + (f"; {stats.stale} being re-embedded for {stats.model}" if stats.stale else ""))
@@ -316,7 +419,7 @@ async def _add(ctx: "CommandContext", images: list[Attachment], message_id: str,
     items = [{"space_id": request.space_id, "channel_id": request.channel_id, "message_id": message_id,
               "source_id": a.source_id or (str(i) if len(images) > 1 else ""), "key": a.key,
               "author_id": author or request.user_id, "author_name": author or request.user_name,
-              "posted_at": time.time(), "permalink": "", "platform": request.platform}
+              "posted_at": time.time(), "permalink": "", "platform": request.platform, "file_name": a.filename}
              for i, a in enumerate(images)]
     result = Indexed.from_json(await ctx.engine.run(INDEX_NOW, {"items": items}, queue="gpu"))
     text = (f"Indexed {result.indexed} of {len(images)} picture{'s' * (len(images) != 1)} as message "

@@ -1,7 +1,9 @@
 """Indexing and querying as functions of a loaded CLIP model and an ImageIndex (heavy: torch).
 
 `index_items` embeds every new picture of a batch in ONE model call; pictures already
-embedded with this model (the same bytes posted again) only gain an occurrence.
+embedded with this model (the same bytes posted again) only gain an occurrence. In the same
+pass each new picture's text is read (OCR, `engine.models.ocr`) where its space has OCR on,
+in the decoding threads, and stored with its embedding.
 """
 
 from __future__ import annotations
@@ -12,23 +14,33 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
 from engine.errors import UserError
-from engine.images import REDUCING_GAP, decode_image
+from engine.images import REDUCING_GAP, decode_image, reduce_for_side
 from engine.index import Filter, ImageIndex, Occurrence, unit
+from engine.index import Hit as IndexHit
 from engine.models.clip import ClipModel
+from plugins.search import relevance
+from plugins.search.ranking import FUSION_DEPTH, excerpt, fuse
 from plugins.search.results import Hit, Indexed
 from plugins.search.sheet import PREVIEW_SIDE, make_preview
+
+if TYPE_CHECKING:
+    from engine.models.ocr import OcrReader
 
 log = logging.getLogger(__name__)
 
 _TEXT_CACHE_SLOTS = 512
+MAX_MESSAGE_TEXT = 4000  # characters of a message's text kept with its pictures (Slack's can be 40k)
+MAX_FILE_NAME = 255
 _text_cache: "OrderedDict[tuple[str, str], np.ndarray]" = OrderedDict()
 _text_lock = threading.Lock()
+_background: dict[str, np.ndarray] = {}
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 
@@ -38,10 +50,13 @@ def content_hash(data: bytes) -> str:
 
 
 def index_items(index: ImageIndex, clip: ClipModel, items: list[dict], load: Callable[[str], bytes], *,
-                max_bytes: int, max_pixels: int) -> Indexed:
+                max_bytes: int, max_pixels: int, ocr: "OcrReader | None" = None,
+                ocr_in: Callable[[str], bool] = lambda space: True) -> Indexed:
     """Index posted pictures. Each item: space_id, channel_id, message_id, key (blob), and
-    optionally source_id, author_id, author_name, posted_at, permalink, thread_id, platform.
-    A picture that is gone from the blob store or is not a readable image is skipped."""
+    optionally source_id, author_id, author_name, posted_at, permalink, thread_id, platform,
+    message_text, file_name. A picture that is gone from the blob store or is not a readable
+    image is skipped. With `ocr`, new pictures of the spaces where `ocr_in(space)` have their
+    text read too."""
     occurrences: dict[str, list[Occurrence]] = {}
     data_of: dict[tuple[str, str], bytes] = {}
     skipped = 0
@@ -59,16 +74,22 @@ def index_items(index: ImageIndex, clip: ClipModel, items: list[dict], load: Cal
     # Reduced as /whatis reduces for CLIP, but never below what the stored preview needs.
     side = max(clip.image_size, -(-PREVIEW_SIDE // REDUCING_GAP))
 
-    def prepare(data: bytes) -> tuple[Image.Image, bytes] | str:
-        try:
-            picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=side)
+    reading = {space: ocr is not None and ocr_in(space) for space in occurrences}
+
+    def prepare(key: tuple[str, str]) -> tuple[Image.Image, bytes, str | None] | str:
+        read = reading[key[0]]
+        try:  # OCR wants more pixels than CLIP: decoded for it, then reduced for CLIP and the preview
+            picture = decode_image(data_of[key], max_bytes=max_bytes, max_pixels=max_pixels,
+                                   for_side=max(side, _ocr_side()) if read else side)
+            text = read_text(ocr, picture) if read else None
+            return reduce_for_side(picture, side), make_preview(picture), text
         except UserError as exc:
             return str(exc)
-        return picture, make_preview(picture)
 
-    # Pillow decodes and encodes without the GIL: a few threads keep a fast GPU fed.
-    prepared = list(_pool().map(prepare, [data_of[key] for key in todo]))
-    images, previews, ok = [], [], []
+    # Pillow decodes and encodes, and ONNX Runtime reads text, without the GIL: a few threads
+    # keep a fast GPU fed.
+    prepared = list(_pool().map(prepare, todo))
+    images, previews, ok, texts = [], [], [], {}
     for (space, h), done in zip(todo, prepared):
         if isinstance(done, str):
             log.info("not indexing a picture in %s: %s", space, done)
@@ -76,6 +97,8 @@ def index_items(index: ImageIndex, clip: ClipModel, items: list[dict], load: Cal
         images.append(done[0])
         previews.append(done[1])
         ok.append((space, h))
+        if done[2] is not None:
+            texts.setdefault(space, {})[h] = done[2]
     vectors = clip.encode_images(images).numpy() if images else np.zeros((0, 0), np.float32)
     embedded: dict[str, dict[str, tuple[np.ndarray, bytes]]] = {}
     for (space, h), vector, preview in zip(ok, vectors, previews):
@@ -85,8 +108,26 @@ def index_items(index: ImageIndex, clip: ClipModel, items: list[dict], load: Cal
         new = embedded.get(space, {})
         keep = [o for o in occs if o.content_hash in new or o.content_hash not in {h for s, h in todo if s == space}]
         skipped += len(occs) - len(keep)
-        added += index.add(space, clip.fingerprint, new, keep)
-    return Indexed(indexed=added, embedded=len(ok), skipped=skipped, batch=len(items))
+        added += index.add(space, clip.fingerprint, new, keep, texts=texts.get(space))
+    return Indexed(indexed=added, embedded=len(ok), skipped=skipped, batch=len(items),
+                   read=sum(len(t) for t in texts.values()))
+
+
+def read_text(ocr: "OcrReader", picture: Image.Image) -> str | None:
+    """The text on a picture as the index stores it; None when OCR failed on it (it stays unread)."""
+    from engine.models.ocr import lines_text
+
+    try:
+        return lines_text(ocr.read(picture))
+    except Exception:  # one odd picture must not cost the batch its embeddings
+        log.warning("OCR failed on a picture", exc_info=True)
+        return None
+
+
+def _ocr_side() -> int:
+    from engine.models.ocr import READ_SIDE
+
+    return -(-READ_SIDE // REDUCING_GAP)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -108,6 +149,8 @@ def _occurrence(item: dict, h: str) -> Occurrence:
         author_name=str(item.get("author_name") or ""), posted_at=float(item.get("posted_at") or 0.0),
         permalink=str(item.get("permalink") or ""), thread_id=item.get("thread_id"),
         platform=str(item.get("platform") or ""), private=bool(item.get("private")),
+        message_text=str(item.get("message_text") or "")[:MAX_MESSAGE_TEXT],
+        file_name=str(item.get("file_name") or "")[:MAX_FILE_NAME],
     )
 
 
@@ -134,29 +177,104 @@ def encode_terms(clip: ClipModel, terms: Iterable[tuple[str, float]]) -> np.ndar
     return unit(np.sum(vectors, axis=0))
 
 
+def background_vectors(clip: ClipModel) -> np.ndarray:
+    """The relevance background's query texts embedded with this model (once per process)."""
+    with _text_lock:
+        cached = _background.get(clip.fingerprint)
+    if cached is None:
+        cached = clip.encode_texts(list(relevance.BACKGROUND_QUERIES)).numpy()
+        with _text_lock:
+            _background[clip.fingerprint] = cached
+    return cached
+
+
 def encode_picture(clip: ClipModel, data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     picture = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, for_side=clip.image_size)
     return unit(clip.encode_images([picture]).numpy()[0])
 
 
+_MIN_SCAN = 100  # index hits read at least: "+N similar" counts the near-duplicates among them
+_MAX_SCAN = 1000  # index hits read at most to fill a page of collapsed results
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of results (each with its picture's content hash, for the thumbnails), and whether
+    there are more after it."""
+
+    results: list[tuple[Hit, str]]
+    more: bool
+
+
 def search(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int, offset: int,
-           exclude_message: str | None = None) -> list[tuple[Hit, str]]:
-    """Results best first, each with its picture's content hash (for the thumbnails)."""
-    hits = index.search(space, model, vector, where, k=k + (1 if exclude_message else 0), offset=offset)
-    results = []
-    for hit in hits:
-        o = hit.occurrence
-        if exclude_message and o.message_id == exclude_message:
-            continue
-        results.append((Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id,
-                            author_name=o.author_name or "", score=round(hit.score, 4), permalink=o.permalink or "",
-                            posted_at=o.posted_at, thread_id=o.thread_id), o.content_hash))
-    return results[:k]
+           exclude_message: str | None = None, words: list[str] | tuple[str, ...] = (),
+           duplicate_cosine: float = 1.0, weak_below: float | None = None) -> Found:
+    """Results offset..offset+k-1, best first, near-duplicates collapsed into the first of them
+    (`Hit.similar`: how many among the first `_MIN_SCAN` or more hits read), those scoring under
+    `weak_below` marked weak (unless their words matched). With `words`, CLIP's ranking is fused
+    with the full-text one (`plugins.search.ranking`). Reads index hits in growing windows until one
+    result past the page is found (so "More" shows only when there is more)."""
+    want = offset + k + 1
+    window = max(_MIN_SCAN, 2 * want)
+    cap = max(_MAX_SCAN, want)
+    while True:
+        hits, matched, exhausted = _ranked(index, model, space, vector, where, window, words)
+        exhausted = exhausted or window >= cap
+        kept = [h for h in hits if not exclude_message or h.occurrence.message_id != exclude_message]
+        vectors = index.embeddings(space, [h.occurrence.content_hash for h in kept], model)
+        groups = relevance.collapse(kept, vectors.get, duplicate_cosine)
+        if len(groups) >= want or exhausted:
+            break
+        window = min(cap, 2 * window)
+    shown = groups[offset:offset + k]
+    texts = index.texts(space, [g.hit.occurrence.content_hash for g in shown])
+    page = [(_hit(g.hit, similar=len(g.similar), weak_below=weak_below,
+                  text=excerpt(texts.get(g.hit.occurrence.content_hash, ""), words),
+                  text_match=g.hit.occurrence in matched), g.hit.occurrence.content_hash)
+            for g in shown]
+    return Found(page, more=len(groups) > offset + k)
 
 
-def reembed(index: ImageIndex, clip: ClipModel, limit: int, *, max_pixels: int) -> int:
+def _ranked(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, window: int,
+            words: list[str] | tuple[str, ...]) -> tuple[list[IndexHit], set[Occurrence], bool]:
+    """The first `window` or more candidates best first, each with its CLIP cosine; the ones whose
+    words matched; and whether the index has no more."""
+    if not words:
+        hits = index.search(space, model, vector, where, k=window)
+        return hits, set(), len(hits) < window
+    depth = max(FUSION_DEPTH, window)
+    looks = index.search(space, model, vector, where, k=depth)
+    matched = index.text_search(space, model, list(words), where, k=depth)
+    cosine = {hit.occurrence: hit.score for hit in looks}
+    beyond = [o for o in matched if o not in cosine]  # text matches past CLIP's candidates: their own cosine
+    stored = index.embeddings(space, [o.content_hash for o in beyond], model)
+    for o in beyond:
+        cosine[o] = float(unit(stored[o.content_hash]) @ vector) if o.content_hash in stored else 0.0
+    fused = fuse([hit.occurrence for hit in looks], matched, depth=depth)
+    return [IndexHit(o, cosine[o]) for o in fused], set(matched), len(looks) < depth and len(matched) < depth
+
+
+def near_duplicates(index: ImageIndex, model: str, space: str, vector: np.ndarray, where: Filter, *, k: int,
+                    offset: int, duplicate_cosine: float) -> Found:
+    """The pictures within the duplicate threshold of `vector` (a collapsed result expanded)."""
+    hits = [h for h in index.search(space, model, vector, where, k=offset + k + 1) if h.score >= duplicate_cosine]
+    return Found([(_hit(h), h.occurrence.content_hash) for h in hits[offset:offset + k]], more=len(hits) > offset + k)
+
+
+def _hit(hit: IndexHit, *, similar: int = 0, weak_below: float | None = None, text: str = "",
+         text_match: bool = False) -> Hit:
+    o = hit.occurrence
+    return Hit(message_id=o.message_id, channel=o.channel_id, author=o.author_id, author_name=o.author_name or "",
+               score=round(hit.score, 4), permalink=o.permalink or "", posted_at=o.posted_at, thread_id=o.thread_id,
+               text=text, message_text=o.message_text, file_name=o.file_name, text_match=text_match, similar=similar,
+               weak=weak_below is not None and hit.score < weak_below and not text_match)
+
+
+def reembed(index: ImageIndex, clip: ClipModel, limit: int, *, max_pixels: int, ocr: "OcrReader | None" = None,
+            ocr_in: Callable[[str], bool] = lambda space: True) -> int:
     """Re-embed up to `limit` pictures whose embedding comes from another model, from their
-    stored previews, in one model call. Returns how many were done."""
+    stored previews, in one model call; with `ocr`, those never read (indexed before OCR, or
+    while it was off) have their text read from the preview too. Returns how many were done."""
     stale = index.stale(clip.fingerprint, limit)
     by_space: dict[str, list[str]] = {}
     for space, h in stale:
@@ -167,7 +285,11 @@ def reembed(index: ImageIndex, clip: ClipModel, limit: int, *, max_pixels: int) 
         usable = [h for h in hashes if h in previews]
         pictures = [decode_image(previews[h], max_pixels=max_pixels) for h in usable]
         vectors = clip.encode_images(pictures).numpy() if pictures else []
-        index.add(space, clip.fingerprint, {h: (v, None) for h, v in zip(usable, vectors)}, [])
+        unread = set(usable) - set(index.texts(space, usable)) if ocr is not None and ocr_in(space) else set()
+        picture_of = dict(zip(usable, pictures))
+        read = dict(zip(unread, _pool().map(lambda h: read_text(ocr, picture_of[h]), unread)))
+        index.add(space, clip.fingerprint, {h: (v, None) for h, v in zip(usable, vectors)}, [],
+                  texts={h: t for h, t in read.items() if t is not None})
         done += len(usable)
         if len(usable) < len(hashes):  # only pictures indexed without a preview; they stay stale
             log.warning("%d pictures in %s have no preview to re-embed from", len(hashes) - len(usable), space)

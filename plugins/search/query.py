@@ -5,6 +5,8 @@
     away from one (weight -0.5); quotes group words: `-"red car"`;
   - `in:#channel` / `in:<#id>` (default: the current channel), `in:all` (every readable
     channel); `from:@user` / `from:<@id>` / `from:me`;
+  - `text:"exact words"` keeps only pictures with those words, in that order, on them (OCR),
+    in their message or in their file name (any case; several `text:` must all match);
   - `before:` / `after:` take YYYY-MM-DD; `today`, `yesterday`, `this week`, `last week`,
     `this month`, `last month`, `this year`, `last year`, `past N days` set a date range.
 Dates are UTC days.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from engine.errors import UserError
+from engine.index.text import tokens
 
 NEGATIVE_WEIGHT = -0.5
 MAX_TERMS = 8
@@ -45,6 +48,7 @@ class ParsedQuery:
     after: float | None = None
     before: float | None = None
     notes: tuple[str, ...] = field(default=())  # what the filters mean, for the reply
+    phrases: tuple[str, ...] = ()  # text:"..." filters
 
     @property
     def text(self) -> str:
@@ -64,12 +68,15 @@ def parse_query(text: str, *, user_id: str = "", now: datetime | None = None) ->
     extra: list[tuple[str, float]] = []
     channels: list[str] = []
     authors: list[str] = []
+    phrases: list[str] = []
     all_channels = False
     for word in words:
         key, sep, value = word.partition(":")
         key = key.lower()
-        if sep and key in ("in", "from", "before", "after") and value:
-            if key == "in":
+        if sep and key in ("in", "from", "before", "after", "text") and value:
+            if key == "text":
+                phrases.append(check_phrase(value))
+            elif key == "in":
                 if value.lower() in ("all", "#all", "everywhere"):
                     all_channels = True
                 else:
@@ -89,7 +96,17 @@ def parse_query(text: str, *, user_id: str = "", now: datetime | None = None) ->
     if after is not None and before is not None and after >= before:
         raise UserError("That date range is empty: `after:` must come before `before:`.")
     return ParsedQuery(tuple(terms), tuple(dict.fromkeys(channels)), all_channels, tuple(dict.fromkeys(authors)),
-                       after, before, tuple(notes))
+                       after, before, tuple(notes), tuple(dict.fromkeys(phrases)))
+
+
+def check_phrase(phrase: str) -> str:
+    """A `text:` filter's phrase, tidied; UserError when it has no word to match."""
+    phrase = " ".join(phrase.split())
+    if not tokens(phrase):
+        raise UserError("`text:` needs words to look for, e.g. `text:\"quarterly roadmap\"`.")
+    if len(phrase) > MAX_TERM_CHARS:
+        raise UserError(f"Keep each text: phrase under {MAX_TERM_CHARS} characters.")
+    return phrase
 
 
 def _check_terms(terms: list[tuple[str, float]]) -> None:
@@ -159,3 +176,20 @@ def _range(kind: str, today: datetime, match: re.Match) -> tuple[datetime, datet
     if kind == "this year":
         return year, tomorrow
     return year.replace(year=year.year - 1), year
+
+
+def describe_filters(parsed: ParsedQuery) -> str:
+    """The author and date filters of a query in words ("from @bo, posted 2024-05-06 to 2024-05-12"),
+    for a reply that found nothing; "" without any."""
+    parts = []
+    if parsed.authors:
+        parts.append("from " + ", ".join("@" + a for a in parsed.authors))
+    day = "%Y-%m-%d"
+    if parsed.after is not None and parsed.before is not None:
+        last = datetime.fromtimestamp(parsed.before, timezone.utc) - timedelta(days=1)
+        parts.append(f"posted {datetime.fromtimestamp(parsed.after, timezone.utc):{day}} to {last:{day}}")
+    elif parsed.after is not None:
+        parts.append(f"posted on or after {datetime.fromtimestamp(parsed.after, timezone.utc):{day}}")
+    elif parsed.before is not None:
+        parts.append(f"posted before {datetime.fromtimestamp(parsed.before, timezone.utc):{day}}")
+    return ", ".join(parts)

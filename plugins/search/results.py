@@ -10,7 +10,8 @@ from engine.wire import Wire
 
 @dataclass(frozen=True)
 class Hit(Wire):
-    """One picture found: where it was posted, by whom, and how well it matches (cosine)."""
+    """One picture found: where it was posted, by whom, and how well it matches (cosine).
+    `similar`: near-duplicates collapsed into it; `weak`: below the space's relevance cut-off."""
 
     message_id: str
     channel: str
@@ -20,17 +21,27 @@ class Hit(Wire):
     permalink: str = ""
     posted_at: float | None = None
     thread_id: str | None = None
+    text: str = ""  # words read on the picture: the lines that matched the query, else the first ones
+    message_text: str = ""  # the text of the message it was posted with
+    file_name: str = ""
+    text_match: bool = False  # its words (picture, message, file name) matched the query's
+    similar: int = 0
+    weak: bool = False
 
     def public(self) -> dict[str, object]:
         """The fields `--json` and `Reply.data` show for a result."""
         return {"message_id": self.message_id, "channel": self.channel, "author": self.author,
-                "score": self.score, "permalink": self.permalink}
+                "score": self.score, "permalink": self.permalink, "text": self.text,
+                "message_text": self.message_text, "file_name": self.file_name, "similar": self.similar,
+                "weak": self.weak}
 
 
 @dataclass(frozen=True)
 class SearchPage(Wire):
     """One page of results, best first; `sheet` is the blob key of their contact sheet (None when
-    there are none), `vector_ref` names the query vector for "More" and "Like"."""
+    there are none), `vector_ref` names the query vector for "More" and "Like". `more`: there are
+    results after this page; `cutoff`: the space's relevance cut-off (None: not calibrated);
+    `unknown_authors`: `from:` names that match nobody who posted in the searched channels."""
 
     results: tuple[Hit, ...]
     sheet: str | None
@@ -38,6 +49,9 @@ class SearchPage(Wire):
     vector_ref: str
     meaningless: bool = False
     reindexing: bool = False
+    more: bool = False
+    cutoff: float | None = None
+    unknown_authors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class Indexed(Wire):
     embedded: int = 0
     skipped: int = 0
     batch: int = 0
+    read: int = 0  # new pictures whose text was read (OCR)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Drained(Wire):
     embedded: int = 0
     skipped: int = 0
     batches: int = 0
+    read: int = 0
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ CELL = 168
 _PAD = 8
 _COLUMNS = 5
 _BADGE = (88, 101, 242)
+WEAK_BADGE = (140, 144, 152)  # a weak match's number: grey instead of blue
 PREVIEW_SIDE = 256  # CLIP looks at 224 px, so a re-embedding from the preview sees what it saw
 _PREVIEW_MAX = 768
 
@@ -27,14 +28,18 @@ def make_preview(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def contact_sheet(thumbnails: list[bytes | None], *, first_number: int = 1) -> bytes:
-    """A PNG grid of numbered thumbnails (None draws an empty cell), numbered from `first_number`."""
+def contact_sheet(thumbnails: list[bytes | None], *, first_number: int = 1, captions: list[str] | None = None,
+                  dimmed: list[bool] | None = None) -> bytes:
+    """A PNG grid of numbered thumbnails (None draws an empty cell), numbered from `first_number`;
+    `captions` are written under each cell's picture (score, "+N similar"), `dimmed` cells (weak
+    matches) get a grey number."""
     count = max(1, len(thumbnails))
     columns = min(_COLUMNS, count)
     rows = (count + columns - 1) // columns
     sheet = Image.new("RGB", (columns * (CELL + _PAD) + _PAD, rows * (CELL + _PAD) + _PAD), (246, 247, 249))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=18)
+    small = ImageFont.load_default(size=14)
     for i, data in enumerate(thumbnails):
         x = _PAD + (i % columns) * (CELL + _PAD)
         y = _PAD + (i // columns) * (CELL + _PAD)
@@ -48,8 +53,13 @@ def contact_sheet(thumbnails: list[bytes | None], *, first_number: int = 1) -> b
                 pass
         label = str(first_number + i)
         width = draw.textlength(label, font=font)
-        draw.rounded_rectangle((x + 4, y + 4, x + 16 + width, y + 30), radius=6, fill=_BADGE)
+        badge = WEAK_BADGE if dimmed and dimmed[i] else _BADGE
+        draw.rounded_rectangle((x + 4, y + 4, x + 16 + width, y + 30), radius=6, fill=badge)
         draw.text((x + 10, y + 6), label, fill="white", font=font)
+        if captions and captions[i]:
+            width = draw.textlength(captions[i], font=small)
+            draw.rectangle((x, y + CELL - 22, x + width + 12, y + CELL - 1), fill=(32, 34, 37))
+            draw.text((x + 6, y + CELL - 20), captions[i], fill="white", font=small)
     out = io.BytesIO()
     sheet.save(out, format="PNG", optimize=True)
     return out.getvalue()

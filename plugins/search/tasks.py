@@ -3,11 +3,13 @@
 The worker process's ImageIndex comes from the engine (`job.index()`: one handle per process,
 opened lazily after a fork).
 Indexing is drained in batches: one job embeds up to `drain_batches` × `batch_size` queued
-pictures, then re-queues itself so waiting queries get their turn.
+pictures, then re-queues itself so waiting queries get their turn. The same job reads the text
+on new pictures (OCR) where the space has it on (`CLIPBOT_OCR`, `/index ocr on|off`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -15,17 +17,19 @@ import uuid
 import numpy as np
 
 from engine.blobs import discard
-from engine.errors import UserError
+from engine.errors import ModelUnavailable, UserError
 from engine.index import Filter, ImageIndex
-from engine.models import clip_for
+from engine.index.text import query_words, tokens
+from engine.models import clip_for, ocr_for
 from engine.models.clip import ClipModel
 from engine.observe import metrics
 from engine.tasks import JobContext, task
 from plugins.search import (
-    DRAIN, INDEX_NOW, MAX_TOP, PENDING, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone)
-from plugins.search import pipeline
+    DRAIN, INDEX_NOW, MAX_TOP, PENDING, QUERY, REEMBED, REMOVE, STATS, UNAPPLIED, decode_vector, encode_vector, is_gone,
+    ocr_enabled)
+from plugins.search import pipeline, relevance
 from plugins.search.query import MAX_TERM_CHARS, MAX_TERMS
-from plugins.search.results import Drained, Indexed, IndexStats, Reembedded, Removed, SearchPage
+from plugins.search.results import Drained, Hit, Indexed, IndexStats, Reembedded, Removed, SearchPage
 from plugins.search.sheet import contact_sheet
 
 log = logging.getLogger(__name__)
@@ -36,8 +40,24 @@ _EXPIRED_AT = "clipbot:search:expired-at"
 _VECTOR = "clipbot:search:vector:"
 VECTOR_TTL = 86400
 SHEET_TTL = 3600
+_ocr_warned: set[str] = set()
+
+
 def _image_limits(job: JobContext) -> dict:
     return {"max_bytes": job.settings.max_image_bytes, "max_pixels": job.settings.max_image_pixels}
+
+
+def _reading(job: JobContext) -> dict:
+    """The OCR arguments of the pipeline: this process's reader (None when OCR is off or cannot
+    load: pictures are still indexed, without their text) and which spaces want it."""
+    try:
+        reader = ocr_for(job.settings)
+    except ModelUnavailable as exc:
+        if str(exc) not in _ocr_warned:  # once per process and reason, not once per batch
+            _ocr_warned.add(str(exc))
+            log.warning("indexing pictures without reading their text: %s", exc)
+        reader = None
+    return {"ocr": reader, "ocr_in": lambda space: ocr_enabled(job.store, space)}
 
 
 # ---- indexing --------------------------------------------------------------------------------------
@@ -60,11 +80,12 @@ def drain(job: JobContext) -> Drained:
                 continue
             break
         live = [item for item in batch if not is_gone(job.store, item)]
-        result = pipeline.index_items(index, clip, live, job.blobs.get, **_image_limits(job))
+        result = pipeline.index_items(index, clip, live, job.blobs.get, **_image_limits(job), **_reading(job))
         queue.ack(len(batch))
         _forget_uploads(job, batch)  # indexed (or skipped) for good: the bytes need not wait out the TTL
         totals = Drained(indexed=totals.indexed + result.indexed, embedded=totals.embedded + result.embedded,
-                         skipped=totals.skipped + result.skipped, batches=totals.batches + 1)
+                         skipped=totals.skipped + result.skipped, batches=totals.batches + 1,
+                         read=totals.read + result.read)
     return totals
 
 
@@ -78,7 +99,7 @@ def index_now(job: JobContext, items: list) -> Indexed:
         raise UserError("Each picture to index needs a space, a channel, a message id and an upload.")
     clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
-    result = pipeline.index_items(index, clip, items, job.blobs.get, **_image_limits(job))
+    result = pipeline.index_items(index, clip, items, job.blobs.get, **_image_limits(job), **_reading(job))
     _forget_uploads(job, items)
     return result
 
@@ -138,7 +159,7 @@ def reembed(job: JobContext) -> Reembedded:
     try:
         while True:
             job.check_cancelled()
-            n = pipeline.reembed(index, clip, batch, max_pixels=job.settings.max_image_pixels)
+            n = pipeline.reembed(index, clip, batch, max_pixels=job.settings.max_image_pixels, **_reading(job))
             if not n:
                 break
             done += n
@@ -177,35 +198,84 @@ def _maybe_expire(job: JobContext, index: ImageIndex, retention_days: float) -> 
 def query(job: JobContext, space: str, k: int, offset: int = 0, terms: list | None = None,
           image: str | None = None, similar: dict | None = None, vector_ref: str | None = None,
           exclude: str | None = None, channels: list | None = None, authors: list | None = None,
-          after: float | None = None, before: float | None = None, private: list | None = None) -> SearchPage:
-    _check_query(k, offset, terms, channels, authors, private)
+          after: float | None = None, before: float | None = None, private: list | None = None,
+          text: list | None = None, calibrate: bool = False, expand: dict | None = None) -> SearchPage:
+    _check_query(k, offset, terms, channels, authors, private, text)
+    if any(v is not None and not isinstance(v, dict) for v in (similar, expand)):
+        raise UserError("Name the picture as CHANNEL/MESSAGE.")
+    settings = job.plugin_settings("search")
     clip, index = clip_for(job.settings), job.index()
     _check_model(job, clip)
-    if authors is not None:  # `from:@ana`: an id or mention as typed, or a display name seen in this space
-        authors = sorted(set(authors) | index.author_ids(space, authors))
     # every private thread only for the operator's whole-space search; a channel list without
     # `private` sees none of them
     scopes = None if channels is None and private is None else frozenset(private or ())
-    where = Filter(channels=None if channels is None else frozenset(channels),
-                   authors=None if authors is None else frozenset(authors), after=after, before=before,
-                   private_scopes=scopes)
-    vector = _query_vector(job, clip, index, space, where, terms, image, similar, vector_ref)
+    place = Filter(channels=None if channels is None else frozenset(channels), private_scopes=scopes)
+    if text and not terms and not image and not similar and not vector_ref and not expand:
+        terms = [[phrase, 1.0] for phrase in text]  # only `text:"..."`: it is also what to look for
+    if expand:  # a collapsed result's near-duplicates: like its picture, within the threshold
+        vector = _similar_vector(clip, index, space, place, expand)
+    else:
+        vector = _query_vector(job, clip, index, space, place, terms, image, similar, vector_ref)
     ref = vector_ref or uuid.uuid4().hex[:16]
     if not vector_ref:
         job.store.set(_VECTOR + ref, encode_vector(vector), ttl=VECTOR_TTL)
-    found = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
-                            exclude_message=exclude)
-    sheet = None
-    if found:
-        thumbs = index.thumbnails(space, [h for _, h in found])
-        png = contact_sheet([thumbs.get(h) for _, h in found], first_number=offset + 1)
-        sheet = job.blobs.put(png, ttl=SHEET_TTL)
-    return SearchPage(results=tuple(hit for hit, _ in found), sheet=sheet, model=clip.spec, vector_ref=ref,
-                      meaningless=bool(clip.meaningless), reindexing=job.store.get(_REEMBEDDING) is not None)
+    resolved, unknown = _authors(index, clip.fingerprint, space, place, authors, vector)
+    where = dataclasses.replace(place, authors=resolved, after=after, before=before, text=tuple(text or ()))
+    cutoff = _cutoff(job, clip, index, space) if calibrate and not expand else None
+    if expand:
+        found = pipeline.near_duplicates(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
+                                         duplicate_cosine=settings.duplicate_cosine)
+    else:
+        words = query_words([t for t, w in terms or () if w > 0] + list(text or ()))
+        found = pipeline.search(index, clip.fingerprint, space, vector, where, k=k, offset=offset,
+                                exclude_message=exclude, words=words, duplicate_cosine=settings.duplicate_cosine,
+                                weak_below=cutoff)
+    sheet = _sheet(job, index, space, found, first_number=offset + 1) if found.results else None
+    return SearchPage(results=tuple(hit for hit, _ in found.results), sheet=sheet, model=clip.spec, vector_ref=ref,
+                      meaningless=bool(clip.meaningless), reindexing=job.store.get(_REEMBEDDING) is not None,
+                      more=found.more, cutoff=None if cutoff is None else round(cutoff, 4),
+                      unknown_authors=unknown)
+
+
+def _cutoff(job: JobContext, clip: ClipModel, index: ImageIndex, space: str) -> float | None:
+    """The space's relevance cut-off for text queries (`plugins.search.relevance`)."""
+    background = relevance.space_background(job.store, index, space, clip.fingerprint,
+                                            lambda: pipeline.background_vectors(clip))
+    return background.cutoff(job.plugin_settings("search").relevance_z)
+
+
+def _authors(index: ImageIndex, model: str, space: str, place: Filter, authors: list | None,
+             vector: np.ndarray) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+    """`from:` as typed (ids, mentions, display names seen in this space) → author ids, and the
+    names that match nobody who posted a picture in the searched channels (asked within them, so
+    the answer says nothing about channels the requester cannot read)."""
+    if authors is None:
+        return None, ()
+    resolved: set[str] = set()
+    unknown = []
+    for typed in authors:
+        ids = {typed} | index.author_ids(space, [typed])
+        seen = index.search(space, model, vector, dataclasses.replace(place, authors=frozenset(ids)), k=1)
+        resolved |= ids
+        if not seen:
+            unknown.append(typed)
+    return frozenset(resolved), tuple(unknown)
+
+
+def _sheet(job: JobContext, index: ImageIndex, space: str, found: "pipeline.Found", *, first_number: int) -> str:
+    thumbs = index.thumbnails(space, [h for _, h in found.results])
+    hits = [hit for hit, _ in found.results]
+    png = contact_sheet([thumbs.get(h) for _, h in found.results], first_number=first_number,
+                        captions=[_caption(hit) for hit in hits], dimmed=[hit.weak for hit in hits])
+    return job.blobs.put(png, ttl=SHEET_TTL)
+
+
+def _caption(hit: Hit) -> str:
+    return f"{hit.score:.2f}" + (f"  +{hit.similar}" if hit.similar else "")
 
 
 def _check_query(k: object, offset: object, terms: object, channels: object, authors: object,
-                 private: object) -> None:
+                 private: object, text: object) -> None:
     if not isinstance(k, int) or not 1 <= k <= MAX_TOP:
         raise UserError(f"top must be between 1 and {MAX_TOP}.")
     if not isinstance(offset, int) or not 0 <= offset <= 10_000:
@@ -215,6 +285,10 @@ def _check_query(k: object, offset: object, terms: object, channels: object, aut
                 not isinstance(t, list) or len(t) != 2 or not isinstance(t[0], str) or not t[0].strip()
                 or len(t[0]) > MAX_TERM_CHARS or not isinstance(t[1], (int, float)) for t in terms):
             raise UserError(f"Give up to {MAX_TERMS} search terms of up to {MAX_TERM_CHARS} characters.")
+    if text is not None and (not isinstance(text, list) or len(text) > MAX_TERMS or any(
+            not isinstance(p, str) or not tokens(p) or len(p) > MAX_TERM_CHARS for p in text)):
+        raise UserError(f"Give up to {MAX_TERMS} text: phrases of up to {MAX_TERM_CHARS} characters, "
+                        "each with a word in it.")
     for name, value in (("channels", channels), ("authors", authors), ("private", private)):
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
             raise UserError(f"Bad {name} filter.")

@@ -15,42 +15,27 @@ unsure.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-import os
-import threading
-import time
-from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
-
-import base64
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from engine.datadir import create_file, make_dir
-from engine.models import saliency
+from engine.models import matrix_cache, saliency
 from engine.models.clip import PROMPT_TEMPLATES, ClipModel
 from plugins.whatis.results import Classification, Scored
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no cross-process lock, concurrent workers may compute a matrix twice
-    fcntl = None  # type: ignore[assignment]
 
 Template = Callable[[str], str]
 Progress = Callable[[int, int], object]  # (prompts encoded, prompts in all)
 
-_MEMORY_SLOTS = 8
-_WAIT_POLL_S = 0.5
-_memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-_lock = threading.Lock()
+_memory = matrix_cache.memory  # this process's matrices (tests clear it to play a fresh worker)
+prune_cache = matrix_cache.prune_cache  # the label cache's pruning, for callers
 BACKGROUND_SEED = 19
 BACKGROUND_PICTURES = 24
-_backgrounds: dict[str, torch.Tensor] = {}
 
 
 def _cache_key(clip: ClipModel, labels: Sequence[str], templates: Sequence[Template]) -> str:
@@ -72,106 +57,12 @@ def label_matrix(clip: ClipModel, labels: Sequence[str], templates: Sequence[Tem
                  cache_dir: Path | None = None, *, cache_bytes: int | None = None,
                  progress: Progress | None = None) -> torch.Tensor:
     """`encode_labels`, cached in memory (LRU) and, given `cache_dir`, on disk (LRU, at most
-    `cache_bytes` of matrices when given). Processes sharing `cache_dir` compute a matrix once:
-    the others wait for it (reported as progress 0)."""
-    key = _cache_key(clip, labels, templates)
-    with _lock:
-        matrix = _memory.get(key)
-        if matrix is not None:
-            _memory.move_to_end(key)
-    if matrix is not None:
-        if cache_dir:
-            _touch(Path(cache_dir) / f"{key}.pt")  # in use here: other processes' pruning keeps it
-        return matrix
-    if cache_dir:
-        matrix = _disk_cached(Path(cache_dir), key, cache_bytes,
-                              lambda: encode_labels(clip, labels, templates, progress),
-                              lambda: progress and progress(0, len(labels) * len(templates)))
-    else:
-        matrix = encode_labels(clip, labels, templates, progress)
-    with _lock:
-        _memory[key] = matrix
-        while len(_memory) > _MEMORY_SLOTS:
-            _memory.popitem(last=False)
-    return matrix
-
-
-def _disk_cached(cache_dir: Path, key: str, cache_bytes: int | None, compute: Callable[[], torch.Tensor],
-                 waiting: Callable[[], object]) -> torch.Tensor:
-    matrix = _load_cached(cache_dir, key)
-    if matrix is not None:
-        return matrix
-    make_dir(cache_dir)
-    with _computing(cache_dir, key, waiting):
-        matrix = _load_cached(cache_dir, key)  # another process may have finished it meanwhile
-        if matrix is None:
-            matrix = compute()
-            _save_cached(cache_dir, key, matrix)
-            if cache_bytes is not None:
-                prune_cache(cache_dir, cache_bytes, keep=key)
-    return matrix
-
-
-@contextmanager
-def _computing(cache_dir: Path, key: str, waiting: Callable[[], object]) -> Iterator[None]:
-    """Hold `key`'s lock file: one process (or thread) computes a matrix, the others wait for it,
-    calling `waiting()` every half second (a job reports it, and may be cancelled meanwhile)."""
-    with open(create_file(cache_dir / f".{key}.lock"), "a+b") as lock:
-        while fcntl is not None:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                waiting()
-                time.sleep(_WAIT_POLL_S)
-        yield  # the lock goes with the file's closing
-
-
-def _load_cached(cache_dir: Path, key: str) -> torch.Tensor | None:
-    path = Path(cache_dir) / f"{key}.pt"
-    try:
-        matrix = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # missing, torn or stale: recompute (and overwrite) it
-        return None
-    _touch(path)
-    return matrix
-
-
-def _touch(path: Path) -> None:
-    """Mark a cached matrix as just used: its mtime orders the LRU pruning."""
-    try:
-        os.utime(path)
-    except OSError:  # pruned by another process meanwhile: it will be recomputed when needed
-        pass
-
-
-def _save_cached(cache_dir: Path, key: str, matrix: torch.Tensor) -> None:
-    tmp = cache_dir / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
-    torch.save(matrix.cpu(), create_file(tmp))
-    os.replace(tmp, cache_dir / f"{key}.pt")  # atomic: concurrent workers never read half a file
-
-
-def prune_cache(cache_dir: Path, max_bytes: int, *, keep: str = "") -> int:
-    """Delete the least recently used matrices until the cache holds at most `max_bytes`
-    (the matrix `keep` stays whatever its size). Returns the bytes freed."""
-    entries = []
-    for path in Path(cache_dir).glob("*.pt"):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:  # another process pruned it
-            continue
-        entries.append((stat.st_mtime_ns, stat.st_size, path))
-    total = sum(size for _, size, _ in entries)
-    freed = 0
-    for _, size, path in sorted(entries):
-        if total - freed <= max_bytes:
-            break
-        if path.stem == keep:
-            continue
-        path.unlink(missing_ok=True)
-        (path.parent / f".{path.stem}.lock").unlink(missing_ok=True)
-        freed += size
-    return freed
+    `cache_bytes` of matrices when given) by `engine.models.matrix_cache`. Processes sharing
+    `cache_dir` compute a matrix once: the others wait for it (reported as progress 0)."""
+    return matrix_cache.cached_matrix(
+        _cache_key(clip, labels, templates), lambda: encode_labels(clip, labels, templates, progress),
+        cache_dir, cache_bytes=cache_bytes,
+        waiting=lambda: progress and progress(0, len(labels) * len(templates)))
 
 
 def probabilities(clip: ClipModel, image_features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -296,25 +187,13 @@ def background_pictures(side: int, count: int = BACKGROUND_PICTURES, seed: int =
 
 
 def background_features(clip: ClipModel, cache_dir: Path | None = None) -> torch.Tensor:
-    """The background pictures' image embeddings [B, D], computed once per model: kept in this
-    process and, given `cache_dir`, on disk beside the label matrices (seconds on a CPU)."""
-    with _lock:
-        found = _backgrounds.get(clip.fingerprint)
-    if found is not None:
-        return found
-
-    def compute() -> torch.Tensor:
-        return clip.encode_images(background_pictures(2 * clip.image_size))  # resized as photos are
-
-    if cache_dir:
-        key = hashlib.sha256(json.dumps(["background", clip.fingerprint, BACKGROUND_SEED,
-                                         BACKGROUND_PICTURES]).encode()).hexdigest()
-        found = _disk_cached(Path(cache_dir), key, None, compute, lambda: None)
-    else:
-        found = compute()
-    with _lock:
-        _backgrounds[clip.fingerprint] = found
-    return found
+    """The background pictures' image embeddings [B, D], computed once per model: kept in memory
+    and, given `cache_dir`, on disk beside the label matrices (seconds on a CPU)."""
+    key = hashlib.sha256(json.dumps(["background", clip.fingerprint, BACKGROUND_SEED,
+                                     BACKGROUND_PICTURES]).encode()).hexdigest()
+    # at twice the model's input side: resized by the preprocess as photos are
+    return matrix_cache.cached_matrix(
+        key, lambda: clip.encode_images(background_pictures(2 * clip.image_size)), cache_dir)
 
 
 def explain(clip: ClipModel, image: Image.Image, matrix: torch.Tensor, labels: Sequence[str],

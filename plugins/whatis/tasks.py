@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,6 +15,7 @@ from engine.images import decode_image
 from engine.index import Filter
 from engine.models import clip_for
 from engine.models.clip import IMAGENET_CLASSNAMES
+from engine.progress import BuildProgress, matrix_build_progress
 from engine.tasks import JobContext, task
 from plugins.whatis import IMAGENET, MAX_TOP, TASK, TEACH_TASK
 from plugins.whatis import pipeline
@@ -25,9 +25,6 @@ from plugins.whatis.results import Classification, Explained, Taught
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
     from plugins.whatis import WhatisSettings
-
-_REPORT_EVERY_S = 1.0
-
 
 @task(TASK, queue="gpu", inputs=("image",))  # the upload goes when the job ends
 def classify(job: JobContext, image: str | None, labels: list[str] | None, top: int, explain: bool = False,
@@ -47,7 +44,7 @@ def classify(job: JobContext, image: str | None, labels: list[str] | None, top: 
     what = f"{IMAGENET} labels" if labels is None else f"{len(label_list)} labels"
     shots = _examples(clip, label_list, examples)
     result = pipeline.classify(clip, shown, label_list, top=top, cache_dir=label_cache_dir(settings),
-                               cache_bytes=label_cache_bytes(config), progress=_job_progress(job, what),
+                               cache_bytes=label_cache_bytes(config), progress=matrix_build_progress(job, what),
                                examples=shots, text_weight=config.teach_text_weight,
                                threshold=config.threshold, margin=config.unsure_margin)
     if explain:
@@ -163,44 +160,3 @@ def label_cache_dir(settings: "EngineSettings") -> Path:
 
 def label_cache_bytes(config: "WhatisSettings") -> int:
     return int(config.label_cache_mb) * 1024 * 1024
-
-
-class BuildProgress:
-    """Turns a label-matrix build's prompt counts into 'preparing ImageNet labels: 35%' reports:
-    none for a build that ends within a second, then at most one a second, and 100% at the end
-    of a build that reported. Waiting for another process that computes the same matrix is
-    reported at once (as 0%)."""
-
-    def __init__(self, what: str, sink: Callable[[int, int, str], object], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._what = what
-        self._sink = sink
-        self._clock = clock
-        self._last = clock()
-        self._percent = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        now = self._clock()
-        percent = 100 * done // max(1, total)
-        if done == 0:
-            due = True  # waiting for another process that builds it
-        elif done >= total:
-            due = self._percent >= 0  # the end of a build that said something
-        else:
-            due = now - self._last >= _REPORT_EVERY_S
-        if not due or percent == self._percent:
-            return
-        self._last, self._percent = now, percent
-        self._sink(done, total, f"preparing {self._what}: {percent}%")
-
-
-def _job_progress(job: JobContext, what: str) -> Callable[[int, int], None]:
-    """Progress of a label-matrix build as job events; a cancelled job stops at the next batch
-    (or while it waits for another process's build)."""
-    report = BuildProgress(what, lambda done, total, message: job.progress(done, total, message=message))
-
-    def progress(done: int, total: int) -> None:
-        job.check_cancelled()
-        report(done, total)
-
-    return progress

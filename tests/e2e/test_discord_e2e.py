@@ -20,6 +20,9 @@ from tests.support.probe_plugin import PREFIX, noise_png
 LOADING = 128  # message flag: the deferred "thinking..." placeholder
 
 
+HUES = ((250, 10, 10), (10, 250, 10), (10, 10, 250), (250, 250, 10))
+
+
 def _png(color=(200, 30, 30), size=(96, 64)) -> bytes:
     return png_bytes(color, size)
 
@@ -54,8 +57,8 @@ def test_commands_sync_to_the_dev_guild_with_types_and_admin_permissions(world, 
     fake = world.fake
     (put,) = fake.find_calls("PUT", rf"/applications/{fake.app_id}/guilds/{world.guild}/commands")
     by_name = {c["name"]: c for c in put.json}
-    assert {"help", "whatis", "labels", "probe", "What is this?"} <= set(by_name)
-    assert by_name["What is this?"]["type"] == 3
+    assert {"help", "whatis", "labels", "probe", "What is this?", "describe", "Describe"} <= set(by_name)
+    assert by_name["What is this?"]["type"] == 3 and by_name["Describe"]["type"] == 3
     assert [o["type"] for o in by_name["whatis"]["options"]] == [11, 3, 4, 5]
     assert by_name["probe_admin"]["default_member_permissions"] == "32"
     assert not fake.find_calls("PUT", rf"/applications/{fake.app_id}/commands")
@@ -114,6 +117,24 @@ def test_message_menu_what_is_this_answers_for_a_posted_image(world, start_bot):
                                         and m["flags"] & EPHEMERAL], 30, "an ephemeral refusal")
     assert "no image" in followup[0]["content"]
     assert record.original_id not in fake.messages[world.general]  # the placeholder went
+
+
+@pytest.mark.slow  # a bot start, and an /imagine thread
+def test_message_menu_describe_answers_four_prompts_whose_buttons_start_imagine(world, start_bot):
+    start_bot()
+    fake = world.fake
+    posted = fake.post_message(world.general, world.alice, "what would you call this?",
+                               files=[("fox.png", _png((200, 120, 40)), "image/png")])
+    record = fake.context_menu(world.guild, world.general, world.mod, "Describe", posted["id"])
+    message = _answer(fake, record, "the /describe answer", until=lambda m: bool(m["components"]))
+    buttons = _buttons(message)
+    assert list(buttons) == [f"Imagine this #{i}" for i in range(1, 5)]
+    prompt = json.loads(buttons["Imagine this #2"][len("cb1:"):])[1]["prompt"]
+    assert prompt in message["content"] and "subjects:" in message["content"]
+
+    fake.click(world.guild, world.general, world.alice, message["id"], buttons["Imagine this #2"])
+    thread = _thread_of(fake, world.general, "/imagine ")
+    assert thread["name"].startswith(f"/imagine {prompt[:20]}")  # the clicker's /imagine of that prompt
 
 
 def test_requests_carry_the_members_readable_channels_and_admin_flag(world, start_bot):
@@ -390,6 +411,28 @@ def test_a_deleted_message_leaves_the_index(world, start_bot):
                   "the deleted picture gone")
 
 
+def test_search_collapses_reposts_names_files_marks_weak_matches_and_expands_by_button(world, start_bot):
+    start_bot()
+    fake = world.fake
+    def post(name, color):
+        return fake.post_message(world.general, world.alice, name, files=[(f"{name}.png", _png(color), "image/png")])
+
+    posts = [post("lunch", (10, 250, 10)) for _ in range(2)]  # the same picture twice: one result, "+1 similar"
+    other = post("plan", (250, 10, 10))
+    _search_until(fake, world, world.alice, "picture", lambda t: other["id"] in t and "+1 similar" in t,
+                  "the repost collapsed")
+    answer = _search(fake, world, world.alice, "picture")  # everything indexed now
+    text = answer["content"]
+    assert "lunch.png · " in text and "plan.png · " in text and "(+1 similar)" in text  # file names, scores
+    assert sum(p["id"] in text for p in posts) == 1
+    buttons = _buttons(answer)
+    assert "More" not in buttons and len(answer["attachments"]) == 1
+    expand = next(custom_id for label, custom_id in buttons.items() if label.endswith("+1 similar"))
+    click = fake.click(world.guild, world.general, world.alice, answer["id"], expand)
+    copies = _answer(fake, click, "the near-duplicates")["content"]
+    assert all(p["id"] in copies for p in posts) and other["id"] not in copies
+
+
 def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot):
     fake = world.fake
     old = [fake.post_message(world.general, world.alice, f"old {i}",
@@ -416,8 +459,8 @@ def test_clipbot_index_backfill_from_the_shell_reads_discord_history(world, tmp_
 
     fake = world.fake
     old = [fake.post_message(world.general, world.alice, f"old {i}",
-                             files=[(f"old{i}.png", _png((i * 40, 200 - i * 30, 90)), "image/png")] if i % 2 == 0 else [])
-           for i in range(7)]
+                             files=[(f"old{i}.png", _png(HUES[i // 2]), "image/png")] if i % 2 == 0 else [])
+           for i in range(7)]  # hues the tiny model tells apart (greys and near colours are near-duplicates)
     data = tmp_path / "data"
     env = {"DISCORD_TOKEN": BOT_TOKEN, "CLIPBOT_DISCORD_API_BASE": fake.api_base,
            "CLIPBOT_TEST_FILE_HOSTS": f"127.0.0.1:{fake.port}",
@@ -563,3 +606,67 @@ def test_imagine_pictures_that_match_a_concept_are_spoilered_except_in_age_restr
     fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Delete"])
     fake.wait_for(lambda f: final["id"] not in f.messages[thread["id"]], 30, "the picture deleted")
     assert fake.find_calls("DELETE", rf"/channels/{thread['id']}/messages/{final['id']}")
+
+
+@pytest.mark.slow
+def test_remix_opens_a_modal_whose_new_prompt_and_mode_build_on_the_picture_and_params_answer_privately(
+        world, start_bot):
+    """Remix answers the click with a modal (prompt, mode pre-filled "vary"); its submission runs the
+    command with what was typed: here an upscale under a new prompt, in the same thread."""
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    fake.slash(world.guild, world.general, world.alice, "imagine",
+               {"prompt": "a red kite", "steps": 2, "size": "32", "every": 2, "seed": 3, "drawer": "pixels"})
+    thread = _thread_of(fake, world.general, "/imagine a red kite")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
+                          180, "the picture")[0]
+    assert {"Upscale x2", "Zoom out 1.5x", "Pan left", "Params", "Delete"} <= set(_buttons(final))
+
+    opened = fake.click(world.guild, thread["id"], world.mod, final["id"], _buttons(final)["Remix"])
+    fake.wait_for(lambda f: opened.modal, 30, "the Remix modal")
+    assert opened.callback_type == 9 and opened.modal["title"] == "Remix"
+    inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in row["components"]}
+    assert set(inputs) == {"prompt", "mode"} and inputs["mode"]["value"] == "vary"
+    assert "value" not in inputs["prompt"] and "empty: as before" in inputs["prompt"]["placeholder"]
+
+    submitted = fake.submit_modal(world.guild, thread["id"], world.mod, opened,
+                                  {"prompt": "a red kite at dawn", "mode": "upscale"})
+    upscaled = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                        if "Remix" in _buttons(m) and "at dawn" in m["content"]], 180,
+                             "the upscaled picture")[0]
+    assert submitted.callback_type == 5 and "upscale of job" in upscaled["content"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(upscaled["attachments"][0]["url"]))) as im:
+        assert im.size == (64, 64)
+
+    params = fake.click(world.guild, thread["id"], world.alice, upscaled["id"], _buttons(upscaled)["Params"])
+    private = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                       if m.get("interaction_metadata", {}).get("id") == params.id
+                                       and "Params of job" in m["content"]], 30, "the Params answer")[0]
+    assert private["flags"] & EPHEMERAL and "a red kite" in private["content"] and "upscale of" in private["content"]
+
+
+@pytest.mark.slow
+def test_settings_private_shows_imagine_progress_only_to_the_requester_and_the_picture_to_all(world, start_bot):
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    asked = fake.slash(world.guild, world.general, world.alice, "settings", {"private": True})
+    saved = fake.wait_for(lambda f: [m for m in f.messages[world.general].values()
+                                     if m.get("interaction_metadata", {}).get("id") == asked.id
+                                     and m["flags"] & EPHEMERAL], 30, "the settings, privately")[0]
+    assert "private `True`" in saved["content"]
+    record = fake.slash(world.guild, world.general, world.alice, "imagine",
+                        {"prompt": "a quiet harbour", "steps": 4, "size": "32", "every": 2, "drawer": "pixels"})
+    thread = _thread_of(fake, world.general, "/imagine a quiet harbour")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
+                          180, "the public picture in its thread")[0]
+    assert not final["flags"] & EPHEMERAL and final["attachments"]
+    followups = [c for c in fake.find_calls("POST", rf"/webhooks/{fake.app_id}/{record.token}")]
+    assert followups and all(c.json["flags"] & EPHEMERAL for c in followups), "progress went privately"
+    edits = fake.find_calls("PATCH", rf"/webhooks/{fake.app_id}/{record.token}/messages/\d+")
+    assert any("step" in (c.json.get("content") or "") for c in edits), "edited in place"
+    # the private progress went once the picture was there; nothing public showed the progress
+    assert fake.find_calls("DELETE", rf"/webhooks/{fake.app_id}/{record.token}/messages/\d+")
+    assert list(fake.messages[thread["id"]]) == [final["id"]]
+    assert not [m for m in fake.channel_messages(world.general) if "step" in m["content"]]

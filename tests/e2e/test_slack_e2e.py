@@ -24,8 +24,8 @@ import pytest
 from bot.actions import decode_action
 from tests.conftest import ROOT, clipbot_env, run_clipbot
 from tests.fakes.slack_fake import (FakeSlack, block_actions, event_callback, form_body, message_event,
-                                    message_shortcut, signed_headers, slash_command)
-from tests.support.pictures import png_bytes
+                                    message_shortcut, signed_headers, slash_command, view_submission)
+from tests.support.pictures import png_bytes, text_png
 from tests.support.processes import LoggedProcess
 
 TEAM = "T0FAKE"
@@ -212,6 +212,20 @@ def test_whatis_message_shortcut_classifies_the_picture(bot, fake):
     call = fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == message["ts"])
     assert "tiny-test" in call.params["text"]  # the model is named in the answer
     assert "this channel's labels" in call.params["text"]
+    assert (photo["id"], True) in fake.downloads  # fetched with the bot token
+
+
+def test_describe_message_shortcut_answers_with_four_imagine_buttons(bot, fake):
+    photo = fake.add_file(_png((40, 90, 200)), "pic.png", user="U1")
+    message = fake.post_as_user("C1", "U1", "describe me", files=[photo])
+    bot.send("interactive", message_shortcut(TEAM, "C1", "U1", message, "clipbot_describe"))
+    call = fake.wait_call("chat.postMessage", lambda c: "Prompts for this picture" in c.params.get("text", "")
+                          and c.params.get("thread_ts") == message["ts"], timeout=120)
+    buttons = [e for b in call.params["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["text"]["text"] for b in buttons] == [f"Imagine this #{i}" for i in range(1, 5)]
+    actions = [decode_action(b["value"]) for b in buttons]
+    assert {a.command for a in actions} == {"imagine"} and len({a.options["prompt"] for a in actions}) == 4
+    assert all(a.options["prompt"] in call.params["text"] for a in actions)
     assert (photo["id"], True) in fake.downloads  # fetched with the bot token
 
 
@@ -513,6 +527,27 @@ def test_search_shows_only_channels_the_user_is_in_and_forgets_deleted_files(bot
                   timeout=120, what="the deleted file to leave the index")
 
 
+def test_words_on_a_picture_and_in_its_message_find_it_through_slack(bot, fake):
+    """Real OCR in the indexing batch: the slide is found by a word written on it, the plain picture
+    by its message's words (and an exact `text:` phrase, typed as Slack sends it)."""
+    slide = fake.add_file(text_png(["Quarterly roadmap", "kiwi budget"]), "slide.png", user="U1")
+    slide_message = fake.post_as_user("C3", "U1", "", files=[slide])
+    plain = fake.add_file(_png((0, 0, 250)), "IMG_1.png", user="U1")
+    plain_message = fake.post_as_user("C3", "U1", "design review notes", files=[plain])
+    for message in (slide_message, plain_message):
+        bot.send("events_api", event_callback(TEAM, message_event("C3", message)))
+
+    def first_line(query):
+        lines = _search(bot, fake, "U1", "C3", query).splitlines()
+        return next((line for line in lines if line.startswith("1. ")), "")
+
+    line = fake.wait_for(lambda: (lambda l: l if _link("C3", slide_message) in l else None)(first_line("kiwi")),
+                         timeout=180, what="the slide found by the word on it")
+    assert "kiwi budget" in line  # the words that matched, shown in the result
+    line = first_line('whiteboard text:"design review"')
+    assert _link("C3", plain_message) in line and "design review notes" in line
+
+
 def test_pictures_in_private_channels_group_dms_and_dms_are_found_only_by_their_members(bot, fake):
     """The rule (README, /search): a picture in a private channel, a group DM or a DM is found only by
     that conversation's members, with in:all too."""
@@ -573,6 +608,31 @@ def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_o
     assert any(c.params["ts"] == ts for c in fake.calls_to("chat.delete"))
 
 
+def test_remix_opens_a_modal_and_its_submission_builds_on_the_picture_with_the_new_prompt(bot, fake):
+    word = _token()
+    bot.send("slash_commands", slash_command(TEAM, "C3", "U1", "/imagine",
+                                             f"a {word} kite steps: 2 size: 32 every: 2 drawer: pixels"))
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} kite"))
+    ts = [m["ts"] for m in fake.bot_messages("C3") if m["text"].startswith(f"<@U1> /imagine: a {word} kite")][-1]
+    parent = _answered(fake, "C3", ts, button="Remix")
+    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == "Remix")
+    opened = len(fake.views)
+    bot.send("interactive", block_actions(TEAM, "C3", "U1", parent, button["action_id"], button["value"]))
+    view = fake.wait_for(lambda: fake.views[opened:] and fake.views[-1], what="the Remix modal")
+    assert view["title"]["text"] == "Remix" and [b["block_id"] for b in view["blocks"]] == ["prompt", "mode"]
+    prompt, mode = (b["element"] for b in view["blocks"])
+    assert prompt["type"] == "plain_text_input" and "initial_value" not in prompt
+    assert mode["type"] == "static_select" and mode["initial_option"]["value"] == "vary"
+    assert {"upscale", "zoom-out", "pan-left"} <= {o["value"] for o in mode["options"]}
+
+    bot.send("interactive", view_submission(TEAM, "U1", view, {"prompt": f"a {word} kite at dawn", "mode": "zoom-out"}))
+    zoomed = fake.wait_for(lambda: [m for m in fake.bot_messages("C3") if "zoom-out of job" in m.get("text", "")
+                                    and f"{word} kite at dawn" in m.get("text", "")], timeout=180,
+                           what="the zoomed-out picture")[0]
+    assert "48x48" in zoomed["text"]
+
+
 def test_a_blurred_picture_says_so_on_slack_which_has_no_spoilers():
     from bot.adapters.slack.post import SPOILER_NOTE, _rendered
     from bot.commands import Image, Reply
@@ -631,7 +691,7 @@ def test_index_backfill_reads_history_patiently(bot, fake):
     channel = f"C3{bot.mode.upper()}"  # a channel of its own per mode: history from before the bot
     fake.add_user("UOWNER", ["C1", "C3", channel], admin=True)
     old = []
-    for color in ((10, 10, 10), (60, 60, 60), (120, 120, 120)):
+    for color in ((10, 10, 10), (250, 10, 10), (10, 250, 10)):  # not two greys: near-duplicates collapse
         photo = fake.add_file(_png(color), f"{_token()}.png", user="UOWNER")
         old.append(fake.post_as_user(channel, "UOWNER", "from before", files=[photo]))
         fake.post_as_user(channel, "UOWNER", "chatter")

@@ -57,6 +57,27 @@ def _iso(ts: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc).isoformat()
 
 
+def _modal_problem(data: dict, interaction_type: int) -> str:
+    """What Discord refuses in a MODAL callback: modals answer commands and components only
+    (not another modal's submission); title <= 45, custom_id <= 100, 1-5 rows of one text input,
+    labels <= 45, placeholders <= 100."""
+    if interaction_type not in (2, 3):
+        return "a modal answers a command or a component"
+    rows = data.get("components") or []
+    if not data.get("title") or len(data["title"]) > 45 or not data.get("custom_id") or len(data["custom_id"]) > 100:
+        return "title or custom_id"
+    if not 1 <= len(rows) <= 5:
+        return "a modal has 1 to 5 rows"
+    for row in rows:
+        items = row.get("components") or []
+        if row.get("type") != 1 or len(items) != 1 or items[0].get("type") != 4:
+            return "each row holds one text input"
+        item = items[0]
+        if not item.get("label") or len(item["label"]) > 45 or len(item.get("placeholder") or "") > 100:
+            return "text input label or placeholder"
+    return ""
+
+
 def _json(obj: Any, status: int = 200, headers: dict | None = None) -> web.Response:
     # Exactly "application/json": with aiohttp's "; charset=utf-8" suffix discord.py reads the body as text.
     return web.Response(status=status, body=json.dumps(obj).encode(),
@@ -86,6 +107,7 @@ class InteractionRecord:
     ephemeral: bool = False
     expired: bool = False
     dispatched_at: float = field(default_factory=time.monotonic)
+    modal: dict | None = None  # what a MODAL callback (type 9) showed the member
 
 
 class FakeDiscord:
@@ -481,6 +503,25 @@ class FakeDiscord:
 
         return self._sync(run)
 
+    def submit_modal(self, guild_id: str, channel_id: str, user: dict, opened: InteractionRecord,
+                     values: dict[str, str]) -> InteractionRecord:
+        """The member submits the modal that `opened` was answered with (type 5, MODAL_SUBMIT):
+        `values` by text input custom_id; inputs not named keep what they were pre-filled with."""
+        def run() -> Any:
+            if opened.modal is None:
+                raise AssertionError("that interaction was not answered with a modal")
+            inputs = [c for row in opened.modal["components"] for c in row["components"]]
+            unknown = set(values) - {c["custom_id"] for c in inputs}
+            if unknown:
+                raise AssertionError(f"the modal has no text input {sorted(unknown)}")
+            rows = [{"type": 1, "components": [{"type": 4, "custom_id": c["custom_id"],
+                                                "value": values.get(c["custom_id"], c.get("value", ""))}]}
+                    for c in inputs]
+            data = {"custom_id": opened.modal["custom_id"], "components": rows}
+            return self._interact(guild_id, channel_id, user, 5, data, message=opened.payload.get("message"))
+
+        return self._sync(run)
+
     def _command(self, guild_id: str, name: str, kind: int) -> dict:
         for command in self.commands.get(guild_id, []) + self.commands.get("global", []):
             if command["name"] == name and command.get("type", 1) == kind:
@@ -648,8 +689,13 @@ class FakeDiscord:
             return self._error(call, 404, 10062, "Unknown interaction")
         if record.responded:
             return self._error(call, 400, 40060, "Interaction has already been acknowledged.")
-        record.responded, record.callback_type = True, call.json["type"]
         data = call.json.get("data") or {}
+        if call.json["type"] == 9:
+            problem = _modal_problem(data, record.payload["type"])
+            if problem:
+                return self._error(call, 400, 50035, f"Invalid Form Body ({problem})")
+            record.modal = data
+        record.responded, record.callback_type = True, call.json["type"]
         record.ephemeral = bool(int(data.get("flags", 0)) & EPHEMERAL)
         resource: dict = {"type": record.callback_type}
         if record.callback_type in (4, 5):  # a message (or its "thinking..." placeholder) is created

@@ -46,6 +46,7 @@ class FakeSlack:
         self.host = host
         self.calls: list[Call] = []
         self.messages: dict[str, list[dict]] = {}  # channel -> messages, oldest first (replies included)
+        self.views: list[dict] = []  # modals opened with views.open
         self.ephemerals: list[dict] = []
         self.members: dict[str, set[str]] = {}  # user -> channels
         self.kinds: dict[str, str] = {}  # channel -> public_channel (default), private_channel, mpim or im
@@ -239,6 +240,20 @@ class FakeSlack:
         with self._lock:
             result = handler(params)
         return web.json_response({"ok": True, **result} if "error" not in result else {"ok": False, **result})
+
+    def _m_views_open(self, p: dict) -> dict:
+        """A modal, as Slack checks it: a trigger, a modal view with a title (<= 24), a callback id,
+        private_metadata <= 3000 and 1-100 blocks. Opened views are kept in `views`."""
+        view = _json(p.get("view") or {})
+        if not p.get("trigger_id"):
+            return {"error": "invalid_trigger_id"}
+        title = (view.get("title") or {}).get("text", "")
+        if (view.get("type") != "modal" or not 0 < len(title) <= 24 or not view.get("callback_id")
+                or len(view.get("private_metadata") or "") > 3000 or not 1 <= len(view.get("blocks") or []) <= 100):
+            return {"error": "invalid_arguments"}
+        opened = {**view, "id": "V" + uuid.uuid4().hex[:10].upper(), "team_id": self.team_id}
+        self.views.append(opened)
+        return {"view": opened}
 
     def _m_auth_test(self, p: dict) -> dict:
         return {"url": "https://fake.slack.com/", "team": "Fake Team", "user": "clipbot", "team_id": self.team_id,
@@ -454,13 +469,34 @@ def slash_command(team_id: str, channel: str, user: str, command: str, text: str
 
 
 def block_actions(team_id: str, channel: str, user: str, message: dict, action_id: str, value: str) -> dict:
+    # Slack sends the clicked button's text along (found in the message's blocks, as Slack does)
+    text = next((e.get("text") for b in message.get("blocks") or () if b.get("type") == "actions"
+                 for e in b.get("elements", ()) if e.get("action_id") == action_id), None)
     return {"type": "block_actions", "team": {"id": team_id, "domain": "fake"}, "user": {"id": user, "team_id": team_id},
             "api_app_id": "AFAKE", "token": "legacy", "trigger_id": uuid.uuid4().hex,
             "channel": {"id": channel}, "container": {"type": "message", "message_ts": message["ts"],
                                                        "channel_id": channel},
             "message": message, "response_url": "http://127.0.0.1:9/unused",
             "actions": [{"type": "button", "action_id": action_id, "block_id": "b", "value": value,
-                         "action_ts": str(time.time())}]}
+                         "action_ts": str(time.time()), **({"text": text} if text else {})}]}
+
+
+def view_submission(team_id: str, user: str, view: dict, values: dict[str, str]) -> dict:
+    """The user submits an opened modal: `values` by block id (a select takes the option's value);
+    inputs not named keep what they were pre-filled with."""
+    state: dict = {}
+    for block in view["blocks"]:
+        element = block["element"]
+        given = values.get(block["block_id"])
+        if element["type"] == "static_select":
+            chosen = next((o for o in element["options"] if o["value"] == given), element.get("initial_option"))
+            state[block["block_id"]] = {element["action_id"]: {"type": "static_select", "selected_option": chosen}}
+        else:
+            value = given if given is not None else element.get("initial_value")
+            state[block["block_id"]] = {element["action_id"]: {"type": element["type"], "value": value}}
+    return {"type": "view_submission", "team": {"id": team_id, "domain": "fake"},
+            "user": {"id": user, "team_id": team_id}, "api_app_id": "AFAKE", "token": "legacy",
+            "trigger_id": uuid.uuid4().hex, "view": {**view, "state": {"values": state}}}
 
 
 def message_shortcut(team_id: str, channel: str, user: str, message: dict, callback_id: str) -> dict:

@@ -168,6 +168,21 @@ def test_occurrences_of_a_message(index):
     assert index.occurrences("s", "m1", channel_id="c9") == []
 
 
+def test_embeddings_of_many_pictures_at_once_and_file_names_kept(index):
+    vectors = fill(index, "s", 5)
+    index.add("s", MODEL, {}, [occ("s", "c2", "m9", "h3", file_name="whiteboard.jpg")])
+    found = index.embeddings("s", ["h1", "h3", "h3", "nope"], MODEL)
+    assert set(found) == {"h1", "h3"}
+    for h, v in found.items():  # stored as float16, read back as float32
+        assert v.dtype == np.float32 and np.allclose(v, vectors[h], atol=1e-3)
+    assert index.embeddings("s", ["h1"], "model-b") == {} and index.embeddings("other", ["h1"], MODEL) == {}
+    assert index.embeddings("s", [], MODEL) == {}
+    [posted] = index.occurrences("s", "m9")
+    assert posted.file_name == "whiteboard.jpg" and index.occurrences("s", "m1")[0].file_name == ""
+    hits = index.search("s", MODEL, vectors["h3"], Filter(channels=frozenset({"c2"})), k=1)
+    assert hits[0].occurrence.file_name == "whiteboard.jpg"
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_channel_acls_never_leak(index, data):
@@ -289,6 +304,7 @@ def test_an_index_from_before_private_threads_hides_its_discord_thread_pictures(
     for _ in range(2):  # the second open finds the column and changes nothing
         index = open_index(url, tmp_path)
         assert [o.private for m in ("m1", "m2", "m3") for o in index.occurrences("s", m)] == [True, False, False]
+        assert {o.file_name for o in index.occurrences("s", "m1")} == {""}  # the column came later too
         index.add("s", MODEL, {"h1": (vec(1), None)}, [occ("s", "c1", "m4", "h1", thread_id="t5")])
         assert not index.occurrences("s", "m4")[0].private
         index.close()

@@ -17,7 +17,8 @@ RATIO_LINES = {
     "clip_cpu.py": [r"^onnx over eager: image b1 [\d.]+x · image b32 [\d.]+x · text b1 [\d.]+x · text b32 [\d.]+x$"],
     "whatis.py": [r"^embedded .* \d+\.\d+x$", r"^redis\+worker \(solo\) .* \d+\.\d+x$"],
     "imagine.py": [r"^\s*32\^2 reference\s+[\d.]+\s+1\.00\b", r"^\s*32\^2 ours\s+[\d.]+\s+[\d.]+\s.*\byes$"],
-    "search.py": [r"^\s*1000\s+embedded\s+none\s", r"whole path [\d.]+/s, ratio [\d.]+x$"],
+    "search.py": [r"^\s*1000\s+embedded\s+none\s", r"whole path [\d.]+/s, ratio [\d.]+x$",
+                  r"^ocr \d+ slides .* words read back [\d.]+%$", r"OCR on [\d.]+/s vs off [\d.]+/s, ratio [\d.]+x$"],
     "slack_ack.py": [r'"ack_p99_ratio_vs_reference": [\d.]+', r'"acks_within_3s": "10/10"'],
     "discord_adapter.py": [r"^bare .* 1\.00x$", r"^labels .* [\d.]+x$", r"^whatis .* [\d.]+x$"],
 }

@@ -56,6 +56,21 @@ def test_whatis_default_labels_are_imagenet(data_dir, tmp_path, imagenet_labels_
     assert {item["label"] for item in answer["labels"]} <= set(IMAGENET_CLASSNAMES)
 
 
+def test_describe_json_contract(data_dir, tmp_path):
+    out = clipbot(data_dir, "describe", str(write_image(tmp_path / "d.png")), "--terms", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert set(answer) == {"prompts", "terms"} and len(answer["prompts"]) == 4
+    assert all(isinstance(p, str) and p for p in answer["prompts"])
+    from plugins.describe.vocab import KINDS
+
+    assert [(set(t), t["kind"]) for t in answer["terms"]] == [({"term", "kind", "score"}, k) for k in KINDS
+                                                                for _ in range(2)]
+    for kind in KINDS:
+        scores = [t["score"] for t in answer["terms"] if t["kind"] == kind]
+        assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+
+
 def _bad(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")

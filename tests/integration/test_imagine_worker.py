@@ -139,6 +139,30 @@ def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_wo
 
 
 @pytest.mark.slow
+def test_a_zoom_out_whose_child_is_killed_resumes_from_its_checkpoint_and_draws_the_same_picture(
+        redis_engine, start_worker, client, tmp_path):
+    worker = start_worker("--queues", LONG, CLIPBOT_IMAGINE_CHECKPOINT_EVERY="10")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-3")
+    first = _final(say(adapter, "/imagine a red kite steps: 4 size: 32 every: 2 seed: 8"), worker)
+    line = f"/imagine from_job: {first.data['job']} mode: zoom-out steps: 60 every: 20"
+    job, thread, replies = _submit(redis_engine, line)
+    checkpoints = checkpoints_for(redis_engine.engine)
+    _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 20, "two checkpoints", worker=worker)
+    (child,) = worker.children()
+    os.kill(child, signal.SIGKILL)
+    last_checkpoint = checkpoints.meta(job)["step"]
+    thread.join(300)
+    killed = _final(replies, worker)
+    record = redis_engine.engine.book.get(job)
+    assert record.result["runs"] == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
+    assert killed.data["size"] == "48x48" and killed.data["parent"] == first.data["job"]
+    # the resumed run kept its frozen region and its place: an uninterrupted zoom draws the same picture
+    clean = _final(say(adapter, line), worker)
+    assert clean.data["loss"] == killed.data["loss"] and clean.images[0].data == killed.images[0].data
+
+
+@pytest.mark.slow
 def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker, client, tmp_path):
     def kill_all(worker):
         os.killpg(worker.proc.pid, signal.SIGKILL)  # parent and children: the host went away

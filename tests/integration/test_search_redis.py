@@ -53,7 +53,9 @@ def test_posted_pictures_are_embedded_in_batches_by_the_worker(redis_url, data_d
         for i in range(20):  # no worker yet: the pictures wait in Redis (the hook logs why)
             post(i)
         assert client.llen("clipbot:search:pending") == 20 and not client.exists("clipbot:search:drain")
-        worker = start_worker(CLIPBOT_SEARCH_BATCH_SIZE="8", CLIPBOT_SEARCH_DRAIN_BATCHES="10")
+        # 21 close colours are near-duplicates to the tiny model: this test counts them one by one
+        worker = start_worker(CLIPBOT_SEARCH_BATCH_SIZE="8", CLIPBOT_SEARCH_DRAIN_BATCHES="10",
+                              CLIPBOT_SEARCH_DUPLICATE_COSINE="1")
         worker.wait_ready(app.engine)
         post(20)  # the next post starts one drain job for all 21
         wait_until(lambda: not (client.llen("clipbot:search:pending") or client.exists("clipbot:search:drain")),
@@ -80,7 +82,7 @@ def test_posted_pictures_are_embedded_in_batches_by_the_worker(redis_url, data_d
         asyncio.run(app.message_deleted(MessageDeleted("local", space, "c1", "m7")))
         assert json.loads(client.get("clipbot:search:unapplied-removals")) == [
             {"space": space, "message_id": "m7", "channel_id": "c1", "source_ids": []}]
-        start_worker().wait_ready(app.engine)
+        start_worker(CLIPBOT_SEARCH_DUPLICATE_COSINE="1").wait_ready(app.engine)
         post(8, message="m8-again")
         wait_until(lambda: "m8-again" in {r["message_id"] for r in search(app, space, query="a square", top=25).data["results"]},
                    timeout=60, what="m8-again to be indexed", every=0.2)

@@ -39,9 +39,12 @@ def test_progress_snapshots_final_data_and_actions(local):
     assert shots == ["step-0000.png", "step-0004.png", "step-0008.png", "step-0012.png"]
     assert all(r.progress is not None and r.actions[0].command == "cancel" for r in progress)
     assert [r.progress for r in progress if r.images][1:] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert {a.label for a in final.actions} == {"Reroll", "Variations", "Continue", "Use as init", "Delete"}
+    assert [a.label for a in final.actions] == [
+        "Reroll", "Variations", "Continue", "Use as init", "Upscale x2", "Zoom out 1.5x", "Zoom out 2x", "Pan left",
+        "Pan right", "Pan up", "Pan down", "Remix", "Params", "Delete"]
+    assert final.data["job"] == final.actions[0].options["from_job"] and final.data["parent"] is None
     printed = local.buffer.getvalue()
-    assert "[Reroll] /imagine prompt: = from_job: " in printed and printed.count("[Cancel]") == 1
+    assert "[Reroll] /imagine from_job: " in printed and printed.count("[Cancel]") == 1
 
 
 @pytest.mark.slow
@@ -156,7 +159,8 @@ def test_cli_contract(data_dir, tmp_path):
         cwd=ROOT, env=clipbot_env(data_dir, None), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
-    assert set(answer) == {"seed", "steps", "size", "final", "snapshots", "loss"}
+    assert set(answer) == {"seed", "steps", "size", "final", "snapshots", "loss", "job", "parent"}
+    assert answer["parent"] is None and len(answer["job"]) == 32
     assert answer["seed"] == 3 and answer["steps"] == 12 and answer["size"] == "64x64"
     assert answer["final"] == str(tmp_path / "o" / "final.png")
     assert answer["snapshots"] == [str(tmp_path / "o" / f"step-{n:04d}.png") for n in (0, 4, 8, 12)]
@@ -167,6 +171,20 @@ def test_cli_contract(data_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "a fox", "--size", "9000"], cwd=ROOT,
                          env=clipbot_env(data_dir, None), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "largest side" in bad.stderr
+
+    # Another process builds on the finished job: the embedded engine kept it under the data dir.
+    def derive(*args):
+        run = subprocess.run([sys.executable, "-m", "bot.cli", "imagine", "--from-job", answer["job"], *args,
+                              "--out", str(tmp_path / "d"), "--json"], cwd=ROOT, env=clipbot_env(data_dir, None),
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout)
+
+    upscaled = derive("--mode", "upscale", "--steps", "2", "--every", "2")
+    assert upscaled["size"] == "128x128" and upscaled["parent"] == answer["job"] and upscaled["steps"] == 2
+    assert Image.open(upscaled["final"]).size == (128, 128)
+    panned = derive("--mode", "pan-left", "--prompt", "a fox at dusk", "--steps", "2", "--every", "2")
+    assert panned["size"] == "96x64" and panned["parent"] == answer["job"] and panned["seed"] == 3
 
 
 def test_every_button_fits_a_discord_custom_id(local):

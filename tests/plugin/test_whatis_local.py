@@ -167,9 +167,9 @@ def test_oversized_upload_is_refused_before_reading(embedded, tmp_path):
 def test_label_matrix_progress_reaches_the_chat(local, red_png, monkeypatch):
     """A new label set is encoded with progress events; the handler turns them into progress
     replies (shown live, before the answer)."""
-    from plugins.whatis import tasks
+    from engine import progress as build_progress
 
-    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)  # report every new percent, however fast
+    monkeypatch.setattr(build_progress, "_REPORT_EVERY_S", 0.0)  # report every new percent, however fast
     labels = ", ".join(f"gadget model {i} {red_png.parent.name}" for i in range(12))  # never seen before
     replies = say(local, f"/whatis {red_png} labels: {labels}")
     progress = [r for r in replies if r.progress is not None]
@@ -225,9 +225,10 @@ def test_classify_task_labels_none_is_imagenet_and_repeats_are_merged(embedded, 
 def test_cancelling_stops_a_label_matrix_build(embedded, red_png, monkeypatch):
     from engine.errors import JobCancelled
     from engine.jobs import PROGRESS
+    from engine import progress as build_progress
     from plugins.whatis import TASK, pipeline, tasks
 
-    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)
+    monkeypatch.setattr(build_progress, "_REPORT_EVERY_S", 0.0)
     labels = [f"widget {i} {red_png.parent.name}" for i in range(1000)]  # 80,000 prompts, never seen
     engine = embedded.engine
     job_id = engine.submit(TASK, {"image": engine.blobs.put(red_png.read_bytes()), "labels": labels, "top": 3})

@@ -1,4 +1,5 @@
-"""Pictures for tests: plain colours as PNG bytes or files, and a PNG whose header lies about its size."""
+"""Pictures for tests: plain colours as PNG bytes or files, words written on a picture (for OCR), and a PNG
+whose header lies about its size."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def write_image(path: Path, size=(96, 64), color=(200, 30, 30), fmt="PNG") -> Pa
 
     Image.new("RGB", size, color).save(path, format=fmt)
     return path
+
+
+def text_png(lines: list[str], size=(640, 360), background=(250, 250, 245), ink=(20, 20, 60)) -> bytes:
+    """A picture with `lines` written on it, as a slide or screenshot has them. The font is Pillow's
+    own (`ImageFont.load_default(size=...)`, a scalable FreeType font built into Pillow >= 10.1), so
+    no font needs to be installed on the machine."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=40)
+    picture = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(picture)
+    for i, line in enumerate(lines):
+        draw.text((30, 30 + i * 70), line, fill=ink, font=font)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -60,10 +60,11 @@ def test_hook_clipbot_prepare(tmp_path, monkeypatch):
     """/whatis prepares the (here: a shortened) ImageNet label matrix for `models pull`, and for
     a worker only when CLIPBOT_WHATIS_PRECOMPUTE asks; the classify task then finds it on disk."""
     from bot.app import open_app
+    from engine import progress
     from plugins.whatis import pipeline, tasks
 
     monkeypatch.setattr(tasks, "IMAGENET_CLASSNAMES", ("tench", "goldfish", "great white shark"))
-    monkeypatch.setattr(tasks, "_REPORT_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "_REPORT_EVERY_S", 0.0)  # the build's reports (engine.progress.BuildProgress)
     settings = make_settings(tmp_path, clip_model="tiny-test", device="cpu")
     cache = tmp_path / "cache" / "labels"
     lines: list[str] = []

@@ -68,3 +68,20 @@ def test_contact_sheet_and_previews():
         assert im.format == "PNG" and im.width > im.height  # three cells in one row
         pixel = im.convert("RGB").getpixel((im.width // 6, im.height // 2))  # the first cell shows the preview
         assert all(abs(a - b) <= 3 for a, b in zip(pixel, (10, 120, 200)))  # (JPEG)
+
+
+def test_contact_sheet_captions_and_weak_matches():
+    from plugins.search.sheet import CELL, WEAK_BADGE
+
+    preview = make_preview(Image.new("RGB", (300, 300), (10, 120, 200)))
+    plain = contact_sheet([preview, preview])
+    marked = contact_sheet([preview, preview], captions=["0.31  +3", ""], dimmed=[False, True])
+    with Image.open(io.BytesIO(plain)) as a, Image.open(io.BytesIO(marked)) as b:
+        a, b = a.convert("RGB"), b.convert("RGB")
+        second = 8 + CELL + 8  # x of the second cell
+        assert b.getpixel((second + 7, 8 + 15)) == WEAK_BADGE != a.getpixel((second + 7, 8 + 15))
+        assert b.getpixel((8 + 7, 8 + 15)) == a.getpixel((8 + 7, 8 + 15))  # a match keeps its blue number
+        caption_box = (8, 8 + CELL - 22, 8 + 60, 8 + CELL)
+        assert a.crop(caption_box).tobytes() != b.crop(caption_box).tobytes()  # the score is written
+        assert a.crop((second, 8 + CELL - 22, second + 60, 8 + CELL)).tobytes() == \
+            b.crop((second, 8 + CELL - 22, second + 60, 8 + CELL)).tobytes()  # no caption, nothing drawn

@@ -180,3 +180,31 @@ def test_cli_models_pull_vqgan(data_dir):
     bad = subprocess.run([sys.executable, "-m", "bot.cli", "models", "pull", "--vqgan", "nope"], cwd=ROOT,
                          env=clipbot_env(data_dir, None), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("clipbot: Unknown VQGAN model 'nope'")
+
+
+def test_seeded_vqgan_and_clip_built_side_by_side_get_their_own_weights():
+    # torch's CPU generator is process-wide: a VQGAN preset built while a CLIP preset builds in another
+    # thread (a worker warming both) must not draw the other's numbers
+    from engine.models.clip import load_clip
+
+    def weights(model):
+        return {name: t.clone() for name, t in model.state_dict().items()}
+
+    serial = {"vqgan": weights(load_vqgan("tiny-test", device="cpu").model),
+              "clip": weights(load_clip("tiny-test", device="cpu").model)}
+    built: dict[str, list] = {"vqgan": [], "clip": []}
+
+    def build(kind):
+        model = load_vqgan("tiny-test", device="cpu").model if kind == "vqgan" \
+            else load_clip("tiny-test", device="cpu").model
+        built[kind].append(weights(model))
+
+    threads = [threading.Thread(target=build, args=(kind,)) for kind in ("vqgan", "clip") * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for kind, copies in built.items():
+        assert len(copies) == 3
+        for state in copies:
+            assert all(torch.equal(state[name], serial[kind][name]) for name in serial[kind]), kind

@@ -71,9 +71,9 @@ def test_background_is_fixed_and_vectors_round_trip(clip):
 
 
 def test_background_embeddings_are_cached_on_disk(clip, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "_backgrounds", {})
+    pipeline._memory.clear()
     first = pipeline.background_features(clip, tmp_path)
     assert first.shape == (pipeline.BACKGROUND_PICTURES, clip.embed_dim) and len(list(tmp_path.glob("*.pt"))) == 1
-    monkeypatch.setattr(pipeline, "_backgrounds", {})  # a fresh worker process: read from disk, not encoded
+    pipeline._memory.clear()  # a fresh worker process: read from disk, not encoded
     monkeypatch.setattr(clip, "encode_images", lambda images: pytest.fail("encoded again"))
     torch.testing.assert_close(pipeline.background_features(clip, tmp_path), first)

@@ -41,11 +41,13 @@ import yarl
 from bot.adapters.base import ChatSurface, Intake, count_api_answer, error_reply
 from bot.adapters.discord.channels import (bot_reads, bot_sees_private_threads, channel_access,
                                            channel_and_thread)
+from bot.adapters.discord.forms import form_answers, form_modal
 from bot.adapters.discord.history import DiscordHistory
 from bot.adapters.discord.payloads import command_payloads, fold_multiple, interaction_options, is_image, message_menus
 from bot.adapters.discord.replies import PLATFORM, ActionButton, ReplyStream, Throttle, report_failure
 from bot.commands import Action, Attachment, CommandSpec, Reply, Request
 from bot.events import ChannelRemoved, ImagePosted, MessageDeleted
+from bot.forms import filled
 from bot.intake import Downloader, FileHosts, ImageLimits, unreachable
 from bot.markup import clean
 from engine.errors import UserError
@@ -126,6 +128,8 @@ class _Client(discord.Client):
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         if interaction.type is discord.InteractionType.application_command:
             await self.adapter.on_command(interaction)
+        elif interaction.type is discord.InteractionType.modal_submit:
+            await self.adapter.on_form(interaction)
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
@@ -256,14 +260,25 @@ class DiscordAdapter(ChatSurface):
         await self.answer(interaction, command, options)
 
     async def on_click(self, interaction: discord.Interaction, action: Action | None) -> None:
+        if action is not None and action.ask:  # a modal is the first answer (instead of deferring)
+            await interaction.response.send_modal(form_modal(action, self.commands.get(action.command)))
+            return
         await interaction.response.defer(thinking=True)
         if action is None:
             await ReplyStream(self, interaction).send(
                 error_reply("This button is from an older version of the bot and no longer works."))
             return
-        clicked = {"channel": str(interaction.channel_id), "message": str(interaction.message.id)} \
-            if interaction.message is not None else None
-        await self.answer(interaction, action.command, dict(action.options), clicked=clicked)
+        await self.answer(interaction, action.command, dict(action.options), clicked=_clicked(interaction))
+
+    async def on_form(self, interaction: discord.Interaction) -> None:
+        """A submitted Remix form: its action (in the custom_id) with what was typed."""
+        await interaction.response.defer(thinking=True)
+        try:
+            action, answers = form_answers(interaction.data or {})  # type: ignore[arg-type]
+        except ValueError:
+            await ReplyStream(self, interaction).send(error_reply("I can't read that form any more; click again."))
+            return
+        await self.answer(interaction, action.command, filled(action, answers), clicked=_clicked(interaction))
 
     async def answer(self, interaction: discord.Interaction, command: str, options: dict[str, Any], *,
                      clicked: dict | None = None) -> None:
@@ -391,6 +406,12 @@ class DiscordAdapter(ChatSurface):
     async def _channel(self, channel_id: int) -> Any:
         channel = self.client.get_channel(channel_id)  # type: ignore[union-attr]
         return channel or await self.client.fetch_channel(channel_id)  # type: ignore[union-attr]
+
+
+def _clicked(interaction: discord.Interaction) -> dict | None:
+    """The message a button (or the form it opened) is on: what its Delete deletes."""
+    message = interaction.message
+    return {"channel": str(interaction.channel_id), "message": str(message.id)} if message is not None else None
 
 
 def _age_restricted(channel: Any) -> bool:

@@ -86,6 +86,8 @@ class ReplyStream:
         self.progress_followup: discord.WebhookMessage | None = None
         self.shown = False  # something public is already on screen
         self.thread_name: str | None = None  # a long job's thread, opened at its first public reply
+        self.private_progress: discord.WebhookMessage | None = None  # ephemeral progress, edited in place
+        self.original_gone = False  # the "thinking..." placeholder was deleted (for private progress)
         if interaction is not None:
             self.deadline = interaction.created_at.timestamp() + adapter.config.token_ttl
             self.limit = interaction.filesize_limit
@@ -111,7 +113,12 @@ class ReplyStream:
         where = self.interaction.channel  # type: ignore[union-attr]
         if isinstance(where, discord.Thread):
             self.channel = where
-            await self._edit_original(content="Working on it here.")
+            if not self.original_gone:
+                await self._edit_original(content="Working on it here.")
+            return
+        if self.original_gone:  # private progress took the placeholder's place: a thread of its own
+            self.channel = await where.create_thread(name=name[:100], type=discord.ChannelType.public_thread,
+                                                     auto_archive_duration=1440)
             return
         original = await self.interaction.original_response()  # type: ignore[union-attr]
         await self._edit_original(content=render_discord(f"Working on it: {escape(name)}."))
@@ -137,6 +144,12 @@ class ReplyStream:
         if is_progress and not self.adapter.throttle.ready(self._channel_key()):
             return  # dropped: the next progress reply or the final one replaces it anyway
         fields = await self._fields(reply)
+        if is_progress and reply.ephemeral:
+            await self._private_progress(fields)
+            return
+        if reply.final and self.private_progress is not None:  # the answer replaces it
+            await report_failure(self.private_progress.delete())
+            self.private_progress = None
         try:
             await self._send(reply, is_progress, fields)
         except discord.HTTPException as exc:
@@ -150,8 +163,9 @@ class ReplyStream:
         if self.channel is not None:
             await self._send_with_bot_token(reply, is_progress, fields)
         elif reply.ephemeral and not self.shown and not is_progress:
-            await self.interaction.delete_original_response()  # type: ignore[union-attr]
-            self.original_free = False
+            if not self.original_gone:
+                await self.interaction.delete_original_response()  # type: ignore[union-attr]
+            self.original_free, self.original_gone = False, True
             await self.interaction.followup.send(ephemeral=True, **_as_new(fields))  # type: ignore[union-attr]
         elif (is_progress or reply.final) and (self.original_free or self.progress_on_original):
             await self._edit_original(**fields)
@@ -163,6 +177,26 @@ class ReplyStream:
             sent = await self.interaction.followup.send(wait=True, **_as_new(fields))  # type: ignore[union-attr]
             self.shown = True
             self.progress_followup = sent if is_progress else None
+
+    async def _private_progress(self, fields: dict) -> None:
+        """Progress only the requester sees (/settings private): an ephemeral follow-up where they
+        asked, edited in place, while the answer itself goes to its thread. Only the interaction token
+        can send one: once it expired, the progress is not shown (the final answer still is)."""
+        if self.interaction is None or time.time() >= self.deadline:
+            return
+        try:
+            if self.private_progress is not None:
+                await self.private_progress.edit(**fields)
+                return
+            if self.original_free:  # the public "thinking..." placeholder goes: nothing public yet
+                await self.interaction.delete_original_response()
+                self.original_free, self.original_gone = False, True
+            self.private_progress = await self.interaction.followup.send(ephemeral=True, wait=True,
+                                                                         **_as_new(fields))
+        except discord.HTTPException as exc:
+            if not _token_dead(exc):
+                raise
+            self.deadline = 0.0  # the token died early: no more private progress
 
     async def _send_with_bot_token(self, reply: Reply, is_progress: bool, fields: dict) -> None:
         if self.message is None and self._message_id is not None:

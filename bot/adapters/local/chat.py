@@ -136,7 +136,7 @@ class LocalAdapter:
                       for i in reply.images]
             repeated = is_progress and reply.actions == stream.progress_actions
             stream.progress_actions = reply.actions if is_progress else ()
-            lines += [f"[{a.label}] {action_command(a)}" for a in (() if repeated else reply.actions)]
+            lines += [f"[{_button_label(a)}] {action_command(a)}" for a in (() if repeated else reply.actions)]
             if is_progress:
                 line = progress_line(reply.progress, text)
                 if self.lines is None or not self.lines.show_progress(stream, line):
@@ -189,6 +189,11 @@ class LocalAdapter:
         from bot.adapters.local.session import ChatSession
 
         await ChatSession(self).run(stdin)
+
+
+def _button_label(action: Action) -> str:
+    """A button that asks first (a Remix) says what to add or change in its line."""
+    return f"{action.label}: set {', '.join(action.ask)}" if action.ask else action.label
 
 
 def action_command(action: Action) -> str:

@@ -41,6 +41,7 @@ from bot.adapters.base import ChatSurface, error_reply
 from bot.adapters.slack.manifest import slack_specs, slash_name
 from bot.commands import Attachment, CommandSpec, Request
 from bot.events import ChannelRemoved, MessageDeleted
+from bot.forms import filled
 from bot.intake import unreachable
 from bot.markup import escape, render_slack
 from bot.options import parse_command_text
@@ -55,6 +56,8 @@ try:  # the `slack` extra; without it `configured` still answers and `serve` say
 
     from bot.adapters.slack.files import (PLATFORM, EventDedupe, FileFetcher, FileLocations, SlackHistory,
                                           image_files, image_posted)
+    from bot.adapters.slack.forms import CALLBACK_ID as FORM_CALLBACK
+    from bot.adapters.slack.forms import form_view, read_submission
     from bot.adapters.slack.post import ChannelPacer, CountingRetryHandler, ReplyPoster, Target
     _MISSING = ""
 except ModuleNotFoundError as exc:
@@ -236,6 +239,7 @@ class SlackAdapter(ChatSurface):
         self.bolt.command(re.compile(r"^/"))(self._on_command)
         self.bolt.shortcut(re.compile(f"^{SHORTCUT_PREFIX}"))(self._on_shortcut)
         self.bolt.action(re.compile(f"^{re.escape(ACTION_PREFIX)}"))(self._on_action)
+        self.bolt.view(FORM_CALLBACK)(self._on_form)
         self.bolt.event("app_mention")(self._on_mention)
         self.bolt.event("message")(self._on_message)
         self.bolt.event("file_deleted")(self._on_file_deleted)
@@ -281,7 +285,37 @@ class SlackAdapter(ChatSurface):
         message = body.get("message") or {}
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         target = Target(channel, body["user"]["id"], message.get("thread_ts"), respond)
-        self._spawn(self._guarded(target, self._run_action(body, message, target)))
+        try:
+            clicked = body["actions"][0]
+            action = decode_action(clicked["value"], label=(clicked.get("text") or {}).get("text", ""))
+        except (ValueError, KeyError, IndexError):
+            action = None  # _run_action says so
+        if action is not None and action.ask:  # a form first: views.open within the click's 3 s
+            await self._open_form(action, body, channel, message, target)
+            return
+        self._spawn(self._guarded(target, self._run_action(action, body, message, target)))
+
+    async def _open_form(self, action: Any, body: dict, channel: str, message: dict, target: Target) -> None:
+        view = form_view(action, self.app.commands.get(action.command), channel=channel, message=message)
+        try:
+            await self.client.views_open(trigger_id=body.get("trigger_id", ""), view=view)
+        except SlackApiError as exc:
+            await self._say_privately(target, f"I could not open the form ({exc.response.get('error')}); "
+                                              "click again.")
+
+    async def _on_form(self, ack: Any, body: dict) -> None:
+        """A submitted Remix form: the action it carries, with what was typed, from the submitter."""
+        await ack()  # closes the modal
+        if not await self._first_time("form", body):
+            return
+        try:
+            action, answers, where = read_submission(body.get("view") or {})
+        except ValueError:
+            return  # not ours (no other view is registered under this callback id)
+        message = {"ts": where.get("ts"), "thread_ts": where.get("thread_ts")}
+        target = Target(where.get("channel", ""), body["user"]["id"], message["thread_ts"])
+        self._spawn(self._guarded(target, self._run_action(dataclasses.replace(
+            action, options=filled(action, answers), ask=()), body, message, target)))
 
     async def _on_mention(self, body: dict, event: dict) -> None:
         if not await self.dedupe.claim(body.get("event_id", "")):
@@ -368,11 +402,9 @@ class SlackAdapter(ChatSurface):
         await self._attach(spec, options, files, target.channel, None, latest_fallback=False)
         await self._answer(spec, options, target, team=team, thread=message.get("thread_ts"))
 
-    async def _run_action(self, body: dict, message: dict, target: Target) -> None:
-        try:
-            action = decode_action(body["actions"][0]["value"])
-        except (ValueError, KeyError, IndexError):
-            raise UserError("I can't read that button any more; run the command again.") from None
+    async def _run_action(self, action: Any, body: dict, message: dict, target: Target) -> None:
+        if action is None:
+            raise UserError("I can't read that button any more; run the command again.")
         spec = self.app.spec(action.command)
         if not spec.long_running:  # quick answers go under the clicked message
             target.thread_ts = message.get("thread_ts") or message.get("ts")
