@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 MAX_LABEL_CHARS = 100
+MAX_EXAMPLES = 10  # example pictures per taught label
 DEFAULT_SET = "default"
 _SET_NAME = re.compile(r"^[\w-]{1,32}$")
 
@@ -58,11 +59,13 @@ def check_set_name(name: str) -> str:
 
 
 class LabelSets:
-    """Named label sets of one channel, kept in the engine's store."""
+    """Named label sets of one channel, kept in the engine's store, and the image examples of
+    the labels taught with `/labels teach` (embeddings, under the model that made them)."""
 
     def __init__(self, store: "Store", platform: str, channel_id: str) -> None:
         self._store = store
         self._key = f"clipbot:labels:{platform}:{channel_id or '-'}"
+        self._taught_key = f"clipbot:labels:taught:{platform}:{channel_id or '-'}"
 
     def all(self) -> dict[str, list[str]]:
         return self._store.get(self._key) or {}
@@ -74,12 +77,47 @@ class LabelSets:
         sets = self.all()
         sets[check_set_name(name)] = labels
         self._store.set(self._key, sets)
+        self._forget_untaught(sets)
 
     def remove(self, name: str | None) -> bool:
         sets = self.all()
         if name is None:
             self._store.delete(self._key)
+            self._store.delete(self._taught_key)
             return bool(sets)
         found = sets.pop(name, None) is not None
         self._store.set(self._key, sets)
+        self._forget_untaught(sets)
         return found
+
+    def teach(self, name: str, label: str, model: str, vectors: list[str]) -> list[str]:
+        """Add `label` to set `name` (made if new) with its example embeddings, replacing earlier
+        examples of that label; returns the set's labels."""
+        sets = self.all()
+        labels = list(sets.get(check_set_name(name)) or [])
+        if label.casefold() not in {existing.casefold() for existing in labels}:
+            labels.append(label)
+        sets[name] = labels
+        taught = self.taught()
+        taught[label.casefold()] = {"label": label, "model": model, "vectors": list(vectors)}
+        self._store.set(self._taught_key, taught)
+        self._store.set(self._key, sets)
+        return labels
+
+    def taught(self) -> dict[str, dict]:
+        """{casefolded label: {"label", "model", "vectors"}} of this channel's taught labels."""
+        return self._store.get(self._taught_key) or {}
+
+    def examples_for(self, labels: list[str]) -> dict[str, dict]:
+        """The taught examples of those of `labels` that have some, by label ({"model", "vectors"})."""
+        taught = self.taught()
+        return {label: {"model": taught[label.casefold()]["model"], "vectors": taught[label.casefold()]["vectors"]}
+                for label in labels if label.casefold() in taught}
+
+    def _forget_untaught(self, sets: dict[str, list[str]]) -> None:
+        """Drop the examples of labels no set has any more."""
+        taught = self.taught()
+        kept = {label.casefold() for labels in sets.values() for label in labels}
+        left = {k: v for k, v in taught.items() if k in kept}
+        if left != taught:
+            self._store.set(self._taught_key, left)

@@ -105,9 +105,9 @@ def test_the_compose_fleet_answers_whatis_search_and_imagine(fleet, fake):
     assert slack.send("events_api", event_callback(TEAM, message_event("C1", picture))) == 200
 
     assert slack.send("slash_commands", slash_command(TEAM, "C1", "U1", "/whatis", "cat, dog, car")) == 200
-    answer = fake.wait_call("files.completeUploadExternal", lambda c: "your labels" in
-                            (c.params.get("initial_comment") or ""), timeout=120)
-    assert "tiny-test" in answer.params["initial_comment"]
+    # the chart is uploaded, then the text posted with its Where? button
+    answer = fake.wait_call("chat.postMessage", lambda c: "your labels" in (c.params.get("text") or ""), timeout=120)
+    assert "tiny-test" in answer.params["text"]
 
     link = f"https://fake.slack.com/archives/C1/p{picture['ts'].replace('.', '')}"
 

@@ -59,7 +59,7 @@ def test_commands_sync_to_the_dev_guild_with_types_and_admin_permissions(world, 
     by_name = {c["name"]: c for c in put.json}
     assert {"help", "whatis", "labels", "probe", "What is this?", "describe", "Describe"} <= set(by_name)
     assert by_name["What is this?"]["type"] == 3 and by_name["Describe"]["type"] == 3
-    assert [o["type"] for o in by_name["whatis"]["options"]] == [11, 3, 4]
+    assert [o["type"] for o in by_name["whatis"]["options"]] == [11, 3, 4, 5]
     assert by_name["probe_admin"]["default_member_permissions"] == "32"
     assert not fake.find_calls("PUT", rf"/applications/{fake.app_id}/commands")
 
@@ -81,6 +81,20 @@ def test_whatis_with_an_attachment_is_deferred_then_answered_with_a_chart(world,
     (chart,) = message["attachments"]
     with PILImage.open(io.BytesIO(fake.cdn_bytes(chart["url"]))) as im:
         assert im.format == "PNG" and im.width > 100
+
+
+def test_where_button_answers_with_heat_maps(world, start_bot):
+    start_bot()
+    fake = world.fake
+    record = fake.slash(world.guild, world.general, world.alice, "whatis", {"labels": "red, green, blue"},
+                        attachments={"image": ("red.png", _png(), "image/png")})
+    message = _answer(fake, record, "the /whatis answer", until=whatis_answer)
+    where = _buttons(message)["Where?"]
+    click = fake.click(world.guild, world.general, world.alice, message["id"], where)
+    answer = _answer(fake, click, "the Where? answer", until=lambda m: len(m["attachments"]) > 1)
+    names = [a["filename"] for a in answer["attachments"]]
+    assert names == ["whatis.png", "whatis-where-1.png", "whatis-where-2.png", "whatis-where-3.png"]
+    assert "Where? heat maps" in answer["content"]
 
 
 def test_message_menu_what_is_this_answers_for_a_posted_image(world, start_bot):

@@ -207,10 +207,11 @@ def test_whatis_message_shortcut_classifies_the_picture(bot, fake):
     photo = fake.add_file(_png(), "cat.png", user="U1")
     message = fake.post_as_user("C1", "U1", "look", files=[photo])
     bot.send("interactive", message_shortcut(TEAM, "C1", "U1", message, "clipbot_whatis"))
-    call = fake.wait_call("files.completeUploadExternal",
-                          lambda c: c.params.get("thread_ts") == message["ts"], timeout=120)
-    assert "tiny-test" in call.params["initial_comment"]  # the model is named in the answer
-    assert "this channel's labels" in call.params["initial_comment"]
+    # The chart is uploaded, then the text posted with its Where? button, both under the message.
+    fake.wait_call("files.completeUploadExternal", lambda c: c.params.get("thread_ts") == message["ts"], timeout=120)
+    call = fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == message["ts"])
+    assert "tiny-test" in call.params["text"]  # the model is named in the answer
+    assert "this channel's labels" in call.params["text"]
     assert (photo["id"], True) in fake.downloads  # fetched with the bot token
 
 
@@ -233,11 +234,26 @@ def test_whatis_slash_command_in_a_channel_uses_its_latest_picture(bot, fake):
     fake.post_as_user("C2", "U2", "sky", files=[photo])
     fake.post_as_user("C2", "U2", "a later message without a picture")
     bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whatis", "sky, sea &amp; sand top: 2"))
-    call = _posted(fake, "C2", "your labels", method="files.completeUploadExternal")
+    call = _posted(fake, "C2", "your labels")  # the text with its Where? button, after the chart's upload
     assert call.params.get("thread_ts") is None  # answered in the channel
     # Slack's escaping read back on the way in, mrkdwn escaping applied on the way out (shown as "&").
-    assert "1. sea &amp; sand" in call.params["initial_comment"] or "2. sea &amp; sand" in call.params["initial_comment"]
+    assert "1. sea &amp; sand" in call.params["text"] or "2. sea &amp; sand" in call.params["text"]
     assert (photo["id"], True) in fake.downloads
+
+
+def test_where_button_uploads_heat_maps_under_the_answer(bot, fake):
+    photo = fake.add_file(_png((200, 90, 20)), "fox.png", user="U2")
+    fake.post_as_user("C2", "U2", "a fox", files=[photo])
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whatis", "fox, dog, cat"))
+    posted = _posted(fake, "C2", "your labels")
+    button = next(e for b in posted.params["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == "Where?")
+    message = [m for m in fake.bot_messages("C2") if "your labels" in m["text"]][-1]
+    bot.send("interactive", block_actions(TEAM, "C2", "U2", message, button["action_id"], button["value"]))
+    fake.wait_call("files.completeUploadExternal", lambda c: c.params.get("thread_ts") == message["ts"],
+                   timeout=120)  # under the clicked answer
+    names = [f["name"] for m in fake.thread("C2", message["ts"])[1:] for f in m.get("files", ())]
+    assert names == ["whatis.png", "whatis-where-1.png", "whatis-where-2.png", "whatis-where-3.png"]
 
 
 def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
@@ -247,9 +263,8 @@ def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
     mention = fake.post_as_user("C1", "U1", "<@UBOT> whatis labels: leaf, car", thread_ts=parent["ts"])
     event = {**message_event("C1", mention), "type": "app_mention"}
     bot.send("events_api", event_callback(TEAM, event))
-    call = fake.wait_call("files.completeUploadExternal",
-                          lambda c: c.params.get("thread_ts") == parent["ts"], timeout=120)
-    assert "your labels" in call.params["initial_comment"]
+    call = fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == parent["ts"]
+                          and "your labels" in c.params.get("text", ""), timeout=120)
     assert (photo["id"], True) in fake.downloads
 
 
@@ -340,9 +355,8 @@ def test_real_photos_are_classified_and_indexed_whole_and_a_lying_file_is_refuse
     photo = fake.add_file(first, "IMG_0001.jpg", "image/jpeg", user="U1")
     message = fake.post_as_user("C1", "U1", "holiday", files=[photo])
     bot.send("interactive", message_shortcut(TEAM, "C1", "U1", message, "clipbot_whatis"))
-    call = fake.wait_call("files.completeUploadExternal", lambda c: c.params.get("thread_ts") == message["ts"],
-                          timeout=120)
-    assert "this channel's labels" in call.params["initial_comment"], call.params["initial_comment"]
+    call = fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == message["ts"], timeout=120)
+    assert "this channel's labels" in call.params["text"], call.params["text"]  # posted with its Where? button
 
     indexed = fake.post_as_user("C2", "U1", "", files=[fake.add_file(second, "IMG_0002.jpg", "image/jpeg", user="U1")])
     bot.send("events_api", event_callback(TEAM, message_event("C2", indexed)))

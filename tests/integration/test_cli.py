@@ -12,11 +12,37 @@ def test_whatis_json_contract(data_dir, tmp_path):
     out = clipbot(data_dir, "whatis", str(image), "--labels", "cat, dog, person, car", "--top", "3", "--json")
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
-    assert set(answer) == {"model", "labels"} and answer["model"] == "tiny-test"
+    assert set(answer) == {"model", "labels", "unsure"} and answer["model"] == "tiny-test"
+    assert isinstance(answer["unsure"], bool)
     assert [set(item) for item in answer["labels"]] == [{"label", "score"}] * 3
     scores = [item["score"] for item in answer["labels"]]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
     assert {item["label"] for item in answer["labels"]} <= {"cat", "dog", "person", "car"}
+
+
+def test_whatis_explain_json_names_the_heat_map_files(data_dir, tmp_path):
+    image = write_image(tmp_path / "e.png")
+    out = clipbot(data_dir, "whatis", str(image), "--labels", "cat, dog", "--explain", "--json",
+                  "--out", str(tmp_path / "answers"))
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert [e["label"] for e in answer["explain"]] == [item["label"] for item in answer["labels"]]
+    for n, explained in enumerate(answer["explain"], 1):
+        assert explained["heatmap"] == str(tmp_path / "answers" / f"whatis-where-{n}.png")
+        assert (tmp_path / "answers" / f"whatis-where-{n}.png").read_bytes().startswith(b"\x89PNG")
+    assert isinstance(answer["unsure"], bool)
+
+
+def test_labels_teach_verb_takes_the_name_and_pictures(data_dir, tmp_path):
+    from tests.support.mascot import mascot_file
+
+    pictures = [str(mascot_file(tmp_path, shift)) for shift in range(2)]
+    assert clipbot(data_dir, "labels", "set", "--labels", "cat, dog", "--channel", "C1").returncode == 0
+    out = clipbot(data_dir, "labels", "teach", "--name", "mascot", *pictures, "--channel", "C1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["labels"] == ["cat", "dog", "mascot"]
+    answer = clipbot(data_dir, "whatis", str(mascot_file(tmp_path, 5)), "--channel", "C1", "--json")
+    assert json.loads(answer.stdout)["labels"][0]["label"] == "mascot"
 
 
 def test_whatis_default_labels_are_imagenet(data_dir, tmp_path, imagenet_labels_cached):

@@ -30,7 +30,7 @@ def ranked(reply):
     for line in reply.text.splitlines():
         head, sep, pct = line.rpartition(": ")
         if sep and head[:1].isdigit() and ". " in head and pct.endswith("%"):
-            out.append((head.split(". ", 1)[1], float(pct[:-1])))
+            out.append((head.split(". ", 1)[1], 0.05 if pct == "<0.1%" else float(pct[:-1])))
     return out
 
 

@@ -42,21 +42,31 @@ RESULT = Classification.from_json({
 
 
 def test_answer_names_the_best_guess_and_the_source():
-    text, note = format_answer(RESULT, "ImageNet-1k", threshold=0.1)
+    text, note = format_answer(RESULT, "ImageNet-1k")
     assert text.splitlines()[0] == "Looks like **golden retriever** (82%)."
     assert "1. golden retriever: 82.0%" in text and "2. tennis ball: 10.0%" in text
     assert "random test model" not in text
     assert note == "ViT-B-32:laion2b_s34b_b79k · labels: ImageNet-1k"
 
 
-def test_none_of_these_below_threshold():
-    unsure = replace(RESULT, labels=(Scored("cat", 0.07), Scored("dog", 0.05)))
-    text, _ = format_answer(unsure, "your labels", threshold=0.1)
-    assert text.startswith("I'm not sure: none of these fits well (best guess cat, 7%).")
-    assert format_answer(unsure, "your labels", threshold=0.05)[0].startswith("Looks like **cat**")
+def test_unsure_answers_say_so():
+    unsure = replace(RESULT, labels=(Scored("cat", 0.07), Scored("dog", 0.05)), unsure=True)
+    text, _ = format_answer(unsure, "your labels")
+    assert text.startswith("I'm not sure: none of your labels fits well (best guess cat, 7%).")
+    assert format_answer(unsure, "ImageNet-1k")[0].startswith("I'm not sure: none of the ImageNet-1k classes fits")
+    assert format_answer(replace(unsure, unsure=False), "your labels")[0].startswith("Looks like **cat**")
+
+
+def test_small_probabilities_are_under_one_percent_not_rounded_up():
+    from plugins.whatis.chart import percent
+
+    assert [percent(p) for p in (0.0, 0.004, 0.0099, 0.01, 0.505)] == ["0%", "<1%", "<1%", "1%", "50%"]
+    tiny = replace(RESULT, labels=(Scored("cat", 0.9952), Scored("dog", 0.0046), Scored("cow", 0.0002)))
+    text, _ = format_answer(tiny, "your labels")
+    assert "2. dog: 0.5%" in text and "3. cow: <0.1%" in text and "(100%)" in text
 
 
 def test_meaningless_models_are_flagged():
-    text, note = format_answer(replace(RESULT, model="tiny-test", meaningless=True), "x", threshold=0.1)
+    text, note = format_answer(replace(RESULT, model="tiny-test", meaningless=True), "x")
     assert "tiny-test is a random test model; these answers mean nothing" in text
     assert note.endswith("random test model: meaningless")

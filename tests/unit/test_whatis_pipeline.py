@@ -60,7 +60,8 @@ def test_equivalent_to_open_clip_zero_shot_classifier(clip, picture):
 def test_result_shape_and_order(clip, picture):
     result = pipeline.classify(clip, picture, LABELS, top=5)
     wire = result.to_json()  # what the task's job record and `--json` carry
-    assert set(wire) == {"model", "labels", "meaningless"} and set(wire["labels"][0]) == {"label", "score"}
+    assert set(wire) == {"model", "labels", "meaningless", "unsure", "picture", "explain", "method", "taught"}
+    assert set(wire["labels"][0]) == {"label", "score"}
     assert result.model == "tiny-test" and result.meaningless is True
     scores = [item.score for item in result.labels]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)

@@ -53,6 +53,7 @@ def test_a_wrong_shape_is_one_clear_error(data, message):
 def test_to_wire_converts_wire_results_and_leaves_plain_json_alone():
     result = Classification(model="m", labels=(Scored("cat", 0.9), Scored("dog", 0.1)))
     assert to_wire(result) == {"model": "m", "labels": [{"label": "cat", "score": 0.9},
-                                                        {"label": "dog", "score": 0.1}], "meaningless": False}
+                                                        {"label": "dog", "score": 0.1}], "meaningless": False,
+                              "unsure": False, "picture": "", "explain": [], "method": "", "taught": []}
     assert to_wire({"plain": 1}) == {"plain": 1}
     assert Classification.from_json(to_wire(result)).best == Scored("cat", 0.9)
