@@ -386,7 +386,9 @@ class EmbeddedIndex:
         if info is None or not rows:
             return {}
         matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="r").reshape(-1, info[1])
-        return {h: matrix[row].astype(np.float32) for h, row in rows}
+        # one gather into a plain array: rows sliced off a memmap are memmaps, slow to compute with
+        vectors = np.asarray(matrix[np.array([row for _, row in rows])], dtype=np.float32)
+        return {h: vector for (h, _), vector in zip(rows, vectors)}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))
