@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,20 +75,111 @@ def channel_of(i: int) -> str:
     return f"c{i % CHANNELS}"
 
 
+# What pictures carry as words: made-up words (syllables) whose frequencies follow a Zipf-Mandelbrot
+# law, p(rank) ~ 1/(rank + 10), as word frequencies in text do (the offset flattens the head, where
+# a language's stop words would be: the most common word is in ~1 picture in 6, the 1000th in ~1
+# in 300, the 15,000th in ~1 in 5000). Most photos have no words on them; screenshots and
+# slides have lines of them.
+VOCABULARY = 20_000
+OCR_SHARE, OCR_WORDS = 0.6, 18  # pictures with words read on them, and the median count when they have some
+MESSAGE_SHARE, MESSAGE_WORDS = 0.5, 7  # messages with text, and their median length in words
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+@dataclass
+class Texts:
+    """The synthetic text rows of a dataset: per picture its OCR text, per occurrence its message
+    text and file name; each query's words; how many rows each query word is in."""
+
+    ocr: list[str]
+    message: list[str]
+    file_name: list[str]
+    queries: list[list[str]]
+    rows_with: dict[str, int]
+
+    def words(self, i: int) -> str:
+        """Occurrence i's searchable words, as the index makes them."""
+        from engine.index.text import searchable
+
+        return searchable(self.ocr[i], self.message[i], self.file_name[i])
+
+
+def vocabulary(rng: np.random.Generator) -> np.ndarray:
+    from engine.index.text import STOP_WORDS
+
+    seen: dict[str, None] = {}
+    while len(seen) < VOCABULARY:
+        word = "".join(rng.choice(_SYLLABLES, int(rng.integers(1, 4))))
+        if word not in STOP_WORDS:
+            seen.setdefault(word)
+    return np.array(list(seen), dtype=object)
+
+
+def make_texts(n: int, queries: int) -> Texts:
+    rng = np.random.default_rng(13)
+    vocab = vocabulary(rng)
+    p = 1 / (np.arange(1, VOCABULARY + 1) + 10.0)
+    p /= p.sum()
+    ocr_len = np.where(rng.random(n) < OCR_SHARE, np.clip(np.rint(rng.lognormal(np.log(OCR_WORDS), 0.9, n)), 1, 400), 0)
+    msg_len = np.where(rng.random(n) < MESSAGE_SHARE, np.clip(np.rint(rng.lognormal(np.log(MESSAGE_WORDS), 0.7, n)), 1, 60), 0)
+    named = np.arange(n) % 3 == 2  # a third of the files are named with two words ("budget-review.png")
+    lengths = (ocr_len + msg_len + 2 * named).astype(np.int64)
+    ids = rng.choice(VOCABULARY, int(lengths.sum()), p=p)
+    ends = np.cumsum(lengths)
+    ocr, message, file_name = [], [], []
+    for i in range(n):
+        words = vocab[ids[ends[i] - lengths[i]:ends[i]]]
+        a, b = int(ocr_len[i]), int(ocr_len[i] + msg_len[i])
+        ocr.append("\n".join(" ".join(words[j:j + 6]) for j in range(0, a, 6)))
+        message.append(" ".join(words[a:b]).capitalize())
+        file_name.append(f"{words[b]}-{words[b + 1]}.png" if named[i] else
+                         f"IMG_{i % 10_000:04d}.jpg" if i % 3 == 0 else f"Screenshot 2024-05-{1 + i % 28:02d} at 10.{i % 60:02d}.png")
+    pairs = np.sort(np.repeat(np.arange(n, dtype=np.int64), lengths) * VOCABULARY + ids)  # (row, word)
+    distinct = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
+    rows_with = np.bincount(distinct % VOCABULARY, minlength=VOCABULARY)
+    # a query: one word drawn as words are used (often a common one) and one or two drawn from the
+    # whole vocabulary (mostly rare ones)
+    asked = [[vocab[rng.choice(VOCABULARY, p=p)], *vocab[rng.integers(0, VOCABULARY, int(rng.integers(1, 3)))]]
+             for _ in range(queries)]
+    index_of = {w: i for i, w in enumerate(vocab)}
+    return Texts(ocr, message, file_name, [list(dict.fromkeys(q)) for q in asked],
+                 {w: int(rows_with[index_of[w]]) for q in asked for w in q})
+
+
+def describe_texts(text: Texts) -> str:
+    n = len(text.ocr)
+    with_ocr = [len(t.split()) for t in text.ocr if t]
+    counts = np.array(list(text.rows_with.values()))
+    return (f"text rows: {len(with_ocr) / n:.0%} of pictures with OCR words (median {int(np.median(with_ocr))} words), "
+            f"{sum(1 for m in text.message if m) / n:.0%} of messages with text; query words are in rows: "
+            f"p50 {int(np.median(counts))}, p90 {int(np.percentile(counts, 90))}, max {counts.max()} "
+            f"({counts.max() / n:.1%} of the index)")
+
+
 # ---- loading ------------------------------------------------------------------------------------
-def load_embedded(root: Path, data: np.ndarray) -> object:
+def occurrence(i: int, text: "Texts") -> Occurrence:
+    return Occurrence(SPACE, channel_of(i), f"m{i}", f"h{i}", posted_at=float(i), message_text=text.message[i],
+                      file_name=text.file_name[i])
+
+
+def load_embedded(root: Path, data: np.ndarray, text: "Texts") -> object:
     from engine.index.embedded import EmbeddedIndex
 
     index = EmbeddedIndex(root)
     chunk = 20_000
     for start in range(0, len(data), chunk):
         rows = range(start, min(len(data), start + chunk))
-        index.add(SPACE, MODEL, {f"h{i}": (data[i], None) for i in rows},
-                  [Occurrence(SPACE, channel_of(i), f"m{i}", f"h{i}", posted_at=float(i)) for i in rows])
+        index.add(SPACE, MODEL, {f"h{i}": (data[i], None) for i in rows}, [occurrence(i, text) for i in rows],
+                  texts={f"h{i}": text.ocr[i] for i in rows})
     return index
 
 
-def load_pgvector(url: str, data: np.ndarray, workers: int, ef_construction: int | None = None) -> tuple[object, float]:
+def load_pgvector(url: str, data: np.ndarray, text: "Texts", workers: int,
+                  ef_construction: int | None = None) -> tuple[object, float, float]:
+    """The rows COPYed in, then the GIN and HNSW indexes built (as a restore would): (index, GIN
+    build s, HNSW build s). Each occurrence's `words` tsvector is written as a literal made here
+    from the same `searchable` words the index makes; a sample is checked against the server's own
+    `to_tsvector('simple', ...)` afterwards."""
     from pgvector import HalfVector
 
     from engine.index.pgvector import HNSW_EF_CONSTRUCTION, HNSW_M, PgVectorIndex
@@ -97,28 +189,71 @@ def load_pgvector(url: str, data: np.ndarray, workers: int, ef_construction: int
     index = PgVectorIndex(url)
     conn = index._conn
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE clipbot_embeddings, clipbot_occurrences, clipbot_thumbnails")
+        cur.execute("TRUNCATE clipbot_embeddings, clipbot_occurrences, clipbot_thumbnails, clipbot_picture_texts")
         cur.execute(f"DROP INDEX IF EXISTS clipbot_embeddings_hnsw_{DIM}")
+        cur.execute("DROP INDEX IF EXISTS clipbot_occurrences_words")
         with cur.copy("COPY clipbot_embeddings (space, hash, model, dim, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
             copy.set_types(["text", "text", "text", "int4", "halfvec"])
             for i, v in enumerate(data):
                 copy.write_row([SPACE, f"h{i}", MODEL, DIM, HalfVector(v)])
-        with cur.copy("COPY clipbot_occurrences (space, channel, message_id, hash, posted_at) FROM STDIN "
-                      "WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["text", "text", "text", "text", "float8"])
+        with cur.copy("COPY clipbot_picture_texts (space, hash, text) FROM STDIN") as copy:
+            for i, ocr in enumerate(text.ocr):
+                copy.write_row([SPACE, f"h{i}", ocr])
+        with cur.copy("COPY clipbot_occurrences (space, channel, message_id, hash, posted_at, message_text, file_name, "
+                      "words) FROM STDIN") as copy:
             for i in range(len(data)):
-                copy.write_row([SPACE, channel_of(i), f"m{i}", f"h{i}", float(i)])
+                copy.write_row([SPACE, channel_of(i), f"m{i}", f"h{i}", float(i), text.message[i], text.file_name[i],
+                                tsvector_literal(text.words(i))])
+        check_tsvectors(cur, text)
         cur.execute("ANALYZE clipbot_embeddings")
         cur.execute("ANALYZE clipbot_occurrences")
         cur.execute("SET maintenance_work_mem = '6GB'")
         cur.execute(f"SET max_parallel_maintenance_workers = {workers}")
+        started = time.perf_counter()
+        cur.execute("CREATE INDEX clipbot_occurrences_words ON clipbot_occurrences USING gin (words)")
+        gin = time.perf_counter() - started
         started = time.perf_counter()
         cur.execute(f"CREATE INDEX clipbot_embeddings_hnsw_{DIM} ON clipbot_embeddings USING hnsw "
                     f"((embedding::halfvec({DIM})) halfvec_cosine_ops) WITH (m = {HNSW_M}, "
                     f"ef_construction = {ef_construction}) WHERE dim = {DIM}")
         build = time.perf_counter() - started
     index._dims.add(DIM)
-    return index, build
+    return index, gin, build
+
+
+def loaded_pgvector(url: str, n: int) -> object | None:
+    """The index at `url` when it already holds this bench's n rows (a 1M build takes a quarter
+    of an hour: measure it again without rebuilding), else None."""
+    from engine.index.pgvector import PgVectorIndex
+
+    index = PgVectorIndex(url)
+    with index._conn.cursor() as cur:
+        cur.execute("SELECT count(*), max(posted_at) FROM clipbot_occurrences WHERE space = %s", (SPACE,))
+        count, last = cur.fetchone()
+    if count != n or last != float(n - 1):
+        index.close()
+        return None
+    index._dims.add(DIM)
+    return index
+
+
+def tsvector_literal(words: str) -> str:
+    """What `to_tsvector('simple', words)` makes of `searchable` words, as tsvector input:
+    each word with its 1-based positions (at most 256 kept, as PostgreSQL keeps)."""
+    positions: dict[str, list[str]] = {}
+    for at, word in enumerate(words.split(), start=1):
+        positions.setdefault(word, []).append(str(at))
+    return " ".join(f"'{w}':{','.join(p[:256])}" for w, p in positions.items())
+
+
+def check_tsvectors(cur: object, text: "Texts", sample: int = 200) -> None:
+    """Some COPYed rows' tsvectors equal what the index itself writes (`PgVectorIndex._store_words`)."""
+    rows = np.random.default_rng(11).choice(len(text.ocr), min(sample, len(text.ocr)), replace=False)
+    for i in rows:
+        cur.execute("SELECT words = to_tsvector('simple', %s) FROM clipbot_occurrences WHERE space = %s AND "
+                    "message_id = %s", (text.words(int(i)), SPACE, f"m{i}"))
+        if not cur.fetchone()[0]:
+            raise SystemExit(f"bench bug: the COPYed tsvector of m{i} differs from to_tsvector('simple', ...)")
 
 
 # ---- measuring ----------------------------------------------------------------------------------
@@ -167,6 +302,62 @@ def scan_floor(data: np.ndarray, queries: np.ndarray) -> float:
     return float(np.percentile(times, 50))
 
 
+TOP = 10  # /search's default page (CLIPBOT_SEARCH_TOP)
+FUSED_GOALS = {(100_000, "embedded"): 20.0, (1_000_000, "pgvector"): 30.0}  # p99 ms of a /search with words
+
+
+def measure_fused(index: object, queries: np.ndarray, text: Texts, *, filtered: bool, warmup: int = 20) -> dict:
+    """p50/p99 ms of what a /search costs past the query's encoding (`plugins.search.pipeline.search`,
+    a page of TOP, near-duplicates collapsed as configured by default) without words (CLIP only)
+    and with them (fused with the full-text ranking), and of the two index calls fusing makes.
+    The four are timed one after the other for each query, so drift hits them alike."""
+    from plugins.search import SearchSettings, pipeline
+    from plugins.search.ranking import FUSION_DEPTH
+
+    duplicate = SearchSettings.model_fields["duplicate_cosine"].default
+    calls = {
+        "clip only": lambda q, words, where: pipeline.search(index, MODEL, SPACE, q, where, k=TOP, offset=0,
+                                                             duplicate_cosine=duplicate),
+        "fused": lambda q, words, where: pipeline.search(index, MODEL, SPACE, q, where, k=TOP, offset=0, words=words,
+                                                         duplicate_cosine=duplicate),
+        "search": lambda q, words, where: index.search(SPACE, MODEL, q, where, k=FUSION_DEPTH),
+        "text_search": lambda q, words, where: index.text_search(SPACE, MODEL, words, where, k=FUSION_DEPTH),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for j, q in enumerate(queries):
+        where = Filter(channels=frozenset({channel_of(j)})) if filtered else Filter()
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call(q, text.queries[j], where)
+            if j >= warmup:
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: (float(np.percentile(t, 50)), float(np.percentile(t, 99))) for name, t in times.items()}
+
+
+def print_fused(n: int, backend: str, filtered: bool, m: dict) -> None:
+    from plugins.search.ranking import FUSION_DEPTH
+
+    where = "1 of 20" if filtered else "none"
+    (c50, c99), (f50, f99) = m["clip only"], m["fused"]
+    rows = [("search", f"index.search k={FUSION_DEPTH}"), ("text_search", f"index.text_search k={FUSION_DEPTH}"),
+            ("clip only", f"/search clip only (pipeline.search k={TOP}, near-duplicates collapsed)"),
+            ("fused", f"/search fused (words + CLIP): {f50 / c50:.2f}x clip only at p50, {f99 / c99:.2f}x at p99")]
+    for key, label in rows:
+        p50, p99 = m[key]
+        print(f"{n:>8} {backend:>15} {where:>8} {p50:>8.2f} {p99:>8.2f}  {label}", flush=True)
+
+
+def fused_goals(fused: dict) -> None:
+    """One line per size and backend the issue sets a goal for (p99 of the fused /search)."""
+    for (n, backend), goal in FUSED_GOALS.items():
+        if (n, backend) in fused:
+            worst = max(m["fused"][1] for m in fused[(n, backend)].values())
+            shown = ", ".join(f"{'1 of 20' if f else 'none'} {m['fused'][1]:.1f} ms" for f, m in fused[(n, backend)].items())
+            size = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+            print(f"goal: fused /search p99 <= {goal:.0f} ms at {size} {backend}: {shown} "
+                  f"({'PASS' if worst <= goal else 'MISS'})")
+
+
 def query_part(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="clipbot-bench-"))
     server = None
@@ -175,22 +366,30 @@ def query_part(args: argparse.Namespace) -> None:
             import pgserver
 
             server = pgserver.get_server(work / "pg", cleanup_mode="delete")
-        print(f"query latency, embedded scan on {args.threads} torch thread(s)")
+        print(f"query latency, embedded scan on {args.threads} torch thread(s), load average "
+              f"{os.getloadavg()[0]:.1f} before")
         print(f"{'size':>8} {'backend':>15} {'filter':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}  load")
+        fused: dict[tuple[int, str], dict] = {}
         for n in args.sizes:
             data, queries = dataset(n, args.queries + 20)
+            text = make_texts(n, len(queries))
+            print(f"{n:>8} {describe_texts(text)}", flush=True)
             for backend in args.backends:
                 started = time.perf_counter()
                 if backend == "embedded":
-                    index, note = load_embedded(work / f"emb-{n}", data), ""
+                    index, note = load_embedded(work / f"emb-{n}", data, text), ""
+                elif args.pg_reuse and (reused := loaded_pgvector(args.pg_url, n)) is not None:
+                    index, note = reused, " (loaded before: --pg-reuse)"
                 else:
-                    index, build = load_pgvector(args.pg_url or server.get_uri(), data, args.workers,
-                                                 args.ef_construction)
-                    note = f", HNSW build {build:.0f} s"
+                    index, gin, build = load_pgvector(args.pg_url or server.get_uri(), data, text, args.workers,
+                                                      args.ef_construction)
+                    note = f", GIN build {gin:.0f} s, HNSW build {build:.0f} s"
                 load = time.perf_counter() - started
+                product_ef = getattr(index, "ef_search", 0)
                 if backend == "pgvector":  # a serving database has its index in cache: read it once first
-                    for q in queries[: args.queries]:
+                    for j, q in enumerate(queries[: args.queries]):
                         index.search(SPACE, MODEL, q, Filter(), k=10)
+                        index.text_search(SPACE, MODEL, text.queries[j], Filter(), k=10)
                 for ef in (args.ef_search if backend == "pgvector" else [0]):
                     if ef:
                         index.ef_search = ef
@@ -202,8 +401,16 @@ def query_part(args: argparse.Namespace) -> None:
                 if backend == "embedded":
                     print(f"{n:>8} {'floor':>15} {'none':>8} {scan_floor(data, queries):>8.2f}  (one bare float16 "
                           "matrix-vector product over the same rows, same run)", flush=True)
+                if not args.skip_fused:
+                    if product_ef:
+                        index.ef_search = product_ef
+                    fused[(n, backend)] = {f: measure_fused(index, queries, text, filtered=f) for f in (False, True)}
+                    for filtered, m in fused[(n, backend)].items():
+                        print_fused(n, backend + (f" ef={product_ef}" if product_ef else ""), filtered, m)
                 index.close()
                 shutil.rmtree(work / f"emb-{n}", ignore_errors=True)
+        fused_goals(fused)
+        print(f"load average {os.getloadavg()[0]:.1f} after the queries")
     finally:
         if server is not None:
             server.cleanup()
@@ -350,8 +557,11 @@ def main() -> None:
     parser.add_argument("--backends", default="embedded,pgvector", type=lambda s: s.split(","))
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--pg-url", help="an existing PostgreSQL with pgvector (default: start one with pgserver)")
+    parser.add_argument("--pg-reuse", action="store_true",
+                        help="with --pg-url: measure the rows a previous run of the same size loaded there")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel HNSW build workers")
     parser.add_argument("--skip-queries", action="store_true")
+    parser.add_argument("--skip-fused", action="store_true", help="no /search with words (CLIP + full text)")
     parser.add_argument("--skip-indexing", action="store_true")
     parser.add_argument("--skip-ocr", action="store_true")
     parser.add_argument("--ocr-images", type=int, default=64, help="slides for the OCR part")

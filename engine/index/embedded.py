@@ -276,20 +276,29 @@ class EmbeddedIndex:
         view = self._view(space_id, model)
         if view is None or k <= 0 or not words:
             return []
-        ids = self._matching(space_id, fts_any(words), ranked=True)
-        allowed = self._allowed(view, space_id, where)
-        at = np.minimum(np.searchsorted(view.occ_ids, ids), max(len(view.occ_ids) - 1, 0))
-        found = ids[(view.occ_ids[at] == ids) & allowed[at]][:k] if len(view.occ_ids) else ids[:0]
-        by_id = self._occurrences_by_id([int(i) for i in found])
-        return [by_id[int(i)] for i in found if int(i) in by_id]
+        if not len(view.occ_ids):
+            return []
+        # Every match's bm25 from FTS5 alone, then the view keeps this space's allowed ones and
+        # orders them (bm25, newest first): joining each match to its occurrence row in SQL to
+        # filter and sort cost ~3x as much for a word on a fifth of 100k pictures.
+        with self._lock:
+            rows = self._db.execute("SELECT rowid, bm25(occurrence_words) FROM occurrence_words "
+                                    "WHERE occurrence_words MATCH ?", (fts_any(words),)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        bm25 = np.fromiter((r[1] for r in rows), np.float64, len(rows))
+        at = np.minimum(np.searchsorted(view.occ_ids, ids), len(view.occ_ids) - 1)
+        keep = (view.occ_ids[at] == ids) & self._allowed(view, space_id, where)[at]
+        at, bm25 = at[keep], bm25[keep]
+        found = [int(i) for i in view.occ_ids[at[np.lexsort((-view.posted_at[at], bm25))[:k]]]]
+        by_id = self._occurrences_by_id(found)
+        return [by_id[i] for i in found if i in by_id]
 
-    def _matching(self, space_id: str, query: str, *, ranked: bool = False) -> np.ndarray:
-        """Ids of the space's occurrences whose words match an FTS5 query (best bm25 first)."""
-        order = " ORDER BY bm25(occurrence_words), o.posted_at DESC" if ranked else ""
+    def _matching(self, space_id: str, query: str) -> np.ndarray:
+        """Ids of the space's occurrences whose words match an FTS5 query."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT o.id FROM occurrence_words JOIN occurrences o ON o.id = occurrence_words.rowid "
-                f"WHERE occurrence_words MATCH ? AND o.space = ?{order}", (query, space_id)).fetchall()
+                "WHERE occurrence_words MATCH ? AND o.space = ?", (query, space_id)).fetchall()
         return np.array([r[0] for r in rows], np.int64)
 
     def _allowed(self, view: _View, space_id: str, where: Filter) -> np.ndarray:
@@ -386,7 +395,9 @@ class EmbeddedIndex:
         if info is None or not rows:
             return {}
         matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="r").reshape(-1, info[1])
-        return {h: matrix[row].astype(np.float32) for h, row in rows}
+        # one gather into a plain array: rows sliced off a memmap are memmaps, slow to compute with
+        vectors = np.asarray(matrix[np.array([row for _, row in rows])], dtype=np.float32)
+        return {h: vector for (h, _), vector in zip(rows, vectors)}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))

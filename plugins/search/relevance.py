@@ -130,18 +130,22 @@ def collapse(hits: Sequence[Hit], vector_of: Callable[[str], np.ndarray | None],
     if threshold >= 1.0:
         return [Group(hit) for hit in hits]
     groups: list[tuple[Hit, list[Hit]]] = []
-    leaders: list[np.ndarray] = []  # the first pictures' embeddings, and which group each leads
+    # the first pictures' embeddings (rows filled in order; one matrix, not a stack per hit: a
+    # page of fused results reads hundreds of hits), and which group each leads
+    leaders: np.ndarray | None = None
     led: list[int] = []
     for hit in hits:
         vector = vector_of(hit.occurrence.content_hash)
-        if vector is not None and leaders:
-            sims = np.stack(leaders) @ vector
+        if vector is not None and led:
+            sims = leaders[:len(led)] @ vector
             best = int(np.argmax(sims))
             if sims[best] >= threshold:
                 groups[led[best]][1].append(hit)
                 continue
         if vector is not None:
-            leaders.append(vector)
+            if leaders is None:
+                leaders = np.empty((len(hits), len(vector)), np.float32)
+            leaders[len(led)] = vector
             led.append(len(groups))
         groups.append((hit, []))
     return [Group(first, tuple(more)) for first, more in groups]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tests.fakes.discord_fake import EPHEMERAL, MANAGE_THREADS, VIEW_CHANNEL, FakeDiscord, InteractionRecord
-from tests.support.pictures import png_bytes
+from tests.support.pictures import png_bytes, text_png
 from tests.support.polling import wait_until
 from tests.support.probe_plugin import PREFIX, noise_png
 
@@ -431,6 +431,32 @@ def test_search_collapses_reposts_names_files_marks_weak_matches_and_expands_by_
     click = fake.click(world.guild, world.general, world.alice, answer["id"], expand)
     copies = _answer(fake, click, "the near-duplicates")["content"]
     assert all(p["id"] in copies for p in posts) and other["id"] not in copies
+
+
+def _first_result(answer: dict) -> str:
+    return next((line for line in answer["content"].splitlines() if re.match(r"\W*1\.", line)), "")
+
+
+def test_words_on_a_picture_and_in_its_message_find_it_through_discord(world, start_bot):
+    """Real OCR in the indexing batch: a slide posted without text is found by a word written on it,
+    a plain picture by its message's words (and by an exact `text:` phrase); each first result line
+    shows those words."""
+    start_bot()
+    fake = world.fake
+    slide = fake.post_message(world.general, world.alice, "", files=[
+        ("slide.png", text_png(["Quarterly roadmap", "kiwi budget"]), "image/png")])
+    plain = fake.post_message(world.general, world.alice, "design review notes",
+                              files=[("IMG_1.png", _png((10, 10, 250)), "image/png")])
+
+    def first_result_is(message: dict):
+        return lambda text: message["id"] in _first_result({"content": text})
+
+    found = _search_until(fake, world, world.alice, "kiwi", first_result_is(slide), "the slide by the word on it")
+    assert "slide.png" in _first_result(found) and "_on it_: kiwi budget" in _first_result(found)  # the words read
+    by_message = _search(fake, world, world.alice, "the design review whiteboard")
+    assert plain["id"] in _first_result(by_message) and "“design review notes”" in _first_result(by_message)
+    phrase = _search(fake, world, world.alice, 'whiteboard text:"design review"')
+    assert plain["id"] in _first_result(phrase) and slide["id"] not in phrase["content"]
 
 
 def test_index_backfill_walks_the_channel_history_page_by_page(world, start_bot):

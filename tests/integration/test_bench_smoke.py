@@ -18,6 +18,10 @@ RATIO_LINES = {
     "whatis.py": [r"^embedded .* \d+\.\d+x$", r"^redis\+worker \(solo\) .* \d+\.\d+x$"],
     "imagine.py": [r"^\s*32\^2 reference\s+[\d.]+\s+1\.00\b", r"^\s*32\^2 ours\s+[\d.]+\s+[\d.]+\s.*\byes$"],
     "search.py": [r"^\s*1000\s+embedded\s+none\s", r"whole path [\d.]+/s, ratio [\d.]+x$",
+                  r"^\s*1000 text rows: \d+% of pictures with OCR words .* query words are in rows: p50 \d+",
+                  r"^\s*1000\s+embedded\s+none\s+[\d.]+\s+[\d.]+\s+index\.text_search k=\d+$",
+                  r"^\s*1000\s+embedded\s+1 of 20\s+[\d.]+\s+[\d.]+\s+/search fused \(words \+ CLIP\): "
+                  r"[\d.]+x clip only at p50, [\d.]+x at p99$",
                   r"^ocr \d+ slides .* words read back [\d.]+%$", r"OCR on [\d.]+/s vs off [\d.]+/s, ratio [\d.]+x$"],
     "slack_ack.py": [r'"ack_p99_ratio_vs_reference": [\d.]+', r'"acks_within_3s": "10/10"'],
     "discord_adapter.py": [r"^bare .* 1\.00x$", r"^labels .* [\d.]+x$", r"^whatis .* [\d.]+x$"],
