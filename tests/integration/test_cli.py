@@ -146,7 +146,8 @@ def test_models_pull_prepares_imagenet_labels(tmp_path):
     assert pulled.returncode == 0, pulled.stderr
     assert pulled.stdout.splitlines()[-1] == "tiny-test: ready"
     assert "preparing ImageNet-1k labels: " in pulled.stderr
-    assert len(list((tmp_path / "cache" / "labels").glob("*.pt"))) == 1
+    # the ImageNet label matrix and the "not sure" background's picture embeddings
+    assert len(list((tmp_path / "cache" / "labels").glob("*.pt"))) == 2
 
     again = clipbot(tmp_path, "models", "pull", "--clip", "tiny-test")  # cached: nothing to prepare
     assert again.returncode == 0 and "preparing" not in again.stderr
@@ -188,7 +189,8 @@ def test_local_chat_says_which_model_and_whether_its_weights_are_here(tmp_path):
 def test_plugins_listing(data_dir):
     out = clipbot(data_dir, "plugins", CLIPBOT_EXTRA_PLUGINS="no_such_plugin_mod", CLIPBOT_WHATIS_TOP="3")
     assert out.returncode == 0
-    assert "whatis: /whatis /labels" in out.stdout and "help: /help" in out.stdout
+    assert "whatis: /whatis /where /labels" in out.stdout and "help: /help" in out.stdout
+    assert "describe: /describe" in out.stdout and "imagine: /imagine /params /settings" in out.stdout
     assert "no_such_plugin_mod: NOT LOADED (ModuleNotFoundError" in out.stdout
     assert "setting CLIPBOT_WHATIS_TOP=3" in out.stdout
     assert "queue gpu: quick model work" in out.stdout and "queue io:" in out.stdout
