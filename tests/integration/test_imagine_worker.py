@@ -206,7 +206,7 @@ def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, d
     assert again.returncode == 0, out + again.stderr
     assert "(following 1 unfinished job from last time)" in out
     assert "seed 4 · 150 steps · 64x64" in out and "final.png" in out
-    assert "[Reroll] /imagine prompt: = from_job: " in out
+    assert "[Reroll] /imagine from_job: " in out
     assert not list(client.scan_iter("clipbot:longjob:*"))  # delivered: nothing left to resume
 
 
