@@ -3,7 +3,6 @@ the answer, its Imagine buttons as typed commands, the admins' vocabulary folder
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 
 import pytest
@@ -13,19 +12,10 @@ from bot.adapters.local import action_command
 from engine.models.clip import load_clip
 from plugins.describe import pipeline
 from plugins.describe.vocab import KINDS, Vocabulary, load_vocabulary
+from tests.support.chat import final_of, say
 
 CANDIDATES = [f"a {colour} {thing}" for colour in ("red", "crimson", "scarlet", "pink", "orange", "rusty", "dark")
               for thing in ("square", "wall", "flag", "box", "card", "tile", "door", "sign", "brick")]
-
-
-def say(adapter, line):
-    return asyncio.run(adapter.handle_line(line))
-
-
-def final_of(replies):
-    final = replies[-1]
-    assert final.final and not final.error, final.text
-    return final
 
 
 def expected(picture_path, vocabulary, per_kind):

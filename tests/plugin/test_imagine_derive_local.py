@@ -3,25 +3,15 @@ through the local chat (tiny presets, CPU, small canvases)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 from PIL import Image
 
 from bot.adapters.local import action_command
 from bot.testing import TestBot
+from tests.support.chat import final_of, say
 
 SMALL = "steps: 4 size: 32 every: 2"
-
-
-def say(adapter, line):
-    return asyncio.run(adapter.handle_line(line))
-
-
-def final_of(replies):
-    final = replies[-1]
-    assert final.final and not final.error, final.text
-    return final
 
 
 def test_zoom_pan_and_upscale_grow_the_canvas_and_name_their_parent(local):

@@ -10,18 +10,9 @@ from PIL import Image
 
 from bot.adapters.local import LocalAdapter, action_command
 from tests.conftest import write_image
+from tests.support.chat import final_of, say
 
 FAST = "steps: 12 size: 64 every: 4"
-
-
-def say(adapter, line):
-    return asyncio.run(adapter.handle_line(line))
-
-
-def final_of(replies):
-    final = replies[-1]
-    assert final.final and not final.error, final.text
-    return final
 
 
 def test_progress_snapshots_final_data_and_actions(local):
