@@ -113,6 +113,17 @@ def red_png(tmp_path) -> Path:
 
 
 # ---- real Redis + real worker processes ---------------------------------------------------
+@pytest.fixture
+def slack_fake():
+    """The fake Slack Web API on loopback, with one user (U1) in one channel (C1)."""
+    from tests.fakes.slack_fake import FakeSlack
+
+    fake = FakeSlack().start()
+    fake.add_user("U1", ["C1"])
+    yield fake
+    fake.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     import redis

@@ -66,11 +66,8 @@ class _Slack:
 
 
 @pytest.fixture
-def fake():
-    fake = FakeSlack().start()
-    fake.add_user("U1", ["C1"])
-    yield fake
-    fake.stop()
+def fake(slack_fake):
+    return slack_fake
 
 
 @pytest.fixture

@@ -10,15 +10,9 @@ from PIL import Image
 
 from bot.actions import DISCORD_LIMIT, decode_action, encode_action
 from engine.models import matrix_cache
-from engine.models.clip import load_clip
 from plugins.describe import compose, pipeline
 from plugins.describe.vocab import KINDS, SHIPPED_DIR, load_vocabulary, phrase, read_terms
 from plugins.imagine.prompts import parse_prompts
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("tiny-test", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.models.clip import load_clip
-from engine.models.vqgan import load_vqgan
 from plugins.imagine import derive
 from plugins.imagine import pipeline as P
 from plugins.imagine.lineage import DERIVED, GROWN, derived_size, extended, placement
 from plugins.imagine.prompts import parse_prompts
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("tiny-test", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def vqgan():
-    return load_vqgan("tiny-test", device="cpu")
 
 
 def _build(clip, vqgan, drawer, width, height, seed=3):

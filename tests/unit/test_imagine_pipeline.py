@@ -9,20 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models.clip import load_clip
-from engine.models.vqgan import load_vqgan
 from plugins.imagine import pipeline as P
 from plugins.imagine.prompts import parse_prompts
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("tiny-test", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def vqgan():
-    return load_vqgan("tiny-test", device="cpu")
 
 
 def _build(clip, vqgan, prompt="a red fox | blurry:-0.5", drawer="vqgan", seed=3, size=64, cutouts=8, **kw):

@@ -7,17 +7,13 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.fakes.slack_fake import FakeSlack
 
 pytest.importorskip("slack_sdk")
 
 
 @pytest.fixture
-def fake():
-    fake = FakeSlack().start()
-    fake.add_user("U1", ["C1"])
-    yield fake
-    fake.stop()
+def fake(slack_fake):
+    return slack_fake
 
 
 def _client(fake, token=None):

@@ -22,11 +22,8 @@ def _png() -> bytes:
 
 
 @pytest.fixture
-def fake():
-    fake = FakeSlack().start()
-    fake.add_user("U1", ["C1"])
-    yield fake
-    fake.stop()
+def fake(slack_fake):
+    return slack_fake
 
 
 def _fetcher(fake, token=None, **limits):

@@ -8,16 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.models.clip import IMAGENET_CLASSNAMES, PROMPT_TEMPLATES, load_clip
+from engine.models.clip import IMAGENET_CLASSNAMES, PROMPT_TEMPLATES
 from plugins.whatis import pipeline
 from plugins.whatis.tasks import BuildProgress
 
 LABELS = list(IMAGENET_CLASSNAMES[:12]) + ["a whiteboard sketch", "a red square"]
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("tiny-test", device="cpu")
 
 
 @pytest.fixture(scope="module")

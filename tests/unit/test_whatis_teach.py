@@ -3,16 +3,10 @@
 import pytest
 import torch
 
-from engine.models.clip import load_clip
 from plugins.whatis import pipeline
 from tests.support.mascot import mascot
 
 LABELS = ["cat", "dog", "person", "mascot"]
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("tiny-test", device="cpu")
 
 
 @pytest.fixture(scope="module")
