@@ -263,8 +263,8 @@ def test_whatis_mention_in_a_thread_uses_the_threads_latest_picture(bot, fake):
     mention = fake.post_as_user("C1", "U1", "<@UBOT> whatis labels: leaf, car", thread_ts=parent["ts"])
     event = {**message_event("C1", mention), "type": "app_mention"}
     bot.send("events_api", event_callback(TEAM, event))
-    call = fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == parent["ts"]
-                          and "your labels" in c.params.get("text", ""), timeout=120)
+    fake.wait_call("chat.postMessage", lambda c: c.params.get("thread_ts") == parent["ts"]
+                   and "your labels" in c.params.get("text", ""), timeout=120)
     assert (photo["id"], True) in fake.downloads
 
 
@@ -596,7 +596,8 @@ def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_o
     fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} kite"))
     ts = [m["ts"] for m in fake.bot_messages("C2") if m["text"].startswith(f"<@U1> /imagine: a {word} kite")][-1]
     parent = _answered(fake, "C2", ts, button="Delete")
-    assert any(f["name"] == "final.png" for m in fake.thread("C2", ts)[1:] for f in m.get("files", ()))
+    uploaded = [f for m in fake.thread("C2", ts)[1:] for f in m.get("files", ())]
+    assert any(f["name"] == "final.png" for f in uploaded)
     button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
                   if e["text"]["text"] == "Delete")
     bot.send("interactive", block_actions(TEAM, "C2", "U2", parent, button["action_id"], button["value"]))
@@ -606,6 +607,9 @@ def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_o
     fake.wait_for(lambda: not [m for m in fake.messages["C2"] if ts in (m["ts"], m.get("thread_ts"))],
                   what="the parent and its thread deleted")
     assert any(c.params["ts"] == ts for c in fake.calls_to("chat.delete"))
+    # the pictures themselves are gone too (a Slack file outlives its message): no permalink opens them
+    assert {c.params["file"] for c in fake.calls_to("files.delete")} >= {f["id"] for f in uploaded}
+    assert not {f["id"] for f in uploaded} & set(fake.files)
 
 
 def test_remix_opens_a_modal_and_its_submission_builds_on_the_picture_with_the_new_prompt(bot, fake):

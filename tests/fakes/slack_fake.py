@@ -340,6 +340,22 @@ class FakeSlack:
             self.messages[channel].append(message)
         return {"files": [{"id": f["id"], "title": f["title"]} for f in done]}
 
+    def _m_files_delete(self, p: dict) -> dict:
+        """Slack's `files.delete`: a bot token deletes only files the bot uploaded; the file's URLs
+        stop working and the messages that shared it no longer list it."""
+        info = self.files.get(p.get("file", ""))
+        if info is None:
+            return {"error": "file_not_found"}
+        if info.get("user") != self.bot_user_id:
+            return {"error": "cant_delete_file"}
+        del self.files[info["id"]]
+        self.file_data.pop(info["id"], None)
+        for messages in self.messages.values():
+            for message in messages:
+                if message.get("files"):
+                    message["files"] = [f for f in message["files"] if f.get("id") != info["id"]]
+        return {}
+
     def _m_files_info(self, p: dict) -> dict:
         info = self.files.get(p.get("file", ""))
         return {"file": dict(info)} if info else {"error": "file_not_found"}

@@ -482,16 +482,29 @@ class SlackAdapter(ChatSurface):
         mine = self.identity.get("user_id")
         for reply in replies:
             if reply.get("ts") != ts and mine and reply.get("user") == mine:  # other bots: not ours to delete
-                await self._delete(channel, reply["ts"])
-        await self._delete(channel, ts)
+                await self._delete(channel, reply)
+        await self._delete(channel, next((r for r in replies if r.get("ts") == ts), message))
 
-    async def _delete(self, channel: str, ts: str) -> None:
+    async def _delete(self, channel: str, message: dict) -> None:
+        """One bot message and the files the bot uploaded with it: on Slack a file outlives the message
+        it was shared in (its permalink still opens it), so the files go first (`files.delete`)."""
+        mine = self.identity.get("user_id")
         async with self.pacer.slot(channel):
             try:
-                await self.client.chat_delete(channel=channel, ts=ts)
+                for shared in message.get("files") or ():
+                    if shared.get("id") and (not shared.get("user") or shared.get("user") == mine):
+                        await self._delete_file(shared["id"])
+                await self.client.chat_delete(channel=channel, ts=message["ts"])
             except SlackApiError as exc:
                 if exc.response.get("error") != "message_not_found":
                     raise UserError(f"Slack did not let me delete that message ({exc.response.get('error')}).") from None
+
+    async def _delete_file(self, file_id: str) -> None:
+        try:
+            await self.client.files_delete(file=file_id)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "file_not_found":  # already gone: what was asked
+                raise
 
     async def deliver(self, conversation: dict, replies: Any) -> None:
         """Post a reply stream into a conversation stored earlier (`Request.conversation`), e.g. a
