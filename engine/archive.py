@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.blobs import BlobMissing, BlobStore
+from engine.blobs import BlobMissing, BlobStore, MemoryBlobStore
 from engine.datadir import make_dir, write_file
 from engine.store import Store
 
@@ -54,17 +54,26 @@ class JobArchive:
         self._next_sweep = 0.0
 
     def keep(self, record: dict[str, Any], blobs: BlobStore) -> None:
-        """Archive a finished record and copy the blobs its result names (those still there)."""
-        expires = time.time() + self.ttl
+        """Archive a finished record and the blobs its result names (those still there). From an
+        `ArchivedBlobs` they move: the memory copy goes, and the file lives as long as the blob had
+        left (a Where? picture its day) or the record's TTL, whichever is longer; from another
+        store they are copied for the record's TTL."""
         for key in dict.fromkeys(named_blobs(record.get("result"))):
             try:
-                data = blobs.get(key)
+                if isinstance(blobs, ArchivedBlobs):
+                    data, left = blobs.live.take(key)
+                else:
+                    data, left = blobs.get(key), None
             except BlobMissing:
                 continue  # a job id, or a blob already gone: nothing to keep
-            write_file(make_dir(self.folder) / key, data)
-            os.utime(self.folder / key, (expires, expires))  # the mtime says when it goes
+            self._write(key, data, max(self.ttl, left or 0))
         self.store.set(_RECORD + record["id"], record, ttl=self.ttl)
         self._sweep()
+
+    def _write(self, key: str, data: bytes, ttl: float) -> None:
+        expires = time.time() + ttl
+        write_file(make_dir(self.folder) / key, data)
+        os.utime(self.folder / key, (expires, expires))  # the mtime says when it goes
 
     def record(self, job_id: str) -> dict[str, Any] | None:
         return self.store.get(_RECORD + job_id)
@@ -101,9 +110,10 @@ class JobArchive:
 
 class ArchivedBlobs:
     """A blob store whose misses fall back to the archive: live blobs in `live` (memory), a
-    finished job's after a restart from its archived files. Deletes reach both."""
+    finished job's blobs in its archived files (moved there when it ends, so memory holds only the
+    blobs of jobs in flight and uploads, and a restart keeps the rest). Deletes reach both."""
 
-    def __init__(self, live: BlobStore, archive: JobArchive) -> None:
+    def __init__(self, live: MemoryBlobStore, archive: JobArchive) -> None:
         self.live = live
         self.archive = archive
 

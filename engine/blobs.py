@@ -81,6 +81,15 @@ class MemoryBlobStore:
         with self._lock:
             self._items.pop(key, None)
 
+    def take(self, key: str) -> tuple[bytes, float | None]:
+        """Remove a blob and return it with the seconds it had left (None: no expiry)."""
+        with self._lock:
+            item = self._items.pop(key, None)
+        now = time.monotonic()
+        if item is None or (item[1] is not None and item[1] < now):
+            raise BlobMissing(key)
+        return item[0], None if item[1] is None else item[1] - now
+
 
 class RedisBlobStore:
     """Blobs in Redis with a TTL, shared by the bot and every worker."""

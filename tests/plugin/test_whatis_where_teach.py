@@ -94,3 +94,24 @@ def test_message_links_name_channel_and_message():
                               "https://team.slack.com/archives/C0ABC/p1700000000123456") == [
         {"channel_id": None, "message_id": "333"}, {"channel_id": "C9", "message_id": "M1"},
         {"channel_id": None, "message_id": "M2"}, {"channel_id": "C0ABC", "message_id": "1700000000.123456"}]
+
+
+def test_where_button_works_after_a_restart_and_its_picture_waits_on_disk_not_in_memory(tmp_path, red_png):
+    """On the embedded engine a finished /whatis's kept picture moves from memory to the data dir
+    when the job ends, for the day Where? promises (not the shorter job record TTL)."""
+    import time
+
+    from bot.testing import TestBot
+
+    with TestBot(data_dir=tmp_path, job_ttl=60) as bot:
+        answer = bot.ask(f"/whatis {red_png} labels: cat, dog, person")
+        (button,) = answer.actions
+        key = button.options["picture"]
+        live = bot.app.engine.blobs.live
+        assert key not in live._items  # not held in memory for a day
+    kept = tmp_path / "results" / key
+    assert kept.is_file() and kept.stat().st_mtime > time.time() + 86400 - 600  # Where? keeps it a day
+    with TestBot(data_dir=tmp_path, job_ttl=60) as bot:  # a new process: nothing of the first in memory
+        clicked = bot.ask(action_command(button))
+    assert not clicked.error, clicked.text
+    assert clicked.data["labels"] == answer.data["labels"]
