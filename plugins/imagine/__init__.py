@@ -210,7 +210,7 @@ def _short(text: str, limit: int = 60) -> str:
 
 @hookimpl
 def clipbot_commands():
-    return [imagine, params, timelapse_command, settings_command]
+    return [imagine, params, settings_command, timelapse_command]
 
 
 @hookimpl
