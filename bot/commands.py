@@ -180,6 +180,8 @@ class Request:
     made it (long jobs store it, so a restarted bot can resume posting). `source_message`, for a
     button click, says which message the button is on, in the adapter's terms (what
     `ChatSurface.delete_message` takes); `delete_source`, set with it, deletes that message.
+`upload_limit` is the platform's per-file upload limit where a handler must fit a file to it
+(a timelapse): Discord's from the interaction, Slack's 1 GB; None for the local chat and the CLI.
 
     `open_conversation`, when set, opens the place a long job answers in (a thread, a parent
     message) and returns the completed `conversation`. Adapters open it lazily, at the first public
@@ -204,6 +206,7 @@ class Request:
     channel_nsfw: bool = False  # an age-restricted channel (Discord's nsfw flag): safety allows there
     source_message: dict[str, Any] | None = None  # a click: the message the button is on (adapter's own shape)
     delete_source: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
+    upload_limit: int | None = None  # the most bytes one file in a reply may have here (None: any size)
 
     def may_read(self, channel_id: str) -> bool:
         return self.readable_channels is None or channel_id in self.readable_channels

@@ -19,12 +19,13 @@ from engine.errors import UserError
 from engine.safety import Moderation, remember_owner
 from engine.tasks import Queue
 from plugins.imagine.moderation import moderated
-from plugins.imagine.buttons import derived_actions, lineage_actions
+from plugins.imagine.buttons import derived_actions, lineage_actions, timelapse_actions
 from plugins.imagine.lineage import DERIVED, derived_size, extended
 from plugins.imagine.params import finished_result, params
 from plugins.imagine.plan import Asked, ImagineJob, ImagineResult, ImagineSettings, check_request
 from plugins.imagine.preferences import Preferences, preferences, settings_command, with_defaults
 from plugins.imagine.prompts import parse_prompts, parse_size
+from plugins.imagine.timelapse import timelapse as timelapse_command, timelapse_parts
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -52,6 +53,7 @@ async def imagine(
     preset: Annotated[Literal["draft", "normal", "best"], "quality preset"] = None,
     from_job: Annotated[str, "an earlier /imagine job to build on (see mode)"] = "",
     mode: Annotated[Mode, "with from_job: what to do with it (upscale, zoom-out, pan-left, vary...)"] = None,
+    timelapse: Annotated[bool, "also post a GIF and an MP4 of the picture taking shape"] = None,
 ) -> AsyncIterator[Reply]:
     """Draw a picture from a text prompt (VQGAN+CLIP), showing it take shape."""
     limits: ImagineSettings = ctx.plugin_settings("imagine")
@@ -60,6 +62,8 @@ async def imagine(
     mine = await ctx.run_blocking(preferences, ctx.engine.store, ctx.request)
     run = await ctx.run_blocking(_build_request, ctx, asked, limits, mine)
     run = await ctx.run_blocking(moderated, ctx, run)  # the blocklist, and the channel's safety policy
+    if timelapse:  # made at the end, by whoever delivers it (a restarted bot too): the limit goes along
+        run = dataclasses.replace(run, timelapse=True, upload_limit=ctx.request.upload_limit)
     label = f"{_VERBS.get(run.mode or '', 'Imagining')} {_short(run.prompt)}"  # plain text: longjob escapes it
     job_id = await longjob.submit(ctx, TASK, run.to_json(), queue=QUEUE, finish=finish_reply, label=label)
     await ctx.run_blocking(remember_owner, ctx.engine.store, job_id, Moderation.from_json(run.safety or {}))
@@ -169,9 +173,25 @@ def finish_reply(app: "App", raw: dict) -> Reply:
     }
     if result.flagged:
         data["flagged"] = result.flagged
-    image = Image(final, "final.png", result.prompt, spoiler=bool(result.flagged))
-    actions = _actions(result, app.plugin_settings("imagine")) if result.job_id else ()
-    return Reply(text="\n".join(lines), images=(image,), final=True, data=data, actions=actions)
+    images = (Image(final, "final.png", result.prompt, spoiler=bool(result.flagged)),)
+    limits = app.plugin_settings("imagine")
+    if result.timelapse:
+        images += _with_timelapse(app, result, limits, lines, data)
+    actions = _actions(result, limits) if result.job_id else ()
+    return Reply(text="\n".join(lines), images=images, final=True, data=data, actions=actions)
+
+
+def _with_timelapse(app: "App", result: ImagineResult, limits: ImagineSettings, lines: list, data: dict) -> tuple:
+    """`timelapse: yes`: the GIF and MP4 for the final reply (their lines and data added), or a line
+    saying why there are none: the picture is delivered either way."""
+    try:
+        files, made, notes = timelapse_parts(app.face.blobs, result, result.upload_limit or None, limits)
+    except UserError as exc:
+        lines.append(f"No timelapse: {escape(str(exc))}")
+        return ()
+    lines.extend(notes)
+    data["timelapse"] = made
+    return files
 
 
 def _actions(result: ImagineResult, limits: ImagineSettings) -> tuple[Action, ...]:
@@ -180,7 +200,8 @@ def _actions(result: ImagineResult, limits: ImagineSettings) -> tuple[Action, ..
         return Action(label, "imagine", {"from_job": result.job_id, "mode": mode}, style=style)
 
     return (act("Reroll", "reroll", "primary"), act("Variations", "vary"), act("Continue", "continue"),
-            act("Use as init", "init"), *derived_actions(result, limits), *lineage_actions(result.job_id))
+            act("Use as init", "init"), *derived_actions(result, limits), *timelapse_actions(result),
+            *lineage_actions(result.job_id))
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -189,7 +210,7 @@ def _short(text: str, limit: int = 60) -> str:
 
 @hookimpl
 def clipbot_commands():
-    return [imagine, params, settings_command]
+    return [imagine, params, settings_command, timelapse_command]
 
 
 @hookimpl

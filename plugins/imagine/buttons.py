@@ -1,6 +1,6 @@
 """The buttons a finished /imagine picture gets beyond Reroll/Variations/Continue/Use as init
 (light): upscale, zoom out and pan (only those whose canvas the caps allow), Remix (asks for a new
-prompt and a mode first), Params and Delete. Each is a pre-filled command, so it works after a
+prompt and a mode first), Timelapse (a GIF and MP4 of the run), Params and Delete. Each is a pre-filled command, so it works after a
 restart and on every platform."""
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ def derived_actions(result: "ImagineResult", limits: "ImagineSettings") -> tuple
             shown.append(Action(label, "imagine", {"from_job": result.job_id, "mode": mode}))
     remix = Action("Remix", "imagine", {"from_job": result.job_id, "mode": "vary"}, ask=("prompt", "mode"))
     return (*shown, remix)
+
+
+def timelapse_actions(result: "ImagineResult") -> tuple[Action, ...]:
+    """Timelapse, where the run kept frames (jobs from before timelapses did not)."""
+    return (Action("Timelapse", "timelapse", {"job": result.job_id}),) if result.frame_count else ()
 
 
 def lineage_actions(job_id: str) -> tuple[Action, ...]:

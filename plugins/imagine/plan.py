@@ -49,6 +49,10 @@ class ImagineSettings(PluginSettings):
     cut_pow: float = Field(1.0, gt=0, description="cutout size power (higher: smaller cutouts)")
     learning_rate: float = Field(0.1, gt=0, le=10, description="Adam step size on the latents")
     state_ttl: int = Field(86400, ge=60, description="seconds a finished picture's latent is kept for continue/variations")
+    timelapse_frames: int = Field(60, ge=2, le=500, description="most low-resolution frames a run keeps for its timelapse")
+    timelapse_every: int = Field(0, ge=0, description="steps between timelapse frames (0: spread timelapse_frames over the run)")
+    timelapse_side: int = Field(192, ge=16, le=1024, description="longest side in pixels of a timelapse frame")
+    timelapse_fps: int = Field(10, ge=1, le=60, description="timelapse frames per second (short runs play at least 2 s)")
 
 
 def check_request(limits: ImagineSettings, *, size: tuple[int, int] | None, steps: int | None,
@@ -104,6 +108,9 @@ class ImagineJob:
     parent: str | None = None
     mode: str | None = None  # how it builds on the parent: reroll, vary, continue, init, upscale, zoom-out...
     lineage: list | None = None
+    # timelapse (plugins.imagine.timelapse): make it at the end, to fit this upload limit (bytes; None: any)
+    timelapse: bool | None = None
+    upload_limit: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -186,3 +193,8 @@ class ImagineResult(Wire):
     parent: str = ""
     mode: str = ""
     lineage: tuple[Ancestor, ...] = ()
+    # timelapse: the blob of its low-resolution frames and how many; asked at the start (with the limit)
+    frames: str = ""
+    frame_count: int = 0
+    timelapse: bool = False
+    upload_limit: int = 0  # 0: any size

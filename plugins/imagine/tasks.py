@@ -5,6 +5,9 @@
 - Progress leaves through the engine's throttled progress (a background thread): the loop only
   hands over data, so a slow Redis or chat platform never slows the GPU.
 - Cancel is checked before every step.
+- Timelapse frames (`plugins.imagine.timelapse`): a low-resolution copy of the picture at the start,
+  every K steps and at the end, kept in the checkpoint's `extra` (a resumed run has the frames it
+  had) and stored as one blob beside the end state.
 - Safety (`engine.safety.check`): unless the channel allows, the prompt's text embedding is
   checked before the first step, and every snapshot and the final picture before it is stored:
   blurred on a match (the result says which concept), or the job stops, as the policy says.
@@ -27,7 +30,7 @@ from engine.safety.check import Match, PictureGuard
 from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
 from plugins.imagine import TASK, QUEUE, plan
-from plugins.imagine import derive, pipeline
+from plugins.imagine import derive, pipeline, timelapse
 from plugins.imagine.lineage import DERIVED, Ancestor
 from plugins.imagine.moderation import positive_texts
 from plugins.imagine.prompts import parse_prompts
@@ -69,12 +72,16 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
     extra["total"] = total
     width, height = generation.drawer.width, generation.drawer.height
     reporter = job.throttled_progress(extra.get("snapshots", []))
+    frames = _Frames(extra, generation.step_done, total, limits)
     try:
         # A first picture at once (the start, or where a resumed run stands), before any step.
-        _snapshot(reporter, guard, generation, total, preview=True)
-        _loop(job, generation, total, run_plan["every"], limits.checkpoint_every, reporter, extra, guard)
+        shown = _snapshot(reporter, guard, generation, total, preview=True)
+        if not extra.get("resumed"):
+            frames.keep(generation.step_done, shown)
+        _loop(job, generation, total, run_plan["every"], limits.checkpoint_every, reporter, extra, guard, frames)
     finally:
         reporter.close()
+    frames_key = job.blobs.put(timelapse.pack(frames.kept), ttl=limits.state_ttl) if frames.kept else ""
     state_key = job.blobs.put(generation.state_bytes(), ttl=limits.state_ttl)
     final_png, _ = guard.screen(generation.png(), total) if guard is not None else (generation.png(), None)
     final_key = job.blobs.put(final_png, ttl=limits.state_ttl)
@@ -90,11 +97,32 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
         runs=tuple(plan.Attempt(**r) for r in extra["runs"]), seconds_per_step=reporter.seconds_per_step,
         flagged=guard.flagged.name if guard is not None and guard.flagged is not None else "",
         parent=ask.parent or "", mode=ask.mode or "", lineage=tuple(map(Ancestor.from_json, ask.lineage or ())),
+        frames=frames_key, frame_count=len(frames.kept), timelapse=bool(ask.timelapse),
+        upload_limit=ask.upload_limit or 0,
     )
 
 
+class _Frames:
+    """The run's timelapse frames: `{"step", "png"}` (low resolution), in `extra["frames"]` so a
+    checkpoint carries them. The interval is fixed when the run starts (a resumed run keeps it)."""
+
+    def __init__(self, extra: dict, start: int, total: int, limits: plan.ImagineSettings) -> None:
+        self.kept: list[dict] = extra.setdefault("frames", [])
+        if "frame_every" not in extra:
+            extra["frame_every"], extra["frame_from"] = timelapse.frame_interval(
+                total - start, limits.timelapse_every, limits.timelapse_frames), start
+        self.every, self.start, self.total = extra["frame_every"], extra["frame_from"], total
+        self.side = limits.timelapse_side
+
+    def due(self, step: int) -> bool:
+        return (step - self.start) % self.every == 0 or step == self.total
+
+    def keep(self, step: int, png: bytes) -> None:
+        self.kept.append({"step": step, "png": timelapse.low_res(png, self.side)})
+
+
 def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: int, checkpoint_every: int,
-          reporter: ThrottledProgress, extra: dict, guard: PictureGuard | None) -> None:
+          reporter: ThrottledProgress, extra: dict, guard: PictureGuard | None, frames: _Frames) -> None:
     while generation.step_done < total:
         if job.cancelled():  # every step: a cancel stops the run within one step
             raise JobCancelled("The job was cancelled.")
@@ -104,10 +132,13 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
         took = time.perf_counter() - started
         reporter.step_took(took)
         imagine_step(took)
+        shown = None
         if step % every == 0 or step == total:
-            _snapshot(reporter, guard, generation, total, loss=round(loss, 6))
+            shown = _snapshot(reporter, guard, generation, total, loss=round(loss, 6))
         else:
             reporter.update(step, total, loss=round(loss, 6))
+        if frames.due(step):  # the picture as the snapshot showed it (screened), else screened now
+            frames.keep(step, shown if shown is not None else _screened(guard, generation))
         if step % checkpoint_every == 0 and step < total:
             # The checkpoint names the snapshots sent so far; it waits (like the checkpoint's own
             # write) for the reporter to send the pending ones, so none is lost on a resume.
@@ -117,12 +148,20 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
 
 
 def _snapshot(reporter: ThrottledProgress, guard: PictureGuard | None, generation: pipeline.Generation,
-              total: int, **data: Any) -> None:
-    """Hand the picture as it stands to the reporter, screened first (blurred, or the job stops)."""
+              total: int, **data: Any) -> bytes:
+    """Hand the picture as it stands to the reporter, screened first (blurred, or the job stops);
+    returns the PNG handed over."""
     png, match = guard.screen(generation.png(), generation.step_done) if guard is not None else (generation.png(), None)
     if match is not None:
         data["flagged"] = match.name  # the progress reply shows it behind a spoiler
     reporter.snapshot(generation.step_done, total, png, **data)
+    return png
+
+
+def _screened(guard: PictureGuard | None, generation: pipeline.Generation) -> bytes:
+    """The picture as it stands, as the safety checks let it be shown (blurred on a match)."""
+    png = generation.png()
+    return guard.screen(png, generation.step_done)[0] if guard is not None else png
 
 
 def _guard(job: JobContext, ask: plan.ImagineJob, clip: Any) -> PictureGuard | None:

@@ -673,6 +673,35 @@ def test_remix_opens_a_modal_whose_new_prompt_and_mode_build_on_the_picture_and_
 
 
 @pytest.mark.slow
+def test_the_timelapse_button_posts_a_gif_and_mp4_that_fit_the_interactions_upload_limit(world, start_bot):
+    world.fake.edit_limit = (1000, 5.0)
+    fake = world.fake
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    fake.slash(world.guild, world.general, world.alice, "imagine",
+               {"prompt": "a paper lantern", "steps": 8, "size": "64", "every": 8, "seed": 3, "drawer": "pixels"})
+    thread = _thread_of(fake, world.general, "/imagine a paper lantern")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Timelapse" in _buttons(m)],
+                          180, "the picture")[0]
+
+    def timelapse(limit: int) -> dict:
+        fake.attachment_size_limit = limit  # what the next interaction's payload says
+        click = fake.click(world.guild, thread["id"], world.mod, final["id"], _buttons(final)["Timelapse"])
+        return _answer(fake, click, "the timelapse", until=lambda m: bool(m["attachments"]))
+
+    whole = timelapse(256 * 1024)
+    sizes = {a["filename"]: a["size"] for a in whole["attachments"]}
+    assert set(sizes) == {"timelapse.gif", "timelapse.mp4"} and "made smaller" not in whole["content"]
+    limit = sizes["timelapse.gif"] // 2
+    fitted = timelapse(limit)
+    files = {a["filename"]: a for a in fitted["attachments"]}
+    assert set(files) == {"timelapse.gif", "timelapse.mp4"}, "still a GIF: made to fit, not turned into a JPEG"
+    assert files["timelapse.gif"]["size"] <= limit and files["timelapse.mp4"]["size"] <= limit
+    assert "GIF made smaller to fit the" in fitted["content"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(files["timelapse.gif"]["url"]))) as im:
+        assert im.format == "GIF" and im.n_frames > 1
+
+
+@pytest.mark.slow
 def test_settings_private_shows_imagine_progress_only_to_the_requester_and_the_picture_to_all(world, start_bot):
     world.fake.edit_limit = (1000, 5.0)
     fake = world.fake

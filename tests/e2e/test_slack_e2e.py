@@ -612,6 +612,23 @@ def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_o
     assert not {f["id"] for f in uploaded} & set(fake.files)
 
 
+def test_imagine_timelapse_uploads_a_gif_and_mp4_to_the_thread_and_its_button_makes_them_again(bot, fake):
+    word = _token()
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U1", "/imagine",
+                                             f"a {word} lantern steps: 4 size: 32 every: 2 timelapse: yes"))
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} lantern"))
+    ts = [m["ts"] for m in fake.bot_messages("C2") if m["text"].startswith(f"<@U1> /imagine: a {word} lantern")][-1]
+    parent = _answered(fake, "C2", ts, button="Timelapse")
+    names = [f["name"] for m in fake.thread("C2", ts)[1:] for f in m.get("files", ())]
+    assert names[-3:] == ["final.png", "timelapse.gif", "timelapse.mp4"]
+    assert "Timelapse" in parent["text"] and "made smaller" not in parent["text"]  # 1 GB: nothing to shrink
+    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["text"]["text"] == "Timelapse")
+    bot.send("interactive", block_actions(TEAM, "C2", "U2", parent, button["action_id"], button["value"]))
+    fake.wait_for(lambda: [f["name"] for m in fake.thread("C2", ts) for f in m.get("files", ())].count("timelapse.mp4")
+                  == 2, what="the timelapse posted again in the thread for the click")
+
+
 def test_remix_opens_a_modal_and_its_submission_builds_on_the_picture_with_the_new_prompt(bot, fake):
     word = _token()
     bot.send("slash_commands", slash_command(TEAM, "C3", "U1", "/imagine",

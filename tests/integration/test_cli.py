@@ -71,6 +71,24 @@ def test_describe_json_contract(data_dir, tmp_path):
         assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
 
 
+def test_imagine_timelapse_json_names_the_gif_and_mp4_and_a_later_call_makes_them_again(data_dir, tmp_path):
+    out = clipbot(data_dir, "imagine", "a paper lantern", "--steps", "4", "--size", "32", "--every", "2",
+                  "--drawer", "pixels", "--seed", "5", "--timelapse", "--json", "--out", str(tmp_path / "o"))
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    made = answer["timelapse"]
+    assert made["gif"] == str(tmp_path / "o" / "timelapse.gif") and made["mp4"] == str(tmp_path / "o" / "timelapse.mp4")
+    gif, mp4 = (tmp_path / "o" / "timelapse.gif").read_bytes(), (tmp_path / "o" / "timelapse.mp4").read_bytes()
+    assert gif.startswith(b"GIF89a") and mp4[4:8] == b"ftyp" and made["bytes"] == {"gif": len(gif), "mp4": len(mp4)}
+    assert made["steps"] == [0, 4] and made["of_frames"] == 5 and made["limit"] is None
+    # another process, from the job the embedded engine kept: the same frames, the same GIF
+    later = clipbot(data_dir, "timelapse", answer["job"], "--json", "--out", str(tmp_path / "later"))
+    assert later.returncode == 0, later.stderr
+    again = json.loads(later.stdout)
+    assert again["job"] == answer["job"] and again["timelapse"]["gif"] == str(tmp_path / "later" / "timelapse.gif")
+    assert (tmp_path / "later" / "timelapse.gif").read_bytes() == gif
+
+
 def _bad(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
@@ -190,7 +208,7 @@ def test_plugins_listing(data_dir):
     out = clipbot(data_dir, "plugins", CLIPBOT_EXTRA_PLUGINS="no_such_plugin_mod", CLIPBOT_WHATIS_TOP="3")
     assert out.returncode == 0
     assert "whatis: /whatis /where /labels" in out.stdout and "help: /help" in out.stdout
-    assert "describe: /describe" in out.stdout and "imagine: /imagine /params /settings" in out.stdout
+    assert "describe: /describe" in out.stdout and "imagine: /imagine /params /settings /timelapse" in out.stdout
     assert "no_such_plugin_mod: NOT LOADED (ModuleNotFoundError" in out.stdout
     assert "setting CLIPBOT_WHATIS_TOP=3" in out.stdout
     assert "queue gpu: quick model work" in out.stdout and "queue io:" in out.stdout

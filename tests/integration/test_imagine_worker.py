@@ -136,6 +136,18 @@ def test_child_killed_mid_run_resumes_from_its_checkpoint(redis_engine, start_wo
     clean = _final(say(adapter, "/imagine a red kite steps: 200 size: 64 every: 20 seed: 8"), worker)
     assert clean.data["loss"] == final.data["loss"]
     assert clean.images[0].data == final.images[0].data
+    # the timelapse frames came through the kill in the checkpoint: the same frames as the clean run
+    # (200 steps, at most 60 frames: the start and every 4th step), the ones before the kill included
+    blobs = redis_engine.engine.blobs
+    killed = _frames(blobs, record.result["frames"])
+    assert [step for step, _ in killed] == list(range(0, 201, 4)) and record.result["frame_count"] == 51
+    assert killed == _frames(blobs, redis_engine.engine.book.get(clean.data["job"]).result["frames"])
+
+
+def _frames(blobs, key):
+    from plugins.imagine.timelapse import unpack
+
+    return [(step, picture.tobytes()) for step, picture in unpack(blobs.get(key))]
 
 
 @pytest.mark.slow

@@ -85,7 +85,7 @@ def test_delete_removes_the_jobs_files_and_record(local):
     deleted = final_of(say(local, action_command(delete)))
     assert "Deleted" in deleted.text and "[deleted: that answer is gone from the chat]" in local.buffer.getvalue()
     assert engine.book.get(job) is None
-    for key in (result["final"], result["state"], *[s["key"] for s in result["snapshots"]]):
+    for key in (result["final"], result["state"], result["frames"], *[s["key"] for s in result["snapshots"]]):
         try:
             engine.blobs.get(key)
             raise AssertionError(f"blob {key} of the deleted job is still there")

@@ -32,7 +32,7 @@ def test_progress_snapshots_final_data_and_actions(local):
     assert [r.progress for r in progress if r.images][1:] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert [a.label for a in final.actions] == [
         "Reroll", "Variations", "Continue", "Use as init", "Upscale x2", "Zoom out 1.5x", "Zoom out 2x", "Pan left",
-        "Pan right", "Pan up", "Pan down", "Remix", "Params", "Delete"]
+        "Pan right", "Pan up", "Pan down", "Remix", "Timelapse", "Params", "Delete"]
     assert final.data["job"] == final.actions[0].options["from_job"] and final.data["parent"] is None
     printed = local.buffer.getvalue()
     assert "[Reroll] /imagine from_job: " in printed and printed.count("[Cancel]") == 1

@@ -321,6 +321,7 @@ class DiscordAdapter(ChatSurface):
             readable_channels=readable, user_name=member.display_name,
             conversation=conversation, open_conversation=open_conversation,
             private_scopes=scopes, channel_nsfw=_age_restricted(interaction.channel),
+            upload_limit=interaction.filesize_limit,  # the payload's attachment_size_limit
         )
 
     async def _menu_image(self, data: dict) -> Attachment:

@@ -70,6 +70,7 @@ EVENTS_PATH = "/slack/events"
 SHORTCUT_PREFIX = "clipbot_"
 ACTION_PREFIX = "clipbot:"
 CACHE_SECONDS = 60.0  # channel memberships and admin flags: short, so a leave takes effect soon
+UPLOAD_LIMIT = 1 << 30  # Slack takes files up to 1 GB (files.getUploadURLExternal)
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # X-Slack-Request-Timestamp: Unix seconds
 # Bolt accepts a request whose timestamp is within 5 minutes of its clock, either side: a captured
@@ -467,7 +468,7 @@ class SlackAdapter(ChatSurface):
                           platform=PLATFORM, is_admin=await self._is_admin(target.user), thread_id=thread,
                           space_id=team, readable_channels=await self._readable(target.user, target.channel),
                           user_name=user_name, conversation=conversation, open_conversation=poster.opener,
-                          source_message=clicked,
+                          source_message=clicked, upload_limit=UPLOAD_LIMIT,
                           delete_source=functools.partial(self.delete_message, clicked) if clicked else None)
         await poster.deliver(self.app.handle(request))
 
