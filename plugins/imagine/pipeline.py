@@ -291,6 +291,7 @@ class Generation:
     precision: str = "fp32"
     step_done: int = 0
     losses: list[float] = field(default_factory=list)
+    captured: torch.Tensor | None = None  # see step(capture=True)
 
     def __post_init__(self) -> None:
         self.clip.model.requires_grad_(False)  # gradients flow to the image, never into CLIP's weights
@@ -313,10 +314,13 @@ class Generation:
         total = sum(prompt_loss(embeds, t.embed, t.weight, t.stop) for t in self.targets)
         return total, image
 
-    def step(self) -> float:
-        """One optimiser step; returns the loss measured before it."""
+    def step(self, *, capture: bool = False) -> float:
+        """One optimiser step; returns the loss measured before it. `capture`: keep the picture its
+        forward pass drew (the picture after `step_done` steps, before this one) in `captured`, so
+        a caller that wants it (a timelapse frame) needs no decode of its own."""
         self.optimizer.zero_grad(set_to_none=True)
-        total, _ = self.loss()
+        total, image = self.loss()
+        self.captured = image.detach().float() if capture else None
         if self._scaler is None:
             total.backward()
             self.optimizer.step()

@@ -117,8 +117,12 @@ class _Frames:
     def due(self, step: int) -> bool:
         return (step - self.start) % self.every == 0 or step == self.total
 
+    def has(self, step: int) -> bool:
+        return bool(self.kept) and self.kept[-1]["step"] == step
+
     def keep(self, step: int, png: bytes) -> None:
-        self.kept.append({"step": step, "png": timelapse.low_res(png, self.side)})
+        if not self.has(step):
+            self.kept.append({"step": step, "png": timelapse.low_res(png, self.side)})
 
 
 def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: int, checkpoint_every: int,
@@ -126,19 +130,24 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
     while generation.step_done < total:
         if job.cancelled():  # every step: a cancel stops the run within one step
             raise JobCancelled("The job was cancelled.")
+        # A frame due at this step and not kept yet (no snapshot showed it) comes from this step's
+        # forward pass, which draws the picture as it stands anyway: no decode of its own.
+        before = generation.step_done
+        capture = frames.due(before) and not frames.has(before)
         started = time.perf_counter()
-        loss = generation.step()
+        loss = generation.step(capture=capture)
         step = generation.step_done
         took = time.perf_counter() - started
         reporter.step_took(took)
         imagine_step(took)
-        shown = None
+        if capture:
+            frames.keep(before, _screened(guard, pipeline.to_png(generation.captured), before))
         if step % every == 0 or step == total:
             shown = _snapshot(reporter, guard, generation, total, loss=round(loss, 6))
+            if frames.due(step):  # the picture as the snapshot showed it (screened)
+                frames.keep(step, shown)
         else:
             reporter.update(step, total, loss=round(loss, 6))
-        if frames.due(step):  # the picture as the snapshot showed it (screened), else screened now
-            frames.keep(step, shown if shown is not None else _screened(guard, generation))
         if step % checkpoint_every == 0 and step < total:
             # The checkpoint names the snapshots sent so far; it waits (like the checkpoint's own
             # write) for the reporter to send the pending ones, so none is lost on a resume.
@@ -158,10 +167,9 @@ def _snapshot(reporter: ThrottledProgress, guard: PictureGuard | None, generatio
     return png
 
 
-def _screened(guard: PictureGuard | None, generation: pipeline.Generation) -> bytes:
-    """The picture as it stands, as the safety checks let it be shown (blurred on a match)."""
-    png = generation.png()
-    return guard.screen(png, generation.step_done)[0] if guard is not None else png
+def _screened(guard: PictureGuard | None, png: bytes, step: int) -> bytes:
+    """A picture of the run as the safety checks let it be shown (blurred on a match)."""
+    return guard.screen(png, step)[0] if guard is not None else png
 
 
 def _guard(job: JobContext, ask: plan.ImagineJob, clip: Any) -> PictureGuard | None:
