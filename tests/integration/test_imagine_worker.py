@@ -163,6 +163,34 @@ def test_a_zoom_out_whose_child_is_killed_resumes_from_its_checkpoint_and_draws_
 
 
 @pytest.mark.slow
+def test_a_blend_whose_child_is_killed_resumes_from_its_checkpoint_with_its_pictures(
+        redis_engine, start_worker, client, tmp_path):
+    from tests.support.pictures import write_image
+
+    # the pictures are read on the quick queue, the blend runs on the long one: one worker takes both
+    worker = start_worker("--queues", f"gpu,{LONG}", CLIPBOT_IMAGINE_CHECKPOINT_EVERY="10")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    red, blue = (write_image(tmp_path / f"{name}.png", color=rgb) for name, rgb in (("red", (220, 20, 20)),
+                                                                                  ("blue", (20, 20, 220))))
+    line = f"/blend images: {red} {blue} prompt: a kite weights: 1 -0.5 steps: 50 size: 32 every: 10 seed: 6"
+    job, thread, replies = _submit(redis_engine, line)
+    checkpoints = checkpoints_for(redis_engine.engine)
+    _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 20, "two checkpoints", worker=worker)
+    (child,) = worker.children()
+    os.kill(child, signal.SIGKILL)
+    last_checkpoint = checkpoints.meta(job)["step"]
+    thread.join(300)
+    killed = _final(replies, worker)
+    record = redis_engine.engine.book.get(job)
+    assert record.result["runs"] == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
+    assert killed.data["pictures"] == [{"source": "red.png", "weight": 1.0}, {"source": "blue.png", "weight": -0.5}]
+    # the resumed run read the same stored embeddings: an uninterrupted blend draws the same picture
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-4")
+    clean = _final(say(adapter, line), worker)
+    assert clean.data["loss"] == killed.data["loss"] and clean.images[0].data == killed.images[0].data
+
+
+@pytest.mark.slow
 def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker, client, tmp_path):
     def kill_all(worker):
         os.killpg(worker.proc.pid, signal.SIGKILL)  # parent and children: the host went away

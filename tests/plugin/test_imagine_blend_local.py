@@ -92,3 +92,14 @@ def test_each_refusal_is_one_sentence_and_queues_nothing(bot, pictures, tmp_path
     assert "another server" in _refused(
         bot, f"/blend images: {red} links: https://discord.com/channels/1/2/3")
     assert "needs a positive weight" in _refused(bot, f"/blend images: {red} {green} weights: -1 -1")
+
+
+def test_a_blends_buttons_work_after_a_restart_and_keep_its_pictures(tmp_path, pictures):
+    with TestBot(data_dir=tmp_path / "kept") as first_bot:
+        blended = first_bot.ask(f"/blend images: {pictures['red']} {pictures['green']} weights: 2 1 {SMALL} seed: 3")
+    assert not blended.error, blended.text
+    variations = next(a for a in blended.actions if a.label == "Variations")
+    with TestBot(data_dir=tmp_path / "kept") as restarted:  # a new process: nothing of the first in memory
+        varied = restarted.ask(action_command(variations) + " steps: 2")
+    assert not varied.error, varied.text
+    assert varied.data["pictures"] == blended.data["pictures"] and varied.data["parent"] == blended.data["job"]
