@@ -741,3 +741,7 @@ def test_blend_takes_attachment_options_and_message_links_only_of_channels_the_m
     again = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Reroll" in _buttons(m)
                                      and m["id"] != final["id"]], 300, "the rerolled blend")[0]
     assert "blending red.png (1), blue.png (0.5), " in again["content"] and "reroll of job" in again["content"]
+    # five attachment options (images ... images5): the most a blend takes, all attached
+    five = {("images" + (str(i) if i > 1 else "")): (f"p{i}.png", _png(HUES[i % 4]), "image/png") for i in range(1, 6)}
+    record = fake.slash(world.guild, world.general, world.alice, "blend", {"links": link}, attachments=five)
+    assert "/blend takes 2 to 5 pictures (got 6)" in _refusal(fake, world.general, record)
