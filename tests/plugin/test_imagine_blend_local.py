@@ -48,7 +48,8 @@ def test_blend_attachments_and_a_linked_picture_with_weights_and_its_buttons_kee
     assert not upscaled.error, upscaled.text
     assert upscaled.data["size"] == "64x64" and upscaled.data["pictures"] == blended.data["pictures"]
     params = bot.ask(f"/params {blended.data['job']}")
-    assert not params.error and params.data["mode"] == "blend"
+    assert not params.error and params.data["mode"] == "blend" and params.data["pictures"] == blended.data["pictures"]
+    assert f"pictures: red.png (1), green.png (0.5), {link} (-0.25)" in params.text
 
 
 def test_blend_without_text_is_named_by_its_pictures(bot, pictures):
