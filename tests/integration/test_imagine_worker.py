@@ -238,6 +238,41 @@ def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, d
     assert not list(client.scan_iter("clipbot:longjob:*"))  # delivered: nothing left to resume
 
 
+@pytest.mark.slow
+def test_a_bot_restarted_mid_blend_delivers_it_with_its_pictures_and_buttons(
+        redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
+    from tests.support.pictures import write_image
+
+    worker = start_worker("--queues", f"gpu,{LONG}")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    red, blue = (write_image(tmp_path / f"{name}.png", color=rgb) for name, rgb in (("red", (220, 20, 20)),
+                                                                                  ("blue", (20, 20, 220))))
+    env = clipbot_env(data_dir, redis_url)
+    bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True, text=True)
+    bot.stdin.write(f"/blend images: {red} {blue} weights: 1 0.5 steps: 100 size: 32 every: 10 seed: 4\n")
+    bot.stdin.flush()
+    seen: list[str] = []
+
+    def shown_progress() -> bool:
+        line = bot.stdout.readline()
+        assert line, "".join(seen) + worker.log()
+        seen.append(line)
+        return "step 10/100" in "".join(seen)
+
+    wait_until(shown_progress, timeout=300, what="the bot to show step 10/100", detail=worker.log, every=0)
+    os.killpg(bot.pid, signal.SIGKILL)
+    bot.wait(10)
+    again = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    out = again.stdout
+    assert again.returncode == 0, out + again.stderr
+    assert "(following 1 unfinished job from last time)" in out
+    assert "A blend of 2 pictures" in out and "blending red.png (1), blue.png (0.5)" in out, out
+    assert "[Reroll] /imagine from_job: " in out and "[Upscale x2] /imagine from_job: " in out
+
+
 def test_a_waiting_job_shows_its_place_in_the_queue(redis_engine, start_worker, client):
     worker = start_worker("--queues", LONG)
     worker.wait_ready(redis_engine.engine, queue=LONG)
