@@ -140,7 +140,8 @@ def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> I
         steps=asked.steps or (max(1, earlier.steps // 2) if derived else earlier.steps),  # continue: this many more
         every=asked.every or earlier.every, preset=asked.preset or earlier.quality,
         seed=earlier.seed if mode == "continue" or (derived and asked.seed is None) else asked.seed)
-    job = dataclasses.replace(_fresh(merged, limits, earlier.image_prompts), parent=earlier.job_id or asked.from_job,
+    pictures = _own_copies(ctx, earlier.image_prompts, limits)
+    job = dataclasses.replace(_fresh(merged, limits, pictures), parent=earlier.job_id or asked.from_job,
                               mode=mode, lineage=extended(earlier.lineage, earlier))
     if mode == "continue" and earlier.steps + (job.steps or 0) > limits.max_steps:
         raise UserError(f"That would make {earlier.steps + (job.steps or 0)} steps; the most is {limits.max_steps}.")
@@ -151,6 +152,14 @@ def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> I
     if mode == "init":
         return dataclasses.replace(job, init=earlier.final)
     return job
+
+
+def _own_copies(ctx: "CommandContext", pictures: tuple[ImagePrompt, ...],
+                limits: ImagineSettings) -> tuple[ImagePrompt, ...]:
+    """A blend's embeddings, copied for the job built on it: a job's Delete removes every blob its
+    result names, and must not take its parent's or siblings' pictures along."""
+    blobs = ctx.engine.blobs
+    return tuple(dataclasses.replace(p, key=blobs.put(blobs.get(p.key), ttl=limits.state_ttl)) for p in pictures)
 
 
 def _finished(ctx: "CommandContext", job_id: str) -> ImagineResult:

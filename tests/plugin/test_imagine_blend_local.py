@@ -44,6 +44,9 @@ def test_blend_attachments_and_a_linked_picture_with_weights_and_its_buttons_kee
     rerolled = bot.ask(action_command(by_label["Reroll"]))
     assert not rerolled.error, rerolled.text
     assert rerolled.data["pictures"] == blended.data["pictures"] and rerolled.data["parent"] == blended.data["job"]
+    # deleting the reroll leaves the blend's own pictures: each job holds its own copies
+    deleted = bot.ask(action_command(next(a for a in rerolled.actions if a.label == "Delete")))
+    assert not deleted.error and "Deleted" in deleted.text
     upscaled = bot.ask(action_command(by_label["Upscale x2"]) + " steps: 2")
     assert not upscaled.error, upscaled.text
     assert upscaled.data["size"] == "64x64" and upscaled.data["pictures"] == blended.data["pictures"]
