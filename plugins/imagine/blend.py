@@ -88,10 +88,8 @@ async def blend(
         if link.space and request.space_id and link.space != request.space_id:
             raise UserError(f"{link.text} is a message of another server; blend pictures from this one.")
     picked = parse_weights(weights, count)
-    if prompt.strip():
-        parse_prompts(prompt, need_positive=False)
-    if not any(w > 0 for w in picked) and not (prompt.strip() and any(
-            p.weight > 0 for p in parse_prompts(prompt, need_positive=False))):
+    texts = parse_prompts(prompt, need_positive=False) if prompt.strip() else []
+    if not any(w > 0 for w in [*picked, *(p.weight for p in texts)]):
         raise UserError("At least one picture or prompt needs a positive weight (negative ones only push away).")
     read = await ctx.engine.run(PICTURES, {
         "space": request.space_id, "images": [a.key for a in images], "links": [link.to_json() for link in found],
