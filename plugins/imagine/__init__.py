@@ -22,7 +22,7 @@ from plugins.imagine.moderation import moderated
 from plugins.imagine.buttons import derived_actions, lineage_actions, timelapse_actions
 from plugins.imagine.lineage import DERIVED, derived_size, extended
 from plugins.imagine.params import finished_result, params
-from plugins.imagine.plan import Asked, ImagineJob, ImagineResult, ImagineSettings, check_request
+from plugins.imagine.plan import Asked, ImagePrompt, ImagineJob, ImagineResult, ImagineSettings, check_request
 from plugins.imagine.preferences import Preferences, preferences, settings_command, with_defaults
 from plugins.imagine.prompts import parse_prompts, parse_size
 from plugins.imagine.timelapse import timelapse as timelapse_command, timelapse_parts
@@ -56,15 +56,22 @@ async def imagine(
     timelapse: Annotated[bool, "also post a GIF and an MP4 of the picture taking shape"] = None,
 ) -> AsyncIterator[Reply]:
     """Draw a picture from a text prompt (VQGAN+CLIP), showing it take shape."""
-    limits: ImagineSettings = ctx.plugin_settings("imagine")
     asked = Asked(prompt=prompt, steps=steps, size=size, seed=seed, every=every, init=init, drawer=drawer,
                   preset=preset, from_job=from_job, mode=mode)
+    async for reply in launch(ctx, asked, timelapse=bool(timelapse)):
+        yield reply
+
+
+async def launch(ctx: "CommandContext", asked: Asked, *, image_prompts: tuple[ImagePrompt, ...] = (),
+                 timelapse: bool = False) -> AsyncIterator[Reply]:
+    """Check, submit and follow one generation job (/imagine's, or /blend's with its pictures)."""
+    limits: ImagineSettings = ctx.plugin_settings("imagine")
     mine = await ctx.run_blocking(preferences, ctx.engine.store, ctx.request)
-    run = await ctx.run_blocking(_build_request, ctx, asked, limits, mine)
+    run = await ctx.run_blocking(_build_request, ctx, asked, limits, mine, image_prompts)
     run = await ctx.run_blocking(moderated, ctx, run)  # the blocklist, and the channel's safety policy
     if timelapse:  # made at the end, by whoever delivers it (a restarted bot too): the limit goes along
         run = dataclasses.replace(run, timelapse=True, upload_limit=ctx.request.upload_limit)
-    label = f"{_VERBS.get(run.mode or '', 'Imagining')} {_short(run.prompt)}"  # plain text: longjob escapes it
+    label = f"{_VERBS.get(run.mode or '', 'Imagining')} {_short(_what(run.prompt, run.image_prompts))}"
     job_id = await longjob.submit(ctx, TASK, run.to_json(), queue=QUEUE, finish=finish_reply, label=label)
     await ctx.run_blocking(remember_owner, ctx.engine.store, job_id, Moderation.from_json(run.safety or {}))
     async for reply in longjob.follow(ctx.app, job_id):
@@ -74,10 +81,20 @@ async def imagine(
 
 _VERBS = {"upscale": "Upscaling", "zoom-out": "Zooming out", "zoom-out-2": "Zooming out", "pan-left": "Panning",
           "pan-right": "Panning", "pan-up": "Panning", "pan-down": "Panning", "vary": "Varying",
-          "continue": "Continuing"}
+          "continue": "Continuing", "blend": "Blending"}
 
 
-def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings, mine: Preferences) -> ImagineJob:
+def _what(prompt: str, image_prompts: list | tuple | None) -> str:
+    """What a job draws, in words: its prompt, and how many pictures it blends."""
+    if not image_prompts:
+        return prompt
+    pictures = f"{len(image_prompts)} pictures"
+    return f"{pictures} + {prompt}" if prompt.strip() else pictures
+
+
+
+def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings, mine: Preferences,
+                   image_prompts: tuple[ImagePrompt, ...] = ()) -> ImagineJob:
     """The task's arguments for what was asked, checked against the caps (blocking: store reads).
     What the command leaves open comes from the earlier job (from_job), then the user's /settings."""
     if asked.mode and not asked.from_job:
@@ -87,18 +104,21 @@ def _build_request(ctx: "CommandContext", asked: Asked, limits: ImagineSettings,
         return _from_job(ctx, asked, limits)
     if asked.prompt.strip() == SAME_PROMPT:
         raise UserError(f"`prompt: {SAME_PROMPT}` means the prompt of from_job; give a prompt or a from_job.")
-    return _fresh(asked, limits)
+    return _fresh(asked, limits, image_prompts)
 
 
-def _fresh(asked: Asked, limits: ImagineSettings) -> ImagineJob:
-    parse_prompts(asked.prompt)  # a bad prompt is refused now, not after queueing
+def _fresh(asked: Asked, limits: ImagineSettings, image_prompts: tuple[ImagePrompt, ...] = ()) -> ImagineJob:
+    if asked.prompt.strip() or not image_prompts:  # a /blend's text is optional
+        parse_prompts(asked.prompt, need_positive=not image_prompts)  # refused now, not after queueing
     size = parse_size(asked.size) if asked.size else None
     check_request(limits, size=size, steps=asked.steps, every=asked.every)
     return ImagineJob(
         prompt=asked.prompt.strip(), seed=asked.seed if asked.seed is not None else secrets.randbelow(2**31),
         quality=asked.preset, steps=asked.steps, every=asked.every, drawer=asked.drawer or limits.drawer,
         width=size[0] if size else None, height=size[1] if size else None,
-        init=asked.init.key if asked.init is not None else None)
+        init=asked.init.key if asked.init is not None else None,
+        image_prompts=[p.to_json() for p in image_prompts] or None,
+        mode="blend" if image_prompts else None)
 
 
 def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> ImagineJob:
@@ -124,8 +144,9 @@ def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> I
         steps=asked.steps or (max(1, earlier.steps // 2) if derived else earlier.steps),  # continue: this many more
         every=asked.every or earlier.every, preset=asked.preset or earlier.quality,
         seed=earlier.seed if mode == "continue" or (derived and asked.seed is None) else asked.seed)
-    job = dataclasses.replace(_fresh(merged, limits), parent=earlier.job_id or asked.from_job, mode=mode,
-                              lineage=extended(earlier.lineage, earlier))
+    pictures = _own_copies(ctx, earlier.image_prompts, limits)
+    job = dataclasses.replace(_fresh(merged, limits, pictures), parent=earlier.job_id or asked.from_job,
+                              mode=mode, lineage=extended(earlier.lineage, earlier))
     if mode == "continue" and earlier.steps + (job.steps or 0) > limits.max_steps:
         raise UserError(f"That would make {earlier.steps + (job.steps or 0)} steps; the most is {limits.max_steps}.")
     if mode == "continue" or derived:
@@ -135,6 +156,14 @@ def _from_job(ctx: "CommandContext", asked: Asked, limits: ImagineSettings) -> I
     if mode == "init":
         return dataclasses.replace(job, init=earlier.final)
     return job
+
+
+def _own_copies(ctx: "CommandContext", pictures: tuple[ImagePrompt, ...],
+                limits: ImagineSettings) -> tuple[ImagePrompt, ...]:
+    """A blend's embeddings, copied for the job built on it: a job's Delete removes every blob its
+    result names, and must not take its parent's or siblings' pictures along."""
+    blobs = ctx.engine.blobs
+    return tuple(dataclasses.replace(p, key=blobs.put(blobs.get(p.key), ttl=limits.state_ttl)) for p in pictures)
 
 
 def _finished(ctx: "CommandContext", job_id: str) -> ImagineResult:
@@ -153,12 +182,15 @@ def finish_reply(app: "App", raw: dict) -> Reply:
     final = app.face.blobs.get(result.final)
     losses = list(result.loss)
     lines = [
-        f"{bold(result.prompt)}",
+        f"{bold(result.prompt)}" if result.prompt else bold(f"A blend of {len(result.image_prompts)} pictures"),
         f"seed {code(str(result.seed))} · {result.steps} steps · {result.size} · {result.drawer} · "
         f"{result.cutouts} cutouts",
     ]
     if result.parent:
         lines.append(f"{escape(result.mode or 'from')} of job {code(result.parent)}")
+    if result.image_prompts:
+        lines.append("blending " + ", ".join(f"{escape(p.source or 'a picture')} ({p.weight:g})"
+                                            for p in result.image_prompts))
     if losses:
         lines.append(f"loss {losses[0]:.4f} → {losses[-1]:.4f}")
     if result.meaningless:
@@ -173,6 +205,8 @@ def finish_reply(app: "App", raw: dict) -> Reply:
     }
     if result.flagged:
         data["flagged"] = result.flagged
+    if result.image_prompts:
+        data["pictures"] = [{"source": p.source, "weight": p.weight} for p in result.image_prompts]
     images = (Image(final, "final.png", result.prompt, spoiler=bool(result.flagged)),)
     limits = app.plugin_settings("imagine")
     if result.timelapse:
@@ -210,12 +244,14 @@ def _short(text: str, limit: int = 60) -> str:
 
 @hookimpl
 def clipbot_commands():
-    return [imagine, params, settings_command, timelapse_command]
+    from plugins.imagine.blend import blend
+
+    return [imagine, blend, params, settings_command, timelapse_command]
 
 
 @hookimpl
 def clipbot_task_modules():
-    return ["plugins.imagine.tasks"]
+    return ["plugins.imagine.tasks", "plugins.imagine.blend_tasks"]
 
 
 @hookimpl

@@ -23,8 +23,11 @@ __all__ = ["moderated", "positive_texts"]
 
 
 def positive_texts(prompt: str) -> list[str]:
-    """The parts of a prompt the picture is pulled towards (a negative weight pushes away)."""
-    return [p.text for p in parse_prompts(prompt) if p.weight > 0]
+    """The parts of a prompt the picture is pulled towards (a negative weight pushes away); none
+    for a /blend without text."""
+    if not prompt.strip():
+        return []
+    return [p.text for p in parse_prompts(prompt, need_positive=False) if p.weight > 0]
 
 
 def moderated(ctx: "CommandContext", job: ImagineJob) -> ImagineJob:

@@ -33,6 +33,10 @@ async def params(ctx, job: Annotated[str, "the /imagine job (its Params button f
     lines = [bold(f"Params of job {result.job_id}"),
              " · ".join(f"{name} {code(str(value))}" for name, value in settings.items() if name != "prompt"),
              f"prompt: {escape(result.prompt)}"]
+    pictures = [{"source": p.source, "weight": p.weight} for p in result.image_prompts]
+    if pictures:  # a /blend's image prompts
+        lines.append("pictures: " + ", ".join(f"{escape(p['source'] or 'a picture')} ({p['weight']:g})"
+                                              for p in pictures))
     chain = [a.to_json() for a in result.lineage]
     if chain:
         lines.append(bold("Made from, newest first:"))
@@ -43,5 +47,5 @@ async def params(ctx, job: Annotated[str, "the /imagine job (its Params button f
                          f"{ancestor['drawer']})")
             here = ancestor["mode"] or "first prompt"
     data = {"job": result.job_id, "parent": result.parent or None, "mode": result.mode or None, **settings,
-            "lineage": chain}
+            "lineage": chain, **({"pictures": pictures} if pictures else {})}
     return Reply(text="\n".join(lines), ephemeral=True, data=data)

@@ -271,6 +271,13 @@ def image_target(clip: Any, image: Image.Image, weight: float = 1.0) -> Target:
     return Target(clip.encode_images([image.convert("RGB")]).to(clip.device), weight)
 
 
+def embedding_target(clip: Any, vector: Any, weight: float = 1.0) -> Target:
+    """A picture's stored CLIP embedding (/blend: an attachment's, or an indexed picture's) as a
+    target, weighted as a text prompt is."""
+    embed = torch.as_tensor(np.asarray(vector, dtype=np.float32)).reshape(1, -1)
+    return Target(embed.to(clip.device), weight)
+
+
 @dataclass
 class Generation:
     """One VQGAN+CLIP (or pixels+CLIP) optimisation, advanced a step at a time.
@@ -367,8 +374,9 @@ def build_generation(clip: Any, vqgan: Any, *, prompts: Sequence[WeightedPrompt]
                      height: int, seed: int, cutouts: int, cut_pow: float = 1.0, augment: bool = True,
                      lr: float = 0.1, init: Image.Image | None = None,
                      image_prompts: Sequence[Image.Image] = (), precision: str = "fp32",
-                     channels_last: bool | None = None) -> Generation:
+                     channels_last: bool | None = None, image_targets: Sequence[Target] = ()) -> Generation:
     """Set up a run: seed everything, make the drawer (from random codes or `init`), embed the prompts.
+    `image_targets`: pictures already embedded (`embedding_target`), with their weights.
     `precision` and `channels_last` are speed settings (see Generation and VqganDrawer);
     `channels_last` None: on for a CPU, where it measured faster (bench/README.md), off elsewhere."""
     clip.model.requires_grad_(False)  # first: CLIP's kernels differ (slightly) once weights need no grad
@@ -379,7 +387,8 @@ def build_generation(clip: Any, vqgan: Any, *, prompts: Sequence[WeightedPrompt]
         canvas: Any = VqganDrawer(vqgan, width, height, generator, init_tensor, channels_last=channels_last)
     else:
         canvas = PixelDrawer(clip.device, width, height, generator, init_tensor)
-    targets = text_targets(clip, prompts) + [image_target(clip, image) for image in image_prompts]
+    targets = (text_targets(clip, prompts) if prompts else []) + [image_target(clip, image) for image in image_prompts]
+    targets += list(image_targets)
     return Generation(clip, canvas, targets, generator, cutouts=cutouts, cut_pow=cut_pow, augment=augment, lr=lr,
                       precision=precision)
 

@@ -111,6 +111,8 @@ class ImagineJob:
     # timelapse (plugins.imagine.timelapse): make it at the end, to fit this upload limit (bytes; None: any)
     timelapse: bool | None = None
     upload_limit: int | None = None
+    # /blend: pictures as prompts, `ImagePrompt.to_json()` each (CLIP embeddings in the blob store)
+    image_prompts: list | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -143,6 +145,18 @@ class Asked:
     preset: Quality | None = None
     from_job: str = ""
     mode: str | None = None  # reroll, vary, continue, init, or a derived mode (lineage.DERIVED)
+
+
+@dataclass(frozen=True)
+class ImagePrompt(Wire):
+    """A picture the run is pulled towards (weight > 0) or pushed from (< 0), as text prompts are:
+    the blob key of its CLIP embedding (float32, `plugins.imagine.blend_tasks`), the fingerprint of
+    the model that made it, and what it was (a file name or a message link) for the reply."""
+
+    key: str
+    weight: float
+    model: str
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,3 +212,4 @@ class ImagineResult(Wire):
     frame_count: int = 0
     timelapse: bool = False
     upload_limit: int = 0  # 0: any size
+    image_prompts: tuple[ImagePrompt, ...] = ()  # /blend's pictures: kept by Reroll, Variations, Upscale...

@@ -26,15 +26,16 @@ class WeightedPrompt:
     stop: float = -math.inf
 
 
-def parse_prompts(text: str) -> list[WeightedPrompt]:
-    """`a fox:1 | blurry:-0.5` -> prompts; a UserError says what is wrong with the text."""
+def parse_prompts(text: str, *, need_positive: bool = True) -> list[WeightedPrompt]:
+    """`a fox:1 | blurry:-0.5` -> prompts; a UserError says what is wrong with the text.
+    `need_positive=False` (a /blend, whose pictures pull) allows only negative text parts."""
     parts = [part.strip() for part in text.split("|")]
     if not text.strip() or not all(parts):
         raise UserError("Give a prompt, e.g. `a watercolor fox` or `a watercolor fox:1 | blurry:-0.5`.")
     if len(parts) > MAX_PROMPTS:
         raise UserError(f"At most {MAX_PROMPTS} prompts separated by | (got {len(parts)}).")
     prompts = [_one(part) for part in parts]
-    if all(p.weight <= 0 for p in prompts):
+    if need_positive and all(p.weight <= 0 for p in prompts):
         raise UserError("At least one prompt needs a positive weight (negative ones only push away).")
     return prompts
 
@@ -68,3 +69,20 @@ def parse_size(text: str) -> tuple[int, int]:
     if width < 16 or height < 16:
         raise UserError("Images must be at least 16x16 pixels.")
     return width, height
+
+
+def parse_weights(text: str, count: int) -> list[float]:
+    """/blend's `weights: 1 0.5 -0.3` (spaces, commas or |): one non-zero number per picture,
+    in the order the pictures were given; empty: 1 each."""
+    if not text.strip():
+        return [1.0] * count
+    parts = [p for p in re.split(r"[\s,|]+", text.strip()) if p]
+    if not all(_NUMBER.match(p) for p in parts):
+        raise UserError(f"weights must be numbers, one per picture, e.g. `1 0.5 -0.3` (got '{text.strip()}').")
+    weights = [float(p) for p in parts]
+    if len(weights) != count:
+        raise UserError(f"Give one weight per picture: {count} picture{'s' * (count != 1)}, "
+                        f"{len(weights)} weight{'s' * (len(weights) != 1)}.")
+    if any(not math.isfinite(w) or w == 0 for w in weights):
+        raise UserError("Each picture's weight must be a non-zero number (negative pushes away from it).")
+    return weights

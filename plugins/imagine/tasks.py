@@ -31,6 +31,7 @@ from engine.settings import EngineSettings
 from engine.tasks import JobContext, task
 from plugins.imagine import TASK, QUEUE, plan
 from plugins.imagine import derive, pipeline, timelapse
+from plugins.imagine.blend_tasks import vector_of
 from plugins.imagine.lineage import DERIVED, Ancestor
 from plugins.imagine.moderation import positive_texts
 from plugins.imagine.prompts import parse_prompts
@@ -49,7 +50,9 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
     width, height, drawer, start = ask.width, ask.height, ask.drawer, ask.start
     limits: plan.ImagineSettings = job.plugin_settings("imagine")
     settings = job.settings
-    prompts = parse_prompts(prompt)
+    # a /blend's text is optional, and may only push away: its pictures pull
+    prompts = parse_prompts(prompt, need_positive=not ask.image_prompts) if prompt.strip() or not ask.image_prompts \
+        else []
     size = (width, height) if width and height else None
     plan.check_request(limits, size=size, steps=steps, every=every)
     clip = clip_for(settings)
@@ -65,7 +68,7 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
     generation = pipeline.build_generation(
         clip, vqgan, prompts=prompts, drawer=drawer, width=run_plan["width"], height=run_plan["height"], seed=seed,
         cutouts=run_plan["cutouts"], cut_pow=limits.cut_pow, augment=ask.augment, lr=limits.learning_rate,
-        init=init_image,
+        init=init_image, image_targets=_image_targets(job, clip, ask.image_prompts or ()),
     )
     extra = _restore(job, generation, start)
     total = generation.step_done + run_plan["steps"] if not extra.get("resumed") else extra["total"]
@@ -99,6 +102,7 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
         parent=ask.parent or "", mode=ask.mode or "", lineage=tuple(map(Ancestor.from_json, ask.lineage or ())),
         frames=frames_key, frame_count=len(frames.kept), timelapse=bool(ask.timelapse),
         upload_limit=ask.upload_limit or 0,
+        image_prompts=tuple(map(plan.ImagePrompt.from_json, ask.image_prompts or ())),
     )
 
 
@@ -123,6 +127,17 @@ class _Frames:
     def keep(self, step: int, png: bytes) -> None:
         if not self.has(step):
             self.kept.append({"step": step, "png": timelapse.low_res(png, self.side)})
+
+
+def _image_targets(job: JobContext, clip: Any, image_prompts: Any) -> list[pipeline.Target]:
+    """/blend's pictures: their stored embeddings, made by this very model, weighted."""
+    targets = []
+    for raw in image_prompts:
+        picture = plan.ImagePrompt.from_json(raw)
+        if picture.model != clip.fingerprint:
+            raise UserError("These pictures were read with another CLIP model than this worker's; run /blend again.")
+        targets.append(pipeline.embedding_target(clip, vector_of(job.blobs.get(picture.key)), picture.weight))
+    return targets
 
 
 def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: int, checkpoint_every: int,

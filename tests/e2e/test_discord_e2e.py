@@ -725,3 +725,52 @@ def test_settings_private_shows_imagine_progress_only_to_the_requester_and_the_p
     assert fake.find_calls("DELETE", rf"/webhooks/{fake.app_id}/{record.token}/messages/\d+")
     assert list(fake.messages[thread["id"]]) == [final["id"]]
     assert not [m for m in fake.channel_messages(world.general) if "step" in m["content"]]
+
+
+def _refusal(fake: FakeDiscord, channel: str, record: InteractionRecord) -> str:
+    return fake.wait_for(lambda f: [m for m in f.messages[channel].values()
+                                    if m.get("interaction_metadata", {}).get("id") == record.id
+                                    and m["flags"] & EPHEMERAL], 60, "an ephemeral refusal")[0]["content"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_blend_takes_attachment_options_and_message_links_only_of_channels_the_member_reads(world, start_bot):
+    world.fake.edit_limit = (1000, 5.0)
+    start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
+    fake = world.fake
+    lunch = fake.post_message(world.general, world.alice, "lunch", files=[("lunch.png", _png(HUES[1]), "image/png")])
+    secret = fake.post_message(world.private, world.mod, "plan", files=[("plan.png", _png(HUES[2]), "image/png")])
+    _search_until(fake, world, world.mod, "picture in:all", lambda text: lunch["id"] in text and secret["id"] in text,
+                  "both pictures indexed")
+    link = f"https://discord.com/channels/{world.guild}/{world.general}/{lunch['id']}"
+    hidden = f"https://discord.com/channels/{world.guild}/{world.private}/{secret['id']}"
+    pictures = {"images": ("red.png", _png(HUES[0]), "image/png"), "images2": ("blue.png", _png(HUES[2]), "image/png")}
+
+    # a picture of a channel alice cannot read: refused privately, nothing queued, no thread
+    record = fake.slash(world.guild, world.general, world.alice, "blend", {"links": hidden},
+                        attachments={"images": pictures["images"]})
+    assert "is in a channel you can't see" in _refusal(fake, world.general, record)
+    one = fake.slash(world.guild, world.general, world.alice, "blend", attachments={"images": pictures["images"]})
+    assert "/blend takes 2 to 5 pictures (got 1)" in _refusal(fake, world.general, one)
+    assert not [c for c in fake.channels.values() if c.get("parent_id") == world.general]
+
+    fake.slash(world.guild, world.general, world.alice, "blend",
+               {"links": link, "prompt": "a mosaic", "weights": "1 0.5 2", "steps": 4, "size": "32", "every": 2},
+               attachments=pictures)
+    thread = _thread_of(fake, world.general, "/blend")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values()
+                                     if "Reroll" in _buttons(m)], 300, "the blended picture")[0]
+    assert "blending red.png (1), blue.png (0.5), " in final["content"] and lunch["id"] in final["content"]
+    (image,) = final["attachments"]
+    with PILImage.open(io.BytesIO(fake.cdn_bytes(image["url"]))) as im:
+        assert im.size == (32, 32)
+    # its Reroll is a pre-filled /imagine: the same three pictures and weights
+    fake.click(world.guild, thread["id"], world.alice, final["id"], _buttons(final)["Reroll"])
+    again = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Reroll" in _buttons(m)
+                                     and m["id"] != final["id"]], 300, "the rerolled blend")[0]
+    assert "blending red.png (1), blue.png (0.5), " in again["content"] and "reroll of job" in again["content"]
+    # five attachment options (images ... images5): the most a blend takes, all attached
+    five = {("images" + (str(i) if i > 1 else "")): (f"p{i}.png", _png(HUES[i % 4]), "image/png") for i in range(1, 6)}
+    record = fake.slash(world.guild, world.general, world.alice, "blend", {"links": link}, attachments=five)
+    assert "/blend takes 2 to 5 pictures (got 6)" in _refusal(fake, world.general, record)

@@ -527,6 +527,33 @@ def test_search_shows_only_channels_the_user_is_in_and_forgets_deleted_files(bot
                   timeout=120, what="the deleted file to leave the index")
 
 
+@pytest.mark.slow
+def test_blend_takes_a_mentions_files_and_permalinks_only_of_channels_the_user_is_in(bot, fake):
+    secret = _post_picture(bot, fake, "C1", "U1", (250, 0, 250))  # U2 is not in C1
+    shared = _post_picture(bot, fake, "C2", "U1", (0, 250, 250))
+    fake.wait_for(lambda: _link("C1", secret) in _search(bot, fake, "U1", "C1", "square in:all")
+                  and _link("C2", shared) in _search(bot, fake, "U1", "C1", "square in:all"),
+                  timeout=180, what="both pictures indexed")
+    fake.mark()
+    bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/blend",
+                                             f"links: <{_link('C2', shared)}> <{_link('C1', secret)}>"))
+    refusal = fake.wait_call("chat.postEphemeral", lambda c: "can't see" in c.params.get("text", ""), timeout=120)
+    assert refusal.params["user"] == "U2" and _link("C1", secret) in refusal.params["text"]
+    assert not [m for m in fake.bot_messages("C2") if m["text"].startswith("<@U2> /blend")]  # nothing queued
+
+    fake.mark()
+    photos = [fake.add_file(_png(c), f"{name}.png", user="U1") for name, c in (("red", (250, 0, 0)),
+                                                                                ("blue", (0, 0, 250)))]
+    mention = fake.post_as_user("C1", "U1", f"<@UBOT> blend links: <{_link('C2', shared)}> prompt: a mosaic "
+                                            "weights: 1 0.5 2 steps: 4 size: 32 every: 2", files=photos)
+    bot.send("events_api", event_callback(TEAM, {**message_event("C1", mention), "type": "app_mention"}))
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith("<@U1> /blend"), timeout=120)
+    parent = [m for m in fake.bot_messages("C1") if m["text"].startswith("<@U1> /blend")][-1]
+    answer = _answered(fake, "C1", parent["ts"])
+    assert "blending red.png (1), blue.png (0.5)" in answer["text"] and "(2)" in answer["text"], answer["text"]
+    assert {(p["id"], True) for p in photos} <= set(fake.downloads)
+
+
 def test_words_on_a_picture_and_in_its_message_find_it_through_slack(bot, fake):
     """Real OCR in the indexing batch: the slide is found by a word written on it, the plain picture
     by its message's words (and an exact `text:` phrase, typed as Slack sends it)."""

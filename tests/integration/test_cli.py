@@ -89,6 +89,22 @@ def test_imagine_timelapse_json_names_the_gif_and_mp4_and_a_later_call_makes_the
     assert (tmp_path / "later" / "timelapse.gif").read_bytes() == gif
 
 
+def test_blend_json_names_its_pictures_and_their_weights(data_dir, tmp_path):
+    red, blue = (str(write_image(tmp_path / f"{c}.png", color=rgb)) for c, rgb in (("r", (220, 20, 20)),
+                                                                                   ("b", (20, 20, 220))))
+    out = clipbot(data_dir, "blend", red, blue, "--prompt", "a kite", "--weights", "1 -0.5", "--steps", "2",
+                  "--size", "32", "--seed", "3", "--json", "--out", str(tmp_path / "answers"))
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["pictures"] == [{"source": "r.png", "weight": 1.0}, {"source": "b.png", "weight": -0.5}]
+    assert answer["size"] == "32x32" and answer["seed"] == 3 and answer["job"] and answer["parent"] is None
+    assert answer["final"] == str(tmp_path / "answers" / "final.png")
+    one = clipbot(data_dir, "blend", red, "--json")
+    assert one.returncode == 2 and one.stdout == ""
+    (line,) = one.stderr.strip().splitlines()
+    assert "/blend takes 2 to 5 pictures (got 1)" in line
+
+
 def _bad(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
@@ -208,7 +224,7 @@ def test_plugins_listing(data_dir):
     out = clipbot(data_dir, "plugins", CLIPBOT_EXTRA_PLUGINS="no_such_plugin_mod", CLIPBOT_WHATIS_TOP="3")
     assert out.returncode == 0
     assert "whatis: /whatis /where /labels" in out.stdout and "help: /help" in out.stdout
-    assert "describe: /describe" in out.stdout and "imagine: /imagine /params /settings /timelapse" in out.stdout
+    assert "describe: /describe" in out.stdout and "imagine: /imagine /blend /params /settings /timelapse" in out.stdout
     assert "no_such_plugin_mod: NOT LOADED (ModuleNotFoundError" in out.stdout
     assert "setting CLIPBOT_WHATIS_TOP=3" in out.stdout
     assert "queue gpu: quick model work" in out.stdout and "queue io:" in out.stdout

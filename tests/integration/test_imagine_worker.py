@@ -175,6 +175,34 @@ def test_a_zoom_out_whose_child_is_killed_resumes_from_its_checkpoint_and_draws_
 
 
 @pytest.mark.slow
+def test_a_blend_whose_child_is_killed_resumes_from_its_checkpoint_with_its_pictures(
+        redis_engine, start_worker, client, tmp_path):
+    from tests.support.pictures import write_image
+
+    # the pictures are read on the quick queue, the blend runs on the long one: one worker takes both
+    worker = start_worker("--queues", f"gpu,{LONG}", CLIPBOT_IMAGINE_CHECKPOINT_EVERY="10")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    red, blue = (write_image(tmp_path / f"{name}.png", color=rgb) for name, rgb in (("red", (220, 20, 20)),
+                                                                                  ("blue", (20, 20, 220))))
+    line = f"/blend images: {red} {blue} prompt: a kite weights: 1 -0.5 steps: 50 size: 32 every: 10 seed: 6"
+    job, thread, replies = _submit(redis_engine, line)
+    checkpoints = checkpoints_for(redis_engine.engine)
+    _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 20, "two checkpoints", worker=worker)
+    (child,) = worker.children()
+    os.kill(child, signal.SIGKILL)
+    last_checkpoint = checkpoints.meta(job)["step"]
+    thread.join(300)
+    killed = _final(replies, worker)
+    record = redis_engine.engine.book.get(job)
+    assert record.result["runs"] == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
+    assert killed.data["pictures"] == [{"source": "red.png", "weight": 1.0}, {"source": "blue.png", "weight": -0.5}]
+    # the resumed run read the same stored embeddings: an uninterrupted blend draws the same picture
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-4")
+    clean = _final(say(adapter, line), worker)
+    assert clean.data["loss"] == killed.data["loss"] and clean.images[0].data == killed.images[0].data
+
+
+@pytest.mark.slow
 def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker, client, tmp_path):
     def kill_all(worker):
         os.killpg(worker.proc.pid, signal.SIGKILL)  # parent and children: the host went away
@@ -220,6 +248,41 @@ def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, d
     assert "seed 4 · 150 steps · 64x64" in out and "final.png" in out
     assert "[Reroll] /imagine from_job: " in out
     assert not list(client.scan_iter("clipbot:longjob:*"))  # delivered: nothing left to resume
+
+
+@pytest.mark.slow
+def test_a_bot_restarted_mid_blend_delivers_it_with_its_pictures_and_buttons(
+        redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
+    from tests.support.pictures import write_image
+
+    worker = start_worker("--queues", f"gpu,{LONG}")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    red, blue = (write_image(tmp_path / f"{name}.png", color=rgb) for name, rgb in (("red", (220, 20, 20)),
+                                                                                  ("blue", (20, 20, 220))))
+    env = clipbot_env(data_dir, redis_url)
+    bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True, text=True)
+    bot.stdin.write(f"/blend images: {red} {blue} weights: 1 0.5 steps: 100 size: 32 every: 10 seed: 4\n")
+    bot.stdin.flush()
+    seen: list[str] = []
+
+    def shown_progress() -> bool:
+        line = bot.stdout.readline()
+        assert line, "".join(seen) + worker.log()
+        seen.append(line)
+        return "step 10/100" in "".join(seen)
+
+    wait_until(shown_progress, timeout=300, what="the bot to show step 10/100", detail=worker.log, every=0)
+    os.killpg(bot.pid, signal.SIGKILL)
+    bot.wait(10)
+    again = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    out = again.stdout
+    assert again.returncode == 0, out + again.stderr
+    assert "(following 1 unfinished job from last time)" in out
+    assert "A blend of 2 pictures" in out and "blending red.png (1), blue.png (0.5)" in out, out
+    assert "[Reroll] /imagine from_job: " in out and "[Upscale x2] /imagine from_job: " in out
 
 
 def test_a_waiting_job_shows_its_place_in_the_queue(redis_engine, start_worker, client):

@@ -121,7 +121,7 @@ def test_list_options_become_numbered_options_and_fold_back():
     spec = replace(whatis, options=tuple(replace(o, multiple=True) if o.name == "image" else o for o in whatis.options))
     (payload,) = [p for p in command_payloads({"whatis": spec}) if p["type"] == 1]
     assert [(o["name"], o["required"]) for o in payload["options"] if o["type"] == 11] == [
-        ("image", True), ("image2", False), ("image3", False), ("image4", False)]
+        ("image", True), ("image2", False), ("image3", False), ("image4", False), ("image5", False)]
     assert payload["options"][0]["name"] == "image"  # required first
     assert fold_multiple(spec, {"image": "a", "image3": "c", "top": 2}) == {"image": ["a", "c"], "top": 2}
 

@@ -17,7 +17,7 @@ MAX_MENUS = 5  # Discord allows 5 message commands per application
 MAX_FILES = 10  # attachments per message
 MAX_TEXT = 2000  # characters per message
 MAX_BUTTONS = 25  # 5 rows of 5
-MULTIPLE = 4  # a list option becomes this many numbered options
+MULTIPLE = 5  # a list option becomes this many numbered options (/blend takes 5 pictures)
 
 # Application command option types (Discord API docs, "Application Command Option Type").
 OPTION_TYPES: dict[type, int] = {str: 3, int: 4, bool: 5, float: 10, Attachment: 11}

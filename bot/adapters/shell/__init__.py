@@ -39,14 +39,16 @@ GENERIC_FLAGS = ("json", "out", "space", "channel", "user", "platform")
 
 def add_verb(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", spec: "CommandSpec") -> None:
     """`clipbot NAME` from a CommandSpec: the first required option is positional (or, when none is
-    required, the first free-text option: `clipbot search QUERY`), and also a flag; the rest are
-    flags. Values stay text for dispatch to convert, except numbers (argparse checks them)."""
+    required, the first free-text option: `clipbot search QUERY`, unless files are the trailing
+    positionals: `clipbot blend A.png B.png`), and also a flag; the rest are flags. Values stay
+    text for dispatch to convert, except numbers (argparse checks them)."""
     from bot.commands import Attachment
 
     verb = sub.add_parser(spec.name, help=spec.description, description=spec.description)
-    positional = next((o for o in spec.options if o.required), None) or next(
+    trailing = any(o.multiple and o.type is Attachment for o in spec.options)
+    positional = next((o for o in spec.options if o.required), None) or (None if trailing else next(
         (o for o in spec.options if o.type is str and not o.choices and not o.multiple
-         and o.name not in GENERIC_FLAGS), None)
+         and o.name not in GENERIC_FLAGS), None))
     for option in spec.options:
         if option.name in GENERIC_FLAGS:
             continue  # the generic flag of the same name wins; the option stays reachable by chat

@@ -418,7 +418,10 @@ class SlackAdapter(ChatSurface):
         """Fill image options from the message's files, else (when asked) the thread's latest picture."""
         files = list(files)
         for option in (o for o in spec.options if o.type is Attachment):
-            if files:
+            if files and option.multiple:  # a list option (/blend's pictures) takes every file left
+                options[option.name] = [await self.fetcher.attachment(self.app.engine.blobs, f) for f in files]
+                files = []
+            elif files:
                 options[option.name] = await self.fetcher.attachment(self.app.engine.blobs, files.pop(0))
             elif options.get(option.name):
                 raise UserError(f"On Slack, /{spec.name} can't take a file name: use the message shortcut on a "
