@@ -183,7 +183,7 @@ class EmbeddedIndex:
             (space_id, *hashes)).fetchall()
         words = [(i, searchable(*parts)) for i, *parts in rows]
         db.executemany("INSERT OR REPLACE INTO occurrence_words (rowid, words) VALUES (?, ?)", words)
-        db.execute(f"DELETE FROM word_repeats WHERE occurrence IN ({_marks(words)})", [i for i, _ in words])
+        db.executemany("DELETE FROM word_repeats WHERE occurrence = ?", [(i,) for i, _ in words])
         self._count_words(db, words)
 
     @staticmethod
