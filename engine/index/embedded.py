@@ -8,7 +8,14 @@ the answer is exact and never crosses a permission boundary.
 
 Full text: `picture_texts` keeps each picture's OCR text; an FTS5 table (`occurrence_words`,
 rowid = occurrence id) holds the searchable words of each occurrence (its picture's OCR text,
-message text and file name, `engine.index.text.searchable`) and ranks them with bm25.
+message text and file name, `engine.index.text.searchable`). Ranking is FTS5's bm25, computed
+here in numpy (`_bm25`) rather than by FTS5's `bm25()` for every match (~1 µs a row: a docsize
+lookup and a walk of the position lists, 20+ ms for a common word at 100k): FTS5 gives each
+query word's matching rowids and the table's row and token counts, the view holds each
+occurrence's word count (`occurrences.word_count`, FTS5's document length) and `word_repeats`
+the few (word, occurrence) pairs where a word is there more than once, so the term frequencies
+are known without reading position lists. Same formula, same order of operations, the same
+float64 scores as `bm25()` (tests/index/test_index_text.py checks them equal).
 
 Several processes may share a directory (the worker children of one host): SQLite
 serialises writers, rows are allocated inside the write transaction, and every write bumps
@@ -18,6 +25,7 @@ the space's generation so readers reload their cached view.
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -50,6 +58,9 @@ CREATE INDEX IF NOT EXISTS occurrences_time ON occurrences (posted_at);
 CREATE TABLE IF NOT EXISTS generations (space TEXT PRIMARY KEY, gen INTEGER);
 CREATE TABLE IF NOT EXISTS picture_texts (space TEXT, hash TEXT, text TEXT NOT NULL, PRIMARY KEY (space, hash));
 CREATE VIRTUAL TABLE IF NOT EXISTS occurrence_words USING fts5 (words, tokenize = 'unicode61 remove_diacritics 0');
+CREATE TABLE IF NOT EXISTS word_repeats (word TEXT, occurrence INTEGER, extra INTEGER NOT NULL,
+    PRIMARY KEY (word, occurrence)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS word_repeats_occurrence ON word_repeats (occurrence);
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS occurrences_thread ON occurrences (space, thread_id);
@@ -61,6 +72,10 @@ _ADD_PRIVATE = ("ALTER TABLE occurrences ADD COLUMN private INTEGER NOT NULL DEF
 # An index made before message texts were kept: its occurrences have none (and no words row).
 _ADD_TEXT = {"message_text": "ALTER TABLE occurrences ADD COLUMN message_text TEXT NOT NULL DEFAULT ''",
              "file_name": "ALTER TABLE occurrences ADD COLUMN file_name TEXT NOT NULL DEFAULT ''"}
+# An index made before the word counts were kept (bm25's document lengths and repeated words): they
+# are counted once from the words FTS5 holds.
+_ADD_WORD_COUNT = "ALTER TABLE occurrences ADD COLUMN word_count INTEGER NOT NULL DEFAULT 0"
+_BM25_K1, _BM25_B = 1.2, 0.75  # FTS5's bm25 constants
 _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_name, posted_at, permalink, "
                 "thread_id, platform, private, message_text, file_name")
 
@@ -81,6 +96,7 @@ class _View:
     private: np.ndarray  # bool: posted in a private thread
     threads: np.ndarray  # thread code of each occurrence (-1: none)
     thread_codes: dict[str, int]
+    word_counts: np.ndarray  # how many words each occurrence has in `occurrence_words` (bm25's |D|)
 
 
 class EmbeddedIndex:
@@ -107,6 +123,9 @@ class EmbeddedIndex:
             for column, sql in _ADD_TEXT.items():
                 if column not in columns:
                     self._db.execute(sql)
+            if "word_count" not in columns:
+                self._db.execute(_ADD_WORD_COUNT)
+                self._count_words(self._db, self._db.execute("SELECT rowid, words FROM occurrence_words").fetchall())
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -162,8 +181,23 @@ class EmbeddedIndex:
             "SELECT o.id, coalesce(t.text, ''), o.message_text, o.file_name FROM occurrences o LEFT JOIN picture_texts t "
             f"ON t.space = o.space AND t.hash = o.hash WHERE o.space = ? AND o.hash IN ({_marks(hashes)})",
             (space_id, *hashes)).fetchall()
-        db.executemany("INSERT OR REPLACE INTO occurrence_words (rowid, words) VALUES (?, ?)",
-                       [(i, searchable(*parts)) for i, *parts in rows])
+        words = [(i, searchable(*parts)) for i, *parts in rows]
+        db.executemany("INSERT OR REPLACE INTO occurrence_words (rowid, words) VALUES (?, ?)", words)
+        db.executemany("DELETE FROM word_repeats WHERE occurrence = ?", [(i,) for i, _ in words])
+        self._count_words(db, words)
+
+    @staticmethod
+    def _count_words(db: sqlite3.Connection, words: list[tuple[int, str]]) -> None:
+        """Keep what bm25 needs beyond FTS5's matches: each occurrence's number of words, and
+        the words it has more than once (how many times more)."""
+        repeats = []
+        for i, text in words:
+            seen: dict[str, int] = {}
+            for word in text.split():
+                seen[word] = seen.get(word, 0) + 1
+            repeats += [(w, i, n - 1) for w, n in seen.items() if n > 1]
+        db.executemany("UPDATE occurrences SET word_count = ? WHERE id = ?", [(len(t.split()), i) for i, t in words])
+        db.executemany("INSERT OR REPLACE INTO word_repeats (word, occurrence, extra) VALUES (?, ?, ?)", repeats)
 
     def _store_vectors(self, db: sqlite3.Connection, space_id: str, model: str,
                        embeddings: dict[str, tuple[np.ndarray, bytes | None]]) -> None:
@@ -243,6 +277,7 @@ class EmbeddedIndex:
         with self._write() as db:
             gone = db.execute(f"SELECT DISTINCT space, hash FROM occurrences WHERE {where}", args).fetchall()
             db.execute(f"DELETE FROM occurrence_words WHERE rowid IN (SELECT id FROM occurrences WHERE {where})", args)
+            db.execute(f"DELETE FROM word_repeats WHERE occurrence IN (SELECT id FROM occurrences WHERE {where})", args)
             removed = db.execute(f"DELETE FROM occurrences WHERE {where}", args).rowcount
             for space_id, content_hash in gone:
                 if not db.execute("SELECT 1 FROM occurrences WHERE space = ? AND hash = ? LIMIT 1",
@@ -278,20 +313,34 @@ class EmbeddedIndex:
             return []
         if not len(view.occ_ids):
             return []
-        # Every match's bm25 from FTS5 alone, then the view keeps this space's allowed ones and
-        # orders them (bm25, newest first): joining each match to its occurrence row in SQL to
-        # filter and sort cost ~3x as much for a word on a fifth of 100k pictures.
         with self._lock:
-            rows = self._db.execute("SELECT rowid, bm25(occurrence_words) FROM occurrence_words "
-                                    "WHERE occurrence_words MATCH ?", (fts_any(words),)).fetchall()
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        bm25 = np.fromiter((r[1] for r in rows), np.float64, len(rows))
-        at = np.minimum(np.searchsorted(view.occ_ids, ids), len(view.occ_ids) - 1)
-        keep = (view.occ_ids[at] == ids) & self._allowed(view, space_id, where)[at]
-        at, bm25 = at[keep], bm25[keep]
+            postings, rows, tokens = self._postings(words)
+        matches = np.unique(np.concatenate([docs for docs, _, _ in postings.values()]))
+        if not len(matches) or not rows:
+            return []
+        at = np.minimum(np.searchsorted(view.occ_ids, matches), len(view.occ_ids) - 1)
+        keep = (view.occ_ids[at] == matches) & self._allowed(view, space_id, where)[at]
+        at = at[keep]
+        bm25 = _bm25(view.occ_ids[at], view.word_counts[at], words, postings, rows, tokens)
         found = [int(i) for i in view.occ_ids[at[np.lexsort((-view.posted_at[at], bm25))[:k]]]]
         by_id = self._occurrences_by_id(found)
         return [by_id[i] for i in found if i in by_id]
+
+    def _postings(self, words: list[str]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], int, int]:
+        """What bm25 needs from the whole FTS5 table, counted as `bm25()` counts: per word its
+        matching rowids (ascending) and the rowids where it is repeated with how many times more;
+        the table's row and token counts."""
+        block = self._db.execute("SELECT block FROM occurrence_words_data WHERE id = 1").fetchone()
+        rows, tokens = _varints(block[0])[:2] if block else (0, 0)
+        postings = {}
+        for word in dict.fromkeys(words):
+            listed = self._db.execute("SELECT group_concat(rowid) FROM (SELECT rowid FROM occurrence_words WHERE "
+                                      "occurrence_words MATCH ? ORDER BY rowid)", (fts_any([word]),)).fetchone()[0]
+            repeated, extra = self._db.execute(
+                "SELECT group_concat(occurrence), group_concat(extra) FROM (SELECT occurrence, extra FROM word_repeats "
+                "WHERE word = ? ORDER BY occurrence)", (word,)).fetchone()
+            postings[word] = (_numbers(listed, np.int64), _numbers(repeated, np.int64), _numbers(extra, np.float64))
+        return postings, rows, tokens
 
     def _matching(self, space_id: str, query: str) -> np.ndarray:
         """Ids of the space's occurrences whose words match an FTS5 query."""
@@ -337,14 +386,15 @@ class EmbeddedIndex:
         gen = self._db.execute("SELECT gen FROM generations WHERE space = ?", (space_id,)).fetchone()[0]
         if info is None or info[2] == 0:
             return _View(gen, np.zeros((0, 1), np.float16), *(np.zeros(0, np.int64),) * 5, {}, {},
-                         np.zeros(0, bool), np.zeros(0, np.int32), {})
+                         np.zeros(0, bool), np.zeros(0, np.int32), {}, np.zeros(0, np.int64))
         rows = self._db.execute(
-            "SELECT o.id, e.row, o.channel, o.author_id, o.posted_at, o.private, o.thread_id FROM occurrences o "
+            "SELECT o.id, e.row, o.channel, o.author_id, o.posted_at, o.private, o.thread_id, o.word_count "
+            "FROM occurrences o "
             "JOIN embeddings e ON e.space = o.space AND e.hash = o.hash AND e.model = ? WHERE o.space = ? "
             "ORDER BY o.id",  # sorted: text matches find their rows by binary search
             (model, space_id)).fetchall()
         matrix = np.memmap(self.root / "matrices" / info[0], dtype=np.float16, mode="c", shape=(info[2], info[1]))
-        ids, occ_rows, channels, authors, posted, private, threads = zip(*rows) if rows else ((),) * 7
+        ids, occ_rows, channels, authors, posted, private, threads, counts = zip(*rows) if rows else ((),) * 8
         channel_codes = {c: i for i, c in enumerate(sorted(set(channels)))}
         author_codes = {a: i for i, a in enumerate(sorted(set(authors)))}
         thread_codes = {t: i for i, t in enumerate(sorted({t for t in threads if t is not None}))}
@@ -354,6 +404,7 @@ class EmbeddedIndex:
             np.array([author_codes[a] for a in authors], np.int32),
             np.array(posted, np.float64), channel_codes, author_codes,
             np.array(private, bool), np.array([thread_codes.get(t, -1) for t in threads], np.int32), thread_codes,
+            np.array(counts, np.int64),
         )
 
     def _occurrences_by_id(self, ids: list[int]) -> dict[int, Occurrence]:
@@ -450,6 +501,52 @@ def _mask(view: _View, where: Filter) -> np.ndarray:
     if where.before is not None:
         mask &= view.posted_at < where.before
     return mask
+
+
+def _bm25(ids: np.ndarray, lengths: np.ndarray, words: list[str],
+          postings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], rows: int, tokens: int) -> np.ndarray:
+    """FTS5's bm25 of the occurrences `ids` (ascending, with their word counts) for the query
+    `fts_any(words)`, as `bm25()` computes it (fts5_aux.c, fts5Bm25Function): per query phrase
+    in order, IDF = ln((N - n + 0.5) / (n + 0.5)) (1e-6 where <= 0) over the table's N rows and the
+    n matching the word, times f·(k1 + 1) / (f + k1·(1 - b + b·|D| / avgdl)); negated, lower is better."""
+    avgdl = tokens / rows
+    score = np.zeros(len(ids), np.float64)
+    for word in words:
+        docs, repeated, extra = postings[word]
+        idf = math.log((rows - len(docs) + 0.5) / (len(docs) + 0.5))
+        if idf <= 0.0:
+            idf = 1e-6
+        at = np.minimum(np.searchsorted(docs, ids), max(len(docs) - 1, 0))
+        freq = (docs[at] == ids).astype(np.float64) if len(docs) else np.zeros(len(ids))
+        if len(repeated):
+            where = np.minimum(np.searchsorted(repeated, ids), len(repeated) - 1)
+            freq += np.where((repeated[where] == ids) & (freq > 0), extra[where], 0.0)
+        score = score + idf * ((freq * (_BM25_K1 + 1.0)) / (freq + _BM25_K1 * (1 - _BM25_B + _BM25_B * lengths / avgdl)))
+    return -score
+
+
+def _numbers(listed: str | None, dtype: type) -> np.ndarray:
+    """A group_concat of numbers as an array: one string per query word, not a row object per match."""
+    return np.fromstring(listed, dtype, sep=",") if listed else np.zeros(0, dtype)
+
+
+def _varints(data: bytes) -> list[int]:
+    """SQLite's varints (1-9 bytes, big-endian, 7 bits a byte and 8 in a ninth): FTS5's averages
+    record is the table's row count, then its token count per column."""
+    out, i = [], 0
+    while i < len(data):
+        value = 0
+        for j in range(9):
+            byte = data[i]
+            i += 1
+            if j == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if byte < 0x80:
+                break
+        out.append(value)
+    return out
 
 
 def _scores(matrix: np.ndarray, query: np.ndarray, rows: np.ndarray) -> np.ndarray:

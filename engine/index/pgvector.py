@@ -61,6 +61,7 @@ _OCC_COLUMNS = ("space, channel, message_id, hash, source_id, author_id, author_
 _OCC_TYPES = ("text", "text", "text", "text", "text", "text", "text", "float8", "text", "text", "text", "bool",
               "text", "text")
 _N_OCC = len(_OCC_TYPES)
+_OCC_OF_O = ", ".join("o." + c.strip() for c in _OCC_COLUMNS.split(","))  # the columns of occurrences `o`
 _MAX_EF_SEARCH = 1000  # pgvector's limit
 # The HNSW graph: pgvector's default m, and twice its default ef_construction. On CLIP-like clustered
 # embeddings at 1M rows the default graph (64) reached recall@10 0.94 at ef_search 400 (bench/search.py).
@@ -200,8 +201,7 @@ class PgVectorIndex:
     def search(self, space_id: str, model: str, vector: np.ndarray, where: Filter, *, k: int,
                offset: int = 0) -> list[Hit]:
         want = k + offset
-        if k <= 0 or (where.channels is not None and not where.channels) or (
-                where.authors is not None and not where.authors):
+        if k <= 0 or _allows_nothing(where):
             return []
         query = unit(vector)
         dim = len(query)
@@ -229,7 +229,7 @@ class PgVectorIndex:
             sql = (f"WITH hits AS MATERIALIZED (SELECT o.id, {distance} AS distance FROM clipbot_embeddings e "
                    "JOIN clipbot_occurrences o ON o.space = e.space AND o.hash = e.hash WHERE e.space = %(space)s "
                    f"AND e.model = %(model)s AND e.dim = {dim} AND {allowed} ORDER BY {order} LIMIT %(n)s) "
-                   f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))}, 1 - h.distance "
+                   f"SELECT {_OCC_OF_O}, 1 - h.distance "
                    "FROM hits h JOIN clipbot_occurrences o ON o.id = h.id "
                    "ORDER BY h.distance, o.posted_at DESC LIMIT %(want)s")
             # relaxed order + the outer re-sort: pgvector's recommended way to filter with HNSW
@@ -241,25 +241,36 @@ class PgVectorIndex:
         return [Hit(_occ(r[:_N_OCC]), float(r[_N_OCC])) for r in rows[offset:want]]
 
     def text_search(self, space_id: str, model: str, words: list[str], where: Filter, *, k: int) -> list[Occurrence]:
-        if k <= 0 or not words or (where.channels is not None and not where.channels) or (
-                where.authors is not None and not where.authors):
+        if k <= 0 or not words or _allows_nothing(where):
             return []
         allowed, args = _allowed(where)
         args.update(space=space_id, model=model, words=ts_any(words), k=k)
+        # Ranked narrow (id, rank, time) and cut to k inside the CTE, the embedding check before
+        # the cut: the planner may otherwise sort every match's whole row first and check each
+        # one's embedding after (an unbounded sort: 45 MB spilled to disk for a word on a fifth of
+        # 1M rows); then only k rows are read whole.
         with self._tx() as cur:
-            cur.execute(f"SELECT {', '.join('o.' + c.strip() for c in _OCC_COLUMNS.split(','))} "
+            cur.execute("WITH matches AS MATERIALIZED (SELECT o.id, ts_rank_cd(o.words, query) AS rank, o.posted_at "
                         "FROM clipbot_occurrences o, to_tsquery('simple', %(words)s) query "
                         f"WHERE {allowed} AND o.words @@ query AND EXISTS (SELECT 1 FROM clipbot_embeddings e "
-                        "WHERE e.space = o.space AND e.hash = o.hash AND e.model = %(model)s) "
-                        "ORDER BY ts_rank_cd(o.words, query) DESC, o.posted_at DESC LIMIT %(k)s", args)
+                        "WHERE e.space = o.space AND e.hash = o.hash AND e.model = %(model)s)), "
+                        "top AS MATERIALIZED (SELECT id, rank, posted_at FROM matches "
+                        "ORDER BY rank DESC, posted_at DESC LIMIT %(k)s) "
+                        f"SELECT {_OCC_OF_O} FROM top JOIN clipbot_occurrences o ON o.id = top.id "
+                        "ORDER BY top.rank DESC, top.posted_at DESC", args)
             return [_occ(r) for r in cur.fetchall()]
 
     def texts(self, space_id: str, hashes: list[str]) -> dict[str, str]:
+        return self._by_hash("SELECT hash, text FROM clipbot_picture_texts WHERE space = %s AND hash = ANY(%s)",
+                             space_id, hashes)
+
+    def _by_hash(self, sql: str, space_id: str, hashes: list[str], *args: object) -> dict:
+        """{hash: value} of the rows `sql` (SELECT hash, value ... WHERE space = %s AND hash = ANY(%s) [...])
+        finds for these pictures."""
         if not hashes:
             return {}
         with self._tx() as cur:
-            cur.execute("SELECT hash, text FROM clipbot_picture_texts WHERE space = %s AND hash = ANY(%s)",
-                        (space_id, list(set(hashes))))
+            cur.execute(sql, (space_id, list(set(hashes)), *args))
             return dict(cur.fetchall())
 
     def occurrences(self, space_id: str, message_id: str, channel_id: str | None = None) -> list[Occurrence]:
@@ -283,20 +294,14 @@ class PgVectorIndex:
         return self.embeddings(space_id, [content_hash], model).get(content_hash)
 
     def embeddings(self, space_id: str, hashes: list[str], model: str) -> dict[str, np.ndarray]:
-        if not hashes:
-            return {}
-        with self._tx() as cur:
-            cur.execute("SELECT hash, embedding FROM clipbot_embeddings WHERE space = %s AND model = %s "
-                        "AND hash = ANY(%s)", (space_id, model, list(set(hashes))))
-            return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in cur.fetchall()}
+        found = self._by_hash("SELECT hash, embedding FROM clipbot_embeddings WHERE space = %s AND hash = ANY(%s) "
+                              "AND model = %s", space_id, hashes, model)
+        return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in found.items()}
 
     def thumbnails(self, space_id: str, hashes: list[str]) -> dict[str, bytes]:
-        if not hashes:
-            return {}
-        with self._tx() as cur:
-            cur.execute("SELECT hash, data FROM clipbot_thumbnails WHERE space = %s AND hash = ANY(%s)",
-                        (space_id, list(set(hashes))))
-            return {h: bytes(d) for h, d in cur.fetchall()}
+        found = self._by_hash("SELECT hash, data FROM clipbot_thumbnails WHERE space = %s AND hash = ANY(%s)",
+                              space_id, hashes)
+        return {h: bytes(d) for h, d in found.items()}
 
     def stale(self, model: str, limit: int) -> list[tuple[str, str]]:
         with self._tx() as cur:
@@ -321,6 +326,11 @@ class PgVectorIndex:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _allows_nothing(where: Filter) -> bool:
+    """No channel or no author allowed at all (an empty list, not no list): nothing to search."""
+    return (where.channels is not None and not where.channels) or (where.authors is not None and not where.authors)
 
 
 def _allowed(where: Filter) -> tuple[str, dict]:

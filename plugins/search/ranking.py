@@ -25,14 +25,20 @@ EXCERPT_CHARS = 120
 
 def fuse(clip_ranked: Sequence[T], text_ranked: Sequence[T], *, depth: int) -> list[T]:
     """Every item of either ranking, best fused score first."""
-    scores: dict[T, float] = {}
-    clip_rank = {item: rank for rank, item in enumerate(clip_ranked, start=1)}
+    # Each item hashed once, to a number: the items are index occurrences (dataclasses of 14
+    # fields, hashed field by field each time) and a fused page fuses 2 x 200 of them.
+    number: dict[T, int] = {}
+    clip = [number.setdefault(item, len(number)) for item in clip_ranked]
+    text = [number.setdefault(item, len(number)) for item in text_ranked]
+    items = list(number)
+    scores: dict[int, float] = {}
+    clip_rank = {item: rank for rank, item in enumerate(clip, start=1)}
     for item, rank in clip_rank.items():
         scores[item] = 1 / (RRF_K + rank)
-    for rank, item in enumerate(text_ranked, start=1):
+    for rank, item in enumerate(text, start=1):
         scores[item] = scores.get(item, 1 / (RRF_K + depth + 1)) + 1 / (RRF_K + rank)
-    position = {item: i for i, item in enumerate([*clip_ranked, *(t for t in text_ranked if t not in clip_rank)])}
-    return sorted(scores, key=lambda item: (-scores[item], position[item]))
+    position = {item: i for i, item in enumerate([*clip, *(t for t in text if t not in clip_rank)])}
+    return [items[i] for i in sorted(scores, key=lambda item: (-scores[item], position[item]))]
 
 
 def excerpt(text: str, words: Sequence[str]) -> str:

@@ -74,3 +74,72 @@ def test_removed_pictures_take_their_words_along(index):
     index.remove_channel("s", "c2")
     assert index.text_search("s", MODEL, ["sketch"], Filter(), k=10) == []
     assert _ids(index.text_search("s", MODEL, ["notes"], Filter(), k=10)) == ["m-b"]
+
+
+def _bm25_of_fts5(index, words, allowed):
+    """The order the embedded index ranked space s by before it computed bm25 itself: FTS5's own
+    `bm25()` over every match, the allowed ones kept, lowest (best) first, then newest."""
+    from engine.index.text import fts_any
+
+    rows = index._db.execute("SELECT o.id, o.message_id, o.posted_at, bm25(occurrence_words) FROM occurrence_words "
+                             "JOIN occurrences o ON o.id = occurrence_words.rowid WHERE occurrence_words MATCH ? "
+                             "AND o.space = 's'", (fts_any(words),)).fetchall()
+    kept = [r for r in rows if allowed(r[1])]
+    return [r[1] for r in sorted(kept, key=lambda r: (r[3], -r[2]))], {r[0]: r[3] for r in kept}
+
+
+def test_the_embedded_bm25_is_fts5s_bm25_exactly(tmp_path):
+    """The embedded backend ranks with FTS5's bm25 formula over the word counts it keeps instead of
+    calling `bm25()` on every match: the same scores bit for bit and the same order, over words
+    repeated on a picture, in messages and file names, several spaces, removals and updates."""
+    import numpy as np
+
+    from engine.index import open_index
+    from engine.index.embedded import _bm25
+
+    index = open_index(None, tmp_path)
+    rng = np.random.default_rng(5)
+    vocab = ["kiwi", "budget", "roadmap", "design", "review", "notes", "sprint", "retro", "café", "übung", "数据", "q3"]
+    for space in ("s", "other"):
+        index.add(space, MODEL, {f"h{i}": (vec(i), None) for i in range(120)}, [
+            occ(space, f"c{i % 3}", f"m{i}", f"h{i}", posted_at=float(i % 40),
+                message_text=" ".join(rng.choice(vocab, int(rng.integers(0, 6)))),
+                file_name=f"{rng.choice(vocab)}-{rng.choice(vocab)}.png" if i % 4 == 0 else "")
+            for i in range(120)],
+            texts={f"h{i}": "\n".join(" ".join(rng.choice(vocab, int(rng.integers(1, 9)))) for _ in range(i % 4))
+                   for i in range(120)})
+    index.remove_message("s", "m7")
+    index.add("s", MODEL, {}, [], texts={"h9": "kiwi kiwi kiwi kiwi budget"})  # read again: new counts
+    queries = [["kiwi"], ["kiwi", "budget"], ["design", "review", "notes"], ["café", "数据", "nothing"], ["q3", "q3"],
+               ["übung", "sprint", "retro", "roadmap"]]
+    for where, allowed in ((Filter(), lambda m: True),
+                           (Filter(channels=frozenset({"c1"})), lambda m: int(m[1:]) % 3 == 1)):
+        for words in queries:
+            scores = _bm25_of_fts5(index, words, lambda m: True)[1]
+            view = index._view("s", MODEL)
+            postings, rows, tokens = index._postings(words)
+            ids = np.array(sorted(i for i in scores if i in set(view.occ_ids.tolist())), np.int64)
+            mine = _bm25(ids, view.word_counts[np.searchsorted(view.occ_ids, ids)], words, postings, rows, tokens)
+            assert mine.tolist() == [scores[i] for i in ids.tolist()]  # equal floats, not approximately
+            got = [o.message_id for o in index.text_search("s", MODEL, words, where, k=500)]
+            ranked = _bm25_of_fts5(index, words, allowed)[0]
+            assert got == ranked and len(got) > 5
+            assert [o.message_id for o in index.text_search("s", MODEL, words, where, k=5)] == ranked[:5]
+    index.close()
+
+
+def test_an_embedded_index_from_before_word_counts_counts_them_once(tmp_path):
+    from engine.index import open_index
+
+    index = open_index(None, tmp_path)
+    _posted(index)
+    index.add("s", MODEL, {}, [], texts={"d": "kiwi kiwi notes"})
+    before = [_ids(index.text_search("s", MODEL, w, Filter(), k=10)) for w in (["kiwi"], ["notes", "kiwi"])]
+    index._db.execute("ALTER TABLE occurrences DROP COLUMN word_count")
+    index._db.execute("DELETE FROM word_repeats")
+    index.close()
+    index = open_index(None, tmp_path)
+    assert index._db.execute("SELECT count(*) FROM word_repeats").fetchone()[0] > 0
+    assert [_ids(index.text_search("s", MODEL, w, Filter(), k=10)) for w in (["kiwi"], ["notes", "kiwi"])] == before
+    assert before[0] == ["m-d", "m-a"]  # "kiwi" twice among three words beats once among five
+    index.close()

@@ -46,3 +46,27 @@ def test_words_are_case_folded_runs_of_letters_and_digits_and_queries_never_carr
     assert fts_phrases(("Quarterly  roadmap!", 'a "b"')) == '"quarterly roadmap" AND "a b"'
     assert ts_any(["kiwi", "or"]) == "'kiwi' | 'or'"
     assert ts_phrases(("quarterly roadmap", "x")) == "('quarterly' <-> 'roadmap') & ('x')"
+
+
+def _fuse_by_items(clip_ranked, text_ranked, *, depth):
+    """fuse() as it was written before it numbered the items (keyed by the items themselves)."""
+    scores = {}
+    clip_rank = {item: rank for rank, item in enumerate(clip_ranked, start=1)}
+    for item, rank in clip_rank.items():
+        scores[item] = 1 / (RRF_K + rank)
+    for rank, item in enumerate(text_ranked, start=1):
+        scores[item] = scores.get(item, 1 / (RRF_K + depth + 1)) + 1 / (RRF_K + rank)
+    position = {item: i for i, item in enumerate([*clip_ranked, *(t for t in text_ranked if t not in clip_rank)])}
+    return sorted(scores, key=lambda item: (-scores[item], position[item]))
+
+
+def test_fusing_numbered_items_gives_the_same_order_as_fusing_the_items():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(500):
+        pool = [f"o{i}" for i in range(rng.randint(0, 60))]
+        clip = rng.sample(pool, rng.randint(0, len(pool)))
+        text = [rng.choice(pool) for _ in range(rng.randint(0, len(pool)))] if pool else []  # repeats too
+        depth = rng.choice([len(clip), 200])
+        assert fuse(clip, text, depth=depth) == _fuse_by_items(clip, text, depth=depth)
