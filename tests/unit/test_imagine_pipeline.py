@@ -4,6 +4,8 @@ weighted prompts, checkpoints."""
 from __future__ import annotations
 
 import math
+import resource
+import sys
 
 import pytest
 import torch
@@ -200,3 +202,20 @@ def test_autocast_precisions_follow_the_fp32_run_and_a_bad_one_is_refused(clip, 
         assert runs[precision] == pytest.approx(runs["fp32"], rel=0.05)
     with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
         _build(clip, vqgan, precision="fp8")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_cpu_run_keeps_freed_memory_so_the_next_step_does_not_fault_its_pages_back_in(clip, vqgan):
+    """A 48 MB block (over glibc's largest mmap threshold) freed and allocated again: with freed
+    memory kept, the second allocation reuses the first's pages instead of faulting fresh ones."""
+    _build(clip, vqgan, size=32, cutouts=1)  # on a CPU, building a run turns it on
+    if not P.keep_freed_memory():
+        pytest.skip("not glibc")
+    pages = 48 * 2**20 // resource.getpagesize()
+    first = torch.ones(12 * 2**20)  # touches every page
+    del first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = torch.ones(12 * 2**20)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert float(second[-1]) == 1.0
+    assert faults < pages // 10, f"{faults} page faults for {pages} pages"
