@@ -12,10 +12,12 @@ rtol 1e-4). The reference runs taming as it ships (x * sigmoid(x)) and its own v
 (nerdyrodent's: a one-hot matmul under autograd) and calls open_clip's `encode_image`; ours has
 the loader's fused SiLU, a lookup, and CLIP's vision transformer sequence-first
 (`ClipModel.image_encoder_for_grad`), the decoder's upsampling as phase convolutions
-(`engine.models.upsampling`) and, on a CPU, the decoder in channels_last.
+(`engine.models.upsampling`), CLIP's patch embedding as one matmul and, on a CPU, the decoder in
+channels_last and freed memory kept for reuse (`pipeline.keep_freed_memory`, process-wide).
 With `--rounds N` the loops run N times, interleaved, and each reports its fastest step, as
 wall time and as CPU time (all threads; it moves less when other processes share the cores).
-`--levers` adds our loop with one speed-up left out each (LEVERS). The reference runs twice:
+`--levers` adds our loop with one speed-up left out each (LEVERS), and the frozen reference with
+the process-wide allocator setting ours makes on a CPU (`keep_freed_memory`). The reference runs twice:
 with CLIP as `load_clip` returns it (weights requiring grad, as a straightforward loop leaves
 them) and with CLIP frozen. A benchmark reports, it never fails: the exit code is 0 whatever
 the numbers.
@@ -42,12 +44,19 @@ if str(ROOT) not in sys.path:
 
 PROMPT = "a watercolor fox:1 | blurry:-0.5"
 # `--levers`: our loop with one speed-up left out each, to measure what each buys in the same run.
-# name -> (build_generation options, decoder upsampling as taming ships it)
-LEVERS: dict[str, tuple[dict, bool]] = {
-    "ours-no-phase-upsample": ({}, True),
-    "ours-no-channels-last": ({"channels_last": False}, False),
-    "ours-neither": ({"channels_last": False}, True),  # our loop before issue 16's levers
+# name -> (build_generation options, decoder upsampling as taming ships it, CLIP's patch embedding
+# as its convolution)
+LEVERS: dict[str, tuple[dict, bool, bool]] = {
+    "ours-no-phase-upsample": ({}, True, False),
+    "ours-no-channels-last": ({"channels_last": False}, False, False),
+    "ours-no-patch-matmul": ({}, False, True),
+    "ours-no-keep-memory": ({"keep_memory": False}, False, False),
+    # our loop before issue 16's levers
+    "ours-none": ({"channels_last": False, "keep_memory": False}, True, True),
 }
+# The allocator setting is process-wide, not part of a loop: with --levers the reference runs with
+# it too, to show how much of ours' lead it is.
+REFERENCE_KEEP_MEMORY = "reference-keep-memory"
 
 
 def _models(clip_spec: str, vqgan_spec: str):
@@ -165,15 +174,23 @@ def _child(kind: str, args: argparse.Namespace, size: int, out) -> None:
     clip, vqgan = _models(args.clip, args.vqgan)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if kind == "ours" or kind in LEVERS:
-        options, taming_upsample = LEVERS.get(kind, ({}, False))
+        options, taming_upsample, conv_patches = LEVERS.get(kind, ({}, False, False))
         if taming_upsample:
             from engine.models.vqgan import use_phase_upsampling
 
             use_phase_upsampling(vqgan.model, enabled=False)
+        if conv_patches:  # the encoder's view with open_clip's own conv1 put back
+            encoder = clip.image_encoder_for_grad()
+            if "conv1" in getattr(encoder, "_modules", {}):
+                encoder._modules["conv1"] = clip.model.visual.conv1
         times, losses, _ = _ours(clip, vqgan, size, args.cutouts, args.steps, args.seed, **options)
     else:
+        if kind == REFERENCE_KEEP_MEMORY:
+            from plugins.imagine.pipeline import keep_freed_memory
+
+            keep_freed_memory()
         times, losses, _ = _reference(clip, vqgan, size, args.cutouts, args.steps, args.seed,
-                                      kind == "reference-frozen")
+                                      kind != "reference")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out.send({"times": times, "losses": losses, "peak_mb": peak / 1024, "loop_mb": (peak - base) / 1024})
 
@@ -227,7 +244,7 @@ def _print_rows(size: int, rows: dict) -> None:
         per_step, cpu = min(t[0] for t in row["times"]), min(t[1] for t in row["times"])
         same = all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(row["losses"], ref["losses"]))
         row.update(per_step=per_step, ratio=per_step / ref_wall, cpu_per_step=cpu, cpu_ratio=cpu / ref_cpu, same=same)
-        print(f"{size:>4}^2 {kind:<18} {per_step:8.2f} {row['ratio']:6.2f} {cpu:7.2f} {row['cpu_ratio']:9.2f} "
+        print(f"{size:>4}^2 {kind:<21} {per_step:8.2f} {row['ratio']:6.2f} {cpu:7.2f} {row['cpu_ratio']:9.2f} "
               f"{row['peak_mb']:8.0f} {row['loop_mb']:8.0f}  {'yes' if same else 'NO'}")
 
 
@@ -257,12 +274,13 @@ def main() -> None:
     print(f"# /imagine step: {args.vqgan} + {args.clip}, {args.cutouts} cutouts, {args.steps} timed steps, "
           f"{args.threads} threads, {platform.processor() or platform.machine()}")
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "sizes": {}}
-    print(f"{'size':>6} {'loop':<18} {'s/step':>8} {'ratio':>6} {'cpu s':>7} {'cpu ratio':>9} {'peak MB':>8} "
+    print(f"{'size':>6} {'loop':<21} {'s/step':>8} {'ratio':>6} {'cpu s':>7} {'cpu ratio':>9} {'peak MB':>8} "
           f"{'loop MB':>8}  same result")
     for size in args.sizes:
         rows: dict = {}
         for _ in range(args.rounds):
-            for kind in ("reference", "reference-frozen", "ours", *(LEVERS if args.levers else ())):
+            levers = (REFERENCE_KEEP_MEMORY, *LEVERS) if args.levers else ()
+            for kind in ("reference", "reference-frozen", "ours", *levers):
                 row = _measure(kind, args, size)
                 if kind in rows:
                     row["times"] += rows[kind]["times"]

@@ -16,9 +16,11 @@ so a resumed run continues exactly where the interrupted one was.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import math
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -161,6 +163,37 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_freed_memory_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Have this process's allocator keep freed memory for reuse instead of handing it back to the
+    kernel; True where it took effect (glibc on Linux), False elsewhere. Once on, on for the process.
+
+    A step at 256^2 allocates ~1.3 GB of activations (32 MB maps at full resolution, saved for the
+    backward pass) and frees them. glibc serves each allocation over its mmap threshold (at most
+    32 MB) with a fresh mmap and unmaps it on free, so every step faults ~380,000 zeroed pages back
+    in: ~0.7 s of kernel time per VQGAN decode forward+backward at 256^2 on one core
+    (bench/README.md). Without mmap (M_MMAP_MAX 0) and without trimming the heap's top, freed
+    blocks go back on malloc's free lists and the next step reuses them. The cost: the process
+    keeps its peak heap (what a step needs anyway) after a run instead of shrinking.
+    PyTorch's CPU allocator is plain malloc, so this is the knob (THP_MEM_ALLOC_ENABLE's huge
+    pages measured slower here: compaction on fault)."""
+    global _freed_memory_kept
+    if _freed_memory_kept is None:
+        _freed_memory_kept = False
+        if sys.platform.startswith("linux"):
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+                return False
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _freed_memory_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _freed_memory_kept
 
 
 # --- drawers -----------------------------------------------------------------------------------
@@ -374,12 +407,16 @@ def build_generation(clip: Any, vqgan: Any, *, prompts: Sequence[WeightedPrompt]
                      height: int, seed: int, cutouts: int, cut_pow: float = 1.0, augment: bool = True,
                      lr: float = 0.1, init: Image.Image | None = None,
                      image_prompts: Sequence[Image.Image] = (), precision: str = "fp32",
-                     channels_last: bool | None = None, image_targets: Sequence[Target] = ()) -> Generation:
+                     channels_last: bool | None = None, keep_memory: bool | None = None,
+                     image_targets: Sequence[Target] = ()) -> Generation:
     """Set up a run: seed everything, make the drawer (from random codes or `init`), embed the prompts.
     `image_targets`: pictures already embedded (`embedding_target`), with their weights.
-    `precision` and `channels_last` are speed settings (see Generation and VqganDrawer);
-    `channels_last` None: on for a CPU, where it measured faster (bench/README.md), off elsewhere."""
+    `precision`, `channels_last` and `keep_memory` are speed settings (see Generation, VqganDrawer
+    and keep_freed_memory); None: on for a CPU, where they measured faster (bench/README.md), off
+    elsewhere (`keep_memory` is process-wide: once on, False does not turn it off)."""
     clip.model.requires_grad_(False)  # first: CLIP's kernels differ (slightly) once weights need no grad
+    if keep_memory or (keep_memory is None and clip.device.type == "cpu"):
+        keep_freed_memory()
     generator = seed_everything(seed)
     init_tensor = image_tensor(init) if init is not None else None
     if drawer == "vqgan":

@@ -4,6 +4,8 @@ weighted prompts, checkpoints."""
 from __future__ import annotations
 
 import math
+import resource
+import sys
 
 import pytest
 import torch
@@ -87,7 +89,10 @@ def test_loop_matches_a_plain_reference_loop(clip, vqgan):
         losses.append(float(loss.detach()))
 
     assert ours.losses == pytest.approx(losses, rel=1e-4)
-    torch.testing.assert_close(ours.drawer.z.detach(), z.detach(), rtol=1e-4, atol=1e-6)
+    # Adam's step is ~lr * sign(grad) wherever |grad| >> eps, but for the few near-zero gradients
+    # float rounding (sums in another order: phase upsampling, CLIP's patch embedding as a matmul)
+    # changes its size: after 5 steps of lr 0.5 a dozen of 4096 entries differ by up to ~2e-4.
+    torch.testing.assert_close(ours.drawer.z.detach(), z.detach(), rtol=1e-4, atol=5e-4)
     assert len(set(losses)) == steps  # codes changed at every step, so the comparison means something
 
 
@@ -188,3 +193,21 @@ def test_autocast_precisions_follow_the_fp32_run_and_a_bad_one_is_refused(clip, 
         assert runs[precision] == pytest.approx(runs["fp32"], rel=0.05)
     with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
         _build(clip, vqgan, precision="fp8")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_cpu_run_keeps_freed_memory_so_the_next_step_does_not_fault_its_pages_back_in(clip, vqgan):
+    """A 48 MB block (over glibc's largest mmap threshold) freed and allocated again: with freed
+    memory kept, the second allocation reuses the first's pages instead of faulting fresh ones."""
+    _build(clip, vqgan, size=32, cutouts=1)  # on a CPU, building a run turns it on
+    if not P.keep_freed_memory():
+        pytest.skip("not glibc")
+    pages = 48 * 2**20 // resource.getpagesize()
+    faults = []
+    for _ in range(4):  # as steps do: the same big blocks allocated (every page touched) and freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = torch.ones(12 * 2**20)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        assert float(block[-1]) == 1.0
+        del block
+    assert min(faults[1:]) < pages // 10, f"page faults per allocation {faults}, {pages} pages"

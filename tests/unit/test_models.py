@@ -24,7 +24,7 @@ from PIL import Image
 
 from engine.errors import ModelUnavailable
 from engine.models import clip, presets
-from engine.models.clip import ClipSpec, load_clip, parse_clip_spec, pull_clip, sha256_file
+from engine.models.clip import ClipSpec, PatchEmbedding, load_clip, parse_clip_spec, pull_clip, sha256_file
 from engine.models.registry import ModelRegistry, resolve_device
 from tests.conftest import ROOT
 
@@ -623,5 +623,29 @@ def test_the_image_encoder_for_gradients_is_encode_image_laid_out_sequence_first
         assert not encoder.transformer.batch_first and model.model.visual.transformer.batch_first
         assert all(not b.attn.batch_first for b in encoder.transformer.resblocks)
         assert all(b.attn.batch_first for b in model.model.visual.transformer.resblocks)
+        assert isinstance(encoder.conv1, PatchEmbedding) and encoder.conv1.conv is model.model.visual.conv1
+        assert isinstance(model.model.visual.conv1, torch.nn.Conv2d)  # the shared model keeps its conv
         shared = {p.data_ptr() for p in model.model.visual.parameters()}
         assert {p.data_ptr() for p in encoder.parameters()} == shared
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_patch_embedding_is_its_convolution_as_a_matrix_multiply(bias):
+    """Values and input gradients of the convolution (kernel = stride), also where the picture is
+    not a whole number of patches (the convolution drops the rest)."""
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(3, 24, kernel_size=8, stride=8, bias=bias).requires_grad_(False)
+    embed = PatchEmbedding(conv)
+    for height, width in ((32, 32), (37, 45)):
+        image = torch.rand(2, 3, height, width, generator=gen)
+        weights = torch.randn(2, 24, height // 8, width // 8, generator=gen)
+        outputs = []
+        for layer in (conv, embed):
+            x = image.clone().requires_grad_(True)
+            y = layer(x)
+            (y * weights).sum().backward()
+            outputs.append((y.detach(), x.grad))
+        torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="stride is its kernel"):
+        PatchEmbedding(torch.nn.Conv2d(3, 8, kernel_size=3, padding=1))
