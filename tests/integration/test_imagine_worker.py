@@ -150,14 +150,9 @@ def _frames(blobs, key):
     return [(step, picture.tobytes()) for step, picture in unpack(blobs.get(key))]
 
 
-@pytest.mark.slow
-def test_a_zoom_out_whose_child_is_killed_resumes_from_its_checkpoint_and_draws_the_same_picture(
-        redis_engine, start_worker, client, tmp_path):
-    worker = start_worker("--queues", LONG, CLIPBOT_IMAGINE_CHECKPOINT_EVERY="10")
-    worker.wait_ready(redis_engine.engine, queue=LONG)
-    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-3")
-    first = _final(say(adapter, "/imagine a red kite steps: 4 size: 32 every: 2 seed: 8"), worker)
-    line = f"/imagine from_job: {first.data['job']} mode: zoom-out steps: 60 every: 20"
+def _killed_after_two_checkpoints(redis_engine, worker, line):
+    """Submit `line`, kill the worker's child once the job has checkpointed twice; the final reply
+    of the resumed run, after checking it resumed from the last checkpoint."""
     job, thread, replies = _submit(redis_engine, line)
     checkpoints = checkpoints_for(redis_engine.engine)
     _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 20, "two checkpoints", worker=worker)
@@ -168,6 +163,18 @@ def test_a_zoom_out_whose_child_is_killed_resumes_from_its_checkpoint_and_draws_
     killed = _final(replies, worker)
     record = redis_engine.engine.book.get(job)
     assert record.result["runs"] == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
+    return killed
+
+
+@pytest.mark.slow
+def test_a_zoom_out_whose_child_is_killed_resumes_from_its_checkpoint_and_draws_the_same_picture(
+        redis_engine, start_worker, client, tmp_path):
+    worker = start_worker("--queues", LONG, CLIPBOT_IMAGINE_CHECKPOINT_EVERY="10")
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-3")
+    first = _final(say(adapter, "/imagine a red kite steps: 4 size: 32 every: 2 seed: 8"), worker)
+    line = f"/imagine from_job: {first.data['job']} mode: zoom-out steps: 60 every: 20"
+    killed = _killed_after_two_checkpoints(redis_engine, worker, line)
     assert killed.data["size"] == "48x48" and killed.data["parent"] == first.data["job"]
     # the resumed run kept its frozen region and its place: an uninterrupted zoom draws the same picture
     clean = _final(say(adapter, line), worker)
@@ -185,16 +192,7 @@ def test_a_blend_whose_child_is_killed_resumes_from_its_checkpoint_with_its_pict
     red, blue = (write_image(tmp_path / f"{name}.png", color=rgb) for name, rgb in (("red", (220, 20, 20)),
                                                                                   ("blue", (20, 20, 220))))
     line = f"/blend images: {red} {blue} prompt: a kite weights: 1 -0.5 steps: 50 size: 32 every: 10 seed: 6"
-    job, thread, replies = _submit(redis_engine, line)
-    checkpoints = checkpoints_for(redis_engine.engine)
-    _wait(lambda: (checkpoints.meta(job) or {}).get("step", 0) >= 20, "two checkpoints", worker=worker)
-    (child,) = worker.children()
-    os.kill(child, signal.SIGKILL)
-    last_checkpoint = checkpoints.meta(job)["step"]
-    thread.join(300)
-    killed = _final(replies, worker)
-    record = redis_engine.engine.book.get(job)
-    assert record.result["runs"] == [{"attempt": 1, "from_step": 0}, {"attempt": 2, "from_step": last_checkpoint}]
+    killed = _killed_after_two_checkpoints(redis_engine, worker, line)
     assert killed.data["pictures"] == [{"source": "red.png", "weight": 1.0}, {"source": "blue.png", "weight": -0.5}]
     # the resumed run read the same stored embeddings: an uninterrupted blend draws the same picture
     adapter = LocalAdapter(redis_engine, out=io.StringIO(), output_dir=tmp_path, channel_id="imagine-4")

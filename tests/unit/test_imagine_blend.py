@@ -8,22 +8,10 @@ import torch
 from PIL import Image
 
 from engine.errors import UserError
-from engine.models.clip import load_clip
-from engine.models.vqgan import load_vqgan
 from plugins.imagine import pipeline as P
 from plugins.imagine.blend import parse_link, picture_links
 from plugins.imagine.blend_tasks import vector_bytes, vector_of
 from plugins.imagine.prompts import parse_prompts, parse_weights
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("tiny-test", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def vqgan():
-    return load_vqgan("tiny-test", device="cpu")
 
 
 def _first_loss(clip, vqgan, pictures, prompt="", drawer="vqgan"):
