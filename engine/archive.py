@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.blobs import BlobMissing, BlobStore, MemoryBlobStore
+from engine.blobs import BlobMissing, MemoryBlobStore
 from engine.datadir import make_dir, write_file
 from engine.store import Store
 
@@ -53,27 +53,20 @@ class JobArchive:
         self.ttl = max(1, int(ttl))
         self._next_sweep = 0.0
 
-    def keep(self, record: dict[str, Any], blobs: BlobStore) -> None:
-        """Archive a finished record and the blobs its result names (those still there). From an
-        `ArchivedBlobs` they move: the memory copy goes, and the file lives as long as the blob had
-        left (a Where? picture its day) or the record's TTL, whichever is longer; from another
-        store they are copied for the record's TTL."""
+    def keep(self, record: dict[str, Any], blobs: "ArchivedBlobs") -> None:
+        """Archive a finished record and move the blobs its result names (those still there) out of
+        memory into files, each kept as long as the blob had left (a Where? picture its day) or the
+        record's TTL, whichever is longer."""
         for key in dict.fromkeys(named_blobs(record.get("result"))):
             try:
-                if isinstance(blobs, ArchivedBlobs):
-                    data, left = blobs.live.take(key)
-                else:
-                    data, left = blobs.get(key), None
+                data, left = blobs.live.take(key)
             except BlobMissing:
                 continue  # a job id, or a blob already gone: nothing to keep
-            self._write(key, data, max(self.ttl, left or 0))
+            expires = time.time() + max(self.ttl, left or 0)
+            write_file(make_dir(self.folder) / key, data)
+            os.utime(self.folder / key, (expires, expires))  # the mtime says when it goes
         self.store.set(_RECORD + record["id"], record, ttl=self.ttl)
         self._sweep()
-
-    def _write(self, key: str, data: bytes, ttl: float) -> None:
-        expires = time.time() + ttl
-        write_file(make_dir(self.folder) / key, data)
-        os.utime(self.folder / key, (expires, expires))  # the mtime says when it goes
 
     def record(self, job_id: str) -> dict[str, Any] | None:
         return self.store.get(_RECORD + job_id)

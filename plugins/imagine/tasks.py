@@ -86,7 +86,7 @@ def _generate(job: JobContext, ask: plan.ImagineJob) -> plan.ImagineResult:
         reporter.close()
     frames_key = job.blobs.put(timelapse.pack(frames.kept), ttl=limits.state_ttl) if frames.kept else ""
     state_key = job.blobs.put(generation.state_bytes(), ttl=limits.state_ttl)
-    final_png, _ = guard.screen(generation.png(), total) if guard is not None else (generation.png(), None)
+    final_png, _ = _screen(guard, generation.png(), total)
     final_key = job.blobs.put(final_png, ttl=limits.state_ttl)
     job.delete_checkpoint()
     meaningless = bool(clip.meaningless or (vqgan is not None and vqgan.meaningless))
@@ -156,7 +156,7 @@ def _loop(job: JobContext, generation: pipeline.Generation, total: int, every: i
         reporter.step_took(took)
         imagine_step(took)
         if capture:
-            frames.keep(before, _screened(guard, pipeline.to_png(generation.captured), before))
+            frames.keep(before, _screen(guard, pipeline.to_png(generation.captured), before)[0])
         if step % every == 0 or step == total:
             shown = _snapshot(reporter, guard, generation, total, loss=round(loss, 6))
             if frames.due(step):  # the picture as the snapshot showed it (screened)
@@ -175,16 +175,17 @@ def _snapshot(reporter: ThrottledProgress, guard: PictureGuard | None, generatio
               total: int, **data: Any) -> bytes:
     """Hand the picture as it stands to the reporter, screened first (blurred, or the job stops);
     returns the PNG handed over."""
-    png, match = guard.screen(generation.png(), generation.step_done) if guard is not None else (generation.png(), None)
+    png, match = _screen(guard, generation.png(), generation.step_done)
     if match is not None:
         data["flagged"] = match.name  # the progress reply shows it behind a spoiler
     reporter.snapshot(generation.step_done, total, png, **data)
     return png
 
 
-def _screened(guard: PictureGuard | None, png: bytes, step: int) -> bytes:
-    """A picture of the run as the safety checks let it be shown (blurred on a match)."""
-    return guard.screen(png, step)[0] if guard is not None else png
+def _screen(guard: PictureGuard | None, png: bytes, step: int) -> tuple[bytes, Match | None]:
+    """A picture of the run as the safety checks let it be shown (blurred on a match, or the job
+    stops), and the match; as it is where the channel checks nothing."""
+    return guard.screen(png, step) if guard is not None else (png, None)
 
 
 def _guard(job: JobContext, ask: plan.ImagineJob, clip: Any) -> PictureGuard | None:
