@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from PIL import Image as PILImage
@@ -323,6 +323,17 @@ def _buttons(message: dict) -> dict[str, str]:
     return {c["label"]: c["custom_id"] for row in message["components"] for c in row["components"]}
 
 
+def _imagined(world, channel: str, options: dict, button: str, what: str = "the picture") -> tuple[Any, dict, dict]:
+    """Alice's /imagine with `options` in `channel`: the interaction, its thread, and the final
+    message once it carries `button`."""
+    fake = world.fake
+    record = fake.slash(world.guild, channel, world.alice, "imagine", options)
+    thread = _thread_of(fake, channel, f"/imagine {options['prompt']}")
+    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if button in _buttons(m)],
+                          180, what)[0]
+    return record, thread, final
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two /imagine runs on a shared CPU
 def test_imagine_runs_in_a_thread_with_progress_edits_a_final_image_and_working_buttons(world, start_bot):
@@ -611,17 +622,13 @@ def test_imagine_pictures_that_match_a_concept_are_spoilered_except_in_age_restr
     start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0", CLIPBOT_SAFETY_CONCEPTS="anything=-1")
     options = {"steps": 2, "size": "32", "every": 2, "seed": 3, "drawer": "pixels"}
 
-    fake.slash(world.guild, world.general, world.alice, "imagine", {"prompt": "a red kite", **options})
-    thread = _thread_of(fake, world.general, "/imagine a red kite")
-    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Delete" in _buttons(m)],
-                          180, "the blurred picture")[0]
+    _, thread, final = _imagined(world, world.general, {"prompt": "a red kite", **options}, "Delete",
+                                 "the blurred picture")
     assert [a["filename"] for a in final["attachments"]] == ["SPOILER_final.png"]
     assert "Blurred" in final["content"] and "rule: anything" in final["content"]
 
-    fake.slash(world.guild, adult, world.alice, "imagine", {"prompt": "a blue kite", **options})
-    adult_thread = _thread_of(fake, adult, "/imagine a blue kite")
-    allowed = fake.wait_for(lambda f: [m for m in f.messages[adult_thread["id"]].values()
-                                       if "Delete" in _buttons(m)], 180, "the picture in the adult channel")[0]
+    _, _, allowed = _imagined(world, adult, {"prompt": "a blue kite", **options}, "Delete",
+                              "the picture in the adult channel")
     assert [a["filename"] for a in allowed["attachments"]] == ["final.png"] and "Blurred" not in allowed["content"]
 
     refused = fake.click(world.guild, thread["id"], bob, final["id"], _buttons(final)["Delete"])
@@ -642,11 +649,8 @@ def test_remix_opens_a_modal_whose_new_prompt_and_mode_build_on_the_picture_and_
     world.fake.edit_limit = (1000, 5.0)
     fake = world.fake
     start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
-    fake.slash(world.guild, world.general, world.alice, "imagine",
-               {"prompt": "a red kite", "steps": 2, "size": "32", "every": 2, "seed": 3, "drawer": "pixels"})
-    thread = _thread_of(fake, world.general, "/imagine a red kite")
-    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
-                          180, "the picture")[0]
+    _, thread, final = _imagined(world, world.general, {"prompt": "a red kite", "steps": 2, "size": "32", "every": 2,
+                                                        "seed": 3, "drawer": "pixels"}, "Remix")
     assert {"Upscale x2", "Zoom out 1.5x", "Pan left", "Params", "Delete"} <= set(_buttons(final))
 
     opened = fake.click(world.guild, thread["id"], world.mod, final["id"], _buttons(final)["Remix"])
@@ -677,11 +681,8 @@ def test_the_timelapse_button_posts_a_gif_and_mp4_that_fit_the_interactions_uplo
     world.fake.edit_limit = (1000, 5.0)
     fake = world.fake
     start_bot(CLIPBOT_DISCORD_EDIT_INTERVAL="0")
-    fake.slash(world.guild, world.general, world.alice, "imagine",
-               {"prompt": "a paper lantern", "steps": 8, "size": "64", "every": 8, "seed": 3, "drawer": "pixels"})
-    thread = _thread_of(fake, world.general, "/imagine a paper lantern")
-    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Timelapse" in _buttons(m)],
-                          180, "the picture")[0]
+    _, thread, final = _imagined(world, world.general, {"prompt": "a paper lantern", "steps": 8, "size": "64",
+                                                        "every": 8, "seed": 3, "drawer": "pixels"}, "Timelapse")
 
     def timelapse(limit: int) -> dict:
         fake.attachment_size_limit = limit  # what the next interaction's payload says
@@ -711,11 +712,9 @@ def test_settings_private_shows_imagine_progress_only_to_the_requester_and_the_p
                                      if m.get("interaction_metadata", {}).get("id") == asked.id
                                      and m["flags"] & EPHEMERAL], 30, "the settings, privately")[0]
     assert "private `True`" in saved["content"]
-    record = fake.slash(world.guild, world.general, world.alice, "imagine",
-                        {"prompt": "a quiet harbour", "steps": 4, "size": "32", "every": 2, "drawer": "pixels"})
-    thread = _thread_of(fake, world.general, "/imagine a quiet harbour")
-    final = fake.wait_for(lambda f: [m for m in f.messages[thread["id"]].values() if "Remix" in _buttons(m)],
-                          180, "the public picture in its thread")[0]
+    record, thread, final = _imagined(world, world.general, {"prompt": "a quiet harbour", "steps": 4, "size": "32",
+                                                             "every": 2, "drawer": "pixels"}, "Remix",
+                                      "the public picture in its thread")
     assert not final["flags"] & EPHEMERAL and final["attachments"]
     followups = [c for c in fake.find_calls("POST", rf"/webhooks/{fake.app_id}/{record.token}")]
     assert followups and all(c.json["flags"] & EPHEMERAL for c in followups), "progress went privately"

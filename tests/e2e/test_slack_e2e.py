@@ -168,6 +168,22 @@ def _answered(fake: FakeSlack, channel: str, ts: str, button: str = "Reroll") ->
     return fake.wait_for(done, what=f"the answer (with {button}) edited into the parent")
 
 
+def _button(message: dict, label: str) -> dict:
+    """The button labelled `label` in a message's actions blocks."""
+    return next(e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]
+                if e["text"]["text"] == label)
+
+
+def _imagine_answered(bot, fake: FakeSlack, channel: str, options: str, button: str) -> tuple[str, dict]:
+    """U1's `/imagine options` in `channel`: its parent message's ts, and the parent once the
+    answer's buttons (with `button`) replaced the progress."""
+    bot.send("slash_commands", slash_command(TEAM, channel, "U1", "/imagine", options))
+    prompt = options.split(" steps:")[0]
+    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: {prompt}"))
+    ts = [m["ts"] for m in fake.bot_messages(channel) if m["text"].startswith(f"<@U1> /imagine: {prompt}")][-1]
+    return ts, _answered(fake, channel, ts, button=button)
+
+
 def _token() -> str:
     return uuid.uuid4().hex[:8]
 
@@ -246,8 +262,7 @@ def test_where_button_uploads_heat_maps_under_the_answer(bot, fake):
     fake.post_as_user("C2", "U2", "a fox", files=[photo])
     bot.send("slash_commands", slash_command(TEAM, "C2", "U2", "/whatis", "fox, dog, cat"))
     posted = _posted(fake, "C2", "your labels")
-    button = next(e for b in posted.params["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Where?")
+    button = _button(posted.params, "Where?")
     message = [m for m in fake.bot_messages("C2") if "your labels" in m["text"]][-1]
     bot.send("interactive", block_actions(TEAM, "C2", "U2", message, button["action_id"], button["value"]))
     fake.wait_call("files.completeUploadExternal", lambda c: c.params.get("thread_ts") == message["ts"],
@@ -619,14 +634,11 @@ def test_imagine_works_in_a_thread_with_snapshots_and_the_final_picture(bot, fak
 
 def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_only(bot, fake):
     word = _token()
-    bot.send("slash_commands", slash_command(TEAM, "C2", "U1", "/imagine", f"a {word} kite steps: 2 size: 32 every: 2"))
-    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} kite"))
-    ts = [m["ts"] for m in fake.bot_messages("C2") if m["text"].startswith(f"<@U1> /imagine: a {word} kite")][-1]
-    parent = _answered(fake, "C2", ts, button="Delete")
+    ts, parent = _imagine_answered(bot, fake, "C2", f"a {word} kite steps: 2 size: 32 every: 2",
+                                   "Delete")
     uploaded = [f for m in fake.thread("C2", ts)[1:] for f in m.get("files", ())]
     assert any(f["name"] == "final.png" for f in uploaded)
-    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Delete")
+    button = _button(parent, "Delete")
     bot.send("interactive", block_actions(TEAM, "C2", "U2", parent, button["action_id"], button["value"]))
     refusal = fake.wait_call("chat.postEphemeral", lambda c: "Only the person who asked" in c.params.get("text", ""))
     assert refusal.params["user"] == "U2" and fake.thread("C2", ts)
@@ -641,16 +653,12 @@ def test_the_delete_button_deletes_the_result_and_its_thread_for_the_requester_o
 
 def test_imagine_timelapse_uploads_a_gif_and_mp4_to_the_thread_and_its_button_makes_them_again(bot, fake):
     word = _token()
-    bot.send("slash_commands", slash_command(TEAM, "C2", "U1", "/imagine",
-                                             f"a {word} lantern steps: 4 size: 32 every: 2 timelapse: yes"))
-    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} lantern"))
-    ts = [m["ts"] for m in fake.bot_messages("C2") if m["text"].startswith(f"<@U1> /imagine: a {word} lantern")][-1]
-    parent = _answered(fake, "C2", ts, button="Timelapse")
+    ts, parent = _imagine_answered(bot, fake, "C2", f"a {word} lantern steps: 4 size: 32 every: 2 timelapse: yes",
+                                   "Timelapse")
     names = [f["name"] for m in fake.thread("C2", ts)[1:] for f in m.get("files", ())]
     assert names[-3:] == ["final.png", "timelapse.gif", "timelapse.mp4"]
     assert "Timelapse" in parent["text"] and "made smaller" not in parent["text"]  # 1 GB: nothing to shrink
-    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Timelapse")
+    button = _button(parent, "Timelapse")
     bot.send("interactive", block_actions(TEAM, "C2", "U2", parent, button["action_id"], button["value"]))
     fake.wait_for(lambda: [f["name"] for m in fake.thread("C2", ts) for f in m.get("files", ())].count("timelapse.mp4")
                   == 2, what="the timelapse posted again in the thread for the click")
@@ -658,13 +666,9 @@ def test_imagine_timelapse_uploads_a_gif_and_mp4_to_the_thread_and_its_button_ma
 
 def test_remix_opens_a_modal_and_its_submission_builds_on_the_picture_with_the_new_prompt(bot, fake):
     word = _token()
-    bot.send("slash_commands", slash_command(TEAM, "C3", "U1", "/imagine",
-                                             f"a {word} kite steps: 2 size: 32 every: 2 drawer: pixels"))
-    fake.wait_call("chat.postMessage", lambda c: c.params["text"].startswith(f"<@U1> /imagine: a {word} kite"))
-    ts = [m["ts"] for m in fake.bot_messages("C3") if m["text"].startswith(f"<@U1> /imagine: a {word} kite")][-1]
-    parent = _answered(fake, "C3", ts, button="Remix")
-    button = next(e for b in parent["blocks"] if b["type"] == "actions" for e in b["elements"]
-                  if e["text"]["text"] == "Remix")
+    ts, parent = _imagine_answered(bot, fake, "C3", f"a {word} kite steps: 2 size: 32 every: 2 drawer: pixels",
+                                   "Remix")
+    button = _button(parent, "Remix")
     opened = len(fake.views)
     bot.send("interactive", block_actions(TEAM, "C3", "U1", parent, button["action_id"], button["value"]))
     view = fake.wait_for(lambda: fake.views[opened:] and fake.views[-1], what="the Remix modal")

@@ -216,33 +216,40 @@ def test_whole_worker_killed_a_fresh_worker_finishes(redis_engine, start_worker,
     assert final.data["steps"] == 200
 
 
-@pytest.mark.slow
-def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
-    worker = start_worker("--queues", LONG)
-    worker.wait_ready(redis_engine.engine, queue=LONG)
-    env = clipbot_env(data_dir, redis_url)
+def _bot_killed_and_restarted(env: dict, worker, line: str, progress: str) -> str:
+    """Type `line` into a `clipbot run` local chat, kill the bot (its whole process group) once it
+    shows `progress`, start it again with nothing to read: what the second one printed, after
+    checking it exited cleanly and picked the job up. The worker carries on throughout."""
     bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            start_new_session=True, text=True)
-    bot.stdin.write("/imagine a stone bridge steps: 150 size: 64 every: 15 seed: 4\n")
+    bot.stdin.write(line + "\n")
     bot.stdin.flush()
     seen: list[str] = []
 
     def shown_progress() -> bool:  # it is running and the bot has shown progress
-        line = bot.stdout.readline()
-        assert line, "".join(seen) + worker.log()
-        seen.append(line)
-        return "step 15/150" in "".join(seen)
+        printed = bot.stdout.readline()
+        assert printed, "".join(seen) + worker.log()
+        seen.append(printed)
+        return progress in "".join(seen)
 
-    wait_until(shown_progress, timeout=300, what="the bot to show step 15/150", detail=worker.log, every=0)
+    wait_until(shown_progress, timeout=300, what=f"the bot to show {progress}", detail=worker.log, every=0)
     os.killpg(bot.pid, signal.SIGKILL)  # the bot dies mid-job; the worker carries on
     bot.wait(10)
-
     again = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     out = again.stdout
     assert again.returncode == 0, out + again.stderr
     assert "(following 1 unfinished job from last time)" in out
+    return out
+
+
+@pytest.mark.slow
+def test_a_restarted_bot_still_delivers_the_result(redis_engine, start_worker, data_dir, redis_url, client, tmp_path):
+    worker = start_worker("--queues", LONG)
+    worker.wait_ready(redis_engine.engine, queue=LONG)
+    out = _bot_killed_and_restarted(clipbot_env(data_dir, redis_url), worker,
+                                    "/imagine a stone bridge steps: 150 size: 64 every: 15 seed: 4", "step 15/150")
     assert "seed 4 · 150 steps · 64x64" in out and "final.png" in out
     assert "[Reroll] /imagine from_job: " in out
     assert not list(client.scan_iter("clipbot:longjob:*"))  # delivered: nothing left to resume
@@ -257,28 +264,9 @@ def test_a_bot_restarted_mid_blend_delivers_it_with_its_pictures_and_buttons(
     worker.wait_ready(redis_engine.engine, queue=LONG)
     red, blue = (write_image(tmp_path / f"{name}.png", color=rgb) for name, rgb in (("red", (220, 20, 20)),
                                                                                   ("blue", (20, 20, 220))))
-    env = clipbot_env(data_dir, redis_url)
-    bot = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           start_new_session=True, text=True)
-    bot.stdin.write(f"/blend images: {red} {blue} weights: 1 0.5 steps: 100 size: 32 every: 10 seed: 4\n")
-    bot.stdin.flush()
-    seen: list[str] = []
-
-    def shown_progress() -> bool:
-        line = bot.stdout.readline()
-        assert line, "".join(seen) + worker.log()
-        seen.append(line)
-        return "step 10/100" in "".join(seen)
-
-    wait_until(shown_progress, timeout=300, what="the bot to show step 10/100", detail=worker.log, every=0)
-    os.killpg(bot.pid, signal.SIGKILL)
-    bot.wait(10)
-    again = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--adapter", "local"], cwd=ROOT, env=env,
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    out = again.stdout
-    assert again.returncode == 0, out + again.stderr
-    assert "(following 1 unfinished job from last time)" in out
+    out = _bot_killed_and_restarted(
+        clipbot_env(data_dir, redis_url), worker,
+        f"/blend images: {red} {blue} weights: 1 0.5 steps: 100 size: 32 every: 10 seed: 4", "step 10/100")
     assert "A blend of 2 pictures" in out and "blending red.png (1), blue.png (0.5)" in out, out
     assert "[Reroll] /imagine from_job: " in out and "[Upscale x2] /imagine from_job: " in out
 
